@@ -1,0 +1,31 @@
+# Two commands: `make demo` (the main job) and `make test` (the suite).
+# Each creates .venv in the checkout when missing and installs the pinned set.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip==26.3"
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: venv
+	$(VENV)/bin/siglip-rins demo $(DEMO_ARGS)
+
+test: venv
+	$(PY) -m pytest -q -n 2 --durations=15 tests $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

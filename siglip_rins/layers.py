@@ -1,0 +1,181 @@
+"""Transformer layers shared by every tower: attention (with KV cache and KV sharing), MLP, encoder layer,
+MAP head and position embeddings.
+
+Parameter names follow big_vision (`MultiHeadDotProductAttention_0/{query,key,value,out}`, `MlpBlock_0/Dense_{0,1}`,
+`LayerNorm_{0,1}`) so released checkpoints map onto these modules one to one.
+
+Shapes: B batch, T query tokens, S key tokens, D width, H heads, K head dim (D = H * K), M MLP width.
+Parameters are float32; `dtype` is the compute dtype.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+KV = tuple  # (keys [B, S, H, K], values [B, S, H, K], mask broadcastable to [B, H, T, S] or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+  """Everything that defines one pre-LN transformer layer (hashable, so towers can pass it around)."""
+  width: int
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+  rope: bool = False            # rotary (relative) position embedding on q/k, used by the decoder LM
+  rope_max_wavelength: float = 10_000.0
+  layernorm_eps: float = 1e-6
+
+  def __post_init__(self):
+    if self.width % self.num_heads:
+      raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+
+
+def apply_rope(x: Array, positions: Array, max_wavelength: float) -> Array:
+  """Rotary embedding. x: [B, T, H, K] (K even), positions: [B, T] int. Returns x rotated, same shape/dtype."""
+  half = x.shape[-1] // 2
+  freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)          # [K/2]
+  angle = positions[..., None].astype(jnp.float32) * freq                         # [B, T, K/2]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]        # [B, T, 1, K/2]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Optional[Array]) -> Array:
+  """q: [B, T, H, K], k/v: [B, S, H, K], mask: broadcastable to [B, H, T, S] (True = attend). -> [B, T, H, K]."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bthk,bshk->bhts", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhts,bshk->bthk", weights, v)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention with optional KV cache (decode) and optional *shared* keys/values.
+
+  `shared_kv` (RINS KV-cache sharing): when given, this call computes only queries and attends to the given
+  keys/values (those of the first round of the recursive block), so no `key`/`value` projection runs and no cache
+  is kept for this call.
+  """
+  cfg: LayerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array], positions: Optional[Array] = None,
+               shared_kv: Optional[KV] = None, decode: bool = False) -> tuple[Array, KV]:
+    cfg = self.cfg
+    h, k_dim = cfg.num_heads, cfg.width // cfg.num_heads
+    dense = lambda name: nn.DenseGeneral((h, k_dim), dtype=cfg.dtype, name=name,
+                                         kernel_init=nn.initializers.xavier_uniform())
+    q = dense("query")(x)
+    if cfg.rope:
+      q = apply_rope(q, positions, cfg.rope_max_wavelength)
+    if shared_kv is None:
+      k, v = dense("key")(x), dense("value")(x)
+      if cfg.rope:
+        k = apply_rope(k, positions, cfg.rope_max_wavelength)
+      if decode:
+        k, v, mask = self._update_cache(k, v, mask)
+    else:
+      k, v, mask = shared_kv
+    y = dot_product_attention(q, k, v, mask)
+    out = nn.DenseGeneral(cfg.width, axis=(-2, -1), dtype=cfg.dtype, name="out",
+                          kernel_init=nn.initializers.xavier_uniform())(y)
+    return out, (k, v, mask)
+
+  def _update_cache(self, k: Array, v: Array, mask: Optional[Array]):
+    """Writes this step's k/v ([B, 1, H, K]) at the cache index; returns the full cache and its validity mask.
+
+    The cache variables are created by calling the model once with `decode=True` on a dummy input of the full
+    maximum length (see `models.decoder.init_cache`).  All sequences of a batch decode in lockstep.
+    """
+    is_init = not self.has_variable("cache", "cached_key")
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if is_init:
+      return k, v, mask
+    if k.shape[1] != 1:
+      raise ValueError(f"decode=True processes one token per call, got {k.shape[1]} tokens")
+    i = idx.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, i, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, i, 0, 0))
+    idx.value = i + 1
+    valid = (jnp.arange(ck.value.shape[1]) <= i)[None, None, None, :]          # [1, 1, 1, S]
+    mask = valid if mask is None else jnp.logical_and(mask, valid)
+    return ck.value, cv.value, mask
+
+
+class MlpBlock(nn.Module):
+  """Dense(M) -> GELU -> Dense(D).  x: [..., D] -> [..., D]."""
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d = x.shape[-1]
+    init = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, **init)(x)
+    x = nn.gelu(x)
+    return nn.Dense(d, dtype=self.dtype, **init)(x)
+
+
+class EncoderLayer(nn.Module):
+  """Pre-LN transformer layer: x + Attn(LN(x)); x + MLP(LN(x)).  x: [B, T, D] -> ([B, T, D], kv)."""
+  cfg: LayerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array] = None, positions: Optional[Array] = None,
+               shared_kv: Optional[KV] = None, decode: bool = False) -> tuple[Array, KV]:
+    cfg = self.cfg
+    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=cfg.dtype, name="LayerNorm_0")(x)
+    y, kv = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(y, mask, positions, shared_kv, decode)
+    x = x + y
+    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=cfg.dtype, name="LayerNorm_1")(x)
+    x = x + MlpBlock(cfg.mlp_dim, cfg.dtype, name="MlpBlock_0")(y)
+    return x, kv
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: a learned probe attends over tokens, then x + MLP(LN(x)).  [B,N,D] -> [B,D]."""
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, _, d = x.shape
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
+    probe = jnp.tile(probe, (b, 1, 1)).astype(self.dtype)
+    cfg = LayerConfig(width=d, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype)
+    x, _ = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(probe, None)
+    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
+    x = x + MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
+    return x[:, 0]
+
+
+def sincos2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding: [1, h*w, width] float32 (width divisible by 4)."""
+  if width % 4:
+    raise ValueError(f"sincos2d needs width divisible by 4, got {width}")
+  y, x = np.mgrid[:h, :w]
+  omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1 or 1))
+  y = y.reshape(-1)[:, None] * omega[None]
+  x = x.reshape(-1)[:, None] * omega[None]
+  return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
+
+
+def position_embedding(module: nn.Module, kind: str, seqshape: tuple[int, ...], width: int, name: str) -> Array:
+  """Returns a [1, prod(seqshape), width] embedding: 'learn' (a parameter `name`) or 'sincos2d' (fixed)."""
+  if kind == "learn":
+    n = int(np.prod(seqshape))
+    return module.param(name, nn.initializers.normal(stddev=1 / np.sqrt(width)), (1, n, width), jnp.float32)
+  if kind == "sincos2d":
+    return jnp.asarray(sincos2d(*seqshape, width))
+  raise ValueError(f"unknown position embedding {kind!r}; allowed: 'learn', 'sincos2d'")
