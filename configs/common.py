@@ -1,0 +1,57 @@
+"""Pieces the shipped configs share: arg parsing, recursion blocks, compute matching, the built-in dataset.
+
+Configs import this as `from configs import common` when run from the checkout, or by path (see _load below).
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from siglip_rins import flops
+from siglip_rins.config_lib import parse_arg  # noqa: F401  (re-exported for configs)
+from siglip_rins.models import build_model
+
+
+def recursion(arg) -> dict:
+  """The model.recursion section from the common args."""
+  return dict(signature=arg.signature, degree=arg.degree, p_skip=float(arg.p_skip), adapters=bool(arg.adapters),
+              kv_sharing=bool(getattr(arg, "kv_sharing", False)), loop=arg.loop, remat=bool(arg.remat))
+
+
+def matched_examples(model_cfg: dict, baseline_model_cfg: dict, input_shapes: dict,
+                     baseline_input_shapes: dict, baseline_examples: float, batch_size: int) -> int:
+  """Examples a candidate trains on so its training FLOPs equal the baseline's (paper: compute matching)."""
+  cand = flops.train_flops_per_example(build_model(model_cfg), input_shapes)
+  base = flops.train_flops_per_example(build_model(baseline_model_cfg), baseline_input_shapes)
+  m = flops.matched_budget(cand, base, baseline_examples, batch_size)
+  return int(m["matched_steps"] * batch_size)
+
+
+def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0) -> str:
+  """Writes (once) the built-in multilingual shapes dataset and returns the folder holding data.jsonl.
+
+  Location: $SIGLIP_RINS_DATA_DIR (default ~/.cache/siglip_rins) / demo_shapes/<split>_<n>_<size>_<seed>.
+  """
+  from siglip_rins.demo import shapes
+  root = os.environ.get("SIGLIP_RINS_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "siglip_rins"))
+  out = os.path.join(root, "demo_shapes", f"{split}_{num_examples}_{image_size}_{seed}")
+  if not os.path.exists(os.path.join(out, "data.jsonl")):
+    tmp = out + f".tmp{os.getpid()}"
+    shapes.write_jsonl_dataset(tmp, split, num_examples, seed=seed, image_size=image_size)
+    try:
+      os.replace(tmp, out)
+    except OSError:   # another process won the race
+      pass
+  return out
+
+
+def schedule(decay_type: str, warmup_steps: int, cooldown_steps: int = 0, **kw) -> dict:
+  d = dict(decay_type=decay_type, warmup_steps=warmup_steps, **kw)
+  if cooldown_steps:
+    d["cooldown_steps"] = cooldown_steps
+  return d
+
+
+def as_config(d: dict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(d)

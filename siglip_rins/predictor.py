@@ -1,0 +1,105 @@
+"""Inference wrapper that evaluators, export and the demo use: a model + its params behind numpy in/out.
+
+All batching goes through fixed-size padded batches so each (function, rounds) compiles once.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from siglip_rins.models import Classifier, DecoderLM, TwoTowers
+
+
+class Predictor:
+  """Exposes embed_images / embed_texts / lm_logprobs / classify_logits at any inference `rounds`.
+
+  Args:
+    model: a module from `build_model`; params: its parameter tree.
+    tokenizer: a `siglip_rins.text.Tokenizer` (for evaluators that start from strings); text_len: its max length.
+    batch_size: inference batch size (inputs are padded up to it).
+  """
+
+  def __init__(self, model, params, tokenizer=None, text_len: Optional[int] = None, batch_size: int = 64,
+               name: str = "model"):
+    self.model, self.params = model, params
+    self.tokenizer, self.text_len = tokenizer, text_len
+    self.batch_size = int(batch_size)
+    self.name = name
+    self._fns: dict[Any, Any] = {}
+
+  # ----------------------------------------------------------------------------------------- scalars
+  @property
+  def temperature(self) -> float:
+    return float(np.exp(np.asarray(self.params["t"]).reshape(-1)[0]))
+
+  @property
+  def bias(self) -> float:
+    return float(np.asarray(self.params["b"]).reshape(-1)[0])
+
+  # ----------------------------------------------------------------------------------------- batching
+  def _fn(self, kind: str, rounds):
+    key = (kind, rounds)
+    if key not in self._fns:
+      model = self.model
+      if kind == "img":
+        f = lambda p, x: model.apply({"params": p}, x, None, rounds=rounds)[0]
+      elif kind == "txt":
+        f = lambda p, x: model.apply({"params": p}, None, x, rounds=rounds)[1]
+      elif kind == "logits":
+        f = lambda p, x: model.apply({"params": p}, x, rounds=rounds)
+      elif kind == "lm":
+        def f(p, x):
+          logits = model.apply({"params": p}, x, rounds=rounds)
+          logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
+          return jnp.take_along_axis(logp, x[:, 1:, None], -1)[..., 0]
+      else:
+        raise ValueError(kind)
+      self._fns[key] = jax.jit(f)
+    return self._fns[key]
+
+  def _batched(self, kind: str, x: np.ndarray, rounds) -> np.ndarray:
+    x = np.asarray(x)
+    n = len(x)
+    if n == 0:
+      raise ValueError("no inputs given")
+    fn, bs, outs = self._fn(kind, rounds), self.batch_size, []
+    for i in range(0, n, bs):
+      chunk = x[i:i + bs]
+      pad = bs - len(chunk)
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+      outs.append(np.asarray(fn(self.params, chunk))[:bs - pad])
+    return np.concatenate(outs)
+
+  # ----------------------------------------------------------------------------------------- API
+  def embed_images(self, images: np.ndarray, rounds=None) -> np.ndarray:
+    """images float32 [N, H, W, 3] in [-1, 1] -> L2-normalised [N, D]."""
+    self._need(TwoTowers, "embed_images")
+    return self._batched("img", np.asarray(images, np.float32), rounds)
+
+  def embed_texts(self, tokens: np.ndarray, rounds=None) -> np.ndarray:
+    """tokens int32 [N, L] -> L2-normalised [N, D]."""
+    self._need(TwoTowers, "embed_texts")
+    return self._batched("txt", np.asarray(tokens, np.int32), rounds)
+
+  def encode_strings(self, texts: Sequence[str]) -> np.ndarray:
+    if self.tokenizer is None or self.text_len is None:
+      raise ValueError("this predictor has no tokenizer/text_len")
+    return self.tokenizer.encode(list(texts), self.text_len)
+
+  def classify_logits(self, images: np.ndarray, rounds=None) -> np.ndarray:
+    """images [N, H, W, 3] -> logits [N, C] (classifier models)."""
+    self._need(Classifier, "classify_logits")
+    return self._batched("logits", np.asarray(images, np.float32), rounds)
+
+  def lm_logprobs(self, tokens: np.ndarray, rounds=None) -> np.ndarray:
+    """tokens int32 [N, T] -> log p(tokens[:, t+1] | tokens[:, :t+1]) as float32 [N, T-1]."""
+    self._need(DecoderLM, "lm_logprobs")
+    return self._batched("lm", np.asarray(tokens, np.int32), rounds)
+
+  def _need(self, cls, what):
+    if not isinstance(self.model, cls):
+      raise ValueError(f"{what} needs a {cls.__name__} model, this one is {type(self.model).__name__}")
