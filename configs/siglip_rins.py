@@ -10,6 +10,8 @@ Recursive variants train on fewer examples: total_examples is computed by comput
 baseline's budget (`baseline_examples` examples of the baseline at res 256 / text 64).
 Args: variant, txt_variant, signature, degree, p_skip, adapters, loop, remat, res, text_len, vocab, tokenizer,
 batch_size, baseline_examples, setting ('paper' | 'multilingual' | 'longseq'), runlocal.
+runlocal-only (the built-in shapes dataset; the demo runner sets them): steps (baseline steps), local_batch_size,
+local_res, local_examples (train-split size), local_variant (tiny tower variant: 'mu', 'nano', 'bench').
 """
 import ml_collections
 
@@ -25,7 +27,8 @@ def get_config(arg=None):
   a = common.parse_arg(arg, variant="B/16", txt_variant="B", signature="AB", degree=1, p_skip=0.0,
                        adapters=False, loop="scan", remat=False, res=256, text_len=64, vocab=32_000,
                        tokenizer="c4_en", batch_size=32 * 1024, baseline_examples=10_000_000_000,
-                       setting="paper", runlocal=False, steps=60, kv_sharing=False)
+                       setting="paper", runlocal=False, steps=60, kv_sharing=False,
+                       local_batch_size=32, local_res=32, local_examples=2048, local_variant="mu")
   if a.setting not in ("paper", "multilingual", "longseq"):
     raise ValueError(f"setting={a.setting!r}; allowed: 'paper', 'multilingual', 'longseq'")
   c = ml_collections.ConfigDict()
@@ -37,8 +40,9 @@ def get_config(arg=None):
   if a.setting == "multilingual":
     a.tokenizer, a.vocab, a.baseline_examples = "gemma", 256_000, 40_000_000_000
   if a.runlocal:
-    a.variant, a.txt_variant, a.res, a.text_len, a.batch_size = "mu/8", "mu", 32, 16, 32
-    base_res, base_len = 32, 16
+    a.variant, a.txt_variant, a.res, a.text_len = f"{a.local_variant}/8", a.local_variant, a.local_res, 16
+    a.batch_size = a.local_batch_size
+    base_res, base_len = a.local_res, 16
     a.tokenizer = "demo"
     a.baseline_examples = a.steps * a.batch_size
   if a.tokenizer == "demo":
@@ -75,7 +79,7 @@ def get_config(arg=None):
   c.mesh = dict(data=-1, fsdp=1)
   c.evals = {}
   if a.runlocal:
-    c.input.data = dict(type="jsonl", path=common.demo_data_dir("train", 2048, 32))
+    c.input.data = dict(type="jsonl", path=common.demo_data_dir("train", a.local_examples, a.local_res))
     c.input.shuffle_buffer_size = 1024
     c.schedule = common.schedule("cosine", warmup_steps=5)
     c.log_every, c.ckpt_every = 10, 0

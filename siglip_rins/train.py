@@ -186,6 +186,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
   if pidx == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
+    with open(os.path.join(workdir, "run_info.json"), "w") as f:   # read by siglip_rins.scaling
+      json.dump(run_info(config), f)
   writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
 
   seed = int(config.get("seed", 0))
@@ -280,6 +282,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
                  flops_per_example=flops_per_example, data=it.stats())
   summary["state"] = state
   return summary
+
+
+def run_info(config) -> dict:
+  """Signature, trained rounds r (of A^rB) and p_skip of the run, for scaling-law tooling."""
+  from siglip_rins.recursion import RecursionConfig, make_plan, trained_rounds
+  rc = RecursionConfig.from_dict(dict(config.model.get("recursion", {}) or {}))
+  plan = make_plan(rc.signature, rc.degree, layers_per_block=1)
+  return {"signature": rc.signature, "degree": rc.degree, "p_skip": rc.p_skip,
+          "rounds": trained_rounds(plan) if rc.degree == 1 else None}
 
 
 def threading_main() -> bool:

@@ -1,0 +1,168 @@
+"""Helpers shared by this folder's benchmarks: the bench config, the real training step, timing, JSON output.
+
+The bench config (performance issue): batch 64, float32, Adam lr 1e-3, sigmoid loss with learnable t and b;
+image tower 64x64x3, patch 8 (64 tokens), width 256, depth 6, 4 heads, MLP 1024, learned positions, MAP pooling,
+no image head; text tower vocab 32000, 16 tokens, width 256, depth 6, 4 heads, MLP 1024, last-token pooling,
+linear 256->256 head.  18,595,330 parameters; 154.4 GFLOP per AB training step (analytic, siglip_rins.flops).
+
+Timing convention: every timed call ends with `jax.block_until_ready`; figures are medians over several calls
+after warm-up, and ratios are taken between figures measured in the same process (machines are shared/noisy).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from typing import Any, Callable, Optional, Sequence
+
+BENCH_IMAGE = 64
+BENCH_TEXT_LEN = 16
+BENCH_BATCH = 64
+BENCH_PARAMS = 18_595_330
+
+
+def bench_model_config(signature: str = "AB", loop: str = "scan", remat: bool = False, model: str = "bench",
+                       dtype: str = "float32", kv_sharing: bool = False) -> dict:
+  """The siglip_rins model config of the bench config (model='bench') or a full-size one (model='B/16' etc.).
+
+  For model='bench': image 'bench/8' (width 256, depth 6, 4 heads, MLP 1024) with MAP pooling and no head; text
+  'bench' with vocab 32000 and a 256->256 head.  For a ViT variant like 'B/16': image '<variant>' with MAP
+  pooling, text '<width name>' with a head to the image width (SigLIP-style).
+  """
+  rec = dict(signature=signature, loop=loop, remat=remat, kv_sharing=kv_sharing)
+  if model == "bench":
+    return dict(name="two_towers", image=dict(variant="bench/8", pool_type="map"),
+                text=dict(variant="bench", vocab_size=32000), out_dim=(None, 256), recursion=rec, dtype=dtype)
+  from siglip_rins.models.vit import decode_variant
+  width = decode_variant(model)["width"]
+  return dict(name="two_towers", image=dict(variant=model, pool_type="map"),
+              text=dict(variant=model.split("/")[0], vocab_size=32000), out_dim=(None, width), recursion=rec,
+              dtype=dtype)
+
+
+def image_size_of(model: str) -> int:
+  """Input resolution used for a model name: 64 for the bench config, 224 otherwise."""
+  return BENCH_IMAGE if model == "bench" else 224
+
+
+def text_len_of(model: str) -> int:
+  return BENCH_TEXT_LEN if model == "bench" else 64
+
+
+def train_config(model_cfg: dict, batch: int, image_size: int, text_len: int, lr: float = 1e-3):
+  """A complete training ConfigDict (Adam, constant lr, no weight decay, sigmoid loss) around `model_cfg`."""
+  import ml_collections
+  return ml_collections.ConfigDict(dict(
+      model=model_cfg, input=dict(batch_size=batch, image_size=image_size, text_len=text_len),
+      task=dict(name="contrastive", loss="sigmoid"), total_steps=1000, lr=lr, wd=0.0,
+      schedule=dict(decay_type="constant"), seed=0))
+
+
+class TrainSetup:
+  """The project's real training step for a config: build_model + ContrastiveTask + make_optimizer +
+  make_train_step, jitted with the state donated, plus a fixed random batch.
+
+  Attributes: model, task, tx, step (jitted step(state, batch) -> (state, metrics)), state, batch,
+  flops_per_step (analytic training FLOPs of one step), params (count).
+  """
+
+  def __init__(self, model_cfg: dict, batch: int = BENCH_BATCH, image_size: int = BENCH_IMAGE,
+               text_len: int = BENCH_TEXT_LEN, lr: float = 1e-3, seed: int = 0):
+    import jax
+    import numpy as np
+    from siglip_rins import flops, optim, sharding, train
+    from siglip_rins.models import build_model
+    from siglip_rins.tasks import get_task
+    config = train_config(model_cfg, batch, image_size, text_len, lr)
+    self.config = config
+    self.model = build_model(config.model)
+    self.task = get_task(config)
+    self.tx, self.schedule_fn = optim.make_optimizer(config, config.total_steps, batch_size=batch)
+    step = train.make_train_step(self.model, self.task, self.tx, self.schedule_fn, seed)
+    self.step = jax.jit(step, donate_argnums=(0,))
+    mesh = sharding.make_mesh(None)
+    self.state = train.init_state(self.model, self.task, self.tx, mesh, config, jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(seed)
+    self.batch = {"image": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(np.float32),
+                  "labels": rng.integers(0, 32000, (batch, text_len)).astype(np.int32)}
+    self.batch = jax.device_put(self.batch)
+    self.flops_per_step = flops.train_flops_per_example(self.model, self.task.input_shapes()) * batch
+    self.params = int(sum(x.size for x in jax.tree.leaves(self.state["params"])))
+    self.compile_s: Optional[float] = None
+
+  def lowered(self):
+    return self.step.lower(self.state, self.batch)
+
+  def compile(self) -> float:
+    """Compiles and runs one step (warm-up); returns the seconds of the first call (compile + one step)."""
+    import jax
+    t0 = time.perf_counter()
+    self.state, m = self.step(self.state, self.batch)
+    jax.block_until_ready(m["loss"])
+    self.compile_s = time.perf_counter() - t0
+    return self.compile_s
+
+  def run(self, n: int = 1) -> list[float]:
+    """Runs n steps; returns the seconds of each (each blocked until ready)."""
+    import jax
+    out = []
+    for _ in range(n):
+      t0 = time.perf_counter()
+      self.state, m = self.step(self.state, self.batch)
+      jax.block_until_ready(m["loss"])
+      out.append(time.perf_counter() - t0)
+    self.last_metrics = m
+    return out
+
+
+def time_calls(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> list[float]:
+  """Calls fn() `warmup` times untimed, then `repeats` times; returns seconds per call (blocked on results)."""
+  import jax
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  out = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def median(xs: Sequence[float]) -> float:
+  return float(statistics.median(xs))
+
+
+def matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 7) -> dict:
+  """Jitted n^3 matmul FLOP/s (2 n^3 FLOPs per call): 'float32' or 'bfloat16' (bf16 inputs, f32 accumulation).
+
+  Returns dict(dtype, n, median_s, flops_per_s (from the median), best_flops_per_s).
+  """
+  import jax
+  import jax.numpy as jnp
+  dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32).astype(dt)
+  b = jax.random.normal(kb, (n, n), jnp.float32).astype(dt)
+  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+  times = time_calls(lambda: f(a, b), warmup=2, repeats=repeats)
+  fl = 2.0 * n ** 3
+  return dict(dtype=dtype, n=n, median_s=median(times), flops_per_s=fl / median(times), best_flops_per_s=fl / min(times))
+
+
+def cpu_load() -> Optional[list[float]]:
+  """1/5/15-minute load averages (contention indicator), or None where unavailable."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def emit(result: dict, out: Optional[str]) -> dict:
+  """Prints `result` as one JSON line and writes it (indented) to `out` when given."""
+  result = dict(result, load_avg_end=cpu_load())
+  print(json.dumps(result))
+  if out:
+    with open(out, "w") as f:
+      json.dump(result, f, indent=1)
+  return result

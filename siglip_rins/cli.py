@@ -1,0 +1,185 @@
+"""`siglip-rins` command line: train, eval, flops, export, classify, retrieve, scaling, demo.
+
+    siglip-rins train    --config configs/siglip_rins.py:signature=A^2B --workdir DIR [--config.lr=3e-4]
+    siglip-rins eval     --config FILE:ARGS --workdir DIR [--rounds 1,2,3] [--out DIR]
+    siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS]
+    siglip-rins export   --workdir DIR --out MODEL_DIR
+    siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
+    siglip-rins retrieve --model MODEL_DIR --query TEXT FOLDER
+    siglip-rins scaling  RUN_DIR... [--metric NAME] [--out DIR]
+    siglip-rins demo     [--out DIR] [--steps N] ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _rounds(text: str | None):
+  if not text:
+    return [None]
+  try:
+    out = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"--rounds expects a comma list of integers >= 1, got {text!r}") from None
+  if any(r < 1 for r in out):
+    raise ValueError(f"--rounds expects integers >= 1, got {text!r}")
+  return out
+
+
+def cmd_flops(args) -> int:
+  from siglip_rins import config_lib, flops
+  from siglip_rins.models import build_model
+  from siglip_rins.tasks import get_task
+  from siglip_rins.train import total_steps_of
+
+  def describe(spec):
+    config = config_lib.load_config(spec)
+    model, task = build_model(config.model), get_task(config)
+    shapes = task.input_shapes()
+    example = task.example_batch(1)
+    params = flops.count_params(model, task.init_args(example))
+    fwd = flops.model_flops(model, shapes, train=True)
+    per_ex = flops.train_flops_per_example(model, shapes)
+    bs = int(config.input.batch_size)
+    return config, dict(params=params, flops_per_example=fwd["forward"],
+                        inference_flops_per_example=flops.model_flops(model, shapes)["forward"],
+                        expected_rounds=fwd["expected_rounds"], train_flops_per_example=per_ex,
+                        train_flops_per_step=per_ex * bs, batch_size=bs, total_steps=total_steps_of(config))
+
+  config, out = describe(args.config)
+  if args.baseline:
+    base_cfg, base = describe(args.baseline)
+    base_examples = base["total_steps"] * base["batch_size"]
+    m = flops.matched_budget(out["train_flops_per_example"], base["train_flops_per_example"], base_examples,
+                             out["batch_size"])
+    out.update(baseline=base, matched_steps=m["matched_steps"], matched_examples=m["matched_examples"],
+               flops_budget=m["flops_budget"])
+  print(json.dumps(out, indent=2, default=float))
+  return 0
+
+
+def cmd_eval(args) -> int:
+  import jax
+  from siglip_rins import checkpoint as ckpt_lib, config_lib
+  from siglip_rins.models import build_model
+  from siglip_rins.tasks import get_task
+  from siglip_rins.train import _build_evals, make_predictor
+  from evaluators import report
+
+  config = config_lib.load_config(args.config)
+  if not config.get("evals"):
+    raise ValueError("the config has no evals (config.evals.NAME = dict(type=...))")
+  model, task = build_model(config.model), get_task(config)
+  example = task.example_batch(1)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *task.init_args(example))["params"])
+  mgr = ckpt_lib.CheckpointManager(args.workdir, async_save=False)
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no complete checkpoint in {mgr.directory}")
+  state, _ = mgr.restore(step)
+  params = jax.tree.map(lambda a, s: a, state["params"], abstract)
+  predictor = make_predictor(model, params, config)
+  records = []
+  for name, ev in _build_evals(config):
+    for r in _rounds(args.rounds) if args.rounds else list(config.evals[name].get("rounds", [None]) or [None]):
+      for rec in ev.run(predictor, rounds=r):
+        rec["step"] = step
+        records.append(rec)
+  json_path, md_path = report.write_report(records, args.out or args.workdir, title=f"Evaluation at step {step}")
+  print(open(md_path).read())
+  return 0
+
+
+def cmd_export(args) -> int:
+  from siglip_rins import export
+  path = export.export_model(args.workdir, args.out)
+  print(f"exported to {path}")
+  return 0
+
+
+def cmd_classify(args) -> int:
+  from siglip_rins import export
+  labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+  if not labels:
+    raise ValueError("--labels needs at least one label, e.g. --labels 'cat,dog'")
+  return export.classify_main(args.model, labels, args.images, top_k=args.top_k, rounds=args.rounds) or 0
+
+
+def cmd_retrieve(args) -> int:
+  from siglip_rins import export
+  return export.retrieve_main(args.model, args.query, args.folder, top_k=args.top_k, rounds=args.rounds) or 0
+
+
+def cmd_scaling(args) -> int:
+  from siglip_rins import scaling
+  argv = list(args.run_dirs) + (["--metric", args.metric] if args.metric else []) + (
+      ["--out", args.out] if args.out else [])
+  return scaling.main(argv) or 0
+
+
+def cmd_demo(args, rest) -> int:
+  from siglip_rins.demo import runner
+  return runner.main(rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="siglip-rins", description="Recursive Inference Scaling (RINS) in JAX.")
+  sub = p.add_subparsers(dest="command", required=True)
+  t = sub.add_parser("train", help="train from a config (big_vision style)")
+  t.add_argument("--config", required=True)
+  t.add_argument("--workdir", required=True)
+  e = sub.add_parser("eval", help="run a config's evaluators on its latest checkpoint")
+  e.add_argument("--config", required=True)
+  e.add_argument("--workdir", required=True)
+  e.add_argument("--rounds", help="inference rounds, e.g. 1,2,3 (default: each eval's own)")
+  e.add_argument("--out", help="report folder (default: the workdir)")
+  f = sub.add_parser("flops", help="params, FLOPs and compute-matched steps as JSON")
+  f.add_argument("--config", required=True)
+  f.add_argument("--baseline", help="a baseline config to compute-match against")
+  x = sub.add_parser("export", help="export a trained run to a self-contained model folder")
+  x.add_argument("--workdir", required=True)
+  x.add_argument("--out", required=True)
+  c = sub.add_parser("classify", help="zero-shot classify images with an exported model")
+  c.add_argument("--model", required=True)
+  c.add_argument("--labels", required=True, help="comma-separated class names")
+  c.add_argument("--top-k", type=int, default=3)
+  c.add_argument("--rounds", type=int, default=None)
+  c.add_argument("images", nargs="+")
+  r = sub.add_parser("retrieve", help="rank the images of a folder for a text query")
+  r.add_argument("--model", required=True)
+  r.add_argument("--query", required=True)
+  r.add_argument("--top-k", type=int, default=10)
+  r.add_argument("--rounds", type=int, default=None)
+  r.add_argument("folder")
+  s = sub.add_parser("scaling", help="fit power laws to run folders' eval curves")
+  s.add_argument("run_dirs", nargs="+")
+  s.add_argument("--metric")
+  s.add_argument("--out")
+  sub.add_parser("demo", help="the compute-matched RINS study on the built-in dataset (flags: see --help)",
+                 add_help=False)
+  return p
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["demo"]:
+    return cmd_demo(None, argv[1:])
+  parser = build_parser()
+  args, rest = parser.parse_known_args(argv)
+  try:
+    if args.command == "train":
+      from siglip_rins.train import run_from_args
+      return run_from_args(args, rest)
+    if rest:
+      parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return {"flops": cmd_flops, "eval": cmd_eval, "export": cmd_export, "classify": cmd_classify,
+            "retrieve": cmd_retrieve, "scaling": cmd_scaling}[args.command](args)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,580 @@
+"""Self-contained exported SigLIP(-RINS) models: write one from a training run, load it, use it.
+
+Exported folder (`export_model(workdir, out_dir)` or `export_params(...)`):
+  config.json          {"format": "siglip_rins.exported", "format_version": 1, "model": <build_model config>,
+                        "params_file": "params.safetensors",
+                        "text": {"tokenizer_file", "max_len", "eos", "canonicalize", "pad_value"},
+                        "image": {"size": [H, W], "resize_method": "bilinear", "antialias": false,
+                                  "value_range": [-1, 1]}, "source": {...}}
+  params.safetensors   float32 parameters under '/'-joined names ('img/embedding/kernel', 't', ...); no pickle.
+  tokenizer.model      the SentencePiece model (copied bytes).
+
+`load_exported(model_dir) -> ExportedModel` runs the JAX model with no TensorFlow: pure-Python SentencePiece
+tokenisation and PIL/numpy image reading; images are resized (bilinear, no antialiasing, like the training
+pipeline's `resize`), rounded to uint8 and scaled to [-1, 1].
+
+CLI entry points (the lead wires them): `classify_main`, `retrieve_main`, `export_main`; `add_cli(subparsers)`
+registers `export`, `classify`, `retrieve` and `export-hf` subcommands.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+from typing import Any, Iterable, Mapping, Optional, Sequence, TextIO, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from siglip_rins.image_io import list_image_files, read_image, read_images, to_rgb_uint8
+from siglip_rins.interop import diff_names, flatten_params, unflatten_params
+
+FORMAT_NAME = "siglip_rins.exported"
+FORMAT_VERSION = 1
+PARAMS_FILE = "params.safetensors"
+TOKENIZER_FILE = "tokenizer.model"
+CONFIG_FILE = "config.json"
+RESIZE_METHODS = ("bilinear", "nearest", "bicubic")
+DEFAULT_TEXT_LEN = 64
+
+Rounds = Union[None, int, Mapping[str, int]]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _as_plain(obj: Any) -> Any:
+  """ConfigDict / tuples / numpy scalars -> JSON-able python objects."""
+  if hasattr(obj, "to_dict"):
+    obj = obj.to_dict()
+  if isinstance(obj, Mapping):
+    return {str(k): _as_plain(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_as_plain(v) for v in obj]
+  if isinstance(obj, np.generic):
+    return obj.item()
+  return obj
+
+
+def _size_pair(size, what: str) -> tuple[int, int]:
+  if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    size = (int(size), int(size))
+  if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+      isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)):
+    raise ValueError(f"{what} must be a positive int or a pair (height, width), got {size!r}")
+  return int(size[0]), int(size[1])
+
+
+def check_rounds(rounds: Rounds) -> Rounds:
+  """None, an int >= 1, or {'img': int|None, 'txt': int|None}; anything else -> ValueError."""
+  if rounds is None:
+    return None
+  if isinstance(rounds, Mapping):
+    unknown = sorted(set(rounds) - {"img", "txt"})
+    if unknown:
+      raise ValueError(f"rounds: unknown tower key(s) {unknown}; allowed: ['img', 'txt']")
+    return {k: check_rounds(v) for k, v in rounds.items()}
+  if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+    raise ValueError(f"rounds must be None or an integer >= 1, got {rounds!r}")
+  return int(rounds)
+
+
+def param_shapes(model, image_size: Optional[tuple[int, int]], text_len: Optional[int]) -> dict:
+  """Nested dict of jax.ShapeDtypeStruct of `model`'s params (two_towers) for inputs of these sizes."""
+  images = None if image_size is None else jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  texts = None if text_len is None else jax.ShapeDtypeStruct((1, text_len), jnp.int32)
+  variables = jax.eval_shape(lambda i, t: model.init(jax.random.PRNGKey(0), i, t), images, texts)
+  return jax.tree.map(lambda x: x, dict(variables["params"]))
+
+
+def image_size_from_params(model, flat_params: Mapping[str, np.ndarray],
+                           configured: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+  """Input size the image tower needs: the configured size when its patch grid fits the learned position
+  embedding, else the square grid of `img/pos_embedding` times the patch size; None without an image tower."""
+  image_kw = getattr(model, "image", None)
+  if image_kw is None:
+    return None
+  ph, pw = image_kw.get("patch_size", (16, 16))
+  pos = flat_params.get("img/pos_embedding")
+  if pos is None:   # fixed (sincos2d) position embedding: any size works; the configured one is required
+    if configured is None:
+      raise ValueError("cannot tell the image size: give image_size (the model has no learned position embedding)")
+    return configured
+  n = int(pos.shape[1])
+  if configured is not None and (configured[0] // ph) * (configured[1] // pw) == n:
+    return configured
+  g = math.isqrt(n)
+  if g * g != n:
+    raise ValueError(f"img/pos_embedding has {n} positions, not a square grid; give image_size explicitly")
+  return g * ph, g * pw
+
+
+# ----------------------------------------------------------------------------- settings from the run
+def _pp_strings(node: Any) -> Iterable[str]:
+  if isinstance(node, Mapping):
+    for v in node.values():
+      yield from _pp_strings(v)
+  elif isinstance(node, (list, tuple)):
+    for v in node:
+      yield from _pp_strings(v)
+  elif isinstance(node, str) and "(" in node:
+    yield node
+
+
+def settings_from_run_config(config: Mapping[str, Any]) -> dict:
+  """Text and image settings of a training run's config: {'tokenizer', 'max_len', 'eos', 'canonicalize',
+  'pad_value', 'image_size'} (values None when the config does not say).
+
+  Explicit `config.input.{tokenizer, text_len, image_size}` win; otherwise the `tokenize(...)` and
+  `resize(...)` / `inception_crop(...)` / `central_crop(...)` ops of the input pp strings are parsed
+  (literals only, via the pp parser).
+  """
+  from siglip_rins.data import pp as pp_lib  # the parser is pure Python (no TensorFlow)
+
+  inp = dict(config.get("input") or {})
+  out = dict(tokenizer=None, max_len=None, eos="sticky", canonicalize=True, pad_value=None, image_size=None)
+  for pp_string in list(_pp_strings(inp)) + list(_pp_strings(config.get("evals") or {})):
+    try:
+      specs = pp_lib.parse(pp_string)
+    except ValueError:
+      continue
+    for spec in specs:
+      kw = dict(spec.kwargs)
+      if spec.name == "tokenize":
+        names = ("max_len", "model", "eos", "pad_value", "inkey", "outkey", "canonicalize")
+        kw.update(dict(zip(names, spec.args)))
+        if out["max_len"] is None:
+          out.update(max_len=kw.get("max_len"), tokenizer=kw.get("model", "demo"), eos=kw.get("eos", "sticky"),
+                     canonicalize=kw.get("canonicalize", True), pad_value=kw.get("pad_value"))
+      elif spec.name in ("resize", "inception_crop", "central_crop") and out["image_size"] is None:
+        size = spec.args[0] if spec.args else kw.get("size")
+        if size is not None:
+          out["image_size"] = _size_pair(size, f"pp op {spec.name!r} size")
+  for key, name in (("tokenizer", "tokenizer"), ("text_len", "max_len")):
+    if inp.get(key) is not None:
+      out[name] = inp[key]
+  if inp.get("image_size") is not None:
+    out["image_size"] = _size_pair(inp["image_size"], "config.input.image_size")
+  return out
+
+
+# ------------------------------------------------------------------------------------------- export
+def export_params(params: Mapping[str, Any], model_config: Mapping[str, Any], out_dir: str | os.PathLike, *,
+                  tokenizer: Any = None, text_len: Optional[int] = None, eos: str = "sticky",
+                  canonicalize: bool = True, pad_value: Optional[int] = None,
+                  image_size: Any = None, resize_method: str = "bilinear",
+                  source: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+  """Writes an exported model folder from a parameter tree.
+
+  params: two_towers parameter tree (`img/...`, `txt/...`, `t`, `b`).  model_config: the `build_model` config.
+  tokenizer: a Tokenizer, a tokenizer name/path (see text.tokenizer.get_tokenizer) or None (a model with no text
+  tower).  text_len: token length L; default: the length of `txt/pos_embedding`.  image_size: int or (H, W) in
+  pixels; default: from `img/pos_embedding` and the patch size.  Returns the folder path.
+  """
+  from siglip_rins.models import build_model
+  from siglip_rins.text.tokenizer import Tokenizer, check_encode_args, get_tokenizer
+
+  model_config = _as_plain(model_config)
+  if model_config.get("name") != "two_towers":
+    raise ValueError(f"export supports two_towers (SigLIP) models; this model is {model_config.get('name')!r}")
+  if resize_method not in RESIZE_METHODS:
+    raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
+  model = build_model(model_config)
+  flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}
+  size = image_size_from_params(model, flat, None if image_size is None else _size_pair(image_size, "image_size"))
+  text_cfg = None
+  tok = None
+  if model.text is not None:
+    if text_len is None:
+      if "txt/pos_embedding" not in flat:
+        raise ValueError("give text_len: the parameters have no txt/pos_embedding")
+      text_len = int(flat["txt/pos_embedding"].shape[1])
+    if tokenizer is None:
+      raise ValueError("this model has a text tower: give tokenizer (a name such as 'demo', a .model path or a "
+                       "Tokenizer) so the exported folder can tokenise texts")
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else get_tokenizer(tokenizer)
+    check_encode_args(text_len, eos, tok.eos_id)
+    vocab = model.text.get("vocab_size", 32_000)
+    if tok.vocab_size > vocab:
+      raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the text tower's vocab_size is {vocab}")
+    text_cfg = dict(tokenizer_file=TOKENIZER_FILE, max_len=int(text_len), eos=eos, canonicalize=bool(canonicalize),
+                    pad_value=pad_value)
+  # Check the parameter tree against the model before writing anything.
+  expected = flatten_params(param_shapes(model, size, text_cfg and text_cfg["max_len"]))
+  diff_names(set(expected), set(flat), "parameters do not match the model config")
+  bad = [f"{k}: {flat[k].shape} != {tuple(expected[k].shape)}" for k in sorted(flat)
+         if tuple(flat[k].shape) != tuple(expected[k].shape)]
+  if bad:
+    raise ValueError(f"parameter shapes do not match the model config: {bad[:20]}")
+
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  from safetensors.numpy import save_file
+  tmp = out / (PARAMS_FILE + ".tmp")
+  save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp),
+            metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+  os.replace(tmp, out / PARAMS_FILE)
+  if tok is not None:
+    (out / TOKENIZER_FILE).write_bytes(tok.model_proto)
+  config = {
+      "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": model_config, "params_file": PARAMS_FILE,
+      "text": text_cfg,
+      "image": None if size is None else dict(size=list(size), resize_method=resize_method, antialias=False,
+                                              value_range=[-1.0, 1.0]),
+      "source": _as_plain(dict(source or {})),
+  }
+  tmp = out / (CONFIG_FILE + ".tmp")
+  tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+  os.replace(tmp, out / CONFIG_FILE)   # config.json last: a folder with it is complete
+  return out
+
+
+def export_model(workdir: str | os.PathLike, out_dir: str | os.PathLike, step: Optional[int] = None, *,
+                 tokenizer: Any = None, text_len: Optional[int] = None, image_size: Any = None) -> pathlib.Path:
+  """Exports the checkpoint `step` (default: latest) of the run in `workdir` to `out_dir` (see module doc).
+
+  Reads `<workdir>/config.json` (the run's full config; `model` is the build_model config, `input` holds the pp
+  strings / text_len / tokenizer) and the checkpoint through `checkpoint.CheckpointManager`.  The keyword
+  arguments override what the run config says.
+  """
+  from siglip_rins.checkpoint import CheckpointManager
+
+  workdir = pathlib.Path(workdir)
+  cfg_path = workdir / "config.json"
+  if not cfg_path.is_file():
+    raise FileNotFoundError(f"{cfg_path} not found: is {workdir} a training run's workdir?")
+  try:
+    run_config = json.loads(cfg_path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+  if not isinstance(run_config, dict) or not isinstance(run_config.get("model"), dict):
+    raise ValueError(f"{cfg_path} has no 'model' config dict")
+  settings = settings_from_run_config(run_config)
+  mgr = CheckpointManager(workdir, async_save=False)
+  try:
+    state, meta = mgr.restore(step)
+    step = step if step is not None else mgr.latest_step()
+  finally:
+    mgr.close()
+  if not isinstance(state, Mapping) or "params" not in state:
+    raise ValueError(f"checkpoint {step} in {workdir} has no 'params' entry (keys: {sorted(state)})")
+  params = jax.tree.map(np.asarray, state["params"])
+  return export_params(
+      params, run_config["model"], out_dir,
+      tokenizer=tokenizer if tokenizer is not None else (settings["tokenizer"] or "demo"),
+      text_len=text_len if text_len is not None else settings["max_len"],
+      eos=settings["eos"], canonicalize=settings["canonicalize"], pad_value=settings["pad_value"],
+      image_size=image_size if image_size is not None else settings["image_size"],
+      source=dict(workdir=str(workdir.resolve()), step=None if step is None else int(step)))
+
+
+# --------------------------------------------------------------------------------------------- load
+def read_exported_config(model_dir: str | os.PathLike) -> dict:
+  """Reads and validates `<model_dir>/config.json`; a newer format version -> ValueError."""
+  model_dir = pathlib.Path(model_dir)
+  path = model_dir / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: {model_dir} is not an exported siglip_rins model folder")
+  try:
+    config = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+    raise ValueError(f"{path} is not a siglip_rins exported-model config (format {config.get('format')!r})"
+                     if isinstance(config, dict) else f"{path} does not hold a JSON object")
+  version = config.get("format_version")
+  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    raise ValueError(f"{path}: format_version must be an integer >= 1, got {version!r}")
+  if version > FORMAT_VERSION:
+    raise ValueError(f"{path} was written in exported-model format version {version}, but this siglip_rins reads "
+                     f"versions up to {FORMAT_VERSION}; upgrade siglip_rins to load it")
+  return config
+
+
+class ExportedModel:
+  """A loaded exported model.  Embeddings are L2-normalised float32 numpy arrays [N, D].
+
+  Attributes: `model` (flax module), `params`, `config`, `tokenizer` (or None), `text_len`, `image_size` (H, W),
+  `temperature` (= exp(t), a float), `bias` (b, a float).
+  """
+
+  def __init__(self, model_dir: str | os.PathLike):
+    from safetensors.numpy import load_file
+    from siglip_rins.models import build_model
+
+    self.model_dir = pathlib.Path(model_dir)
+    self.config = read_exported_config(self.model_dir)
+    self.model = build_model(self.config["model"])
+    params_path = self.model_dir / self.config.get("params_file", PARAMS_FILE)
+    if not params_path.is_file():
+      raise FileNotFoundError(f"{params_path} not found (the exported folder is incomplete)")
+    try:
+      flat = load_file(str(params_path))
+    except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt files
+      raise ValueError(f"{params_path} is not a readable safetensors file: {e}") from None
+    text = self.config.get("text")
+    image = self.config.get("image")
+    self.text_len = None if not text else int(text["max_len"])
+    self.image_size = None if not image else _size_pair(image["size"], "config.image.size")
+    self.resize_method = "bilinear" if not image else image.get("resize_method", "bilinear")
+    if self.resize_method not in RESIZE_METHODS:
+      raise ValueError(f"config.image.resize_method must be one of {RESIZE_METHODS}, got {self.resize_method!r}")
+    expected = flatten_params(param_shapes(self.model, self.image_size, self.text_len))
+    diff_names(set(expected), set(flat), f"{params_path} does not match the model config")
+    bad = [k for k in expected if tuple(expected[k].shape) != tuple(flat[k].shape)]
+    if bad:
+      raise ValueError(f"{params_path}: shapes differ from the model config for {bad[:20]}")
+    self.params = jax.tree.map(jnp.asarray, unflatten_params(flat))
+    self.tokenizer = None
+    if text:
+      from siglip_rins.text.tokenizer import Tokenizer
+      self.tokenizer = Tokenizer.from_file(self.model_dir / text.get("tokenizer_file", TOKENIZER_FILE))
+      self.eos = text.get("eos", "sticky")
+      self.canonicalize = bool(text.get("canonicalize", True))
+      self.pad_value = text.get("pad_value")
+    self.temperature = float(np.exp(np.asarray(flat["t"]).reshape(-1)[0]))
+    self.bias = float(np.asarray(flat["b"]).reshape(-1)[0])
+    model = self.model
+    unfreeze = lambda r: dict(r) if isinstance(r, tuple) else r   # rounds travel as a hashable static arg
+    self._embed_images = jax.jit(lambda p, x, r: model.apply({"params": p}, x, None, rounds=unfreeze(r))[0],
+                                 static_argnums=2)
+    self._embed_texts = jax.jit(lambda p, x, r: model.apply({"params": p}, None, x, rounds=unfreeze(r))[1],
+                                static_argnums=2)
+
+  # ------------------------------------------------------------------------------------ preprocessing
+  def preprocess_image(self, image) -> np.ndarray:
+    """A path, PIL image or uint8/float [H, W(, C)] array -> float32 [H', W', 3] in [-1, 1] at `image_size`."""
+    if self.image_size is None:
+      raise ValueError("this model has no image tower")
+    if isinstance(image, (str, os.PathLike)):
+      image = read_image(image)
+    rgb = to_rgb_uint8(image).astype(np.float32)
+    h, w = self.image_size
+    if rgb.shape[:2] != (h, w):
+      method = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}[self.resize_method]
+      rgb = np.asarray(jax.image.resize(rgb, (h, w, 3), method=method, antialias=False))
+      rgb = np.clip(np.rint(rgb), 0.0, 255.0)   # the training pipeline's resize keeps uint8
+    return (rgb / 127.5 - 1.0).astype(np.float32)
+
+  def preprocess_images(self, images) -> np.ndarray:
+    """List of paths / PIL images / arrays, or a float array [N, H, W, 3] already in [-1, 1] at `image_size`
+    (passed through) -> float32 [N, H, W, 3]."""
+    if isinstance(images, np.ndarray) and images.ndim == 4 and np.issubdtype(images.dtype, np.floating):
+      if tuple(images.shape[1:]) != (*self.image_size, 3):
+        raise ValueError(f"a float image batch must be [N, {self.image_size[0]}, {self.image_size[1]}, 3] in "
+                         f"[-1, 1]; got {images.shape}")
+      return images.astype(np.float32)
+    if isinstance(images, (str, os.PathLike)) or not isinstance(images, (Sequence, np.ndarray)):
+      raise ValueError("images must be a list (of paths, PIL images or arrays) or a float array [N, H, W, 3]")
+    if len(images) == 0:
+      return np.zeros((0, *self.image_size, 3), np.float32)
+    return np.stack([self.preprocess_image(im) for im in images])
+
+  def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+    """Strings -> int32 [N, text_len] as in training (canonicalised, sticky EOS, padded)."""
+    if self.tokenizer is None:
+      raise ValueError("this model has no text tower")
+    if isinstance(texts, (str, bytes)):
+      raise ValueError("texts must be a list of strings, got a single string")
+    return self.tokenizer.encode(list(texts), self.text_len, eos=self.eos, canonicalize=self.canonicalize,
+                                 pad_value=self.pad_value)
+
+  # ---------------------------------------------------------------------------------------- embeddings
+  @staticmethod
+  def _batched(fn, params, x: np.ndarray, rounds, batch_size: int) -> np.ndarray:
+    """Runs fn over x in fixed-size batches (the last one padded, so one compilation per shape)."""
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(rounds, Mapping):
+      rounds = tuple(sorted(rounds.items()))
+    n = x.shape[0]
+    bs = min(batch_size, max(n, 1))
+    outs = []
+    for i in range(0, n, bs):
+      chunk = x[i:i + bs]
+      pad = bs - chunk.shape[0]
+      if pad:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+      outs.append(np.asarray(fn(params, chunk, rounds))[:bs - pad])
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+  def encode_images(self, images, rounds: Optional[int] = None, batch_size: int = 32) -> np.ndarray:
+    """images (see preprocess_images) -> L2-normalised float32 [N, D].  rounds: A^kB at inference (None: as
+    trained)."""
+    if self.model.image is None:
+      raise ValueError("this model has no image tower")
+    r = check_rounds(rounds)
+    x = self.preprocess_images(images)
+    return self._batched(self._embed_images, self.params, x, r, batch_size).astype(np.float32)
+
+  def encode_texts(self, texts: Sequence[str], rounds: Optional[int] = None, batch_size: int = 64) -> np.ndarray:
+    """Strings -> L2-normalised float32 [N, D]."""
+    r = check_rounds(rounds)
+    tokens = self.tokenize(texts)
+    return self._batched(self._embed_texts, self.params, tokens, r, batch_size).astype(np.float32)
+
+  def class_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
+                       rounds: Optional[int] = None) -> np.ndarray:
+    """Zero-shot class embeddings [C, D]: L2-normalised mean over templates of the normalised text embeddings
+    of `template.format(label)`.  templates=None means the bare label ('{}')."""
+    if isinstance(labels, str) or not labels:
+      raise ValueError("labels must be a non-empty list of strings")
+    templates = ["{}"] if templates is None else list(templates)
+    if not templates or any(not isinstance(t, str) or "{}" not in t for t in templates):
+      raise ValueError(f"templates must be a non-empty list of strings each containing '{{}}', got {templates!r}")
+    texts = [t.format(label) for label in labels for t in templates]
+    z = self.encode_texts(texts, rounds).reshape(len(labels), len(templates), -1).mean(axis=1)
+    return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+
+  def probabilities(self, zimg: np.ndarray, ztxt: np.ndarray) -> np.ndarray:
+    """sigmoid(exp(t) * zimg @ ztxt.T + b): [N, C] probabilities that image n matches text c."""
+    logits = self.temperature * (zimg @ ztxt.T) + self.bias
+    return 1.0 / (1.0 + np.exp(-logits))
+
+  def classify(self, images, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
+               rounds: Optional[int] = None, top_k: Optional[int] = None) -> list[list[tuple[str, float]]]:
+    """For each image, [(label, probability), ...] sorted by probability (descending), `top_k` kept (None: all).
+
+    probability = sigmoid(exp(t) * <image, class embedding> + b) with the learned t and b; each is the model's
+    belief that the label matches (they do not sum to 1).
+    """
+    zc = self.class_embeddings(labels, templates, rounds)
+    zi = self.encode_images(images, rounds)
+    probs = self.probabilities(zi, zc)
+    out = []
+    for row in probs:
+      order = np.argsort(-row, kind="stable")
+      if top_k is not None:
+        order = order[:top_k]
+      out.append([(labels[i], float(row[i])) for i in order])
+    return out
+
+
+def load_exported(model_dir: str | os.PathLike) -> ExportedModel:
+  """Loads an exported model folder (see module doc).  Raises FileNotFoundError / ValueError naming the problem."""
+  return ExportedModel(model_dir)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _read_batches(paths: Sequence[pathlib.Path], batch: int, err: TextIO):
+  """Yields lists of (path, uint8 image) of readable files; prints one line to `err` per unreadable file."""
+  buf = []
+  for path, image, error in read_images(paths):
+    if error is not None:
+      print(f"skipping {error}", file=err)
+      continue
+    buf.append((path, image))
+    if len(buf) == batch:
+      yield buf
+      buf = []
+  if buf:
+    yield buf
+
+
+def classify_main(model_dir, labels: Sequence[str], image_paths: Sequence[str], top_k: int = 5,
+                  rounds: Optional[int] = None, templates: Optional[Sequence[str]] = None,
+                  out: Optional[TextIO] = None, err: Optional[TextIO] = None, batch_size: int = 32) -> int:
+  """Prints, per readable image, its path and the top_k labels with probabilities ('  0.9731  label').
+
+  Unreadable files get one line on `err` and the others are still processed.  Returns the exit status: 0 when
+  every image was classified, 1 when some could not be read.
+  """
+  out, err = out or sys.stdout, err or sys.stderr
+  labels = [l for l in labels if l.strip()]
+  if not labels:
+    raise ValueError("give at least one non-empty label")
+  if not image_paths:
+    raise ValueError("give at least one image path")
+  if top_k < 1:
+    raise ValueError(f"top_k must be >= 1, got {top_k}")
+  model = load_exported(model_dir)
+  zc = model.class_embeddings(labels, templates, rounds)
+  done = 0
+  for batch in _read_batches([pathlib.Path(p) for p in image_paths], batch_size, err):
+    zi = model.encode_images([im for _, im in batch], rounds)
+    for (path, _), row in zip(batch, model.probabilities(zi, zc)):
+      print(str(path), file=out)
+      for i in np.argsort(-row, kind="stable")[:top_k]:
+        print(f"  {row[i]:.4f}  {labels[i]}", file=out)
+      done += 1
+  return 0 if done == len(image_paths) else 1
+
+
+def retrieve_main(model_dir, query: str, folder, top_k: int = 10, rounds: Optional[int] = None,
+                  out: Optional[TextIO] = None, err: Optional[TextIO] = None, batch_size: int = 32) -> int:
+  """Ranks the images in `folder` (extensions in image_io.IMAGE_EXTENSIONS) by their match with `query`; prints
+  'rank  probability  cosine  path' for the top_k.  Unreadable files get one line on `err`.  Returns 0 when
+  every file was read, 1 otherwise (also when the folder holds no image)."""
+  out, err = out or sys.stdout, err or sys.stderr
+  if not isinstance(query, str) or not query.strip():
+    raise ValueError("query must be a non-empty string")
+  if top_k < 1:
+    raise ValueError(f"top_k must be >= 1, got {top_k}")
+  paths = list_image_files(folder)
+  if not paths:
+    print(f"no image files ({', '.join(e.lstrip('.') for e in ('.jpg', '.png', '.webp'))}, ...) in {folder}",
+          file=err)
+    return 1
+  model = load_exported(model_dir)
+  zq = model.encode_texts([query], rounds)[0]
+  scored: list[tuple[float, pathlib.Path]] = []
+  for batch in _read_batches(paths, batch_size, err):
+    zi = model.encode_images([im for _, im in batch], rounds)
+    scored.extend(zip((zi @ zq).tolist(), (p for p, _ in batch)))
+  scored.sort(key=lambda s: -s[0])
+  for rank, (cos, path) in enumerate(scored[:top_k], 1):
+    prob = 1.0 / (1.0 + math.exp(-(model.temperature * cos + model.bias)))
+    print(f"{rank:3d}  {prob:.4f}  {cos:+.4f}  {path}", file=out)
+  return 0 if len(scored) == len(paths) else 1
+
+
+def export_main(workdir, out_dir, step: Optional[int] = None, out: Optional[TextIO] = None) -> int:
+  """`siglip-rins export`: export_model, then one line naming the folder.  Returns 0."""
+  path = export_model(workdir, out_dir, step)
+  print(f"exported {workdir} -> {path}", file=out or sys.stdout)
+  return 0
+
+
+def add_cli(subparsers) -> None:
+  """Registers `export`, `classify`, `retrieve`, `export-hf` on an argparse subparsers object; each sets
+  `func(args) -> int` (the exit status)."""
+  p = subparsers.add_parser("export", help="export a training run's checkpoint to a self-contained model folder")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--out", required=True, help="output model folder")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.set_defaults(func=lambda a: export_main(a.workdir, a.out, a.step))
+
+  p = subparsers.add_parser("classify", help="zero-shot classify image files with an exported model")
+  p.add_argument("--model", required=True, help="exported model folder")
+  p.add_argument("--labels", required=True, help="comma-separated class names")
+  p.add_argument("--template", action="append", default=None, help="prompt template with '{}' (repeatable)")
+  p.add_argument("--top_k", type=int, default=5)
+  p.add_argument("--rounds", type=int, default=None, help="recursion rounds at inference (default: as trained)")
+  p.add_argument("images", nargs="+")
+  p.set_defaults(func=lambda a: classify_main(a.model, [s.strip() for s in a.labels.split(",")], a.images,
+                                              a.top_k, a.rounds, a.template))
+
+  p = subparsers.add_parser("retrieve", help="rank the images of a folder by a text query")
+  p.add_argument("--model", required=True, help="exported model folder")
+  p.add_argument("--query", required=True)
+  p.add_argument("--folder", required=True)
+  p.add_argument("--top_k", type=int, default=10)
+  p.add_argument("--rounds", type=int, default=None)
+  p.set_defaults(func=lambda a: retrieve_main(a.model, a.query, a.folder, a.top_k, a.rounds))
+
+  def _export_hf(a) -> int:
+    from siglip_rins.interop.hf import export_hf_from_exported
+    path = export_hf_from_exported(a.model, a.out, rounds=a.rounds)
+    print(f"wrote transformers SiglipModel folder {path}")
+    return 0
+
+  p = subparsers.add_parser("export-hf", help="write a transformers SiglipModel folder (recursion unrolled)")
+  p.add_argument("--model", required=True, help="exported model folder")
+  p.add_argument("--out", required=True)
+  p.add_argument("--rounds", type=int, default=None, help="rounds to unroll (default: as trained)")
+  p.set_defaults(func=_export_hf)
+
+
+__all__ = ["export_model", "export_params", "load_exported", "ExportedModel", "read_exported_config",
+           "classify_main", "retrieve_main", "export_main", "add_cli", "settings_from_run_config", "FORMAT_VERSION"]

@@ -1,0 +1,175 @@
+"""Tests of the towers from `build_model`: the decoder LM's KV cache (incremental decoding, KV sharing, packing),
+the two-tower / classifier output contracts, config validation, and shape-only (jax.eval_shape) builds of the
+full-size models (B/16 two towers, lm_1b) on CPU.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from siglip_rins.flops import count_params
+from siglip_rins.models import build_model, init_cache
+from siglip_rins.models.decoder import cache_bytes
+from test_recursion import random_params
+
+VOCAB, WIDTH, HEADS = 40, 16, 2
+
+
+def _decoder(signature="AB", kv_sharing=False, loop="scan", depth=2):
+  return build_model(dict(name="decoder", vocab_size=VOCAB, width=WIDTH, depth=depth, mlp_dim=32, num_heads=HEADS,
+                          recursion=dict(signature=signature, kv_sharing=kv_sharing, loop=loop)))
+
+
+def _tokens(shape, seed=2):
+  return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, VOCAB)
+
+
+# ---------------------------------------------------------------------------------------- decoder LM
+@pytest.mark.parametrize("signature, kv_sharing, loop", [
+    ("AB", False, "scan"), ("A^2B", False, "scan"), ("A^2B", True, "scan"), ("A^3B", True, "unroll")])
+def test_incremental_decoding_reproduces_full_sequence_logits(signature, kv_sharing, loop):
+  model = _decoder(signature, kv_sharing, loop)
+  b, t = 2, 6
+  tokens = _tokens((b, t))
+  params = random_params(model, tokens)
+  full = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, tokens)
+  cache = init_cache(model, params, b, t)
+
+  @jax.jit
+  def step(cache, token, position):
+    logits, mutated = model.apply({"params": params, "cache": cache}, token, positions=position, decode=True,
+                                  mutable=["cache"])
+    return logits, mutated["cache"]
+
+  steps = []
+  for i in range(t):
+    logits, cache = step(cache, tokens[:, i:i + 1], jnp.full((b, 1), i, jnp.int32))
+    steps.append(logits)
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full), rtol=1e-4, atol=1e-4)
+  # Causality is real: changing the last token does not change earlier logits but changes the last ones.
+  changed = model.apply({"params": params}, tokens.at[:, -1].set((tokens[:, -1] + 1) % VOCAB))
+  np.testing.assert_allclose(np.asarray(changed[:, :-1]), np.asarray(full[:, :-1]), rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(changed[:, -1] - full[:, -1])).max() > 1e-4
+
+
+def _cache_bytes_for(r, kv_sharing, b=2, t=8, depth=4):
+  model = _decoder(f"A^{r}B", kv_sharing, depth=depth)
+  tokens = jnp.zeros((b, t), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens))["params"]
+  return cache_bytes(jax.eval_shape(lambda p: init_cache(model, p, b, t), params))
+
+
+def test_kv_sharing_cache_does_not_grow_with_rounds():
+  b, t, depth = 2, 8, 4
+  per_layer = 2 * b * t * WIDTH * 4                 # keys + values, float32
+  lpb = depth // 2
+  shared = [_cache_bytes_for(r, True) for r in (2, 3, 4)]
+  plain = [_cache_bytes_for(r, False) for r in (2, 3, 4)]
+  assert shared == [2 * lpb * per_layer] * 3        # first round of A + B, whatever r
+  assert plain == [(r + 1) * lpb * per_layer for r in (2, 3, 4)]
+
+
+@pytest.mark.parametrize("signature, kv_sharing", [("AB", False), ("A^2B", True)])
+def test_packed_sequences_match_separate_sequences(signature, kv_sharing):
+  model = _decoder(signature, kv_sharing)
+  first, second = _tokens((1, 3), seed=3), _tokens((1, 5), seed=4)
+  packed = jnp.concatenate([first, second], axis=1)
+  segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2]])
+  positions = jnp.array([[0, 1, 2, 0, 1, 2, 3, 4]])
+  params = random_params(model, packed)
+  apply = lambda *a, **k: np.asarray(model.apply({"params": params}, *a, **k))
+  separate = np.concatenate([apply(first), apply(second)], axis=1)
+  np.testing.assert_allclose(apply(packed, segment_ids=segment_ids, positions=positions), separate,
+                             rtol=1e-4, atol=1e-4)
+  # Without segment_ids the second sequence sees the first one: the logits differ.
+  assert np.abs(apply(packed, positions=positions)[:, 3:] - separate[:, 3:]).max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------ two towers etc.
+TINY_TOWERS = dict(name="two_towers", image=dict(variant="mu/4", pool_type="map"),
+                   text=dict(variant="mu", vocab_size=VOCAB), out_dim=(None, 32),
+                   recursion=dict(signature="A^2B"))
+
+
+def test_two_towers_contract():
+  model = build_model(TINY_TOWERS)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (3, 8, 8, 3), minval=-1, maxval=1)
+  texts = _tokens((3, 5))
+  params = random_params(model, images, texts)
+  assert sorted(params) == ["b", "img", "t", "txt"]
+  assert "A" in params["img"]["Transformer"] and "MAPHead_0" in params["img"]
+  assert params["txt"]["head"]["kernel"].shape == (64, 32)
+  params = dict(params, t=jnp.log(jnp.array([10.0])), b=jnp.array([-10.0]))
+  zimg, ztxt, out = model.apply({"params": params}, images, texts, rounds={"img": 3, "txt": 1})
+  assert zimg.shape == (3, 64) and ztxt.shape == (3, 32)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(zimg), axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(ztxt), axis=-1), 1.0, rtol=1e-5)
+  assert int(out["rounds/img"]) == 3 and int(out["rounds/txt"]) == 1
+  np.testing.assert_allclose(float(out["t"]), 10.0, rtol=1e-6)
+  assert float(out["b"]) == -10.0
+  zimg_only, none, out = model.apply({"params": params}, images, None)
+  assert none is None and "rounds/txt" not in out and int(out["rounds/img"]) == 2
+
+
+def test_classifier_and_vit_shapes():
+  images = jnp.zeros((2, 8, 8, 3))
+  clf = build_model(dict(name="classifier", variant="mu/4", num_classes=7, recursion=dict(signature="A^3B")))
+  logits = jax.eval_shape(lambda: clf.apply(clf.init(jax.random.PRNGKey(0), images), images))
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+  vit = build_model(dict(name="vit", variant="mu/4", pool_type="none"))
+  tokens, aux = jax.eval_shape(lambda: vit.apply(vit.init(jax.random.PRNGKey(0), images), images))
+  assert tokens.shape == (2, 4, 64)
+
+
+@pytest.mark.parametrize("cfg, match", [
+    (dict(name="vit", variant="mu/4", colour=1), r"unknown key\(s\) \['colour'\]"),
+    (dict(name="decoder", variant="lm_mu", heads=2), r"unknown key\(s\) \['heads'\]"),
+    (dict(TINY_TOWERS, image=dict(variant="mu/4", patch=4)), r"model.image: unknown key\(s\) \['patch'\]"),
+    (dict(TINY_TOWERS, text=dict(variant="mu", vocab=4)), r"model.text: unknown key\(s\) \['vocab'\]"),
+    (dict(name="vit", variant="mu/4", recursion=dict(sig="AB")), r"unknown recursion key\(s\) \['sig'\]"),
+    (dict(name="decoder", variant="lm_9b"), r"unknown LM variant 'lm_9b'"),
+    (dict(name="vit", variant="Q/16"), r"unknown ViT variant 'Q/16'"),
+    (dict(name="vit", variant="mu/4", dtype="float8"), r"model.dtype: unknown dtype 'float8'"),
+    (dict(name="transformer"), r"model.name: unknown model 'transformer'"),
+    (dict(name="classifier", variant="mu/4"), r"model.num_classes: a classifier needs num_classes"),
+])
+def test_build_model_names_bad_keys(cfg, match):
+  with pytest.raises(ValueError, match=match):
+    build_model(cfg)
+
+
+# ------------------------------------------------------------------------ full size, shapes only (CPU)
+def _layer_params(width, mlp):
+  """Analytic parameter count of one pre-LN layer: q/k/v/out with biases, MLP with biases, two LayerNorms."""
+  return 4 * (width * width + width) + (width * mlp + mlp) + (mlp * width + width) + 2 * 2 * width
+
+
+def test_full_size_b16_two_towers_a3b_eval_shape():
+  model = build_model(dict(name="two_towers", image=dict(variant="B/16"), text=dict(variant="B", vocab_size=32000),
+                           out_dim=(None, 768), recursion=dict(signature="A^3B")))
+  images, texts = jnp.zeros((2, 256, 256, 3)), jnp.zeros((2, 64), jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, texts))
+  zimg, ztxt, out = jax.eval_shape(lambda v: model.apply(v, images, texts, train=True,
+                                                         rngs={"rins": jax.random.PRNGKey(1)}), variables)
+  assert zimg.shape == (2, 768) and ztxt.shape == (2, 768)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+  d, m = 768, 3072
+  stack = 12 * _layer_params(d, m) + 2 * d                                    # 12 layers as 2 blocks + final LN
+  map_head = d + 4 * (d * d + d) + 2 * d + (d * m + m) + (m * d + d)          # probe, attention, LN, MLP
+  image = 16 * 16 * 3 * d + d + 256 * d + stack + map_head
+  text = 32000 * d + 64 * d + stack + d * d + d
+  assert n == image + text + 2
+  assert 195e6 < n < 210e6
+
+
+def test_full_size_lm_1b_a3b_eval_shape():
+  model = build_model(dict(name="decoder", variant="lm_1b", recursion=dict(signature="A^3B", kv_sharing=True)))
+  tokens = jnp.zeros((1, 128), jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens))
+  logits = jax.eval_shape(lambda v: model.apply(v, tokens), variables)
+  assert logits.shape == (1, 128, 32000) and logits.dtype == jnp.float32
+  assert sorted(variables["params"]["Decoder"]) == ["A", "B", "encoder_norm"]
+  assert len(variables["params"]["Decoder"]["A"]) == 9                       # 18 layers -> 2 blocks of 9
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+  assert n == 18 * _layer_params(2048, 8192) + 2 * 2048 + 2 * 32000 * 2048
+  assert n == count_params(build_model(dict(name="decoder", variant="lm_1b")), (tokens,))   # same as AB

@@ -1,0 +1,347 @@
+"""Tests of the recursion engine (siglip_rins/recursion.py): parsing, block plans, the App. E.1 sweep, weight
+sharing (A^3B == an unrolled copy), loop forms, stochastic rounds, adapters and inference-time rounds.
+
+All models are tiny (width 16, a few tokens) so the file runs in seconds on CPU.
+"""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from siglip_rins import flops
+from siglip_rins.layers import LayerConfig
+from siglip_rins.models import build_model
+from siglip_rins.recursion import (RecursionConfig, RecursiveStack, compact_signature, make_plan,
+                                   parse_signature, sample_rounds, skip_tuple, sweep, with_rounds)
+
+LAYER = LayerConfig(width=16, num_heads=2, mlp_dim=32)
+
+
+def _x(shape=(2, 5, 16), seed=1):
+  return jax.random.normal(jax.random.PRNGKey(seed), shape)
+
+
+def _stack(signature, depth=4, **kw):
+  final_norm = kw.pop("final_norm", True)
+  return RecursiveStack(LAYER, depth, RecursionConfig(signature, **kw), final_norm=final_norm)
+
+
+def random_params(model, *inputs, seed=0, **kw):
+  """Parameters for `model` drawn with numpy from the shapes of `model.init` (jax.eval_shape: nothing is
+  compiled; per-shape compiles of jax.random initialisers dominate test time on a loaded CPU).  LayerNorm
+  scales are 1 + noise; every other leaf is N(0, 0.3^2 / fan_in)."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs, **kw))["params"]
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    noise = rng.normal(size=leaf.shape).astype(np.float32)
+    if name.endswith("['scale']"):
+      return jnp.asarray(1.0 + 0.1 * noise)
+    fan_in = leaf.shape[0] if leaf.ndim >= 2 else 16
+    return jnp.asarray(0.3 * noise / np.sqrt(fan_in))
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def a3b_params():
+  """Parameters of a depth-2 A^3B stack (1 layer per block) with adapters, real init (identity adapters)."""
+  return _stack("A^3B", depth=2, adapters=True).init(jax.random.PRNGKey(0), _x())["params"]
+
+
+def _without_adapters(params):
+  return {k: v for k, v in params.items() if not k.startswith("adapter_")}
+
+
+def _close(a, b, tol=1e-5):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+@pytest.mark.parametrize("spec, letters, degree", [
+    ("AB", "AB", 0), ("AAB", "AAB", 0), ("A^3B", "AAAB", 0), ("A^{3}B", "AAAB", 0), ("AB^2C", "ABBC", 0),
+    ("(ABB)_2", "ABB", 2), ("(A^2B)_{3}", "AAB", 3), (" A^2 B ", "AAB", 0)])
+def test_parse_signature_accepts_both_spellings(spec, letters, degree):
+  assert parse_signature(spec) == (letters, degree)
+
+
+def test_compact_signature_round_trips():
+  for letters in ["AB", "AAAB", "ABBC", "ABAB", "AABB"]:
+    assert parse_signature(compact_signature(letters))[0] == letters
+  assert compact_signature("AAAB") == "A^3B"
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: parse_signature(""), "signature is empty"),
+    (lambda: parse_signature("A^0B"), r"exponent of 'A' must be >= 1, got 0"),
+    (lambda: parse_signature("a-b"), r"invalid character 'a' at position 0"),
+    (lambda: parse_signature("A-B"), r"invalid character '-' at position 1"),
+    (lambda: parse_signature("(AB)_0"), "degree must be >= 1, got 0"),
+    (lambda: make_plan("AB", degree=0, num_layers=4), r"degree must be an integer >= 1, got 0"),
+    (lambda: make_plan("ABC", num_layers=4), r"depth 4 does not divide into 3 unique blocks"),
+    (lambda: make_plan("(AB)_3", num_layers=4), r"depth 4 cannot be split into 8 unique blocks"),
+    (lambda: make_plan("AAB", num_layers=4, p_skip=1.0), r"p_skip must be in \[0, 1\), got 1.0"),
+    (lambda: make_plan("AAB", num_layers=4, p_skip=-0.1), r"p_skip must be in \[0, 1\), got -0.1"),
+    (lambda: RecursionConfig("A^2B", p_skip=1.5), r"p_skip must be in \[0, 1\), got 1.5"),
+    (lambda: RecursionConfig("A^2B", loop="while"), r"recursion.loop must be one of"),
+    (lambda: RecursionConfig.from_dict(dict(signature="AB", rounds=3)), r"unknown recursion key\(s\) \['rounds'\]"),
+    (lambda: with_rounds(make_plan("AAB", num_layers=4), 0), "rounds must be an integer >= 1, got 0"),
+])
+def test_bad_input_raises_value_error_naming_problem(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+@pytest.mark.parametrize("cfg, match", [
+    (dict(name="vit", variant="mu/4", recursion=dict(signature="")), "model.recursion: signature is empty"),
+    (dict(name="vit", variant="mu/4", recursion=dict(signature="ABC")), "depth 4 does not divide"),
+    (dict(name="vit", variant="mu/4", recursion=dict(signature="A^2B", p_skip=1.0)), r"p_skip must be in \[0, 1\)"),
+    (dict(name="two_towers", image=dict(variant="mu/4", recursion=dict(signature="a-b")), text=None),
+     r"model.image.recursion: signature 'a-b': invalid character 'a'"),
+])
+def test_build_model_rejects_bad_recursion(cfg, match):
+  with pytest.raises(ValueError, match=match):
+    build_model(cfg)
+
+
+# ------------------------------------------------------------------------------------------------- plans
+def test_degree_two_plan_is_the_papers_expansion():
+  # Paper Sec. 2: (ABB)_2 is equivalent to ABB CDD CDD.
+  plan = make_plan("(ABB)_2", num_layers=4)
+  assert "".join(plan.sequence) == "ABBCDDCDD"
+  assert plan.num_unique_blocks == 4 and plan.layers_per_block == 1
+  assert make_plan("ABB", degree=2, num_layers=4).sequence == plan.sequence
+
+
+def test_skip_tuple_and_runs_of_stochastic_rins():
+  plan = make_plan("A^4B", num_layers=4, p_skip=0.25)
+  assert plan.skip == (0.0, 0.25, 0.25, 0.25, 0.0) == skip_tuple("AAAAB", 0.25)
+  runs = plan.runs()
+  assert [(r.name, r.count) for r in runs] == [("A", 4), ("B", 1)]
+  assert runs[0].skip == (0.0, 0.25, 0.25, 0.25)
+
+
+def test_with_rounds_rins_and_rao():
+  rins = make_plan("A^2B", num_layers=4)
+  assert [("".join(with_rounds(rins, k).sequence)) for k in (1, 3)] == ["AB", "AAAB"]
+  rao = make_plan("ABAB", num_layers=4)
+  assert "".join(with_rounds(rao, 3).sequence) == "ABABAB"
+
+
+def _sweep_by_rules(num_layers):
+  """App. E.1, written independently: baseline A; RAO AA, AAA, AAAA; nine signatures x degrees 1-3 whose
+  layers per unique block (num_layers // distinct_letters ** degree) is positive."""
+  entries = [("A", 1)] + [("A" * n, 1) for n in (2, 3, 4)]
+  others = ["ABB", "ABA", "AAB", "ABBC", "AABC", "ABCC", "ABBB", "AAAB", "AABB"]
+  entries += list(itertools.product(others, (1, 2, 3)))
+  kept = []
+  for sig, degree in entries:
+    distinct = len(sorted({c for c in sig}))
+    unique_blocks = distinct ** degree
+    if num_layers // unique_blocks > 0:
+      kept.append((sig, degree, unique_blocks, num_layers // unique_blocks))
+  return kept
+
+
+def test_sweep_matches_app_e1_rules_for_12_layers():
+  got = [(e["signature"], e["degree"], e["unique_blocks"], e["layers_per_block"]) for e in sweep(12)]
+  expected = _sweep_by_rules(12)
+  assert got == expected
+  # 4 (baseline + RAO) + 6 two-letter signatures x 3 degrees (2, 4, 8 unique blocks <= 12)
+  # + 3 three-letter signatures x 2 degrees (3, 9 <= 12 < 27).
+  assert len(got) == 4 + 6 * 3 + 3 * 2
+  for e in sweep(12):
+    plan = make_plan(e["signature"], e["degree"], layers_per_block=e["layers_per_block"])
+    assert plan.num_unique_blocks == e["unique_blocks"]           # the engine builds as many blocks as the rule
+    assert e["exact"] == (plan.num_layers_param == 12)
+  assert sweep(2) == [e for e in sweep(2) if e["unique_blocks"] <= 2]
+
+
+def test_equal_parameter_counts_across_signatures():
+  tokens = jnp.zeros((1, 4), jnp.int32)
+  counts = {}
+  for sig in ["AB", "AAB", "ABAB", "AAAB", "A^8B"]:
+    model = build_model(dict(name="text", vocab_size=32, width=16, depth=4, mlp_dim=32, num_heads=2,
+                             recursion=dict(signature=sig)))
+    counts[sig] = flops.count_params(model, (tokens,))
+  assert len(set(counts.values())) == 1, counts
+  assert counts["AB"] > 0
+
+
+# -------------------------------------------------------------------------------------- weight sharing
+def _copy_blocks(params, order):
+  """Distinct-block params {'A': src[order[0]], 'B': src[order[1]], ...} plus the final norm."""
+  out = {chr(ord("A") + i): params[name] for i, name in enumerate(order)}
+  out["encoder_norm"] = params["encoder_norm"]
+  return out
+
+
+@pytest.mark.parametrize("loop", ["scan", "unroll"])
+def test_shared_a3b_equals_unrolled_distinct_copies(loop, a3b_params):
+  x = _x()
+  params = _without_adapters(a3b_params)
+  y_shared, info = _stack("A^3B", depth=2, loop=loop).apply({"params": params}, x)
+  distinct = _stack("ABCD", layers_per_block=1, loop=loop)
+  y_distinct, _ = distinct.apply({"params": _copy_blocks(params, "AAAB")}, x)
+  _close(y_shared, y_distinct)
+  assert int(info["rounds"]) == 3
+  # Sanity: the copies matter (A,B,B,B is a different function).
+  y_other, _ = distinct.apply({"params": _copy_blocks(params, "ABBB")}, x)
+  assert np.abs(np.asarray(y_other - y_shared)).max() > 1e-3
+
+
+def test_shared_tower_equals_distinct_tower():
+  """The same through a whole tower from build_model (text tower, parameter tree 'Encoder_0')."""
+  tokens = jnp.arange(10, dtype=jnp.int32).reshape(2, 5)
+  base = dict(name="text", vocab_size=16, width=16, depth=2, mlp_dim=32, num_heads=2, num_classes=8)
+  shared = build_model({**base, "recursion": dict(signature="A^3B")})
+  distinct = build_model({**base, "recursion": dict(signature="ABCD", layers_per_block=1, loop="unroll")})
+  params = random_params(shared, tokens)
+  dparams = dict(params, Encoder_0=_copy_blocks(params["Encoder_0"], "AAAB"))
+  _close(shared.apply({"params": params}, tokens)[0], distinct.apply({"params": dparams}, tokens)[0])
+
+
+def test_degree_two_equals_flattened_distinct_blocks():
+  x = _x()
+  nested = _stack("(AAB)_2", depth=4, loop="unroll")     # 4 unique blocks of 1 layer; runs AAB AAB CCD
+  plan = nested.trained_plan()
+  assert "".join(plan.sequence) == "AABAABCCD"
+  params = random_params(nested, x)
+  assert sorted(params) == ["A", "B", "C", "D", "encoder_norm"]
+  flat = _stack("ABCDEFGHI", layers_per_block=1, loop="unroll")
+  _close(nested.apply({"params": params}, x)[0], flat.apply({"params": _copy_blocks(params, plan.sequence)}, x)[0])
+  # The scanned form of the nested plan agrees too.
+  _close(_stack("(AAB)_2", depth=4).apply({"params": params}, x)[0], nested.apply({"params": params}, x)[0])
+
+
+def _loss_and_grad(stack, params, x, **kw):
+  def loss(p):
+    y, _ = stack.apply({"params": p}, x, **kw)
+    return jnp.sum(y ** 2) / y.size
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_scan_unroll_and_remat_agree_on_outputs_and_gradients(a3b_params):
+  x = _x()
+  params = _without_adapters(a3b_params)
+  loss_ref, grad_ref = _loss_and_grad(_stack("A^3B", depth=2, loop="unroll"), params, x)
+  for loop, remat in [("scan", False), ("scan", True), ("unroll", True)]:
+    loss, grad = _loss_and_grad(_stack("A^3B", depth=2, loop=loop, remat=remat), params, x)
+    _close(loss, loss_ref)
+    jax.tree.map(lambda a, b: _close(a, b, 1e-4), grad, grad_ref)
+  assert float(jnp.abs(grad_ref["A"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]).max()) > 0
+  # Same with stochastic skipping (the same 'rins' key draws the same rounds in both loop forms).
+  rngs = {"rins": jax.random.PRNGKey(3)}
+  outs = [_stack("A^3B", depth=2, loop=loop, p_skip=0.5).apply({"params": params}, x, train=True, rngs=rngs)
+          for loop in ("scan", "unroll")]
+  _close(outs[0][0], outs[1][0])
+  assert int(outs[0][1]["rounds"]) == int(outs[1][1]["rounds"])
+
+
+# ------------------------------------------------------------------------------------ stochastic rounds
+IMAGES = jax.random.uniform(jax.random.PRNGKey(5), (2, 8, 8, 3), minval=-1, maxval=1)
+
+
+def _tiny_a4b(p_skip, adapters=False):
+  """Image-only two towers (4 patches of 4x4, width 16) with signature A^4B."""
+  return build_model(dict(name="two_towers", image=dict(width=16, depth=2, mlp_dim=32, num_heads=2,
+                                                        patch_size=4, pool_type="gap"),
+                          recursion=dict(signature="A^4B", p_skip=p_skip, adapters=adapters)))
+
+
+def _apply_over_keys(model, params, n, seed=0, train=True):
+  """(zimg [n, B, D], rounds/img [n]) for n different 'rins' keys (one jitted, vmapped apply)."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), n)
+  fn = jax.jit(jax.vmap(lambda k: model.apply({"params": params}, IMAGES, train=train, rngs={"rins": k})))
+  z, _, out = fn(keys)
+  return np.asarray(z), np.asarray(out["rounds/img"])
+
+
+@pytest.mark.parametrize("p_skip", [0.25, 0.5])
+def test_drawn_rounds_follow_one_plus_binomial(p_skip):
+  model = _tiny_a4b(p_skip)
+  params = random_params(model, IMAGES)
+  n, r = 4000, 4
+  _, rounds = _apply_over_keys(model, params, n)
+  observed = np.bincount(rounds, minlength=r + 1)[1:r + 1]
+  assert observed.sum() == n                         # always between 1 and r
+  expected = n * stats.binom.pmf(np.arange(r), r - 1, 1 - p_skip)   # rounds = 1 + Binomial(r-1, 1-p)
+  assert stats.chisquare(observed, expected).pvalue > 1e-3, (observed, expected)
+  assert abs(rounds.mean() - (1 + (r - 1) * (1 - p_skip))) < 0.05
+  # The engine's helper draws from the same law.
+  helper = np.asarray(sample_rounds(jax.random.PRNGKey(1), r, p_skip, (n,)))
+  assert stats.chisquare(np.bincount(helper, minlength=r + 1)[1:], expected).pvalue > 1e-3
+
+
+def test_stochastic_forward_equals_deterministic_forward_at_drawn_rounds():
+  model = _tiny_a4b(0.5, adapters=True)
+  params = random_params(model, IMAGES)     # random (non-identity) adapters: the adapter choice shows
+  z, rounds = _apply_over_keys(model, params, 16, seed=1)
+  assert len(set(rounds.tolist())) >= 2, rounds
+  for k in sorted(set(rounds.tolist())):
+    z_det = model.apply({"params": params}, IMAGES, rounds=k)[0]
+    for i in np.flatnonzero(rounds == k):
+      _close(z[i], z_det, 1e-4)
+  z_other = model.apply({"params": params}, IMAGES, rounds=int(rounds[0]) % 4 + 1)[0]
+  assert np.abs(z[0] - np.asarray(z_other)).max() > 1e-4
+
+
+def test_p_skip_zero_and_eval_are_deterministic():
+  for p_skip, train in [(0.0, True), (0.5, False)]:
+    model = _tiny_a4b(p_skip)
+    params = random_params(model, IMAGES)
+    z, rounds = _apply_over_keys(model, params, 32, train=train)
+    assert (rounds == 4).all()
+    np.testing.assert_array_equal(z, np.broadcast_to(z[:1], z.shape))
+
+
+# ------------------------------------------------------------------------------------------- adapters
+def test_adapters_at_identity_init_leave_outputs_unchanged(a3b_params):
+  x = _x()
+  np.testing.assert_array_equal(np.asarray(a3b_params["adapter_kernel"]), np.broadcast_to(np.eye(16), (3, 16, 16)))
+  np.testing.assert_array_equal(np.asarray(a3b_params["adapter_bias"]), np.zeros((3, 16)))
+  with_ad, plain = _stack("A^3B", depth=2, adapters=True, loop="unroll"), _stack("A^3B", depth=2, loop="unroll")
+  for rounds in (None, 1, 5):
+    _close(with_ad.apply({"params": a3b_params}, x, rounds=rounds)[0],
+           plain.apply({"params": _without_adapters(a3b_params)}, x, rounds=rounds)[0])
+
+
+def test_kth_adapter_is_applied_after_k_rounds(a3b_params):
+  x = _x()
+  with_ad = _stack("A^3B", depth=2, adapters=True, final_norm=False, loop="unroll")
+  plain = _stack("A^3B", depth=2, final_norm=False, loop="unroll")
+  kernels = jax.random.normal(jax.random.PRNGKey(7), (3, 16, 16))
+  biases = jax.random.normal(jax.random.PRNGKey(8), (3, 16))
+  params = dict(a3b_params, adapter_kernel=kernels, adapter_bias=biases)
+  for rounds, k in [(1, 1), (2, 2), (3, 3), (5, 3)]:      # above r_max = 3 the last adapter is used
+    y, info = with_ad.apply({"params": params}, x, rounds=rounds)
+    base, _ = plain.apply({"params": _without_adapters(params)}, x, rounds=rounds)
+    assert int(info["rounds"]) == rounds
+    errors = [float(np.abs(np.asarray(y - (base @ kernels[j] + biases[j]))).max()) for j in range(3)]
+    assert errors[k - 1] < 1e-4 and all(e > 1e-2 for j, e in enumerate(errors) if j != k - 1), (rounds, errors)
+
+
+# ------------------------------------------------------------------------------- inference-time rounds
+def test_inference_rounds_reuse_parameters(a3b_params):
+  x = _x()
+  params = _without_adapters(a3b_params)
+  a2b = _stack("A^2B", depth=2, loop="unroll")
+  # rounds=1 is the AB model with the same parameters.
+  _close(a2b.apply({"params": params}, x, rounds=1)[0], _stack("AB", depth=2).apply({"params": params}, x)[0])
+  outs = []
+  for k in range(1, 6):
+    y, info = a2b.apply({"params": params}, x, rounds=k)     # no new parameters: the same variables apply
+    assert int(info["rounds"]) == k
+    # A^kB equals k copies of A then B as distinct blocks.
+    distinct = _stack("".join(chr(ord("A") + i) for i in range(k + 1)), layers_per_block=1, loop="unroll")
+    _close(y, distinct.apply({"params": _copy_blocks(params, "A" * k + "B")}, x)[0])
+    outs.append(np.asarray(y))
+  assert all(np.abs(outs[i] - outs[i + 1]).max() > 1e-4 for i in range(4))
+  _close(a2b.apply({"params": params}, x)[0], outs[1])         # the default is the trained r = 2
+  # The scanned default loop runs extra rounds the same way.
+  _close(_stack("A^2B", depth=2).apply({"params": params}, x, rounds=5)[0], outs[4])
+  assert jax.tree.map(jnp.shape, jax.eval_shape(lambda: a2b.init(jax.random.PRNGKey(0), x, rounds=5))) == \
+      jax.tree.map(jnp.shape, {"params": params})
