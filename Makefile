@@ -4,9 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut -d' ' -f1)
+STAMP_HF := $(VENV)/.installed-hf-$(shell cat requirements-hf.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv venv-hf bench clean
 
 venv: $(STAMP)
 
@@ -18,10 +19,18 @@ $(STAMP): requirements.txt setup.py
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# The test suite also covers the optional Hugging Face export (torch CPU + transformers).
+venv-hf: $(STAMP_HF)
+
+$(STAMP_HF): $(STAMP) requirements-hf.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-hf.txt
+	@rm -f $(VENV)/.installed-hf-*
+	@touch $@
+
 demo: venv
 	$(VENV)/bin/siglip-rins demo $(DEMO_ARGS)
 
-test: venv
+test: venv venv-hf
 	$(PY) -m pytest -q -n 2 --durations=15 tests $(PYTEST_ARGS)
 
 bench: venv

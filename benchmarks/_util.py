@@ -103,6 +103,12 @@ class TrainSetup:
     self.compile_s = time.perf_counter() - t0
     return self.compile_s
 
+  def run_one(self):
+    """Runs one step (not blocked); returns its metrics (block on them to time the step)."""
+    self.state, m = self.step(self.state, self.batch)
+    self.last_metrics = m
+    return m
+
   def run(self, n: int = 1) -> list[float]:
     """Runs n steps; returns the seconds of each (each blocked until ready)."""
     import jax
@@ -166,3 +172,98 @@ def emit(result: dict, out: Optional[str]) -> dict:
     with open(out, "w") as f:
       json.dump(result, f, indent=1)
   return result
+
+
+# ----------------------------------------------------------------------------- interleaved worker processes
+def serve(handlers: dict[str, Callable[..., dict]]) -> None:
+  """Worker side of `Worker`: prints {"ready": true}, then answers one JSON request per stdin line
+  ({"cmd": name, **kwargs} -> handlers[name](**kwargs), printed as one JSON line) until {"cmd": "quit"}.
+  Anything else the worker prints must go to stderr."""
+  import sys
+  out = sys.stdout
+  sys.stdout = sys.stderr            # keep library prints off the protocol channel
+  out.write(json.dumps({"ready": True}) + "\n")
+  out.flush()
+  for line in sys.stdin:
+    req = json.loads(line)
+    cmd = req.pop("cmd")
+    if cmd == "quit":
+      break
+    try:
+      reply = handlers[cmd](**req)
+    except Exception as e:  # reported to the driver, which raises it there
+      reply = {"error": f"{type(e).__name__}: {e}"}
+    out.write(json.dumps(reply) + "\n")
+    out.flush()
+
+
+class Worker:
+  """A benchmark worker subprocess driven by JSON lines (see `serve`), so that measurements of different
+  processes (other XLA flags, another framework) can be interleaved in time on a shared machine.
+
+  Worker(argv, env=None).request(cmd, **kwargs) -> dict; close().
+  """
+
+  def __init__(self, argv: Sequence[str], env: Optional[dict] = None, timeout_s: float = 900.0):
+    import subprocess
+    self.argv = list(argv)
+    self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                                 text=True, env=env, bufsize=1)
+    first = self.proc.stdout.readline()
+    if not first:
+      raise RuntimeError(f"worker {self.argv} exited before it was ready (exit code {self.proc.wait()})")
+    if not json.loads(first).get("ready"):
+      raise RuntimeError(f"worker {self.argv} sent {first!r} instead of ready")
+
+  def request(self, cmd: str, **kwargs) -> dict:
+    self.proc.stdin.write(json.dumps(dict(cmd=cmd, **kwargs)) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"worker {self.argv} died during {cmd!r} (exit code {self.proc.wait()})")
+    reply = json.loads(line)
+    if "error" in reply:
+      raise RuntimeError(f"worker {self.argv} failed on {cmd!r}: {reply['error']}")
+    return reply
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      try:
+        self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=30)
+      except Exception:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+  """Runs fn() once (blocking on JAX results); returns (wall seconds, process CPU seconds, all threads)."""
+  import jax
+  w0, c0 = time.perf_counter(), time.process_time()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - w0, time.process_time() - c0
+
+
+def machine_info() -> dict:
+  """CPU model, core count, load averages, Python and library versions (whichever are importable)."""
+  import platform
+  import subprocess
+  info = {"python": platform.python_version(), "platform": platform.platform()}
+  try:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    fields = dict(l.split(":", 1) for l in lscpu.splitlines() if ":" in l)
+    info["cpu_model"] = fields.get("Model name", "").strip()
+    info["cpus"] = fields.get("CPU(s)", "").strip()
+    info["flags_avx512f"] = "avx512f" in fields.get("Flags", "")
+  except (OSError, subprocess.SubprocessError):
+    info["cpu_model"] = platform.processor()
+  info["cores_available"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  info["load_avg"] = cpu_load()
+  import importlib
+  for mod in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "open_clip"):
+    try:
+      info[mod] = importlib.import_module(mod).__version__
+    except Exception:
+      pass
+  return info

@@ -46,6 +46,31 @@ def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0)
   return out
 
 
+def demo_text_dir(languages=("en",)) -> str:
+  """Writes (once) every built-in demo caption of `languages` as a text corpus; returns the folder holding
+  data.jsonl (one {"text": caption} object per line, in shapes.all_captions order; ~29k lines for 'en').
+
+  The offline corpus of the LM `runlocal` configs.  Location: $SIGLIP_RINS_DATA_DIR (default
+  ~/.cache/siglip_rins) / demo_text/<languages joined by '_'>.
+  """
+  import json
+  from siglip_rins.demo import shapes
+  languages = tuple(languages)
+  root = os.environ.get("SIGLIP_RINS_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "siglip_rins"))
+  out = os.path.join(root, "demo_text", "_".join(languages))
+  if not os.path.exists(os.path.join(out, "data.jsonl")):
+    tmp = out + f".tmp{os.getpid()}"
+    os.makedirs(tmp, exist_ok=True)
+    with open(os.path.join(tmp, "data.jsonl"), "w", encoding="utf-8") as f:
+      for caption in shapes.all_captions(languages):
+        f.write(json.dumps({"text": caption}, ensure_ascii=False) + "\n")
+    try:
+      os.replace(tmp, out)
+    except OSError:   # another process won the race
+      pass
+  return out
+
+
 def schedule(decay_type: str, warmup_steps: int, cooldown_steps: int = 0, **kw) -> dict:
   d = dict(decay_type=decay_type, warmup_steps=warmup_steps, **kw)
   if cooldown_steps:

@@ -84,4 +84,11 @@ def get_config(arg=None):
     c.schedule = common.schedule("cosine", warmup_steps=5)
     c.log_every, c.ckpt_every = 10, 0
     c.tensorboard = True
+    # Zero-shot on held-out (colour, shape) pairs and retrieval on the eval split, at the end of training.
+    from siglip_rins.demo import shapes
+    eval_data = dict(type="jsonl", path=common.demo_data_dir("eval", 96, 32))
+    c.evals.zeroshot = dict(type="zeroshot", data=eval_data, class_names=shapes.class_names("en"),
+                            templates=["{}", "a {}"], image_size=32, batch_size=32, every=0, dataset="shapes_eval")
+    c.evals.retrieval = dict(type="retrieval", data=eval_data, texts_key="texts", image_size=32, batch_size=32,
+                             every=0, dataset="shapes_eval")
   return c

@@ -1,9 +1,10 @@
 """`siglip-rins` command line: train, eval, flops, export, classify, retrieve, scaling, demo.
 
     siglip-rins train    --config configs/siglip_rins.py:signature=A^2B --workdir DIR [--config.lr=3e-4]
-    siglip-rins eval     --config FILE:ARGS --workdir DIR [--rounds 1,2,3] [--out DIR]
+    siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3] [--out DIR]
     siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS]
     siglip-rins export   --workdir DIR --out MODEL_DIR
+    siglip-rins export-hf --model MODEL_DIR --out HF_DIR [--rounds R]
     siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
     siglip-rins retrieve --model MODEL_DIR --query TEXT FOLDER
     siglip-rins scaling  RUN_DIR... [--metric NAME] [--out DIR]
@@ -61,9 +62,11 @@ def cmd_flops(args) -> int:
 
 
 def cmd_eval(args) -> int:
+  """Scores a run's latest checkpoint (--workdir) or an exported model (--model) with the config's evals."""
   import jax
   from siglip_rins import checkpoint as ckpt_lib, config_lib
   from siglip_rins.models import build_model
+  from siglip_rins.predictor import Predictor
   from siglip_rins.tasks import get_task
   from siglip_rins.train import _build_evals, make_predictor
   from evaluators import report
@@ -71,24 +74,41 @@ def cmd_eval(args) -> int:
   config = config_lib.load_config(args.config)
   if not config.get("evals"):
     raise ValueError("the config has no evals (config.evals.NAME = dict(type=...))")
-  model, task = build_model(config.model), get_task(config)
-  example = task.example_batch(1)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *task.init_args(example))["params"])
-  mgr = ckpt_lib.CheckpointManager(args.workdir, async_save=False)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no complete checkpoint in {mgr.directory}")
-  state, _ = mgr.restore(step)
-  params = jax.tree.map(lambda a, s: a, state["params"], abstract)
-  predictor = make_predictor(model, params, config)
+  if bool(args.workdir) == bool(args.model):
+    raise ValueError("give exactly one of --workdir (a training run) and --model (an exported model folder)")
+  if args.model:
+    from siglip_rins.export import load_exported
+    m = load_exported(args.model)
+    predictor = Predictor(m.model, m.params, tokenizer=m.tokenizer, text_len=m.text_len, name=str(args.model))
+    step, out_dir = None, args.out or args.model
+  else:
+    model, task = build_model(config.model), get_task(config)
+    example = task.example_batch(1)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *task.init_args(example))["params"])
+    mgr = ckpt_lib.CheckpointManager(args.workdir, async_save=False)
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {mgr.directory}")
+    state, _ = mgr.restore(step)
+    params = jax.tree.map(lambda a, s: a, state["params"], abstract)
+    predictor = make_predictor(model, params, config)
+    out_dir = args.out or args.workdir
   records = []
   for name, ev in _build_evals(config):
-    for r in _rounds(args.rounds) if args.rounds else list(config.evals[name].get("rounds", [None]) or [None]):
+    rounds = _rounds(args.rounds) if args.rounds else list(config.evals[name].get("rounds", [None]) or [None])
+    for r in rounds:
       for rec in ev.run(predictor, rounds=r):
         rec["step"] = step
         records.append(rec)
-  json_path, md_path = report.write_report(records, args.out or args.workdir, title=f"Evaluation at step {step}")
+  json_path, md_path = report.write_report(records, out_dir)
   print(open(md_path).read())
+  return 0
+
+
+def cmd_export_hf(args) -> int:
+  from siglip_rins.interop.hf import export_hf_from_exported
+  export_hf_from_exported(args.model, args.out, rounds=args.rounds)
+  print(f"wrote a transformers SiglipModel folder to {args.out}")
   return 0
 
 
@@ -132,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--workdir", required=True)
   e = sub.add_parser("eval", help="run a config's evaluators on its latest checkpoint")
   e.add_argument("--config", required=True)
-  e.add_argument("--workdir", required=True)
+  e.add_argument("--workdir", help="a training run folder (its latest checkpoint is scored)")
+  e.add_argument("--model", help="or an exported model folder (siglip-rins export)")
   e.add_argument("--rounds", help="inference rounds, e.g. 1,2,3 (default: each eval's own)")
   e.add_argument("--out", help="report folder (default: the workdir)")
   f = sub.add_parser("flops", help="params, FLOPs and compute-matched steps as JSON")
@@ -141,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
   x = sub.add_parser("export", help="export a trained run to a self-contained model folder")
   x.add_argument("--workdir", required=True)
   x.add_argument("--out", required=True)
+  h = sub.add_parser("export-hf", help="write a transformers SiglipModel folder from an exported model")
+  h.add_argument("--model", required=True)
+  h.add_argument("--out", required=True)
+  h.add_argument("--rounds", type=int, default=None, help="recursion rounds to unroll (default: trained r)")
   c = sub.add_parser("classify", help="zero-shot classify images with an exported model")
   c.add_argument("--model", required=True)
   c.add_argument("--labels", required=True, help="comma-separated class names")
@@ -175,7 +200,7 @@ def main(argv=None) -> int:
     if rest:
       parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return {"flops": cmd_flops, "eval": cmd_eval, "export": cmd_export, "classify": cmd_classify,
-            "retrieve": cmd_retrieve, "scaling": cmd_scaling}[args.command](args)
+            "retrieve": cmd_retrieve, "scaling": cmd_scaling, "export-hf": cmd_export_hf}[args.command](args)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

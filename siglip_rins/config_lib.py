@@ -30,7 +30,7 @@ def _literal(text: str) -> Any:
 
 def _coerce(value: Any, default: Any, key: str) -> Any:
   """Converts `value` to the type of `default` (None defaults accept anything)."""
-  if default is None:
+  if default is None or value is None:   # None clears a key (e.g. total_examples=None with total_steps=N)
     return value
   if isinstance(default, bool):
     if isinstance(value, bool):

@@ -383,13 +383,13 @@ class ExportedModel:
   # ---------------------------------------------------------------------------------------- embeddings
   @staticmethod
   def _batched(fn, params, x: np.ndarray, rounds, batch_size: int) -> np.ndarray:
-    """Runs fn over x in fixed-size batches (the last one padded, so one compilation per shape)."""
+    """Runs fn over x in batches of min(batch_size, next power of two >= N) rows, the last one padded."""
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(rounds, Mapping):
       rounds = tuple(sorted(rounds.items()))
     n = x.shape[0]
-    bs = min(batch_size, max(n, 1))
+    bs = min(batch_size, 1 << max(n - 1, 0).bit_length())   # power-of-two buckets: few compilations
     outs = []
     for i in range(0, n, bs):
       chunk = x[i:i + bs]

@@ -68,7 +68,9 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Optional[Array], positions: Optional[Array] = None,
-               shared_kv: Optional[KV] = None, decode: bool = False) -> tuple[Array, KV]:
+               shared_kv: Optional[KV] = None, decode: bool = False,
+               inputs_kv: Optional[Array] = None) -> tuple[Array, KV]:
+    """x: [B, T, D] queries (and keys/values unless `inputs_kv` [B, S, D] is given, e.g. MAP pooling)."""
     cfg = self.cfg
     h, k_dim = cfg.num_heads, cfg.width // cfg.num_heads
     dense = lambda name: nn.DenseGeneral((h, k_dim), dtype=cfg.dtype, name=name,
@@ -77,7 +79,8 @@ class MultiHeadAttention(nn.Module):
     if cfg.rope:
       q = apply_rope(q, positions, cfg.rope_max_wavelength)
     if shared_kv is None:
-      k, v = dense("key")(x), dense("value")(x)
+      kv_in = x if inputs_kv is None else inputs_kv
+      k, v = dense("key")(kv_in), dense("value")(kv_in)
       if cfg.rope:
         k = apply_rope(k, positions, cfg.rope_max_wavelength)
       if decode:
@@ -154,7 +157,7 @@ class MAPHead(nn.Module):
     probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
     probe = jnp.tile(probe, (b, 1, 1)).astype(self.dtype)
     cfg = LayerConfig(width=d, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype)
-    x, _ = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(probe, None)
+    x, _ = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(probe, None, inputs_kv=x)
     y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
     x = x + MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
     return x[:, 0]

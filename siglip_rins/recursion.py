@@ -248,6 +248,7 @@ class RecursionConfig:
   remat: bool = False          # rematerialise each round in the backward pass
   kv_sharing: bool = False     # later rounds of the recursive block attend to the first round's keys/values
   layers_per_block: Optional[int] = None  # overrides the split of the baseline depth (App. E.1 sweep entries)
+  scan_unroll: int = 1         # loop='scan': rounds unrolled per scan iteration (trades compile time for speed)
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -255,6 +256,8 @@ class RecursionConfig:
     parse_signature(self.signature)
     if not 0.0 <= float(self.p_skip) < 1.0:
       raise ValueError(f"p_skip must be in [0, 1), got {self.p_skip}")
+    if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:
+      raise ValueError(f"recursion.scan_unroll must be an integer >= 1, got {self.scan_unroll!r}")
 
   @classmethod
   def from_dict(cls, d: Any) -> "RecursionConfig":
@@ -363,7 +366,8 @@ class RecursiveStack(nn.Module):
       body = nn.remat(body, prevent_cse=False)
     scan = nn.scan(body, variable_broadcast="params", variable_axes={"cache": 0} if decode_rounds else {},
                    split_rngs={"params": False, "cache": False}, in_axes=(0, nn.broadcast, nn.broadcast,
-                                                                          nn.broadcast), length=count)
+                                                                          nn.broadcast), length=count,
+                   unroll=min(self.recursion.scan_unroll, count))
     keep_xs = keep if keep is not None else jnp.ones((count,), bool)
     x, _ = scan(block, x, keep_xs, mask, positions, shared)
     return x, executed

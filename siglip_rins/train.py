@@ -345,7 +345,7 @@ def _run_eval(name, ev, model, params, config, writer, step, workdir, verbose):
         flat[f"eval/{name}/{rec['dataset']}{lang}/{k}{suffix}"] = v
   writer.write(step, flat)
   if jax.process_index() == 0:
-    report.write_report(records, workdir, title=f"Evaluation at step {step}")
+    report.write_report(records, workdir)
   if verbose and jax.process_index() == 0:
     shown = ", ".join(f"{k.split('/', 2)[-1]}={v:.3f}" for k, v in list(flat.items())[:6])
     print(f"eval {name} @ step {step}: {shown}", flush=True)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from siglip_rins import image_io
-from siglip_rins.export import (FORMAT_VERSION, classify_main, export_model, export_params, load_exported,
+from siglip_rins.export import (FORMAT_VERSION, add_cli, classify_main, export_model, export_params, load_exported,
                                 param_shapes, retrieve_main, settings_from_run_config)
 from siglip_rins.interop import flatten_params, unflatten_params
 from siglip_rins.models import build_model
@@ -210,8 +210,13 @@ def _write_bad_files(folder: pathlib.Path) -> list:
   return [folder / "corrupt.jpg", folder / "empty.png", folder / "notes.png"]
 
 
-def test_classify_planted_model_gives_known_labels_and_sigmoid_probabilities(tmp_path):
-  em = load_exported(planted_model(tmp_path))
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory):
+  return planted_model(tmp_path_factory.mktemp("planted"))
+
+
+def test_classify_planted_model_gives_known_labels_and_sigmoid_probabilities(tmp_path, planted_dir):
+  em = load_exported(planted_dir)
   files = _write_images(tmp_path / "images")
   labels = ["green", "blue", "red"]
   results = em.classify(list(files), labels)
@@ -232,8 +237,8 @@ def test_classify_planted_model_gives_known_labels_and_sigmoid_probabilities(tmp
   assert [r[0][0] for r in again] == list(files.values()) and all(len(r) == 1 for r in again)
 
 
-def test_cli_classify_and_retrieve_skip_unreadable_files(tmp_path, capsys):
-  model_dir = planted_model(tmp_path)
+def test_cli_classify_and_retrieve_skip_unreadable_files(tmp_path, capsys, planted_dir):
+  model_dir = planted_dir
   files = _write_images(tmp_path / "images")
   bad = _write_bad_files(tmp_path / "images")
   status = classify_main(model_dir, ["red", "green", "blue"], [str(p) for p in [*files, *bad,
@@ -256,6 +261,21 @@ def test_cli_classify_and_retrieve_skip_unreadable_files(tmp_path, capsys):
   ranked = out.strip().splitlines()
   assert len(ranked) == 3 and ranked[0].split()[-1] == str(tmp_path / "images" / "blue_palette.png")
   assert ranked[0].split()[0] == "1" and float(ranked[0].split()[1]) > 0.9
+
+
+def test_add_cli_registers_subcommands():
+  import argparse
+  parser = argparse.ArgumentParser(prog="siglip-rins")
+  add_cli(parser.add_subparsers(dest="command", required=True))
+  args = parser.parse_args(["classify", "--model", "m", "--labels", "cat, dog", "--top_k", "2", "a.jpg", "b.png"])
+  assert (args.model, args.labels, args.images, args.top_k, args.rounds) == ("m", "cat, dog", ["a.jpg", "b.png"], 2,
+                                                                             None)
+  args = parser.parse_args(["retrieve", "--model", "m", "--query", "a cat", "--folder", "f", "--rounds", "4"])
+  assert (args.query, args.folder, args.rounds) == ("a cat", "f", 4) and callable(args.func)
+  args = parser.parse_args(["export", "--workdir", "w", "--out", "o"])
+  assert (args.workdir, args.out, args.step) == ("w", "o", None)
+  with pytest.raises(FileNotFoundError, match="config.json"):   # the wired function runs the real export
+    args.func(args)
 
 
 # ---------------------------------------------------------------------------------------------- image_io

@@ -1,5 +1,4 @@
 """big_vision .npz interop: name mapping both ways, loop and scan layouts, pos-emb resampling, clear errors."""
-import math
 
 import numpy as np
 import pytest

@@ -39,9 +39,10 @@ BASELINE = "baseline"
 
 # Defaults of the full demo (chosen so that the whole run, compile and evals included, stays under 10 minutes on
 # a 2-core CPU; see docs in the report) and of --quick (a smoke run for tests).
-DEFAULTS = dict(steps=600, batch_size=32, image_size=32, train_examples=4096, eval_examples=384, max_rounds=4,
-                lr=1e-3, warmup_steps=20, model="mu")
-QUICK = dict(steps=4, batch_size=16, image_size=16, train_examples=128, eval_examples=48, max_rounds=2)
+DEFAULTS = dict(steps=1000, batch_size=32, image_size=32, train_examples=4096, eval_examples=384, max_rounds=4,
+                lr=3e-3, warmup_steps=20, model="mu")
+QUICK = dict(steps=4, batch_size=16, image_size=16, train_examples=128, eval_examples=48, max_rounds=1,
+             warmup_steps=1)
 EVAL_BATCH = 64
 
 
@@ -325,11 +326,21 @@ def _standard_error(p: float, n: int) -> float:
   return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
 
 
+def _ranking(named_values: Sequence[tuple[str, float]]) -> str:
+  """[('a', 0.3), ('b', 0.5), ('c', 0.3)] -> 'b (50.0%) > a (30.0%) = c (30.0%)' (ties at the shown precision)."""
+  ranked = sorted(named_values, key=lambda kv: -kv[1])
+  text = ""
+  for i, (name, value) in enumerate(ranked):
+    if i:
+      text += " = " if _pct(value) == _pct(ranked[i - 1][1]) else " > "
+    text += f"{name} ({_pct(value)}%)"
+  return text
+
+
 def ordering_paragraph(results: Sequence[dict], eval_n: int, n_classes: int) -> str:
   """A factual paragraph: the ordering by zero-shot top-1 at the trained r and at r = 1, with the noise level."""
   def order(key):
-    ranked = sorted(results, key=lambda r: -r["metrics"][key]["zeroshot_top1"])
-    return " > ".join(f"{r['name']} ({_pct(r['metrics'][key]['zeroshot_top1'])}%)" for r in ranked)
+    return _ranking([(r["name"], r["metrics"][key]["zeroshot_top1"]) for r in results])
 
   base = next(r for r in results if r["name"] == BASELINE)
   p = base["metrics"]["r1"]["zeroshot_top1"]
@@ -349,11 +360,10 @@ def ordering_paragraph(results: Sequence[dict], eval_n: int, n_classes: int) -> 
     verdict = "larger" if gap > 2 * se else "not larger"
     parts.append(f" The best variant, {best['name']}, is {100 * gap:.1f} points above the baseline, "
                  f"{verdict} than twice the standard error.")
-  ret = sorted(results, key=lambda r: -(r["metrics"]["r_trained"]["retrieval_i2t@1"]
-                                        + r["metrics"]["r_trained"]["retrieval_t2i@1"]))
-  parts.append(" Retrieval (mean of i2t@1 and t2i@1 at the trained r) orders them: " + " > ".join(
-      f"{r['name']} ({_pct((r['metrics']['r_trained']['retrieval_i2t@1'] + r['metrics']['r_trained']['retrieval_t2i@1']) / 2)}%)"
-      for r in ret) + ".")
+  ret = results
+  parts.append(" Retrieval (mean of i2t@1 and t2i@1 at the trained r) orders them: " + _ranking(
+      [(r["name"], (r["metrics"]["r_trained"]["retrieval_i2t@1"] + r["metrics"]["r_trained"]["retrieval_t2i@1"]) / 2)
+       for r in ret]) + ".")
   return "".join(parts)
 
 
@@ -428,11 +438,11 @@ def write_report(results: Sequence[dict], settings: dict, eval_data: dict, timin
     json.dump(payload, f, indent=1, ensure_ascii=False, default=float)
   os.replace(tmp, paths["json"])
 
-  per_rounds = ["| variant | " + " | ".join(f"r={r}" for r in range(1, settings["max_rounds"] + 1)) + " |",
-                "|---|" + "---|" * settings["max_rounds"]]
+  all_rounds = sorted({int(r) for res in results for r in res["by_rounds"]})
+  per_rounds = ["| variant | " + " | ".join(f"r={r}" for r in all_rounds) + " |", "|---|" + "---|" * len(all_rounds)]
   for res in results:
     cells = []
-    for r in range(1, settings["max_rounds"] + 1):
+    for r in all_rounds:
       m = res["by_rounds"].get(str(r))
       cell = "–" if m is None else _pct(m["zeroshot_top1"])
       cells.append(f"**{cell}**" if r == res["trained_rounds"] else cell)

@@ -223,7 +223,7 @@ def export_hf(params: Mapping[str, Any], model_config: Mapping[str, Any], out_di
   info = config_kw.pop("siglip_rins")
   config = transformers.SiglipConfig(text_config=config_kw["text_config"], vision_config=config_kw["vision_config"])
   model = transformers.SiglipModel(config).eval()
-  state = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in sd.items()}
+  state = {k: torch.from_numpy(np.array(v, dtype=np.float32, copy=True)) for k, v in sd.items()}
   missing, unexpected = model.load_state_dict(state, strict=False)
   missing = [k for k in missing if not k.endswith("position_ids")]
   if missing or unexpected:

@@ -1,0 +1,99 @@
+"""Cost of recursion rounds: compile time and train-step time of A^rB for r = 1..8, scan vs unrolled loops.
+
+Model: the image tower of the performance issue's bench config (ViT: 64x64x3 images, patch 8 -> 64 tokens,
+width 256, depth 6 split as A = 3 layers and B = 3 layers, 4 heads, MLP 1024, learned posemb, MAP pooling, no
+head), float32.  Train step: jitted value_and_grad of a squared-embedding loss + optax.adam update.
+For each (loop, r): compile seconds (lower + compile), median step seconds, and the analytic train FLOPs; the
+report puts step(r)/step(1) beside flops(r)/flops(1) and compile(r)/compile(1).
+
+Targets (issue): compile(8) <= 1.25 x compile(1); step(r)/step(1) within 5% of flops(r)/flops(1).
+
+Usage: python -m benchmarks.bench_recursion [--batch 64] [--rounds 1 2 ... 8] [--loops scan unroll]
+       [--repeats 3] [--remat] [--out result.json]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from benchmarks.common import compile_seconds, emit, machine, time_calls
+from siglip_rins import flops
+from siglip_rins.models import build_model
+
+
+def image_tower(r: int, loop: str, remat: bool):
+  return build_model(dict(name="vit", variant="bench/8", posemb="learn", pool_type="map",
+                          recursion=dict(signature=f"A^{r}B", loop=loop, remat=remat)))
+
+
+def make_train_step(model, optimizer):
+  def loss_fn(params, images):
+    pooled, _ = model.apply({"params": params}, images)
+    return jnp.mean(jnp.sum(pooled ** 2, axis=-1))
+
+  def step(params, opt_state, images):
+    loss, grads = jax.value_and_grad(loss_fn)(params, images)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return step
+
+
+def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bool) -> dict:
+  images = jax.random.uniform(jax.random.PRNGKey(0), (batch, 64, 64, 3), minval=-1, maxval=1)
+  optimizer = optax.adam(1e-4)
+  # A^rB has the same parameters for every r (depth 6 -> two blocks of 3), so one init serves all.
+  params = jax.jit(image_tower(1, "unroll", False).init)(jax.random.PRNGKey(0), images[:1])["params"]
+  opt_state = optimizer.init(params)
+  rows = []
+  for loop in loops:
+    for r in rounds:
+      model = image_tower(r, loop, remat)
+      compiled, compile_s = compile_seconds(jax.jit(make_train_step(model, optimizer)), params, opt_state, images)
+      timing = time_calls(compiled, params, opt_state, images, repeats=repeats, warmup=1)
+      train_flops = batch * flops.train_flops_per_example(model, {"image": (64, 64)})
+      rows.append(dict(loop=loop, r=r, compile_s=round(compile_s, 3), step_s=round(timing["median_s"], 4),
+                       step_times_s=timing["times_s"], train_gflop=round(train_flops / 1e9, 3),
+                       gflop_per_s=round(train_flops / 1e9 / timing["median_s"], 1)))
+      print(f"# {loop:6s} r={r}: compile {compile_s:6.2f} s  step {timing['median_s']:.3f} s  "
+            f"{rows[-1]['gflop_per_s']} GFLOP/s", file=sys.stderr, flush=True)
+  for loop in loops:   # ratios against r = min(rounds) of the same loop form
+    base = min((row for row in rows if row["loop"] == loop), key=lambda row: row["r"])
+    for row in rows:
+      if row["loop"] == loop:
+        row["step_ratio"] = round(row["step_s"] / base["step_s"], 3)
+        row["flops_ratio"] = round(row["train_gflop"] / base["train_gflop"], 3)
+        row["compile_ratio"] = round(row["compile_s"] / base["compile_s"], 3)
+        row["step_vs_flops"] = round(row["step_ratio"] / row["flops_ratio"], 3)
+  summary = {}
+  for loop in loops:
+    mine = [row for row in rows if row["loop"] == loop]
+    top = max(mine, key=lambda row: row["r"])
+    summary[loop] = dict(compile_ratio_at_max_r=top["compile_ratio"],
+                         compile_target_met=top["compile_ratio"] <= 1.25,
+                         worst_step_vs_flops=max(mine, key=lambda row: abs(row["step_vs_flops"] - 1))["step_vs_flops"],
+                         step_target_met=all(abs(row["step_vs_flops"] - 1) <= 0.05 for row in mine))
+  return dict(benchmark="recursion", model="bench image tower (ViT 64x64/8, width 256, A=3 layers, B=3 layers)",
+              batch=batch, dtype="float32", remat=remat, repeats=repeats, rows=rows, summary=summary,
+              machine=machine())
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--rounds", type=int, nargs="+", default=list(range(1, 9)))
+  parser.add_argument("--loops", nargs="+", default=["scan", "unroll"], choices=["scan", "unroll"])
+  parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (after 1 warm-up)")
+  parser.add_argument("--remat", action="store_true", help="rematerialise each round (recursion.remat)")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  if min(args.rounds) < 1:
+    parser.error(f"--rounds must be >= 1, got {args.rounds}")
+  return emit(run(args.batch, sorted(set(args.rounds)), args.loops, args.repeats, args.remat), args.out)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,91 @@
+"""Decoder-only language models with RINS (paper Sec. 3-4, App. E.2.1).
+
+The paper's setup: 300M / 600M / 1B decoders (embedding 1536 / 1536 / 2048, MLP 6144 / 6144 / 8192), trained on
+an equal-weight mixture of C4 (en) and SlimPajama, batch 1024 sequences x 1024 tokens, Adam lr 5e-4, wd 5e-5,
+rsqrt schedule with 5k warm-up and 5k cool-down steps, c4_en SentencePiece vocabulary (32k).
+
+  python -m siglip_rins.train --config configs/lm_rins.py:variant=lm_600m,signature=A^3B --workdir DIR
+  python -m siglip_rins.train --config configs/lm_rins.py:signature=A^3B,p_skip=0.25,variant=lm_1b --workdir DIR
+  python -m siglip_rins.train --config configs/lm_rins.py:seq_len=1536 --workdir DIR     # long-sequence baseline
+  python -m siglip_rins.train --config configs/lm_rins.py:runlocal --workdir /tmp/lm     # seconds, offline
+
+Compute matching: the non-recursive baseline (signature AB, seq_len 1024) trains `baseline_steps` steps; every
+other variant (recursive signatures, stochastic RINS by its *expected* rounds, longer sequences) gets
+total_steps = baseline training FLOPs / its training FLOPs per step (siglip_rins.flops).
+
+Data: users prepare the TFDS datasets beforehand (nothing is downloaded at run time): `c4/en` and the Hugging
+Face mirror `huggingface:cerebras__slimpajama_627b` (both have a `text` feature).  Each document is tokenized to
+seq_len + 1 ids (EOS appended, 0-padded; the LM task scores no pad target).  Sequence packing
+(siglip_rins/data/packing.py) is not applied: the input pipeline has no packing stage yet.
+
+Args: variant (lm_300m | lm_600m | lm_1b | lm_mu), signature, degree, p_skip, adapters, kv_sharing, loop, remat,
+seq_len, batch_size, tokenizer, vocab, baseline_steps, baseline_seq_len, runlocal, steps (runlocal baseline
+steps).  runlocal: the tiny `lm_mu` decoder on the built-in demo captions with the shipped 'demo' tokenizer,
+seq_len 32, batch 32.
+"""
+import ml_collections
+
+try:
+  from configs import common
+except ImportError:  # loaded by path from elsewhere
+  import importlib.util, os, sys
+  _spec = importlib.util.spec_from_file_location("configs.common", os.path.join(os.path.dirname(__file__), "common.py"))
+  common = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(common)
+
+C4 = "c4/en"
+SLIMPAJAMA = "huggingface:cerebras__slimpajama_627b"
+
+
+def lm_pp(seq_len: int, tokenizer: str) -> str:
+  """Document text -> 'tokens' int32 [seq_len + 1] (EOS appended, 0-padded, no canonicalisation)."""
+  return (f'tokenize(max_len={seq_len + 1}, model="{tokenizer}", eos="yes", inkey="text", outkey="tokens", '
+          f'canonicalize=False)|keep("tokens")')
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, variant="lm_600m", signature="AB", degree=1, p_skip=0.0, adapters=False,
+                       kv_sharing=False, loop="scan", remat=False, seq_len=1024, batch_size=1024,
+                       tokenizer="c4_en", vocab=32_000, baseline_steps=200_000, baseline_seq_len=1024,
+                       runlocal=False, steps=60)
+  if a.runlocal:
+    a.variant, a.seq_len, a.baseline_seq_len, a.batch_size, a.tokenizer = "lm_mu", 32, 32, 32, "demo"
+    a.baseline_steps = a.steps
+  if a.tokenizer == "demo":
+    from siglip_rins.text.tokenizer import get_tokenizer
+    a.vocab = get_tokenizer("demo").vocab_size
+
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = dict(name="lm")
+  c.model = dict(name="decoder", variant=a.variant, vocab_size=a.vocab, recursion=common.recursion(a),
+                 dtype="float32")
+
+  baseline_model = dict(c.model, recursion=dict(signature="AB"))
+  matched = common.matched_examples(c.model, baseline_model, {"tokens": a.seq_len}, {"tokens": a.baseline_seq_len},
+                                    a.baseline_steps * a.batch_size, a.batch_size)
+  c.total_steps = max(1, matched // a.batch_size)
+  c.compute_match = dict(baseline_signature="AB", baseline_steps=a.baseline_steps,
+                         baseline_examples=a.baseline_steps * a.batch_size, baseline_seq_len=a.baseline_seq_len)
+
+  pp = lm_pp(a.seq_len, a.tokenizer)
+  c.input = dict(batch_size=a.batch_size, seq_len=a.seq_len, tokenizer=a.tokenizer, shuffle_buffer_size=250_000,
+                 prefetch=2, pp=pp)
+  c.input.data = dict(type="mixture", sources=[   # equal weight (App. E.2.1)
+      dict(weight=1.0, data=dict(type="tfds", name=C4, split="train")),
+      dict(weight=1.0, data=dict(type="tfds", name=SLIMPAJAMA, split="train"))])
+
+  c.lr, c.wd, c.grad_clip_norm = 5e-4, 5e-5, 1.0
+  c.optax_name = "scale_by_adam"
+  c.schedule = common.schedule("rsqrt", warmup_steps=5000, cooldown_steps=5000)  # timescale: optim default
+  c.log_every, c.ckpt_every, c.keep_ckpts = 100, 1000, 3
+  c.max_bad_steps, c.tensorboard = 5, True
+  c.mesh = dict(data=-1, fsdp=1)
+  c.evals = {}
+
+  if a.runlocal:
+    c.input.data = dict(type="jsonl", path=common.demo_text_dir(("en",)))
+    c.input.shuffle_buffer_size = 1024
+    c.lr, c.wd = 1e-3, 1e-4
+    c.schedule = common.schedule("cosine", warmup_steps=5)
+    c.log_every, c.ckpt_every = 10, 0
+  return c

@@ -1,0 +1,152 @@
+"""The shipped configs: they load (default, runlocal, the paper's signatures), pass validation, build their
+model and optimiser, have the paper's full-size shapes (parameter counts via jax.eval_shape, no allocation), and
+compute-match recursive variants against the AB baseline (fewer examples, in the FLOPs ratio)."""
+import glob
+import os
+
+import pytest
+
+from siglip_rins import config_lib, flops, optim
+from siglip_rins.models import build_model
+from siglip_rins.tasks import get_task
+from siglip_rins.train import total_steps_of, validate_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if os.path.basename(p) not in ("common.py", "__init__.py"))
+SIGNATURES = ["signature=AB", "signature=ABAB", "signature=A^2B", "signature=A^3B,p_skip=0.25",
+              "signature=(ABB)_2"]
+
+
+def _load(name, arg=""):
+  return config_lib.load_config(os.path.join(ROOT, "configs", name) + (f":{arg}" if arg else ""))
+
+
+def _check(config):
+  validate_config(config)
+  task = get_task(config)
+  model = build_model(config.model)
+  steps = total_steps_of(config)
+  assert steps >= 1
+  steps_per_epoch = config.input.num_examples // config.input.batch_size if config.input.get("num_examples") else None
+  optim.make_optimizer(config, steps, batch_size=config.input.batch_size, steps_per_epoch=steps_per_epoch)
+  return task, model
+
+
+def test_the_three_configs_ship():
+  assert {"siglip_rins.py", "lm_rins.py", "vit_rins.py"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("base", ["", "runlocal"])
+def test_config_loads_validates_and_builds(name, base):
+  _check(_load(name, base))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("signature", SIGNATURES)
+@pytest.mark.parametrize("runlocal", [False, True])
+def test_config_loads_for_the_paper_signatures(name, signature, runlocal):
+  config = _load(name, signature + (",runlocal" if runlocal else ""))
+  expected = signature.split(",")[0].split("=")[1]
+  assert config.model.recursion.signature == expected
+  _check(config)
+
+
+def test_a_signature_the_depth_does_not_allow_fails_at_load_naming_it():
+  with pytest.raises(ValueError, match="ABBC"):   # 3 unique blocks do not divide the 16 layers of lm_600m
+    _load("lm_rins.py", "signature=ABBC")
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+def _encoder_layer(d, mlp):
+  return 2 * 2 * d + 4 * (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
+
+
+def _params(config) -> int:
+  task = get_task(config)
+  return flops.count_params(build_model(config.model), task.init_args(task.example_batch(1)))
+
+
+def test_siglip_b16_two_towers_has_the_public_size():
+  d, mlp = 768, 3072
+  image = (16 * 16 * 3 * d + d) + 256 * d + 12 * _encoder_layer(d, mlp) + 2 * d \
+      + d + 4 * (d * d + d) + 2 * d + (d * mlp + mlp + mlp * d + d)          # MAP head: probe, attention, LN, MLP
+  text = 32_000 * d + 64 * d + 12 * _encoder_layer(d, mlp) + 2 * d + (d * d + d)
+  expected = image + text + 2                                              # + t, b
+  assert _params(_load("siglip_rins.py")) == pytest.approx(expected, rel=1e-4)   # ~203M
+
+
+def test_vit_b16_classifier_size():
+  d, mlp = 768, 3072
+  expected = (16 * 16 * 3 * d + d) + 196 * d + d + 12 * _encoder_layer(d, mlp) + 2 * d + (d * 1000 + 1000)
+  assert _params(_load("vit_rins.py")) == pytest.approx(expected, rel=1e-4)      # ~86.6M
+
+
+def test_lm_600m_size():
+  d, mlp, vocab = 1536, 6144, 32_000
+  expected = 2 * vocab * d + 16 * _encoder_layer(d, mlp) + 2 * d              # embedding, 16 blocks, head
+  count = _params(_load("lm_rins.py"))
+  assert count == pytest.approx(expected, rel=1e-3)                            # ~552M ("600M" in the paper)
+  # parameter sharing: RINS A^3B has the baseline's unique blocks, so the same size
+  assert _params(_load("lm_rins.py", "signature=A^3B")) == count
+
+
+# ------------------------------------------------------------------------------------------------ compute matching
+def _budget_examples(config) -> float:
+  if config.get("total_steps") is not None:
+    return config.total_steps * config.input.batch_size
+  if config.get("total_examples") is not None:
+    return config.total_examples
+  return config.total_epochs * config.input.num_examples
+
+
+def _train_flops(config) -> float:
+  return flops.train_flops_per_example(build_model(config.model), get_task(config).input_shapes())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_recursive_variants_train_on_fewer_examples_in_the_flops_ratio(name):
+  base = _load(name)
+  base_examples, base_flops = _budget_examples(base), _train_flops(base)
+  assert base.compute_match.baseline_examples == pytest.approx(base_examples, rel=1e-4)
+  examples = {}
+  for arg in ["signature=ABAB", "signature=A^2B", "signature=A^3B", "signature=A^3B,p_skip=0.25"]:
+    cand = _load(name, arg)
+    examples[arg] = _budget_examples(cand)
+    assert examples[arg] < base_examples, arg
+    # equal training FLOPs: examples ratio = inverse FLOPs ratio (up to rounding to whole steps)
+    assert examples[arg] / base_examples == pytest.approx(base_flops / _train_flops(cand), rel=1e-4), arg
+  assert examples["signature=A^3B"] < examples["signature=A^2B"]
+  assert examples["signature=A^3B,p_skip=0.25"] > examples["signature=A^3B"]   # skipped rounds cost nothing
+
+
+def test_longer_sequence_baselines_are_compute_matched():
+  lm, lm_long = _load("lm_rins.py"), _load("lm_rins.py", "seq_len=1536")
+  assert lm.total_steps == 200_000 and lm_long.total_steps < lm.total_steps
+  assert lm_long.total_steps / lm.total_steps == pytest.approx(_train_flops(lm) / _train_flops(lm_long), rel=1e-4)
+  vit, vit336 = _load("vit_rins.py"), _load("vit_rins.py", "res=336")
+  assert vit.total_epochs == pytest.approx(300, rel=1e-5) and vit336.total_epochs < vit.total_epochs
+  assert _load("vit_rins.py", "epochs=1000").total_epochs == pytest.approx(1000, rel=1e-5)
+  assert vit336.total_epochs / vit.total_epochs == pytest.approx(_train_flops(vit) / _train_flops(vit336), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ paper settings
+def test_lm_config_follows_appendix_e21():
+  c = _load("lm_rins.py")
+  assert (c.input.batch_size, c.input.seq_len, c.lr, c.wd) == (1024, 1024, 5e-4, 5e-5)
+  assert c.schedule.to_dict() == dict(decay_type="rsqrt", warmup_steps=5000, cooldown_steps=5000)
+  assert c.model.name == "decoder" and c.model.vocab_size == 32_000 and c.input.tokenizer == "c4_en"
+  sources = c.input.data.sources
+  assert [s["data"]["name"] for s in sources] == ["c4/en", "huggingface:cerebras__slimpajama_627b"]
+  assert sources[0]["weight"] == sources[1]["weight"]
+  assert "max_len=1025" in c.input.pp       # seq_len + 1 ids: inputs and shifted targets
+
+
+def test_vit_config_follows_appendix_e22():
+  c = _load("vit_rins.py")
+  assert (c.input.batch_size, c.lr, c.wd, c.model.head_bias_init) == (1024, 1e-3, 1e-4, -6.9)
+  assert c.mixup.p == 0.2 and c.optax.to_dict() == dict(mu_dtype="bfloat16", b2=0.95)
+  assert c.schedule.decay_type == "cosine" and c.schedule.warmup_steps == 10_000
+  assert c.input.pp.startswith("decode|inception_crop(224)|flip_lr|value_range(-1, 1)|onehot(1000")
+  assert c.model.variant == "B/16" and c.input.data.name == "imagenet2012"
