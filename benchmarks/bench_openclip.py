@@ -45,7 +45,7 @@ def build_open_clip(batch: int = 64):
   text = dict(context_length=16, vocab_size=32000, width=256, heads=4, layers=6, mlp_ratio=4.0,
               no_causal_mask=True, pool_type="last", proj_bias=True)
   model = open_clip.CLIP(embed_dim=256, vision_cfg=vision, text_cfg=text, init_logit_scale=math.log(10.0),
-                         init_logit_bias=-10.0)
+                         init_logit_bias=-10.0, output_dict=True)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   return model, opt, SigLipLoss()
 

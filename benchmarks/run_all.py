@@ -2,7 +2,7 @@
 regenerates the tables of benchmarks/RESULTS.md.
 
 Usage: python -m benchmarks.run_all [--only matmul train_step ...] [--skip openclip ...] [--quick]
-                                    [--setup_openclip] [--timeout 900]
+                                    [--setup_openclip] [--timeout 1800]
 
 * Each benchmark writes its JSON with `--out`; one that fails or times out is recorded as
   {"error": ...} and the others still run.
@@ -234,7 +234,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[])
   parser.add_argument("--quick", action="store_true", help="fewer rounds and configurations (a smoke run)")
   parser.add_argument("--setup_openclip", action="store_true", help="create the open_clip environment if missing")
-  parser.add_argument("--timeout", type=float, default=900.0, help="seconds per benchmark")
+  parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark")
   parser.add_argument("--results", default=os.path.join(HERE, "results.json"))
   parser.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"))
   args = parser.parse_args(argv)

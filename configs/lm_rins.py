@@ -21,7 +21,9 @@ seq_len + 1 ids (EOS appended, 0-padded; the LM task scores no pad target).  Seq
 Args: variant (lm_300m | lm_600m | lm_1b | lm_mu), signature, degree, p_skip, adapters, kv_sharing, loop, remat,
 seq_len, batch_size, tokenizer, vocab, baseline_steps, baseline_seq_len, runlocal, steps (runlocal baseline
 steps).  runlocal: the tiny `lm_mu` decoder on the built-in demo captions with the shipped 'demo' tokenizer,
-seq_len 32, batch 32.
+seq_len 32, batch 32.  Local overrides (runlocal only): corpus (a jsonl folder/file of {"text": ...} lines instead of
+the demo captions), local_tokenizer (name or .model path), local_seq_len, local_batch_size, local_variant
+(siglip_rins/demo/lm_study.py uses them for its Shakespeare study).
 """
 import ml_collections
 
@@ -36,9 +38,13 @@ C4 = "c4/en"
 SLIMPAJAMA = "huggingface:cerebras__slimpajama_627b"
 
 
-def lm_pp(seq_len: int, tokenizer: str) -> str:
-  """Document text -> 'tokens' int32 [seq_len + 1] (EOS appended, 0-padded, no canonicalisation)."""
-  return (f'tokenize(max_len={seq_len + 1}, model="{tokenizer}", eos="yes", inkey="text", outkey="tokens", '
+def lm_pp(seq_len: int, tokenizer: str, max_doc_len: int = 0) -> str:
+  """Document text -> 'tokens' int32 [max_doc_len or seq_len + 1] (EOS appended, 0-padded, no canonicalisation).
+
+  With packing (input.pack) documents are tokenized up to `max_doc_len` tokens, stripped of padding and packed
+  into rows of seq_len + 1 (longer documents continue as new segments)."""
+  n = max_doc_len or seq_len + 1
+  return (f'tokenize(max_len={n}, model="{tokenizer}", eos="yes", inkey="text", outkey="tokens", '
           f'canonicalize=False)|keep("tokens")')
 
 
@@ -46,13 +52,15 @@ def get_config(arg=None):
   a = common.parse_arg(arg, variant="lm_600m", signature="AB", degree=1, p_skip=0.0, adapters=False,
                        kv_sharing=False, loop="scan", remat=False, seq_len=1024, batch_size=1024,
                        tokenizer="c4_en", vocab=32_000, baseline_steps=200_000, baseline_seq_len=1024,
-                       runlocal=False, steps=60)
+                       runlocal=False, steps=60, corpus="", local_tokenizer="demo", local_seq_len=32,
+                       local_batch_size=32, local_variant="lm_mu")
   if a.runlocal:
-    a.variant, a.seq_len, a.baseline_seq_len, a.batch_size, a.tokenizer = "lm_mu", 32, 32, 32, "demo"
+    a.variant, a.seq_len, a.baseline_seq_len = a.local_variant, a.local_seq_len, a.local_seq_len
+    a.batch_size, a.tokenizer = a.local_batch_size, a.local_tokenizer
     a.baseline_steps = a.steps
-  if a.tokenizer == "demo":
+  if a.tokenizer == "demo" or a.runlocal:   # a local tokenizer (name or .model path) sets the vocabulary size
     from siglip_rins.text.tokenizer import get_tokenizer
-    a.vocab = get_tokenizer("demo").vocab_size
+    a.vocab = get_tokenizer(a.tokenizer).vocab_size
 
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -67,9 +75,9 @@ def get_config(arg=None):
   c.compute_match = dict(baseline_signature="AB", baseline_steps=a.baseline_steps,
                          baseline_examples=a.baseline_steps * a.batch_size, baseline_seq_len=a.baseline_seq_len)
 
-  pp = lm_pp(a.seq_len, a.tokenizer)
+  pp = lm_pp(a.seq_len, a.tokenizer, max_doc_len=4 * (a.seq_len + 1))
   c.input = dict(batch_size=a.batch_size, seq_len=a.seq_len, tokenizer=a.tokenizer, shuffle_buffer_size=250_000,
-                 prefetch=2, pp=pp)
+                 prefetch=2, pp=pp, pack=dict(seq_len=a.seq_len + 1, key="tokens"))  # sequence packing
   c.input.data = dict(type="mixture", sources=[   # equal weight (App. E.2.1)
       dict(weight=1.0, data=dict(type="tfds", name=C4, split="train")),
       dict(weight=1.0, data=dict(type="tfds", name=SLIMPAJAMA, split="train"))])
@@ -83,7 +91,7 @@ def get_config(arg=None):
   c.evals = {}
 
   if a.runlocal:
-    c.input.data = dict(type="jsonl", path=common.demo_text_dir(("en",)))
+    c.input.data = dict(type="jsonl", path=a.corpus or common.demo_text_dir(("en",)))
     c.input.shuffle_buffer_size = 1024
     c.lr, c.wd = 1e-3, 1e-4
     c.schedule = common.schedule("cosine", warmup_steps=5)

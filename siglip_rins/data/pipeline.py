@@ -158,6 +158,45 @@ def _stream(input_cfg, *, train, seed, process_index, process_count):
     return ds, counters, names
 
 
+def _strip_trailing_pad(tokens):
+    """int [L] -> the prefix up to the last non-zero id (0 is the pad id)."""
+    nonzero = tf.cast(tokens != 0, tf.int32)
+    trailing = tf.cast(tf.argmax(tf.reverse(nonzero, [0])), tf.int32)
+    return tokens[:tf.shape(tokens)[0] - trailing]
+
+
+def _packed(ds, pack_cfg):
+    """LM sequence packing (config `input.pack = dict(seq_len=T, key='tokens')`), in pure tf.data ops.
+
+    The padded token vectors of consecutive examples are stripped of padding, concatenated and cut into rows of
+    T tokens (a document that does not fit continues in the next row as a new segment).  Each row gets
+    segment_ids (1, 2, ... per document piece in the row) and positions (restarting at 0 per piece), so
+    attention never crosses documents.  Deterministic, so `start_example` (counted in rows) resumes exactly.
+    """
+    seq_len = _get(pack_cfg, "seq_len")
+    key = _get(pack_cfg, "key", "tokens")
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise ValueError(f"input.pack.seq_len must be an integer >= 2, got {seq_len!r}")
+    if key not in ds.element_spec:
+        raise ValueError(f"input.pack.key {key!r} is not produced by the pp (features: {sorted(ds.element_spec)})")
+
+    def doc_tokens(index, features):
+        tokens = _strip_trailing_pad(tf.cast(features[key], tf.int32))
+        return {"tokens": tokens, "doc": tf.fill(tf.shape(tokens), tf.cast(index, tf.int32))}
+
+    def segment(row):
+        doc = row["doc"]
+        idx = tf.range(seq_len)
+        starts = tf.concat([[True], doc[1:] != doc[:-1]], axis=0)
+        segment_ids = tf.cumsum(tf.cast(starts, tf.int32))
+        first = tf.math.segment_min(idx, segment_ids - 1)
+        return {"tokens": row["tokens"], "segment_ids": segment_ids,
+                "positions": idx - tf.gather(first, segment_ids - 1)}
+
+    stream = ds.enumerate().map(doc_tokens).unbatch()
+    return stream.batch(seq_len, drop_remainder=True).map(segment)
+
+
 def _options(ds):
     options = tf.data.Options()
     options.deterministic = True
@@ -227,6 +266,9 @@ def make_train_iterator(input_cfg, *, global_batch_size: int, process_index: int
         raise ValueError(f"start_example must be >= 0, got {start_example}")
     ds, counters, names = _stream(input_cfg, train=True, seed=seed, process_index=process_index,
                                   process_count=process_count)
+    pack = _get(input_cfg, "pack")
+    if pack:
+        ds = _packed(ds, pack)
     if start_example:
         ds = ds.skip(start_example)
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
