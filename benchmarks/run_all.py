@@ -235,22 +235,35 @@ def main(argv=None) -> dict:
   parser.add_argument("--quick", action="store_true", help="fewer rounds and configurations (a smoke run)")
   parser.add_argument("--setup_openclip", action="store_true", help="create the open_clip environment if missing")
   parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark")
+  parser.add_argument("--add", nargs="+", default=[], metavar="NAME=JSON",
+                      help="merge a result a benchmark wrote separately (its --out file) instead of running it")
   parser.add_argument("--results", default=os.path.join(HERE, "results.json"))
   parser.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"))
   args = parser.parse_args(argv)
   names = [n for n in (args.only or list(BENCHMARKS)) if n not in args.skip]
+  added = {}
+  for item in args.add:
+    name, _, path = item.partition("=")
+    if name not in BENCHMARKS or not path:
+      raise ValueError(f"--add {item!r}: expected NAME=JSON with NAME one of {sorted(BENCHMARKS)}")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"--add {item!r}: {path} does not exist")
+    with open(path) as f:
+      added[name] = dict(json.load(f), command=f"(run separately, merged with --add) {path}")
+  names = [n for n in names if n not in added]
   from benchmarks.bench_openclip import BENCH_VENV, open_clip_available, venv_python
   if "openclip" in names and args.setup_openclip and not open_clip_available(venv_python())[0]:
     setup_openclip(BENCH_VENV)
   import tempfile
   t0 = time.perf_counter()
   results = {}
-  if os.path.exists(args.results) and args.only:
+  if os.path.exists(args.results) and (args.only or added):
     with open(args.results) as f:
       results = json.load(f)        # a partial run updates the entries it ran
   with tempfile.TemporaryDirectory() as tmp:
     for name in names:
       results[name] = run_one(name, args.quick, args.timeout, tmp)
+  results.update(added)
   results["_wall_s"] = round(time.perf_counter() - t0, 1)
   results["_machine"] = U.machine_info()
   with open(args.results, "w") as f:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 _REGISTRY: dict[str, type] = {}
-_TRAINER_KEYS = ('type', 'every', 'log_steps', 'log_percent', 'log_epochs')
+_TRAINER_KEYS = ('rounds', 'type', 'every', 'log_steps', 'log_percent', 'log_epochs')
 
 
 def register(type_name: str) -> Callable[[type], type]:

