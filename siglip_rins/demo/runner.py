@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from siglip_rins.demo.cli_args import positive_float, positive_int
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": dict(signature="AB", p_skip=0.0, adapters=False, label="SigLIP baseline (AB)"),
     "rao": dict(signature="ABAB", p_skip=0.0, adapters=False, label="RAO (ABAB)"),
@@ -47,26 +49,6 @@ EVAL_BATCH = 64
 
 
 # ----------------------------------------------------------------------------------------------- arguments
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return value
-
-
-def _positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-  if not value > 0 or not math.isfinite(value):
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-  return value
-
-
 def parse_variants(text: str) -> list[str]:
   """'baseline,rins' -> ['baseline', 'rins'] (order kept, duplicates dropped); unknown names -> ValueError.
 
@@ -88,22 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
       prog="siglip-rins demo",
       description="Compute-matched SigLIP baseline vs RAO vs RINS on the built-in multilingual shapes dataset.")
   p.add_argument("--out", default="./demo_report", help="report folder (default ./demo_report)")
-  p.add_argument("--steps", type=_positive_int,
+  p.add_argument("--steps", type=positive_int,
                  help=f"baseline training steps; recursive variants get compute-matched steps "
                       f"(default {DEFAULTS['steps']})")
-  p.add_argument("--batch-size", type=_positive_int, help=f"global batch size (default {DEFAULTS['batch_size']})")
-  p.add_argument("--image-size", type=_positive_int, help=f"image side in pixels, a multiple of the patch size 8 "
+  p.add_argument("--batch-size", type=positive_int, help=f"global batch size (default {DEFAULTS['batch_size']})")
+  p.add_argument("--image-size", type=positive_int, help=f"image side in pixels, a multiple of the patch size 8 "
                                                           f"(default {DEFAULTS['image_size']})")
   p.add_argument("--variants", default=",".join(VARIANTS),
                  help=f"comma list of {', '.join(VARIANTS)} (default: all; the baseline is always included)")
-  p.add_argument("--train-examples", type=_positive_int,
+  p.add_argument("--train-examples", type=positive_int,
                  help=f"size of the generated train split (default {DEFAULTS['train_examples']})")
-  p.add_argument("--eval-examples", type=_positive_int,
+  p.add_argument("--eval-examples", type=positive_int,
                  help=f"size of the eval split; 48 classes, 6 held out (default {DEFAULTS['eval_examples']})")
-  p.add_argument("--max-rounds", type=_positive_int,
+  p.add_argument("--max-rounds", type=positive_int,
                  help=f"evaluate inference rounds r = 1..N (default {DEFAULTS['max_rounds']})")
   p.add_argument("--model", choices=("mu", "nano", "bench"), help="tower size for both towers (default mu)")
-  p.add_argument("--lr", type=_positive_float, help=f"peak learning rate, shared by all variants "
+  p.add_argument("--lr", type=positive_float, help=f"peak learning rate, shared by all variants "
                                                     f"(default {DEFAULTS['lr']})")
   p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {DEFAULTS['warmup_steps']})")
   p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed, shared (default 0)")
