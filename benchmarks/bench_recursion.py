@@ -25,9 +25,13 @@ from siglip_rins import flops
 from siglip_rins.models import build_model
 
 
+LOOP_FORMS = {"scan": dict(loop="scan"), "unroll": dict(loop="unroll"),
+              "scan_u2": dict(loop="scan", scan_unroll=2)}   # scan over pairs of unrolled rounds
+
+
 def image_tower(r: int, loop: str, remat: bool):
   return build_model(dict(name="vit", variant="bench/8", posemb="learn", pool_type="map",
-                          recursion=dict(signature=f"A^{r}B", loop=loop, remat=remat)))
+                          recursion=dict(signature=f"A^{r}B", remat=remat, **LOOP_FORMS[loop])))
 
 
 def make_train_step(model, optimizer):
@@ -85,7 +89,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--rounds", type=int, nargs="+", default=list(range(1, 9)))
-  parser.add_argument("--loops", nargs="+", default=["scan", "unroll"], choices=["scan", "unroll"])
+  parser.add_argument("--loops", nargs="+", default=["scan", "unroll"], choices=sorted(LOOP_FORMS))
   parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (after 1 warm-up)")
   parser.add_argument("--remat", action="store_true", help="rematerialise each round (recursion.remat)")
   parser.add_argument("--out", default=None)

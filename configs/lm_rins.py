@@ -50,7 +50,7 @@ def lm_pp(seq_len: int, tokenizer: str, max_doc_len: int = 0) -> str:
 
 def get_config(arg=None):
   a = common.parse_arg(arg, variant="lm_600m", signature="AB", degree=1, p_skip=0.0, adapters=False,
-                       kv_sharing=False, loop="scan", remat=False, seq_len=1024, batch_size=1024,
+                       kv_sharing=False, loop="auto", remat=False, seq_len=1024, batch_size=1024,
                        tokenizer="c4_en", vocab=32_000, baseline_steps=200_000, baseline_seq_len=1024,
                        runlocal=False, steps=60, corpus="", local_tokenizer="demo", local_seq_len=32,
                        local_batch_size=32, local_variant="lm_mu")

@@ -25,7 +25,7 @@ except ImportError:  # loaded by path from elsewhere
 
 def get_config(arg=None):
   a = common.parse_arg(arg, variant="B/16", txt_variant="B", signature="AB", degree=1, p_skip=0.0,
-                       adapters=False, loop="scan", remat=False, res=256, text_len=64, vocab=32_000,
+                       adapters=False, loop="auto", remat=False, res=256, text_len=64, vocab=32_000,
                        tokenizer="c4_en", batch_size=32 * 1024, baseline_examples=10_000_000_000,
                        setting="paper", runlocal=False, steps=60, kv_sharing=False,
                        local_batch_size=32, local_res=32, local_examples=2048, local_variant="mu")

@@ -39,7 +39,7 @@ def train_pp(res: int, num_classes: int, augment: bool = True) -> str:
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, variant="B/16", signature="AB", degree=1, p_skip=0.0, adapters=False, loop="scan",
+  a = common.parse_arg(arg, variant="B/16", signature="AB", degree=1, p_skip=0.0, adapters=False, loop="auto",
                        remat=False, res=224, baseline_res=224, epochs=300.0, batch_size=1024, lr=1e-3,
                        runlocal=False, steps=60)
   num_classes, num_examples = IMAGENET_CLASSES, IMAGENET_TRAIN_EXAMPLES

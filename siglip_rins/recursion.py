@@ -17,7 +17,10 @@ Vocabulary (paper Sec. 2 and App. A):
   stack output when k rounds ran (k above r_max uses the last).
 
 Execution: runs of one repeated block are executed by ``nn.scan`` over rounds with broadcast (shared) parameters,
-so compile time does not grow with r; ``loop='unroll'`` unrolls rounds in Python instead.  ``remat=True``
+so compile time does not grow with r, or unrolled in Python (``loop='unroll'``).  The default ``loop='auto'``
+unrolls runs of up to AUTO_UNROLL_MAX rounds and scans longer ones: measured on the 2-core CPU (benchmarks/
+RESULTS.md), unrolled rounds cost exactly their FLOPs while XLA:CPU's scan adds 15-20% per round (it stacks each
+round's backward residuals with dynamic-update-slices), and unrolled compile time grows ~0.6 s per round.  ``remat=True``
 rematerialises each round (only the carry is saved for the backward pass).
 """
 from __future__ import annotations
@@ -35,7 +38,8 @@ from siglip_rins.layers import KV, EncoderLayer, LayerConfig
 
 Array = jax.Array
 MAX_EXPONENT = 1024
-LOOPS = ("scan", "unroll")
+LOOPS = ("auto", "scan", "unroll")
+AUTO_UNROLL_MAX = 4  # loop='auto': runs of up to this many rounds are unrolled, longer ones scanned
 
 _TOKEN = re.compile(r"([A-Z])(?:\^(?:\{(\d+)\}|(\d+)))?")
 _DEGREE_FORM = re.compile(r"^\((.+)\)_\{?(\d+)\}?$")
@@ -244,7 +248,7 @@ class RecursionConfig:
   degree: int = 1
   p_skip: float = 0.0
   adapters: bool = False
-  loop: str = "scan"          # 'scan' (compile time flat in r) or 'unroll'
+  loop: str = "auto"          # 'auto' (unroll runs <= AUTO_UNROLL_MAX rounds, else scan), 'scan', 'unroll'
   remat: bool = False          # rematerialise each round in the backward pass
   kv_sharing: bool = False     # later rounds of the recursive block attend to the first round's keys/values
   layers_per_block: Optional[int] = None  # overrides the split of the baseline depth (App. E.1 sweep entries)
@@ -352,7 +356,10 @@ class RecursiveStack(nn.Module):
       return x, executed
     if count == 1:
       return _apply_block(block, x, None if keep is None else keep[0], mask, positions, shared, decode_rounds), executed
-    if self.recursion.loop == "unroll" and not decode_rounds:
+    loop = self.recursion.loop
+    if loop == "auto":
+      loop = "unroll" if count <= AUTO_UNROLL_MAX else "scan"
+    if loop == "unroll" and not decode_rounds:
       fn = nn.remat(_apply_block, static_argnums=(6,)) if self.recursion.remat else _apply_block
       for j in range(count):
         x = fn(block, x, None if keep is None else keep[j], mask, positions, shared, decode_rounds)
