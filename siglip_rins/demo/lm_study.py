@@ -42,7 +42,8 @@ import tempfile
 import time
 from typing import Any, Optional, Sequence
 
-from siglip_rins.demo.cli_args import positive_float, positive_int
+from siglip_rins.demo.common import (count_params, parse_variants as _parse_variants, positive_float,
+                                     positive_int, read_train_curve, shipped_config)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": dict(signature="AB", label="baseline (AB)"),
@@ -327,16 +328,8 @@ def prepare_data(corpus_path: str, vocab: int, seq_len: int, label: Optional[str
 
 # ----------------------------------------------------------------------------------------------- arguments
 def parse_variants(text: str) -> list[str]:
-  """'rins,rao' -> ['baseline', 'rins', 'rao'] (order kept, duplicates dropped, baseline added first)."""
-  names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-  if not names:
-    raise ValueError(f"--variants is empty; choose from {', '.join(VARIANTS)}")
-  unknown = [n for n in names if n not in VARIANTS]
-  if unknown:
-    raise ValueError(f"--variants: unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-  if BASELINE not in names:
-    names.insert(0, BASELINE)
-  return names
+  """See demo.common.parse_variants (this study's VARIANTS, BASELINE)."""
+  return _parse_variants(text, list(VARIANTS), BASELINE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,17 +384,6 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- configs
-def config_path() -> str:
-  """configs/lm_rins.py of this checkout (the study goes through the same config as users)."""
-  import siglip_rins
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(siglip_rins.__file__))), "configs",
-                      "lm_rins.py")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"the LM study needs the shipped config {path!r} (install from a source checkout: "
-                            f"pip install -e .)")
-  return path
-
-
 def variant_config(name: str, settings: dict, data: dict):
   """configs/lm_rins.py:runlocal with this corpus/tokenizer/sizes, plus the shared settings."""
   from siglip_rins import config_lib
@@ -412,7 +394,7 @@ def variant_config(name: str, settings: dict, data: dict):
   arg = (f"runlocal,signature={VARIANTS[name]['signature']},steps={settings['steps']},corpus={data['train_dir']},"
          f"local_tokenizer={data['tokenizer']},local_seq_len={settings['seq_len']},"
          f"local_batch_size={settings['batch_size']},local_variant={settings['model']}")
-  config = config_lib.load_config(f"{config_path()}:{arg}")
+  config = config_lib.load_config(f"{shipped_config('lm_rins.py')}:{arg}")
   # Shared by every variant (never per variant): optimiser peak lr, warm-up, seed, logging.
   config.lr = float(settings["lr"])
   config.schedule.warmup_steps = int(settings["warmup_steps"])
@@ -436,24 +418,6 @@ def val_evaluator(settings: dict, data: dict, name: str):
 
 
 # ----------------------------------------------------------------------------------------------- one variant
-def _count_params(params) -> int:
-  import jax
-  import numpy as np
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def _read_train_curve(metrics_path: str) -> list[tuple[float, float]]:
-  """(flops_seen, train/loss) pairs from a run's metrics.jsonl (rows without both are skipped)."""
-  curve = []
-  if os.path.exists(metrics_path):
-    with open(metrics_path, encoding="utf-8") as f:
-      for line in f:
-        row = json.loads(line)
-        if "flops_seen" in row and "train/loss" in row:
-          curve.append((float(row["flops_seen"]), float(row["train/loss"])))
-  return curve
-
-
 def run_variant(name: str, settings: dict, data: dict, verbose: bool = True) -> dict:
   """Trains one variant in out/runs/<name>, then scores every checkpoint on the validation documents."""
   from siglip_rins.checkpoint import CheckpointManager
@@ -493,11 +457,11 @@ def run_variant(name: str, settings: dict, data: dict, verbose: bool = True) -> 
   if not val_curve or val_curve[-1]["step"] != steps:
     raise RuntimeError(f"{name}: no checkpoint of the final step {steps} in {workdir}")
   final = val_curve[-1]
-  train_curve = _read_train_curve(os.path.join(workdir, "metrics.jsonl"))
+  train_curve = read_train_curve(os.path.join(workdir, "metrics.jsonl"))
   v = VARIANTS[name]
   return dict(
       name=name, label=v["label"], signature=v["signature"], trained_rounds=r_trained,
-      params=_count_params(summary["state"]["params"]), steps=steps, batch_size=bs, seq_len=settings["seq_len"],
+      params=count_params(summary["state"]["params"]), steps=steps, batch_size=bs, seq_len=settings["seq_len"],
       rows_seen=steps * bs, tokens_seen=steps * bs * settings["seq_len"], train_flops_per_row=flops_per_example,
       train_flops_per_step=flops_per_example * bs, train_flops=flops_per_example * bs * steps,
       final_train_loss=train_curve[-1][1] if train_curve else None,

@@ -28,7 +28,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from siglip_rins.demo.cli_args import positive_float, positive_int
+from siglip_rins.demo.common import (count_params, parse_variants as _parse_variants, positive_float,
+                                     positive_int, read_train_curve, shipped_config)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": dict(signature="AB", p_skip=0.0, adapters=False, label="SigLIP baseline (AB)"),
@@ -50,19 +51,8 @@ EVAL_BATCH = 64
 
 # ----------------------------------------------------------------------------------------------- arguments
 def parse_variants(text: str) -> list[str]:
-  """'baseline,rins' -> ['baseline', 'rins'] (order kept, duplicates dropped); unknown names -> ValueError.
-
-  The baseline is always trained (it defines the compute budget), so it is added first when missing.
-  """
-  names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-  if not names:
-    raise ValueError(f"--variants is empty; choose from {', '.join(VARIANTS)}")
-  unknown = [n for n in names if n not in VARIANTS]
-  if unknown:
-    raise ValueError(f"--variants: unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-  if BASELINE not in names:
-    names.insert(0, BASELINE)
-  return names
+  """See demo.common.parse_variants (this study's VARIANTS, BASELINE)."""
+  return _parse_variants(text, list(VARIANTS), BASELINE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,17 +106,6 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- configs
-def config_path() -> str:
-  """configs/siglip_rins.py of this checkout (the demo goes through the same config as users)."""
-  import siglip_rins
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(siglip_rins.__file__))), "configs",
-                      "siglip_rins.py")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"the demo needs the shipped config {path!r} (install from a source checkout: "
-                            f"pip install -e .)")
-  return path
-
-
 def variant_config(name: str, settings: dict):
   """The training config of one variant: configs/siglip_rins.py:runlocal,... plus the shared settings."""
   from siglip_rins import config_lib
@@ -135,7 +114,7 @@ def variant_config(name: str, settings: dict):
          f"steps={settings['steps']},local_batch_size={settings['batch_size']},"
          f"local_res={settings['image_size']},local_examples={settings['train_examples']},"
          f"local_variant={settings['model']}")
-  config = config_lib.load_config(f"{config_path()}:{arg}")
+  config = config_lib.load_config(f"{shipped_config('siglip_rins.py')}:{arg}")
   # Shared by every variant (never per variant): optimiser peak lr, warm-up, seed, logging.
   config.lr = float(settings["lr"])
   config.schedule.warmup_steps = int(settings["warmup_steps"])
@@ -204,25 +183,6 @@ def eval_configs(eval_data: dict, image_size: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- one variant
-def _count_params(params) -> int:
-  import jax
-  import numpy as np
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def _read_loss_curve(metrics_path: str) -> list[tuple[float, float]]:
-  """(flops_seen, train/loss) pairs from a run's metrics.jsonl (rows without both are skipped)."""
-  curve = []
-  if not os.path.exists(metrics_path):
-    return curve
-  with open(metrics_path, encoding="utf-8") as f:
-    for line in f:
-      row = json.loads(line)
-      if "flops_seen" in row and "train/loss" in row:
-        curve.append((float(row["flops_seen"]), float(row["train/loss"])))
-  return curve
-
-
 def run_variant(name: str, settings: dict, evals: dict, verbose: bool = True) -> dict:
   """Trains one variant in out/runs/<name> and evaluates it at r = 1..max_rounds. Returns its result dict."""
   import evaluators
@@ -253,11 +213,11 @@ def run_variant(name: str, settings: dict, evals: dict, verbose: bool = True) ->
   eval_seconds = time.time() - t1
 
   by_rounds = {str(r): summarise(records, r) for r in all_rounds}
-  loss_curve = _read_loss_curve(os.path.join(workdir, "metrics.jsonl"))
+  loss_curve = read_train_curve(os.path.join(workdir, "metrics.jsonl"))
   v = VARIANTS[name]
   return dict(
       name=name, label=v["label"], signature=v["signature"], p_skip=v["p_skip"], adapters=v["adapters"],
-      trained_rounds=r_trained, params=_count_params(params), steps=steps, batch_size=bs,
+      trained_rounds=r_trained, params=count_params(params), steps=steps, batch_size=bs,
       examples_seen=steps * bs, train_flops_per_example=flops_per_example,
       train_flops_per_step=flops_per_example * bs, train_flops=flops_per_example * bs * steps,
       final_train_loss=loss_curve[-1][1] if loss_curve else None,
