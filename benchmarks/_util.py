@@ -135,6 +135,14 @@ def time_calls(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> list
   return out
 
 
+def compile_seconds(jitted: Callable, *args, **kwargs) -> tuple[Any, float]:
+  """Times tracing + lowering + XLA compilation of a `jax.jit` function for these arguments.
+  Returns (compiled, seconds); call `compiled(*args)` to run without recompiling."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args, **kwargs).compile()
+  return compiled, time.perf_counter() - t0
+
+
 def median(xs: Sequence[float]) -> float:
   return float(statistics.median(xs))
 

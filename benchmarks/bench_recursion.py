@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks.common import compile_seconds, emit, machine, time_calls
+from benchmarks import _util as U
 from siglip_rins import flops
 from siglip_rins.models import build_model
 
 
-LOOP_FORMS = {"scan": dict(loop="scan"), "unroll": dict(loop="unroll"),
+LOOP_FORMS = {"auto": dict(loop="auto"), "scan": dict(loop="scan"), "unroll": dict(loop="unroll"),
               "scan_u2": dict(loop="scan", scan_unroll=2)}   # scan over pairs of unrolled rounds
 
 
@@ -56,8 +56,9 @@ def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bo
   for loop in loops:
     for r in rounds:
       model = image_tower(r, loop, remat)
-      compiled, compile_s = compile_seconds(jax.jit(make_train_step(model, optimizer)), params, opt_state, images)
-      timing = time_calls(compiled, params, opt_state, images, repeats=repeats, warmup=1)
+      compiled, compile_s = U.compile_seconds(jax.jit(make_train_step(model, optimizer)), params, opt_state, images)
+      times = U.time_calls(lambda: compiled(params, opt_state, images), warmup=1, repeats=repeats)
+      timing = dict(median_s=U.median(times), times_s=[round(t, 4) for t in times])
       train_flops = batch * flops.train_flops_per_example(model, {"image": (64, 64)})
       rows.append(dict(loop=loop, r=r, compile_s=round(compile_s, 3), step_s=round(timing["median_s"], 4),
                        step_times_s=timing["times_s"], train_gflop=round(train_flops / 1e9, 3),
@@ -82,7 +83,7 @@ def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bo
                          step_target_met=all(abs(row["step_vs_flops"] - 1) <= 0.05 for row in mine))
   return dict(benchmark="recursion", model="bench image tower (ViT 64x64/8, width 256, A=3 layers, B=3 layers)",
               batch=batch, dtype="float32", remat=remat, repeats=repeats, rows=rows, summary=summary,
-              machine=machine())
+              machine=U.machine_info())
 
 
 def main(argv=None):
@@ -96,7 +97,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if min(args.rounds) < 1:
     parser.error(f"--rounds must be >= 1, got {args.rounds}")
-  return emit(run(args.batch, sorted(set(args.rounds)), args.loops, args.repeats, args.remat), args.out)
+  return U.emit(run(args.batch, sorted(set(args.rounds)), args.loops, args.repeats, args.remat), args.out)
 
 
 if __name__ == "__main__":
