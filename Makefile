@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut 
 STAMP_HF := $(VENV)/.installed-hf-$(shell cat requirements-hf.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv venv-hf bench clean
+.PHONY: demo test lint fmt venv venv-hf bench clean
 
 venv: $(STAMP)
 
@@ -30,7 +30,16 @@ $(STAMP_HF): $(STAMP) requirements-hf.txt
 demo: venv
 	$(VENV)/bin/siglip-rins demo $(DEMO_ARGS)
 
-test: venv venv-hf
+# One formatter-enforced style (ruff.toml: 2-space indentation) and a linter, checked before the suite.
+lint: venv
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+fmt: venv
+	$(VENV)/bin/ruff format --quiet .
+	$(VENV)/bin/ruff check --quiet --fix .
+
+test: venv venv-hf lint
 	$(PY) -m pytest -q -n 2 --durations=15 tests $(PYTEST_ARGS)
 
 bench: venv

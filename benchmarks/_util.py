@@ -8,6 +8,7 @@ linear 256->256 head.  18,595,330 parameters; 154.4 GFLOP per AB training step (
 Timing convention: every timed call ends with `jax.block_until_ready`; figures are medians over several calls
 after warm-up, and ratios are taken between figures measured in the same process (machines are shared/noisy).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ BENCH_BATCH = 64
 BENCH_PARAMS = 18_595_330
 
 
-def bench_model_config(signature: str = "AB", loop: str = "scan", remat: bool = False, model: str = "bench",
-                       dtype: str = "float32", kv_sharing: bool = False) -> dict:
+def bench_model_config(
+  signature: str = "AB",
+  loop: str = "scan",
+  remat: bool = False,
+  model: str = "bench",
+  dtype: str = "float32",
+  kv_sharing: bool = False,
+) -> dict:
   """The siglip_rins model config of the bench config (model='bench') or a full-size one (model='B/16' etc.).
 
   For model='bench': image 'bench/8' (width 256, depth 6, 4 heads, MLP 1024) with MAP pooling and no head; text
@@ -32,13 +39,25 @@ def bench_model_config(signature: str = "AB", loop: str = "scan", remat: bool = 
   """
   rec = dict(signature=signature, loop=loop, remat=remat, kv_sharing=kv_sharing)
   if model == "bench":
-    return dict(name="two_towers", image=dict(variant="bench/8", pool_type="map"),
-                text=dict(variant="bench", vocab_size=32000), out_dim=(None, 256), recursion=rec, dtype=dtype)
+    return dict(
+      name="two_towers",
+      image=dict(variant="bench/8", pool_type="map"),
+      text=dict(variant="bench", vocab_size=32000),
+      out_dim=(None, 256),
+      recursion=rec,
+      dtype=dtype,
+    )
   from siglip_rins.models.vit import decode_variant
+
   width = decode_variant(model)["width"]
-  return dict(name="two_towers", image=dict(variant=model, pool_type="map"),
-              text=dict(variant=model.split("/")[0], vocab_size=32000), out_dim=(None, width), recursion=rec,
-              dtype=dtype)
+  return dict(
+    name="two_towers",
+    image=dict(variant=model, pool_type="map"),
+    text=dict(variant=model.split("/")[0], vocab_size=32000),
+    out_dim=(None, width),
+    recursion=rec,
+    dtype=dtype,
+  )
 
 
 def image_size_of(model: str) -> int:
@@ -53,10 +72,19 @@ def text_len_of(model: str) -> int:
 def train_config(model_cfg: dict, batch: int, image_size: int, text_len: int, lr: float = 1e-3):
   """A complete training ConfigDict (Adam, constant lr, no weight decay, sigmoid loss) around `model_cfg`."""
   import ml_collections
-  return ml_collections.ConfigDict(dict(
-      model=model_cfg, input=dict(batch_size=batch, image_size=image_size, text_len=text_len),
-      task=dict(name="contrastive", loss="sigmoid"), total_steps=1000, lr=lr, wd=0.0,
-      schedule=dict(decay_type="constant"), seed=0))
+
+  return ml_collections.ConfigDict(
+    dict(
+      model=model_cfg,
+      input=dict(batch_size=batch, image_size=image_size, text_len=text_len),
+      task=dict(name="contrastive", loss="sigmoid"),
+      total_steps=1000,
+      lr=lr,
+      wd=0.0,
+      schedule=dict(decay_type="constant"),
+      seed=0,
+    )
+  )
 
 
 class TrainSetup:
@@ -67,13 +95,21 @@ class TrainSetup:
   flops_per_step (analytic training FLOPs of one step), params (count).
   """
 
-  def __init__(self, model_cfg: dict, batch: int = BENCH_BATCH, image_size: int = BENCH_IMAGE,
-               text_len: int = BENCH_TEXT_LEN, lr: float = 1e-3, seed: int = 0):
+  def __init__(
+    self,
+    model_cfg: dict,
+    batch: int = BENCH_BATCH,
+    image_size: int = BENCH_IMAGE,
+    text_len: int = BENCH_TEXT_LEN,
+    lr: float = 1e-3,
+    seed: int = 0,
+  ):
     import jax
     import numpy as np
     from siglip_rins import flops, optim, sharding, train
     from siglip_rins.models import build_model
     from siglip_rins.tasks import get_task
+
     config = train_config(model_cfg, batch, image_size, text_len, lr)
     self.config = config
     self.model = build_model(config.model)
@@ -84,8 +120,10 @@ class TrainSetup:
     mesh = sharding.make_mesh(None)
     self.state = train.init_state(self.model, self.task, self.tx, mesh, config, jax.random.PRNGKey(seed))
     rng = np.random.default_rng(seed)
-    self.batch = {"image": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(np.float32),
-                  "labels": rng.integers(0, 32000, (batch, text_len)).astype(np.int32)}
+    self.batch = {
+      "image": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(np.float32),
+      "labels": rng.integers(0, 32000, (batch, text_len)).astype(np.int32),
+    }
     self.batch = jax.device_put(self.batch)
     self.flops_per_step = flops.train_flops_per_example(self.model, self.task.input_shapes()) * batch
     self.params = int(sum(x.size for x in jax.tree.leaves(self.state["params"])))
@@ -97,6 +135,7 @@ class TrainSetup:
   def compile(self) -> float:
     """Compiles and runs one step (warm-up); returns the seconds of the first call (compile + one step)."""
     import jax
+
     t0 = time.perf_counter()
     self.state, m = self.step(self.state, self.batch)
     jax.block_until_ready(m["loss"])
@@ -112,6 +151,7 @@ class TrainSetup:
   def run(self, n: int = 1) -> list[float]:
     """Runs n steps; returns the seconds of each (each blocked until ready)."""
     import jax
+
     out = []
     for _ in range(n):
       t0 = time.perf_counter()
@@ -125,6 +165,7 @@ class TrainSetup:
 def time_calls(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> list[float]:
   """Calls fn() `warmup` times untimed, then `repeats` times; returns seconds per call (blocked on results)."""
   import jax
+
   for _ in range(warmup):
     jax.block_until_ready(fn())
   out = []
@@ -154,14 +195,17 @@ def matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 7) -> dic
   """
   import jax
   import jax.numpy as jnp
+
   dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   ka, kb = jax.random.split(jax.random.PRNGKey(0))
   a = jax.random.normal(ka, (n, n), jnp.float32).astype(dt)
   b = jax.random.normal(kb, (n, n), jnp.float32).astype(dt)
   f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
   times = time_calls(lambda: f(a, b), warmup=2, repeats=repeats)
-  fl = 2.0 * n ** 3
-  return dict(dtype=dtype, n=n, median_s=median(times), flops_per_s=fl / median(times), best_flops_per_s=fl / min(times))
+  fl = 2.0 * n**3
+  return dict(
+    dtype=dtype, n=n, median_s=median(times), flops_per_s=fl / median(times), best_flops_per_s=fl / min(times)
+  )
 
 
 def cpu_load() -> Optional[list[float]]:
@@ -188,8 +232,9 @@ def serve(handlers: dict[str, Callable[..., dict]]) -> None:
   ({"cmd": name, **kwargs} -> handlers[name](**kwargs), printed as one JSON line) until {"cmd": "quit"}.
   Anything else the worker prints must go to stderr."""
   import sys
+
   out = sys.stdout
-  sys.stdout = sys.stderr            # keep library prints off the protocol channel
+  sys.stdout = sys.stderr  # keep library prints off the protocol channel
   out.write(json.dumps({"ready": True}) + "\n")
   out.flush()
   for line in sys.stdin:
@@ -214,9 +259,11 @@ class Worker:
 
   def __init__(self, argv: Sequence[str], env: Optional[dict] = None, timeout_s: float = 900.0):
     import subprocess
+
     self.argv = list(argv)
-    self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-                                 text=True, env=env, bufsize=1)
+    self.proc = subprocess.Popen(
+      self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True, env=env, bufsize=1
+    )
     first = self.proc.stdout.readline()
     if not first:
       raise RuntimeError(f"worker {self.argv} exited before it was ready (exit code {self.proc.wait()})")
@@ -248,6 +295,7 @@ class Worker:
 def timed(fn: Callable[[], Any]) -> tuple[float, float]:
   """Runs fn() once (blocking on JAX results); returns (wall seconds, process CPU seconds, all threads)."""
   import jax
+
   w0, c0 = time.perf_counter(), time.process_time()
   jax.block_until_ready(fn())
   return time.perf_counter() - w0, time.process_time() - c0
@@ -257,6 +305,7 @@ def machine_info() -> dict:
   """CPU model, core count, load averages, Python and library versions (whichever are importable)."""
   import platform
   import subprocess
+
   info = {"python": platform.python_version(), "platform": platform.platform()}
   try:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -269,6 +318,7 @@ def machine_info() -> dict:
   info["cores_available"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   info["load_avg"] = cpu_load()
   import importlib
+
   for mod in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "open_clip"):
     try:
       info[mod] = importlib.import_module(mod).__version__

@@ -4,6 +4,7 @@ Usage: python -m benchmarks.bench_matmul [--n 2048] [--repeats 7] [--out result.
 Prints one JSON object: per dtype the median seconds per call, FLOP/s from the median (2 n^3 FLOPs per call) and
 from the fastest call; the ratio bf16/f32 is measured in this one process, the two dtypes interleaved.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,11 @@ def main(argv=None) -> dict:
       runs[dt].append(U.matmul_flops(dt, args.n, args.repeats))
   result = {"benchmark": "matmul", "n": args.n, "repeats": args.repeats, "rounds": args.rounds}
   for dt, rs in runs.items():
-    result[dt] = {"flops_per_s": U.median([r["flops_per_s"] for r in rs]),
-                  "best_flops_per_s": max(r["best_flops_per_s"] for r in rs),
-                  "median_s": U.median([r["median_s"] for r in rs])}
+    result[dt] = {
+      "flops_per_s": U.median([r["flops_per_s"] for r in rs]),
+      "best_flops_per_s": max(r["best_flops_per_s"] for r in rs),
+      "median_s": U.median([r["median_s"] for r in rs]),
+    }
   result["bf16_over_f32"] = result["bfloat16"]["flops_per_s"] / result["float32"]["flops_per_s"]
   result["machine"] = U.machine_info()
   return U.emit(result, args.out)

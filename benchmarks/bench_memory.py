@@ -10,10 +10,10 @@ real jitted train step (state donated) is compiled and XLA's `memory_analysis()`
 `temp_plus_arg_plus_out` is the plain sum as well.  Ratios are to AB.  Deterministic: no timing involved.
 `--rss` also runs one step of each in a fresh subprocess and reports its peak resident set size (ru_maxrss).
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,14 +26,25 @@ from benchmarks import _util as U
 
 def compiled_memory(signature: str, loop: str, remat: bool, batch: int, model: str = "bench") -> dict:
   """memory_analysis() of the compiled train step for one configuration (bytes)."""
-  s = U.TrainSetup(U.bench_model_config(signature, loop=loop, remat=remat, model=model), batch=batch,
-                   image_size=U.image_size_of(model), text_len=U.text_len_of(model))
+  s = U.TrainSetup(
+    U.bench_model_config(signature, loop=loop, remat=remat, model=model),
+    batch=batch,
+    image_size=U.image_size_of(model),
+    text_len=U.text_len_of(model),
+  )
   ma = s.lowered().compile().memory_analysis()
   if ma is None:
     raise RuntimeError("this backend gives no memory_analysis() for compiled programs")
-  d = dict(signature=signature, loop=loop, remat=remat, batch=batch,
-           argument_bytes=int(ma.argument_size_in_bytes), output_bytes=int(ma.output_size_in_bytes),
-           alias_bytes=int(ma.alias_size_in_bytes), temp_bytes=int(ma.temp_size_in_bytes))
+  d = dict(
+    signature=signature,
+    loop=loop,
+    remat=remat,
+    batch=batch,
+    argument_bytes=int(ma.argument_size_in_bytes),
+    output_bytes=int(ma.output_size_in_bytes),
+    alias_bytes=int(ma.alias_size_in_bytes),
+    temp_bytes=int(ma.temp_size_in_bytes),
+  )
   d["total_bytes"] = d["temp_bytes"] + d["argument_bytes"] + d["output_bytes"] - d["alias_bytes"]
   d["temp_plus_arg_plus_out"] = d["temp_bytes"] + d["argument_bytes"] + d["output_bytes"]
   return d
@@ -41,10 +52,12 @@ def compiled_memory(signature: str, loop: str, remat: bool, batch: int, model: s
 
 def peak_rss(signature: str, loop: str, remat: bool, batch: int) -> int:
   """Peak RSS (bytes) of a fresh process that builds the state and runs two training steps."""
-  code = ("import resource, sys; sys.path.insert(0, %r); from benchmarks import _util as U; "
-          "s = U.TrainSetup(U.bench_model_config(%r, loop=%r, remat=%r), batch=%d); s.compile(); s.run(1); "
-          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
-          % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), signature, loop, remat, batch))
+  code = (
+    "import resource, sys; sys.path.insert(0, %r); from benchmarks import _util as U; "
+    "s = U.TrainSetup(U.bench_model_config(%r, loop=%r, remat=%r), batch=%d); s.compile(); s.run(1); "
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), signature, loop, remat, batch)
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   return int(out.stdout.strip().splitlines()[-1])
 
@@ -72,9 +85,15 @@ def main(argv=None) -> dict:
     for e in entries:
       e["peak_rss_over_AB"] = e["peak_rss_bytes"] / base["peak_rss_bytes"]
   remat = entries[1]
-  result = {"benchmark": "memory", "batch": args.batch, "entries": entries, "target_ratio": 1.3,
-            "remat_ratio": remat["total_over_AB"], "met": remat["total_over_AB"] <= 1.3,
-            "machine": U.machine_info()}
+  result = {
+    "benchmark": "memory",
+    "batch": args.batch,
+    "entries": entries,
+    "target_ratio": 1.3,
+    "remat_ratio": remat["total_over_AB"],
+    "met": remat["total_over_AB"] <= 1.3,
+    "machine": U.machine_info(),
+  }
   return U.emit(result, args.out)
 
 

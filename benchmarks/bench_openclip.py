@@ -18,6 +18,7 @@ Method: the JAX step (AB) and the torch steps are all warmed up first; then `--r
 pipe), so all see the same machine load.  speedup = JAX examples/s / open_clip examples/s, median of per-round
 ratios, reported against each torch mode and against the faster one (target >= 1.1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,39 @@ def build_open_clip(batch: int = 64):
   import open_clip
   import torch
   from open_clip.loss import SigLipLoss
-  vision = dict(width=256, layers=6, head_width=64, mlp_ratio=4.0, patch_size=8, image_size=64,
-                attentional_pool=True, attn_pooler_queries=1, attn_pooler_heads=4, no_ln_pre=True,
-                pos_embed_type="learnable")
-  text = dict(context_length=16, vocab_size=32000, width=256, heads=4, layers=6, mlp_ratio=4.0,
-              no_causal_mask=True, pool_type="last", proj_bias=True)
-  model = open_clip.CLIP(embed_dim=256, vision_cfg=vision, text_cfg=text, init_logit_scale=math.log(10.0),
-                         init_logit_bias=-10.0, output_dict=True)
+
+  vision = dict(
+    width=256,
+    layers=6,
+    head_width=64,
+    mlp_ratio=4.0,
+    patch_size=8,
+    image_size=64,
+    attentional_pool=True,
+    attn_pooler_queries=1,
+    attn_pooler_heads=4,
+    no_ln_pre=True,
+    pos_embed_type="learnable",
+  )
+  text = dict(
+    context_length=16,
+    vocab_size=32000,
+    width=256,
+    heads=4,
+    layers=6,
+    mlp_ratio=4.0,
+    no_causal_mask=True,
+    pool_type="last",
+    proj_bias=True,
+  )
+  model = open_clip.CLIP(
+    embed_dim=256,
+    vision_cfg=vision,
+    text_cfg=text,
+    init_logit_scale=math.log(10.0),
+    init_logit_bias=-10.0,
+    output_dict=True,
+  )
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   return model, opt, SigLipLoss()
 
@@ -53,6 +80,7 @@ def build_open_clip(batch: int = 64):
 def _worker_main(batch: int, modes: list[str]) -> None:
   import torch
   from benchmarks import _util as U
+
   torch.set_num_threads(THREADS)
   torch.manual_seed(0)
   images = torch.rand(batch, 3, 64, 64) * 2 - 1
@@ -77,9 +105,11 @@ def _worker_main(batch: int, modes: list[str]) -> None:
 
     t0 = time.perf_counter()
     step()
-    info[mode] = {"first_step_s": time.perf_counter() - t0,
-                  "params": int(sum(p.numel() for p in model.parameters())),
-                  "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
+    info[mode] = {
+      "first_step_s": time.perf_counter() - t0,
+      "params": int(sum(p.numel() for p in model.parameters())),
+      "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+    }
     step()
     runners[mode] = step
 
@@ -93,9 +123,13 @@ def _worker_main(batch: int, modes: list[str]) -> None:
     return {"wall": ws, "cpu": cs, "loss": loss}
 
   def describe():
-    return {"modes": info, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "open_clip": __import__("open_clip").__version__,
-            "mkldnn": bool(torch.backends.mkldnn.is_available())}
+    return {
+      "modes": info,
+      "torch": torch.__version__,
+      "threads": torch.get_num_threads(),
+      "open_clip": __import__("open_clip").__version__,
+      "mkldnn": bool(torch.backends.mkldnn.is_available()),
+    }
 
   U.serve({"run": run, "describe": describe})
 
@@ -108,6 +142,7 @@ def venv_python(path: str = BENCH_VENV) -> str:
 def open_clip_available(python: str) -> tuple[bool, str]:
   """Whether `python` exists and imports torch and open_clip; (ok, reason)."""
   import subprocess
+
   if not os.path.exists(python):
     return False, f"{python} not found (create it: see benchmarks/README.md)"
   r = subprocess.run([python, "-c", "import torch, open_clip"], capture_output=True, text=True)
@@ -134,13 +169,15 @@ def main(argv=None) -> dict:
     return {}
 
   from benchmarks import _util as U
+
   ok, why = open_clip_available(args.python)
   if not ok:
     return U.emit({"benchmark": "openclip", "skipped": True, "reason": "open_clip not installed: " + why}, args.out)
   modes = ["eager"] + ([] if args.no_compile else ["compile"])
   env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
-  worker = U.Worker([args.python, os.path.abspath(__file__), "--worker", "--batch", str(args.batch),
-                     "--modes", *modes], env=env)
+  worker = U.Worker(
+    [args.python, os.path.abspath(__file__), "--worker", "--batch", str(args.batch), "--modes", *modes], env=env
+  )
   try:
     desc = worker.request("describe")
     ours = U.TrainSetup(U.bench_model_config("AB"), batch=args.batch)
@@ -153,22 +190,39 @@ def main(argv=None) -> dict:
         t_theirs[m].append(min(worker.request("run", mode=m, n=args.steps_per_round)["wall"]))
   finally:
     worker.close()
-  result = {"benchmark": "openclip", "batch": args.batch, "rounds": args.rounds,
-            "steps_per_round": args.steps_per_round, "threads": THREADS,
-            "ours": {"params": ours.params, "step_s_median": U.median(t_ours),
-                     "examples_per_s": args.batch / U.median(t_ours), "compile_plus_first_step_s": ours.compile_s},
-            "open_clip": desc}
+  result = {
+    "benchmark": "openclip",
+    "batch": args.batch,
+    "rounds": args.rounds,
+    "steps_per_round": args.steps_per_round,
+    "threads": THREADS,
+    "ours": {
+      "params": ours.params,
+      "step_s_median": U.median(t_ours),
+      "examples_per_s": args.batch / U.median(t_ours),
+      "compile_plus_first_step_s": ours.compile_s,
+    },
+    "open_clip": desc,
+  }
   speed = {}
   for m in modes:
     ratios = [tt / to for to, tt in zip(t_ours, t_theirs[m])]
-    result["open_clip"][m] = dict(desc["modes"][m], step_s_median=U.median(t_theirs[m]),
-                                  examples_per_s=args.batch / U.median(t_theirs[m]))
+    result["open_clip"][m] = dict(
+      desc["modes"][m], step_s_median=U.median(t_theirs[m]), examples_per_s=args.batch / U.median(t_theirs[m])
+    )
     speed[m] = U.median(ratios)
   faster = max(modes, key=lambda m: result["open_clip"][m]["examples_per_s"])
   theirs_params = desc["modes"][modes[0]]["params"]
-  result.update(speedup=speed, faster_open_clip_mode=faster, speedup_vs_faster=speed[faster], target=1.1,
-                met=speed[faster] >= 1.1, open_clip_params=theirs_params,
-                param_difference=theirs_params - ours.params, machine=U.machine_info())
+  result.update(
+    speedup=speed,
+    faster_open_clip_mode=faster,
+    speedup_vs_faster=speed[faster],
+    target=1.1,
+    met=speed[faster] >= 1.1,
+    open_clip_params=theirs_params,
+    param_difference=theirs_params - ours.params,
+    machine=U.machine_info(),
+  )
   return U.emit(result, args.out)
 
 

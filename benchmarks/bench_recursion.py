@@ -11,6 +11,7 @@ Targets (issue): compile(8) <= 1.25 x compile(1); step(r)/step(1) within 5% of f
 Usage: python -m benchmarks.bench_recursion [--batch 64] [--rounds 1 2 ... 8] [--loops scan unroll]
        [--repeats 3] [--remat] [--out result.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,24 +26,36 @@ from siglip_rins import flops
 from siglip_rins.models import build_model
 
 
-LOOP_FORMS = {"auto": dict(loop="auto"), "scan": dict(loop="scan"), "unroll": dict(loop="unroll"),
-              "scan_u2": dict(loop="scan", scan_unroll=2)}   # scan over pairs of unrolled rounds
+LOOP_FORMS = {
+  "auto": dict(loop="auto"),
+  "scan": dict(loop="scan"),
+  "unroll": dict(loop="unroll"),
+  "scan_u2": dict(loop="scan", scan_unroll=2),
+}  # scan over pairs of unrolled rounds
 
 
 def image_tower(r: int, loop: str, remat: bool):
-  return build_model(dict(name="vit", variant="bench/8", posemb="learn", pool_type="map",
-                          recursion=dict(signature=f"A^{r}B", remat=remat, **LOOP_FORMS[loop])))
+  return build_model(
+    dict(
+      name="vit",
+      variant="bench/8",
+      posemb="learn",
+      pool_type="map",
+      recursion=dict(signature=f"A^{r}B", remat=remat, **LOOP_FORMS[loop]),
+    )
+  )
 
 
 def make_train_step(model, optimizer):
   def loss_fn(params, images):
     pooled, _ = model.apply({"params": params}, images)
-    return jnp.mean(jnp.sum(pooled ** 2, axis=-1))
+    return jnp.mean(jnp.sum(pooled**2, axis=-1))
 
   def step(params, opt_state, images):
     loss, grads = jax.value_and_grad(loss_fn)(params, images)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
+
   return step
 
 
@@ -60,12 +73,24 @@ def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bo
       times = U.time_calls(lambda: compiled(params, opt_state, images), warmup=1, repeats=repeats)
       timing = dict(median_s=U.median(times), times_s=[round(t, 4) for t in times])
       train_flops = batch * flops.train_flops_per_example(model, {"image": (64, 64)})
-      rows.append(dict(loop=loop, r=r, compile_s=round(compile_s, 3), step_s=round(timing["median_s"], 4),
-                       step_times_s=timing["times_s"], train_gflop=round(train_flops / 1e9, 3),
-                       gflop_per_s=round(train_flops / 1e9 / timing["median_s"], 1)))
-      print(f"# {loop:6s} r={r}: compile {compile_s:6.2f} s  step {timing['median_s']:.3f} s  "
-            f"{rows[-1]['gflop_per_s']} GFLOP/s", file=sys.stderr, flush=True)
-  for loop in loops:   # ratios against r = min(rounds) of the same loop form
+      rows.append(
+        dict(
+          loop=loop,
+          r=r,
+          compile_s=round(compile_s, 3),
+          step_s=round(timing["median_s"], 4),
+          step_times_s=timing["times_s"],
+          train_gflop=round(train_flops / 1e9, 3),
+          gflop_per_s=round(train_flops / 1e9 / timing["median_s"], 1),
+        )
+      )
+      print(
+        f"# {loop:6s} r={r}: compile {compile_s:6.2f} s  step {timing['median_s']:.3f} s  "
+        f"{rows[-1]['gflop_per_s']} GFLOP/s",
+        file=sys.stderr,
+        flush=True,
+      )
+  for loop in loops:  # ratios against r = min(rounds) of the same loop form
     base = min((row for row in rows if row["loop"] == loop), key=lambda row: row["r"])
     for row in rows:
       if row["loop"] == loop:
@@ -77,13 +102,23 @@ def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bo
   for loop in loops:
     mine = [row for row in rows if row["loop"] == loop]
     top = max(mine, key=lambda row: row["r"])
-    summary[loop] = dict(compile_ratio_at_max_r=top["compile_ratio"],
-                         compile_target_met=top["compile_ratio"] <= 1.25,
-                         worst_step_vs_flops=max(mine, key=lambda row: abs(row["step_vs_flops"] - 1))["step_vs_flops"],
-                         step_target_met=all(abs(row["step_vs_flops"] - 1) <= 0.05 for row in mine))
-  return dict(benchmark="recursion", model="bench image tower (ViT 64x64/8, width 256, A=3 layers, B=3 layers)",
-              batch=batch, dtype="float32", remat=remat, repeats=repeats, rows=rows, summary=summary,
-              machine=U.machine_info())
+    summary[loop] = dict(
+      compile_ratio_at_max_r=top["compile_ratio"],
+      compile_target_met=top["compile_ratio"] <= 1.25,
+      worst_step_vs_flops=max(mine, key=lambda row: abs(row["step_vs_flops"] - 1))["step_vs_flops"],
+      step_target_met=all(abs(row["step_vs_flops"] - 1) <= 0.05 for row in mine),
+    )
+  return dict(
+    benchmark="recursion",
+    model="bench image tower (ViT 64x64/8, width 256, A=3 layers, B=3 layers)",
+    batch=batch,
+    dtype="float32",
+    remat=remat,
+    repeats=repeats,
+    rows=rows,
+    summary=summary,
+    machine=U.machine_info(),
+  )
 
 
 def main(argv=None):

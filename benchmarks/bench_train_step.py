@@ -17,6 +17,7 @@ AB has no repeated block, so its 'scan' and 'unroll' forms are the same program 
 (XLA flags are read at start-up) and the workers take turns, so the speed ratios are measured under one load.
 On a GPU/TPU, `--model B/16 --dtype bfloat16 --batch 256` measures model-FLOPs utilisation the same way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,9 @@ from benchmarks import _util as U
 
 # XLA:CPU flag sets compared by --xla_variants (results stay within float rounding of the default).
 XLA_VARIANTS = {
-    "default": "",
-    "vector_width_512": "--xla_cpu_prefer_vector_width=512",
-    "onednn": "--xla_cpu_use_onednn=true",
+  "default": "",
+  "vector_width_512": "--xla_cpu_prefer_vector_width=512",
+  "onednn": "--xla_cpu_use_onednn=true",
 }
 
 
@@ -40,22 +41,29 @@ def _configs(signatures, loops):
   out = []
   for sig in signatures:
     from siglip_rins.recursion import parse_signature
+
     letters, _ = parse_signature(sig)
     repeated = len(set(letters)) < len(letters)
-    for loop in (loops if repeated else loops[:1]):
+    for loop in loops if repeated else loops[:1]:
       out.append((sig, loop))
   return out
 
 
-def measure(signatures, loops, model="bench", dtype="float32", batch=64, rounds=4, steps_per_round=2,
-            remat=False) -> dict:
+def measure(
+  signatures, loops, model="bench", dtype="float32", batch=64, rounds=4, steps_per_round=2, remat=False
+) -> dict:
   """Compiles each (signature, loop), then interleaves matmul and step timings; returns the result dict."""
   import numpy as np
+
   peak_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
   setups = {}
   for sig, loop in _configs(signatures, loops):
-    s = U.TrainSetup(U.bench_model_config(sig, loop=loop, remat=remat, model=model, dtype=dtype), batch=batch,
-                     image_size=U.image_size_of(model), text_len=U.text_len_of(model))
+    s = U.TrainSetup(
+      U.bench_model_config(sig, loop=loop, remat=remat, model=model, dtype=dtype),
+      batch=batch,
+      image_size=U.image_size_of(model),
+      text_len=U.text_len_of(model),
+    )
     s.compile()
     setups[(sig, loop)] = s
   peaks, walls, cpus = [], {k: [] for k in setups}, {k: [] for k in setups}
@@ -65,11 +73,12 @@ def measure(signatures, loops, model="bench", dtype="float32", batch=64, rounds=
     peaks.append(mm["flops_per_s"])
     import jax
     import jax.numpy as jnp
+
     a = jnp.ones((2048, 2048), jnp.float32 if peak_dtype == "float32" else jnp.bfloat16)
     f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
     f(a).block_until_ready()
     w, c = U.timed(lambda: f(a))
-    peak_cpu.append(2 * 2048 ** 3 / c)
+    peak_cpu.append(2 * 2048**3 / c)
     for key, s in setups.items():
       for _ in range(steps_per_round):
         w, c = U.timed(lambda: s.run_one())
@@ -83,33 +92,61 @@ def measure(signatures, loops, model="bench", dtype="float32", batch=64, rounds=
     per_round = np.asarray(walls[(sig, loop)]).reshape(rounds, steps_per_round).min(axis=1)
     frac_rounds = [(s.flops_per_step / t) / p for t, p in zip(per_round, peaks)]
     cpu_frac = (s.flops_per_step / U.median(cpus[(sig, loop)])) / U.median(peak_cpu)
-    e = dict(signature=sig, loop=loop, remat=remat, params=s.params, flops_per_step=s.flops_per_step,
-             compile_plus_first_step_s=s.compile_s, step_s_median=step_s, step_s_min=min(walls[(sig, loop)]),
-             examples_per_s=batch / step_s, achieved_flops_per_s=s.flops_per_step / step_s,
-             fraction_of_peak=U.median(frac_rounds), fraction_of_peak_cpu_time=cpu_frac,
-             fraction_of_peak_best=(s.flops_per_step / min(walls[(sig, loop)])) / max(peaks),
-             loss=float(s.last_metrics["loss"]))
+    e = dict(
+      signature=sig,
+      loop=loop,
+      remat=remat,
+      params=s.params,
+      flops_per_step=s.flops_per_step,
+      compile_plus_first_step_s=s.compile_s,
+      step_s_median=step_s,
+      step_s_min=min(walls[(sig, loop)]),
+      examples_per_s=batch / step_s,
+      achieved_flops_per_s=s.flops_per_step / step_s,
+      fraction_of_peak=U.median(frac_rounds),
+      fraction_of_peak_cpu_time=cpu_frac,
+      fraction_of_peak_best=(s.flops_per_step / min(walls[(sig, loop)])) / max(peaks),
+      loss=float(s.last_metrics["loss"]),
+    )
     if sig == signatures[0]:
       base_wall = base_wall or step_s
     entries.append(e)
   for e in entries:
     e["step_time_over_first"] = e["step_s_median"] / base_wall
-  return dict(model=model, dtype=dtype, batch=batch, rounds=rounds, steps_per_round=steps_per_round,
-              peak_dtype=peak_dtype, peak_flops_per_s_median=U.median(peaks), peak_flops_per_s_rounds=peaks,
-              peak_flops_per_cpu_s=U.median(peak_cpu), entries=entries)
+  return dict(
+    model=model,
+    dtype=dtype,
+    batch=batch,
+    rounds=rounds,
+    steps_per_round=steps_per_round,
+    peak_dtype=peak_dtype,
+    peak_flops_per_s_median=U.median(peaks),
+    peak_flops_per_s_rounds=peaks,
+    peak_flops_per_cpu_s=U.median(peak_cpu),
+    entries=entries,
+  )
 
 
 # ------------------------------------------------------------------------------------------- XLA flag variants
 def _worker_main(model, dtype, batch):
   """Worker mode (--worker): serves 'step' (time n AB steps) and 'matmul' requests under this process's flags."""
-  s = U.TrainSetup(U.bench_model_config("AB", model=model, dtype=dtype), batch=batch,
-                   image_size=U.image_size_of(model), text_len=U.text_len_of(model))
+  s = U.TrainSetup(
+    U.bench_model_config("AB", model=model, dtype=dtype),
+    batch=batch,
+    image_size=U.image_size_of(model),
+    text_len=U.text_len_of(model),
+  )
   s.compile()
 
   def step(n=1):
     ws, cs = zip(*[U.timed(lambda: s.run_one()) for _ in range(n)])
-    return {"wall": list(ws), "cpu": list(cs), "loss": float(s.last_metrics["loss"]),
-            "flops_per_step": s.flops_per_step, "compile_s": s.compile_s}
+    return {
+      "wall": list(ws),
+      "cpu": list(cs),
+      "loss": float(s.last_metrics["loss"]),
+      "flops_per_step": s.flops_per_step,
+      "compile_s": s.compile_s,
+    }
 
   def matmul(repeats=3):
     return U.matmul_flops("float32", 2048, repeats)
@@ -125,8 +162,20 @@ def measure_xla_variants(model="bench", dtype="float32", batch=64, rounds=4, ste
     for name, flags in XLA_VARIANTS.items():
       env = dict(os.environ)
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
-      workers[name] = U.Worker([sys.executable, os.path.abspath(__file__), "--worker", "--model", model,
-                                "--dtype", dtype, "--batch", str(batch)], env=env)
+      workers[name] = U.Worker(
+        [
+          sys.executable,
+          os.path.abspath(__file__),
+          "--worker",
+          "--model",
+          model,
+          "--dtype",
+          dtype,
+          "--batch",
+          str(batch),
+        ],
+        env=env,
+      )
     times = {n: [] for n in workers}
     losses = {}
     for _ in range(rounds):
@@ -137,8 +186,12 @@ def measure_xla_variants(model="bench", dtype="float32", batch=64, rounds=4, ste
     out = {}
     for name in workers:
       ratios = [d / t for d, t in zip(times["default"], times[name])]
-      out[name] = dict(flags=XLA_VARIANTS[name], step_s_median=U.median(times[name]),
-                       speedup_over_default=U.median(ratios), loss_after_steps=losses[name])
+      out[name] = dict(
+        flags=XLA_VARIANTS[name],
+        step_s_median=U.median(times[name]),
+        speedup_over_default=U.median(ratios),
+        loss_after_steps=losses[name],
+      )
     return out
   finally:
     for w in workers.values():
@@ -165,13 +218,15 @@ def main(argv=None) -> dict:
     _worker_main(args.model, args.dtype, args.batch)
     return {}
   import jax
-  result = {"benchmark": "train_step", "device": str(jax.devices()[0].device_kind),
-            "platform": jax.default_backend()}
-  result.update(measure(args.signatures, args.loops, args.model, args.dtype, args.batch, args.rounds,
-                        args.steps_per_round, args.remat))
+
+  result = {"benchmark": "train_step", "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend()}
+  result.update(
+    measure(
+      args.signatures, args.loops, args.model, args.dtype, args.batch, args.rounds, args.steps_per_round, args.remat
+    )
+  )
   if args.xla_variants:
-    result["xla_variants"] = measure_xla_variants(args.model, args.dtype, args.batch, args.rounds,
-                                                  args.steps_per_round)
+    result["xla_variants"] = measure_xla_variants(args.model, args.dtype, args.batch, args.rounds, args.steps_per_round)
   result["target_fraction_of_peak"] = 0.75
   result["machine"] = U.machine_info()
   return U.emit(result, args.out)

@@ -12,6 +12,7 @@ Usage: python -m benchmarks.run_all [--only matmul train_step ...] [--skip openc
 * RESULTS.md: the header (machine, date, versions, command) and the tables between the markers are regenerated;
   the hand-written analysis between `<!-- analysis -->` and `<!-- /analysis -->` is kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,21 +32,24 @@ from benchmarks import _util as U  # noqa: E402
 
 # name -> (module, extra args, extra args with --quick)
 BENCHMARKS = {
-    "matmul": ("benchmarks.bench_matmul", [], ["--repeats", "3", "--rounds", "1"]),
-    "train_step": ("benchmarks.bench_train_step", ["--xla_variants"],
-                   ["--rounds", "2", "--steps_per_round", "1", "--signatures", "AB", "A^3B"]),
-    "memory": ("benchmarks.bench_memory", [], []),
-    "inference": ("benchmarks.bench_inference", [], ["--images", "128", "--repeats", "2", "--lm_len", "32"]),
-    "openclip": ("benchmarks.bench_openclip", [], ["--rounds", "2", "--steps_per_round", "1", "--no_compile"]),
-    "input_pipeline": ("benchmarks.bench_input_pipeline", [], ["--batches", "5"]),
-    "chunked_loss": ("benchmarks.bench_chunked_loss", [], ["--batches", "256,1024"]),
-    "recursion": ("benchmarks.bench_recursion", [], []),
+  "matmul": ("benchmarks.bench_matmul", [], ["--repeats", "3", "--rounds", "1"]),
+  "train_step": (
+    "benchmarks.bench_train_step",
+    ["--xla_variants"],
+    ["--rounds", "2", "--steps_per_round", "1", "--signatures", "AB", "A^3B"],
+  ),
+  "memory": ("benchmarks.bench_memory", [], []),
+  "inference": ("benchmarks.bench_inference", [], ["--images", "128", "--repeats", "2", "--lm_len", "32"]),
+  "openclip": ("benchmarks.bench_openclip", [], ["--rounds", "2", "--steps_per_round", "1", "--no_compile"]),
+  "input_pipeline": ("benchmarks.bench_input_pipeline", [], ["--batches", "5"]),
+  "chunked_loss": ("benchmarks.bench_chunked_loss", [], ["--batches", "256,1024"]),
+  "recursion": ("benchmarks.bench_recursion", [], []),
 }
 OPENCLIP_SETUP = [
-    "python3.11 -m venv {venv}",
-    "{venv}/bin/pip install -q torch==2.14.1 torchvision==0.29.1 numpy",
-    "{venv}/bin/pip install -q --no-deps open-clip-torch timm ftfy",
-    "{venv}/bin/pip install -q regex wcwidth huggingface_hub safetensors pyyaml tqdm",
+  "python3.11 -m venv {venv}",
+  "{venv}/bin/pip install -q torch==2.14.1 torchvision==0.29.1 numpy",
+  "{venv}/bin/pip install -q --no-deps open-clip-torch timm ftfy",
+  "{venv}/bin/pip install -q regex wcwidth huggingface_hub safetensors pyyaml tqdm",
 ]
 
 
@@ -72,8 +76,12 @@ def run_one(name: str, quick: bool, timeout: float, out_dir: str) -> dict:
   seconds = time.perf_counter() - t0
   if proc.returncode or not os.path.exists(out):
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-    return {"benchmark": name, "error": f"exit code {proc.returncode}: " + " | ".join(tail),
-            "command": " ".join(cmd), "wall_s": seconds}
+    return {
+      "benchmark": name,
+      "error": f"exit code {proc.returncode}: " + " | ".join(tail),
+      "command": " ".join(cmd),
+      "wall_s": seconds,
+    }
   with open(out) as f:
     result = json.load(f)
   result["command"] = " ".join(cmd[1:])
@@ -123,51 +131,74 @@ def render_tables(results: dict) -> str:
   if _err(ts):
     L.append(_err(ts))
   else:
-    L.append(f"Peak in the same process (median of rounds): {ts['peak_flops_per_s_median'] / 1e9:.1f} GFLOP/s "
-             f"({ts['peak_dtype']}); per round: "
-             + ", ".join(f"{p / 1e9:.0f}" for p in ts["peak_flops_per_s_rounds"]) + " GFLOP/s.\n")
-    L += ["| signature | loop | GFLOP/step | step s (median) | examples/s | achieved GFLOP/s | fraction of peak "
-          "(wall, per round) | fraction (CPU time) | step time / AB | compile+1st step s | target |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    L.append(
+      f"Peak in the same process (median of rounds): {ts['peak_flops_per_s_median'] / 1e9:.1f} GFLOP/s "
+      f"({ts['peak_dtype']}); per round: "
+      + ", ".join(f"{p / 1e9:.0f}" for p in ts["peak_flops_per_s_rounds"])
+      + " GFLOP/s.\n"
+    )
+    L += [
+      "| signature | loop | GFLOP/step | step s (median) | examples/s | achieved GFLOP/s | fraction of peak "
+      "(wall, per round) | fraction (CPU time) | step time / AB | compile+1st step s | target |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in ts["entries"]:
-      L.append(f"| {e['signature']} | {e['loop']} | {e['flops_per_step'] / 1e9:.1f} | {e['step_s_median']:.2f} | "
-               f"{e['examples_per_s']:.1f} | {e['achieved_flops_per_s'] / 1e9:.1f} | {e['fraction_of_peak']:.2f} | "
-               f"{e['fraction_of_peak_cpu_time']:.2f} | {e['step_time_over_first']:.2f} | "
-               f"{e['compile_plus_first_step_s']:.1f} | {_met(e['fraction_of_peak'] >= 0.75)} |")
+      L.append(
+        f"| {e['signature']} | {e['loop']} | {e['flops_per_step'] / 1e9:.1f} | {e['step_s_median']:.2f} | "
+        f"{e['examples_per_s']:.1f} | {e['achieved_flops_per_s'] / 1e9:.1f} | {e['fraction_of_peak']:.2f} | "
+        f"{e['fraction_of_peak_cpu_time']:.2f} | {e['step_time_over_first']:.2f} | "
+        f"{e['compile_plus_first_step_s']:.1f} | {_met(e['fraction_of_peak'] >= 0.75)} |"
+      )
     if ts.get("xla_variants"):
-      L += ["", "XLA:CPU flag sets on the AB step (separate worker processes taking turns):", "",
-            "| variant | XLA_FLAGS | step s (median) | speed-up over default | loss after the steps |",
-            "|---|---|---|---|---|"]
+      L += [
+        "",
+        "XLA:CPU flag sets on the AB step (separate worker processes taking turns):",
+        "",
+        "| variant | XLA_FLAGS | step s (median) | speed-up over default | loss after the steps |",
+        "|---|---|---|---|---|",
+      ]
       for name, v in ts["xla_variants"].items():
-        L.append(f"| {name} | `{v['flags'] or '(none)'}` | {v['step_s_median']:.2f} | {v['speedup_over_default']:.2f} "
-                 f"| {v['loss_after_steps']:.5f} |")
+        L.append(
+          f"| {name} | `{v['flags'] or '(none)'}` | {v['step_s_median']:.2f} | {v['speedup_over_default']:.2f} "
+          f"| {v['loss_after_steps']:.5f} |"
+        )
     L.append("")
   oc = results.get("openclip")
   L.append("## 3. Versus open_clip (PyTorch CPU), same machine, same run (target: >= 1.1x the faster)\n")
   if _err(oc):
     L.append(_err(oc))
   else:
-    L += ["| implementation | params | step s (median) | examples/s | first step s | ours / theirs |",
-          "|---|---|---|---|---|---|",
-          f"| siglip_rins (JAX, jit) | {oc['ours']['params']:,} | {oc['ours']['step_s_median']:.2f} | "
-          f"{oc['ours']['examples_per_s']:.1f} | {oc['ours']['compile_plus_first_step_s']:.1f} | 1 |"]
+    L += [
+      "| implementation | params | step s (median) | examples/s | first step s | ours / theirs |",
+      "|---|---|---|---|---|---|",
+      f"| siglip_rins (JAX, jit) | {oc['ours']['params']:,} | {oc['ours']['step_s_median']:.2f} | "
+      f"{oc['ours']['examples_per_s']:.1f} | {oc['ours']['compile_plus_first_step_s']:.1f} | 1 |",
+    ]
     for m, s in oc["speedup"].items():
       o = oc["open_clip"][m]
-      L.append(f"| open_clip {m} (torch {oc['open_clip']['torch']}) | {o['params']:,} | {o['step_s_median']:.2f} | "
-               f"{o['examples_per_s']:.1f} | {o['first_step_s']:.1f} | {s:.2f} |")
-    L.append(f"\nAgainst the faster open_clip mode ({oc['faster_open_clip_mode']}): {oc['speedup_vs_faster']:.2f}x "
-             f"-> {_met(oc['met'])}. Parameter difference (open_clip - ours): {oc['param_difference']:+,}.\n")
+      L.append(
+        f"| open_clip {m} (torch {oc['open_clip']['torch']}) | {o['params']:,} | {o['step_s_median']:.2f} | "
+        f"{o['examples_per_s']:.1f} | {o['first_step_s']:.1f} | {s:.2f} |"
+      )
+    L.append(
+      f"\nAgainst the faster open_clip mode ({oc['faster_open_clip_mode']}): {oc['speedup_vs_faster']:.2f}x "
+      f"-> {_met(oc['met'])}. Parameter difference (open_clip - ours): {oc['param_difference']:+,}.\n"
+    )
   me = results.get("memory")
   L.append("## 4. Training memory (compiled step's memory_analysis; target: A^3B with remat <= 1.3x AB)\n")
   if _err(me):
     L.append(_err(me))
   else:
-    L += ["| signature | loop | remat | args MB | output MB | alias MB | temp MB | total MB | total / AB | "
-          "temp / AB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    L += [
+      "| signature | loop | remat | args MB | output MB | alias MB | temp MB | total MB | total / AB | temp / AB |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in me["entries"]:
-      L.append(f"| {e['signature']} | {e['loop']} | {e['remat']} | {e['argument_bytes'] / 2**20:.1f} | "
-               f"{e['output_bytes'] / 2**20:.1f} | {e['alias_bytes'] / 2**20:.1f} | {e['temp_bytes'] / 2**20:.1f} | "
-               f"{e['total_bytes'] / 2**20:.1f} | {e['total_over_AB']:.2f} | {e['temp_over_AB']:.2f} |")
+      L.append(
+        f"| {e['signature']} | {e['loop']} | {e['remat']} | {e['argument_bytes'] / 2**20:.1f} | "
+        f"{e['output_bytes'] / 2**20:.1f} | {e['alias_bytes'] / 2**20:.1f} | {e['temp_bytes'] / 2**20:.1f} | "
+        f"{e['total_bytes'] / 2**20:.1f} | {e['total_over_AB']:.2f} | {e['temp_over_AB']:.2f} |"
+      )
     L.append(f"\nA^3B with remat / AB = {me['remat_ratio']:.2f} -> {_met(me['met'])}.\n")
   inf = results.get("inference")
   L.append("## 5. Inference\n")
@@ -175,24 +206,37 @@ def render_tables(results: dict) -> str:
     L.append(_err(inf))
   else:
     zs = inf["zero_shot"]
-    L += [f"Zero-shot classification, {zs['signature']} bench two-tower model, {zs['images']} images, "
-          f"{zs['classes']} cached class embeddings:\n", "| rounds | images/s | relative to r=1 | GFLOP/image |",
-          "|---|---|---|---|"]
+    L += [
+      f"Zero-shot classification, {zs['signature']} bench two-tower model, {zs['images']} images, "
+      f"{zs['classes']} cached class embeddings:\n",
+      "| rounds | images/s | relative to r=1 | GFLOP/image |",
+      "|---|---|---|---|",
+    ]
     for e in zs["entries"]:
-      L.append(f"| {e['rounds']} | {e['images_per_s']:.1f} | {e['images_per_s_over_r1']:.2f} | "
-               f"{e['forward_flops_per_image'] / 1e9:.3f} |")
+      L.append(
+        f"| {e['rounds']} | {e['images_per_s']:.1f} | {e['images_per_s_over_r1']:.2f} | "
+        f"{e['forward_flops_per_image'] / 1e9:.3f} |"
+      )
     lm = inf["lm_decode"]
-    L += ["", f"LM decoding ({lm['model']}, vocab {lm['vocab']}, {lm['signature']}, batch {lm['batch']}, "
-          f"{lm['length']} tokens, greedy, one jitted scan):\n",
-          "| KV sharing | KV-cache bytes | tokens/s |", "|---|---|---|"]
+    L += [
+      "",
+      f"LM decoding ({lm['model']}, vocab {lm['vocab']}, {lm['signature']}, batch {lm['batch']}, "
+      f"{lm['length']} tokens, greedy, one jitted scan):\n",
+      "| KV sharing | KV-cache bytes | tokens/s |",
+      "|---|---|---|",
+    ]
     for e in lm["entries"]:
       L.append(f"| {e['kv_sharing']} | {e['cache_bytes']:,} | {e['tokens_per_s']:.0f} |")
-    L.append(f"\nCache shared/full = {lm['cache_ratio_shared_over_full']:.2f}; tokens/s shared/full = "
-             f"{lm['tokens_per_s_shared_over_full']:.2f}.\n")
+    L.append(
+      f"\nCache shared/full = {lm['cache_ratio_shared_over_full']:.2f}; tokens/s shared/full = "
+      f"{lm['tokens_per_s_shared_over_full']:.2f}.\n"
+    )
   L.append("## 6. GPU MFU\n")
-  L.append("Not measured: no GPU was available in this session. The code path exists and runs on any JAX device:\n"
-           "`python -m benchmarks.bench_train_step --model B/16 --dtype bfloat16 --batch 256 --signatures AB "
-           "--loops scan` (fraction of the bf16 matmul peak measured in the same process).\n")
+  L.append(
+    "Not measured: no GPU was available in this session. The code path exists and runs on any JAX device:\n"
+    "`python -m benchmarks.bench_train_step --model B/16 --dtype bfloat16 --batch 256 --signatures AB "
+    "--loops scan` (fraction of the bf16 matmul peak measured in the same process).\n"
+  )
   others = [k for k in ("input_pipeline", "chunked_loss", "recursion") if k in results]
   if others:
     L.append("## Other benchmarks (owned by other files; raw JSON in results.json)\n")
@@ -207,23 +251,30 @@ def render(results: dict, command: str, old: str) -> str:
   mach = U.machine_info()
   analysis = ""
   if "<!-- analysis -->" in old and "<!-- /analysis -->" in old:
-    analysis = old[old.index("<!-- analysis -->"):old.index("<!-- /analysis -->") + len("<!-- /analysis -->")]
+    analysis = old[old.index("<!-- analysis -->") : old.index("<!-- /analysis -->") + len("<!-- /analysis -->")]
   else:
     analysis = "<!-- analysis -->\n<!-- /analysis -->"
   head = [
-      "# Benchmark results", "",
-      f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-      f"- machine: {mach.get('cpu_model')} ({mach.get('cores_available')} cores available, "
-      f"AVX-512: {_g(mach.get('flags_avx512f'))}); load average at the end {mach.get('load_avg')} "
-      "(a shared machine: other processes ran during the measurements)",
-      f"- versions: python {mach.get('python')}, jax {mach.get('jax')}, flax {mach.get('flax')}, "
-      f"optax {mach.get('optax')}, numpy {mach.get('numpy')}"
-      + (f", torch {mach['torch']} (project venv)" if mach.get("torch") else "")
-      + (f"; open_clip env: torch {results['openclip']['open_clip']['torch']}, open_clip "
-         f"{results['openclip']['open_clip']['open_clip']}" if results.get("openclip", {}).get("open_clip") else ""),
-      f"- command: `{command}` (wall time {results.get('_wall_s', '?')} s)", "",
-      "Figures are medians over several steps; every ratio is taken between figures measured in one process (or "
-      "in worker processes taking turns), so machine load affects both sides alike.", "",
+    "# Benchmark results",
+    "",
+    f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+    f"- machine: {mach.get('cpu_model')} ({mach.get('cores_available')} cores available, "
+    f"AVX-512: {_g(mach.get('flags_avx512f'))}); load average at the end {mach.get('load_avg')} "
+    "(a shared machine: other processes ran during the measurements)",
+    f"- versions: python {mach.get('python')}, jax {mach.get('jax')}, flax {mach.get('flax')}, "
+    f"optax {mach.get('optax')}, numpy {mach.get('numpy')}"
+    + (f", torch {mach['torch']} (project venv)" if mach.get("torch") else "")
+    + (
+      f"; open_clip env: torch {results['openclip']['open_clip']['torch']}, open_clip "
+      f"{results['openclip']['open_clip']['open_clip']}"
+      if results.get("openclip", {}).get("open_clip")
+      else ""
+    ),
+    f"- command: `{command}` (wall time {results.get('_wall_s', '?')} s)",
+    "",
+    "Figures are medians over several steps; every ratio is taken between figures measured in one process (or "
+    "in worker processes taking turns), so machine load affects both sides alike.",
+    "",
   ]
   return "\n".join(head) + "\n<!-- tables -->\n" + render_tables(results) + "\n<!-- /tables -->\n\n" + analysis + "\n"
 
@@ -235,8 +286,13 @@ def main(argv=None) -> dict:
   parser.add_argument("--quick", action="store_true", help="fewer rounds and configurations (a smoke run)")
   parser.add_argument("--setup_openclip", action="store_true", help="create the open_clip environment if missing")
   parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark")
-  parser.add_argument("--add", nargs="+", default=[], metavar="NAME=JSON",
-                      help="merge a result a benchmark wrote separately (its --out file) instead of running it")
+  parser.add_argument(
+    "--add",
+    nargs="+",
+    default=[],
+    metavar="NAME=JSON",
+    help="merge a result a benchmark wrote separately (its --out file) instead of running it",
+  )
   parser.add_argument("--results", default=os.path.join(HERE, "results.json"))
   parser.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"))
   args = parser.parse_args(argv)
@@ -252,14 +308,16 @@ def main(argv=None) -> dict:
       added[name] = dict(json.load(f), command=f"(run separately, merged with --add) {path}")
   names = [n for n in names if n not in added]
   from benchmarks.bench_openclip import BENCH_VENV, open_clip_available, venv_python
+
   if "openclip" in names and args.setup_openclip and not open_clip_available(venv_python())[0]:
     setup_openclip(BENCH_VENV)
   import tempfile
+
   t0 = time.perf_counter()
   results = {}
   if os.path.exists(args.results) and (args.only or added):
     with open(args.results) as f:
-      results = json.load(f)        # a partial run updates the entries it ran
+      results = json.load(f)  # a partial run updates the entries it ran
   with tempfile.TemporaryDirectory() as tmp:
     for name in names:
       results[name] = run_one(name, args.quick, args.timeout, tmp)

@@ -2,6 +2,7 @@
 
 Configs import this as `from configs import common` when run from the checkout, or by path (see _load below).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,12 +16,25 @@ from siglip_rins.models import build_model
 
 def recursion(arg) -> dict:
   """The model.recursion section from the common args."""
-  return dict(signature=arg.signature, degree=arg.degree, p_skip=float(arg.p_skip), adapters=bool(arg.adapters),
-              kv_sharing=bool(getattr(arg, "kv_sharing", False)), loop=arg.loop, remat=bool(arg.remat))
+  return dict(
+    signature=arg.signature,
+    degree=arg.degree,
+    p_skip=float(arg.p_skip),
+    adapters=bool(arg.adapters),
+    kv_sharing=bool(getattr(arg, "kv_sharing", False)),
+    loop=arg.loop,
+    remat=bool(arg.remat),
+  )
 
 
-def matched_examples(model_cfg: dict, baseline_model_cfg: dict, input_shapes: dict,
-                     baseline_input_shapes: dict, baseline_examples: float, batch_size: int) -> int:
+def matched_examples(
+  model_cfg: dict,
+  baseline_model_cfg: dict,
+  input_shapes: dict,
+  baseline_input_shapes: dict,
+  baseline_examples: float,
+  batch_size: int,
+) -> int:
   """Examples a candidate trains on so its training FLOPs equal the baseline's (paper: compute matching)."""
   cand = flops.train_flops_per_example(build_model(model_cfg), input_shapes)
   base = flops.train_flops_per_example(build_model(baseline_model_cfg), baseline_input_shapes)
@@ -34,6 +48,7 @@ def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0)
   Location: $SIGLIP_RINS_DATA_DIR (default ~/.cache/siglip_rins) / demo_shapes/<split>_<n>_<size>_<seed>.
   """
   from siglip_rins.demo import shapes
+
   root = os.environ.get("SIGLIP_RINS_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "siglip_rins"))
   out = os.path.join(root, "demo_shapes", f"{split}_{num_examples}_{image_size}_{seed}")
   if not os.path.exists(os.path.join(out, "data.jsonl")):
@@ -41,7 +56,7 @@ def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0)
     shapes.write_jsonl_dataset(tmp, split, num_examples, seed=seed, image_size=image_size)
     try:
       os.replace(tmp, out)
-    except OSError:   # another process won the race
+    except OSError:  # another process won the race
       pass
   return out
 
@@ -55,6 +70,7 @@ def demo_text_dir(languages=("en",)) -> str:
   """
   import json
   from siglip_rins.demo import shapes
+
   languages = tuple(languages)
   root = os.environ.get("SIGLIP_RINS_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "siglip_rins"))
   out = os.path.join(root, "demo_text", "_".join(languages))
@@ -66,7 +82,7 @@ def demo_text_dir(languages=("en",)) -> str:
         f.write(json.dumps({"text": caption}, ensure_ascii=False) + "\n")
     try:
       os.replace(tmp, out)
-    except OSError:   # another process won the race
+    except OSError:  # another process won the race
       pass
   return out
 

@@ -25,14 +25,18 @@ seq_len 32, batch 32.  Local overrides (runlocal only): corpus (a jsonl folder/f
 the demo captions), local_tokenizer (name or .model path), local_seq_len, local_batch_size, local_variant
 (siglip_rins/demo/lm_study.py uses them for its Shakespeare study).
 """
+
 import ml_collections
 
 try:
   from configs import common
 except ImportError:  # loaded by path from elsewhere
-  import importlib.util, os, sys
+  import importlib.util
+  import os
+
   _spec = importlib.util.spec_from_file_location("configs.common", os.path.join(os.path.dirname(__file__), "common.py"))
-  common = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(common)
+  common = importlib.util.module_from_spec(_spec)
+  _spec.loader.exec_module(common)
 
 C4 = "c4/en"
 SLIMPAJAMA = "huggingface:cerebras__slimpajama_627b"
@@ -44,43 +48,85 @@ def lm_pp(seq_len: int, tokenizer: str, max_doc_len: int = 0) -> str:
   With packing (input.pack) documents are tokenized up to `max_doc_len` tokens, stripped of padding and packed
   into rows of seq_len + 1 (longer documents continue as new segments)."""
   n = max_doc_len or seq_len + 1
-  return (f'tokenize(max_len={n}, model="{tokenizer}", eos="yes", inkey="text", outkey="tokens", '
-          f'canonicalize=False)|keep("tokens")')
+  return (
+    f'tokenize(max_len={n}, model="{tokenizer}", eos="yes", inkey="text", outkey="tokens", '
+    f'canonicalize=False)|keep("tokens")'
+  )
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, variant="lm_600m", signature="AB", degree=1, p_skip=0.0, adapters=False,
-                       kv_sharing=False, loop="auto", remat=False, seq_len=1024, batch_size=1024,
-                       tokenizer="c4_en", vocab=32_000, baseline_steps=200_000, baseline_seq_len=1024,
-                       runlocal=False, steps=60, corpus="", local_tokenizer="demo", local_seq_len=32,
-                       local_batch_size=32, local_variant="lm_mu")
+  a = common.parse_arg(
+    arg,
+    variant="lm_600m",
+    signature="AB",
+    degree=1,
+    p_skip=0.0,
+    adapters=False,
+    kv_sharing=False,
+    loop="auto",
+    remat=False,
+    seq_len=1024,
+    batch_size=1024,
+    tokenizer="c4_en",
+    vocab=32_000,
+    baseline_steps=200_000,
+    baseline_seq_len=1024,
+    runlocal=False,
+    steps=60,
+    corpus="",
+    local_tokenizer="demo",
+    local_seq_len=32,
+    local_batch_size=32,
+    local_variant="lm_mu",
+  )
   if a.runlocal:
     a.variant, a.seq_len, a.baseline_seq_len = a.local_variant, a.local_seq_len, a.local_seq_len
     a.batch_size, a.tokenizer = a.local_batch_size, a.local_tokenizer
     a.baseline_steps = a.steps
-  if a.tokenizer == "demo" or a.runlocal:   # a local tokenizer (name or .model path) sets the vocabulary size
+  if a.tokenizer == "demo" or a.runlocal:  # a local tokenizer (name or .model path) sets the vocabulary size
     from siglip_rins.text.tokenizer import get_tokenizer
+
     a.vocab = get_tokenizer(a.tokenizer).vocab_size
 
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = dict(name="lm")
-  c.model = dict(name="decoder", variant=a.variant, vocab_size=a.vocab, recursion=common.recursion(a),
-                 dtype="float32")
+  c.model = dict(name="decoder", variant=a.variant, vocab_size=a.vocab, recursion=common.recursion(a), dtype="float32")
 
   baseline_model = dict(c.model, recursion=dict(signature="AB"))
-  matched = common.matched_examples(c.model, baseline_model, {"tokens": a.seq_len}, {"tokens": a.baseline_seq_len},
-                                    a.baseline_steps * a.batch_size, a.batch_size)
+  matched = common.matched_examples(
+    c.model,
+    baseline_model,
+    {"tokens": a.seq_len},
+    {"tokens": a.baseline_seq_len},
+    a.baseline_steps * a.batch_size,
+    a.batch_size,
+  )
   c.total_steps = max(1, matched // a.batch_size)
-  c.compute_match = dict(baseline_signature="AB", baseline_steps=a.baseline_steps,
-                         baseline_examples=a.baseline_steps * a.batch_size, baseline_seq_len=a.baseline_seq_len)
+  c.compute_match = dict(
+    baseline_signature="AB",
+    baseline_steps=a.baseline_steps,
+    baseline_examples=a.baseline_steps * a.batch_size,
+    baseline_seq_len=a.baseline_seq_len,
+  )
 
   pp = lm_pp(a.seq_len, a.tokenizer, max_doc_len=4 * (a.seq_len + 1))
-  c.input = dict(batch_size=a.batch_size, seq_len=a.seq_len, tokenizer=a.tokenizer, shuffle_buffer_size=250_000,
-                 prefetch=2, pp=pp, pack=dict(seq_len=a.seq_len + 1, key="tokens"))  # sequence packing
-  c.input.data = dict(type="mixture", sources=[   # equal weight (App. E.2.1)
+  c.input = dict(
+    batch_size=a.batch_size,
+    seq_len=a.seq_len,
+    tokenizer=a.tokenizer,
+    shuffle_buffer_size=250_000,
+    prefetch=2,
+    pp=pp,
+    pack=dict(seq_len=a.seq_len + 1, key="tokens"),
+  )  # sequence packing
+  c.input.data = dict(
+    type="mixture",
+    sources=[  # equal weight (App. E.2.1)
       dict(weight=1.0, data=dict(type="tfds", name=C4, split="train")),
-      dict(weight=1.0, data=dict(type="tfds", name=SLIMPAJAMA, split="train"))])
+      dict(weight=1.0, data=dict(type="tfds", name=SLIMPAJAMA, split="train")),
+    ],
+  )
 
   c.lr, c.wd, c.grad_clip_norm = 5e-4, 5e-5, 1.0
   c.optax_name = "scale_by_adam"

@@ -13,29 +13,53 @@ batch_size, baseline_examples, setting ('paper' | 'multilingual' | 'longseq'), r
 runlocal-only (the built-in shapes dataset; the demo runner sets them): steps (baseline steps), local_batch_size,
 local_res, local_examples (train-split size), local_variant (tiny tower variant: 'mu', 'nano', 'bench').
 """
+
 import ml_collections
 
 try:
   from configs import common
 except ImportError:  # loaded by path from elsewhere
-  import importlib.util, os, sys
+  import importlib.util
+  import os
+
   _spec = importlib.util.spec_from_file_location("configs.common", os.path.join(os.path.dirname(__file__), "common.py"))
-  common = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(common)
+  common = importlib.util.module_from_spec(_spec)
+  _spec.loader.exec_module(common)
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, variant="B/16", txt_variant="B", signature="AB", degree=1, p_skip=0.0,
-                       adapters=False, loop="auto", remat=False, res=256, text_len=64, vocab=32_000,
-                       tokenizer="c4_en", batch_size=32 * 1024, baseline_examples=10_000_000_000,
-                       setting="paper", runlocal=False, steps=60, kv_sharing=False,
-                       local_batch_size=32, local_res=32, local_examples=2048, local_variant="mu")
+  a = common.parse_arg(
+    arg,
+    variant="B/16",
+    txt_variant="B",
+    signature="AB",
+    degree=1,
+    p_skip=0.0,
+    adapters=False,
+    loop="auto",
+    remat=False,
+    res=256,
+    text_len=64,
+    vocab=32_000,
+    tokenizer="c4_en",
+    batch_size=32 * 1024,
+    baseline_examples=10_000_000_000,
+    setting="paper",
+    runlocal=False,
+    steps=60,
+    kv_sharing=False,
+    local_batch_size=32,
+    local_res=32,
+    local_examples=2048,
+    local_variant="mu",
+  )
   if a.setting not in ("paper", "multilingual", "longseq"):
     raise ValueError(f"setting={a.setting!r}; allowed: 'paper', 'multilingual', 'longseq'")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = dict(name="contrastive", loss="sigmoid")
   base_res, base_len = a.res, a.text_len
-  if a.setting == "longseq":   # the Long-Seq baseline: 25% longer sequences, no recursion
+  if a.setting == "longseq":  # the Long-Seq baseline: 25% longer sequences, no recursion
     a.res, a.text_len = 280, 80
   if a.setting == "multilingual":
     a.tokenizer, a.vocab, a.baseline_examples = "gemma", 256_000, 40_000_000_000
@@ -47,29 +71,50 @@ def get_config(arg=None):
     a.baseline_examples = a.steps * a.batch_size
   if a.tokenizer == "demo":
     from siglip_rins.text.tokenizer import get_tokenizer
+
     a.vocab = get_tokenizer("demo").vocab_size
   width = 768 if not a.runlocal else 64
-  c.model = dict(name="two_towers",
-                 image=dict(variant=a.variant, pool_type="map", posemb="learn"),
-                 text=dict(variant=a.txt_variant, vocab_size=a.vocab),
-                 out_dim=(None, width), temperature_init=10.0, bias_init=-10.0,
-                 recursion=common.recursion(a), dtype="float32")
+  c.model = dict(
+    name="two_towers",
+    image=dict(variant=a.variant, pool_type="map", posemb="learn"),
+    text=dict(variant=a.txt_variant, vocab_size=a.vocab),
+    out_dim=(None, width),
+    temperature_init=10.0,
+    bias_init=-10.0,
+    recursion=common.recursion(a),
+    dtype="float32",
+  )
   baseline_model = dict(c.model, recursion=dict(signature="AB"))
   c.total_examples = common.matched_examples(
-      c.model, baseline_model, {"image": (a.res, a.res), "text": a.text_len},
-      {"image": (base_res, base_res), "text": base_len}, a.baseline_examples, a.batch_size)
-  c.compute_match = dict(baseline_signature="AB", baseline_examples=a.baseline_examples,
-                         baseline_res=base_res, baseline_text_len=base_len)
+    c.model,
+    baseline_model,
+    {"image": (a.res, a.res), "text": a.text_len},
+    {"image": (base_res, base_res), "text": base_len},
+    a.baseline_examples,
+    a.batch_size,
+  )
+  c.compute_match = dict(
+    baseline_signature="AB", baseline_examples=a.baseline_examples, baseline_res=base_res, baseline_text_len=base_len
+  )
 
-  text_pp = (f'tokenize(max_len={a.text_len}, model="{a.tokenizer}", eos="sticky", inkey="texts", '
-             f'outkey="labels")')
-  c.input = dict(batch_size=a.batch_size, image_size=a.res, text_len=a.text_len, tokenizer=a.tokenizer,
-                 shuffle_buffer_size=250_000, prefetch=1,
-                 pp=f'decode|resize({a.res})|value_range(-1, 1)|choice(inkey="texts")|{text_pp}|keep("image", "labels")')
+  text_pp = f'tokenize(max_len={a.text_len}, model="{a.tokenizer}", eos="sticky", inkey="texts", outkey="labels")'
+  c.input = dict(
+    batch_size=a.batch_size,
+    image_size=a.res,
+    text_len=a.text_len,
+    tokenizer=a.tokenizer,
+    shuffle_buffer_size=250_000,
+    prefetch=1,
+    pp=f'decode|resize({a.res})|value_range(-1, 1)|choice(inkey="texts")|{text_pp}|keep("image", "labels")',
+  )
   if a.setting == "multilingual":
-    c.input.data = dict(type="mixture", sources=[
+    c.input.data = dict(
+      type="mixture",
+      sources=[
         dict(weight=0.5, data=dict(type="tfds", name="webli_en", split="train")),
-        dict(weight=0.5, data=dict(type="tfds", name="webli_multilingual", split="train"))])
+        dict(weight=0.5, data=dict(type="tfds", name="webli_multilingual", split="train")),
+      ],
+    )
   else:
     c.input.data = dict(type="tfds", name="coco_captions", split="train")  # replace with your image-text data
   c.lr, c.wd, c.grad_clip_norm = 1e-3, 1e-4, 1.0
@@ -86,9 +131,19 @@ def get_config(arg=None):
     c.tensorboard = True
     # Zero-shot on held-out (colour, shape) pairs and retrieval on the eval split, at the end of training.
     from siglip_rins.demo import shapes
+
     eval_data = dict(type="jsonl", path=common.demo_data_dir("eval", 96, 32))
-    c.evals.zeroshot = dict(type="zeroshot", data=eval_data, class_names=shapes.class_names("en"),
-                            templates=["{}", "a {}"], image_size=32, batch_size=32, every=0, dataset="shapes_eval")
-    c.evals.retrieval = dict(type="retrieval", data=eval_data, texts_key="texts", image_size=32, batch_size=32,
-                             every=0, dataset="shapes_eval")
+    c.evals.zeroshot = dict(
+      type="zeroshot",
+      data=eval_data,
+      class_names=shapes.class_names("en"),
+      templates=["{}", "a {}"],
+      image_size=32,
+      batch_size=32,
+      every=0,
+      dataset="shapes_eval",
+    )
+    c.evals.retrieval = dict(
+      type="retrieval", data=eval_data, texts_key="texts", image_size=32, batch_size=32, every=0, dataset="shapes_eval"
+    )
   return c

@@ -16,17 +16,21 @@ Args: variant, signature, degree, p_skip, adapters, loop, remat, res, baseline_r
 batch_size, lr, runlocal, steps (runlocal baseline steps).  runlocal: the built-in shapes dataset as a
 classification task (field `label`, siglip_rins.demo.shapes.NUM_CLASSES classes), a tiny ViT at 32 px.
 """
+
 import ml_collections
 
 try:
   from configs import common
 except ImportError:  # loaded by path from elsewhere
-  import importlib.util, os, sys
+  import importlib.util
+  import os
+
   _spec = importlib.util.spec_from_file_location("configs.common", os.path.join(os.path.dirname(__file__), "common.py"))
-  common = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(common)
+  common = importlib.util.module_from_spec(_spec)
+  _spec.loader.exec_module(common)
 
 IMAGENET_TRAIN_SPLIT = "train[:99%]"
-IMAGENET_TRAIN_EXAMPLES = 1_268_355   # examples in train[:99%] of imagenet2012 (1,281,167 in train)
+IMAGENET_TRAIN_EXAMPLES = 1_268_355  # examples in train[:99%] of imagenet2012 (1,281,167 in train)
 IMAGENET_CLASSES = 1000
 DEMO_TRAIN_EXAMPLES = 2048
 
@@ -34,17 +38,33 @@ DEMO_TRAIN_EXAMPLES = 2048
 def train_pp(res: int, num_classes: int, augment: bool = True) -> str:
   """Encoded image + int 'label' -> 'image' float32 [res, res, 3] in [-1, 1], 'labels' one-hot [num_classes]."""
   crop = f"inception_crop({res})|flip_lr" if augment else f"resize({res})"
-  return (f'decode|{crop}|value_range(-1, 1)|onehot({num_classes}, key="label", key_result="labels")|'
-          f'keep("image", "labels")')
+  return (
+    f'decode|{crop}|value_range(-1, 1)|onehot({num_classes}, key="label", key_result="labels")|keep("image", "labels")'
+  )
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, variant="B/16", signature="AB", degree=1, p_skip=0.0, adapters=False, loop="auto",
-                       remat=False, res=224, baseline_res=224, epochs=300.0, batch_size=1024, lr=1e-3,
-                       runlocal=False, steps=60)
+  a = common.parse_arg(
+    arg,
+    variant="B/16",
+    signature="AB",
+    degree=1,
+    p_skip=0.0,
+    adapters=False,
+    loop="auto",
+    remat=False,
+    res=224,
+    baseline_res=224,
+    epochs=300.0,
+    batch_size=1024,
+    lr=1e-3,
+    runlocal=False,
+    steps=60,
+  )
   num_classes, num_examples = IMAGENET_CLASSES, IMAGENET_TRAIN_EXAMPLES
   if a.runlocal:
     from siglip_rins.demo import shapes
+
     num_classes, num_examples = shapes.NUM_CLASSES, DEMO_TRAIN_EXAMPLES
     a.variant, a.res, a.baseline_res, a.batch_size = "mu/8", 32, 32, 32
     a.epochs = a.steps * a.batch_size / num_examples
@@ -52,19 +72,40 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = dict(name="classification", loss="sigmoid_xent")
-  c.model = dict(name="classifier", variant=a.variant, num_classes=num_classes, pool_type="tok", posemb="learn",
-                 head_bias_init=-6.9, recursion=common.recursion(a), dtype="float32")
+  c.model = dict(
+    name="classifier",
+    variant=a.variant,
+    num_classes=num_classes,
+    pool_type="tok",
+    posemb="learn",
+    head_bias_init=-6.9,
+    recursion=common.recursion(a),
+    dtype="float32",
+  )
 
   baseline_model = dict(c.model, recursion=dict(signature="AB"))
   baseline_examples = a.epochs * num_examples
-  matched = common.matched_examples(c.model, baseline_model, {"image": (a.res, a.res)},
-                                    {"image": (a.baseline_res, a.baseline_res)}, baseline_examples, a.batch_size)
+  matched = common.matched_examples(
+    c.model,
+    baseline_model,
+    {"image": (a.res, a.res)},
+    {"image": (a.baseline_res, a.baseline_res)},
+    baseline_examples,
+    a.batch_size,
+  )
   c.total_epochs = matched / num_examples
-  c.compute_match = dict(baseline_signature="AB", baseline_res=a.baseline_res, baseline_epochs=a.epochs,
-                         baseline_examples=baseline_examples)
+  c.compute_match = dict(
+    baseline_signature="AB", baseline_res=a.baseline_res, baseline_epochs=a.epochs, baseline_examples=baseline_examples
+  )
 
-  c.input = dict(batch_size=a.batch_size, image_size=a.res, num_examples=num_examples, shuffle_buffer_size=250_000,
-                 prefetch=2, pp=train_pp(a.res, num_classes))
+  c.input = dict(
+    batch_size=a.batch_size,
+    image_size=a.res,
+    num_examples=num_examples,
+    shuffle_buffer_size=250_000,
+    prefetch=2,
+    pp=train_pp(a.res, num_classes),
+  )
   c.input.data = dict(type="tfds", name="imagenet2012", split=IMAGENET_TRAIN_SPLIT)
   c.mixup = dict(p=0.2)
 

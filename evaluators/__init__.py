@@ -5,7 +5,9 @@ LM multiple choice and classifier accuracy.
 `evaluator.run(predictor, rounds=None | int | [ints]) -> list[record]` with record =
 `{dataset, model, task, metrics, language, rounds}`; `report.write_report(records, out_dir)` writes them.
 """
+
 from evaluators.registry import build, build_all, known_types, register
+
 # Importing the modules registers their types.
 from evaluators import classification, cultural, lm_multichoice, lm_ppl, retrieval, xm3600, zeroshot  # noqa: F401,E402
 from evaluators.report import markdown_report, write_report  # noqa: E402

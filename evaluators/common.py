@@ -8,6 +8,7 @@ Data access lives in ONE function, `iterate_batches`, so that it can be switched
     (`texts`/`caption` str or list, `label` int or str, `language`, `country`, `region`, `income`, ...).
 Model code never imports this module; it is evaluation-side only.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,9 @@ import numpy as np
 from PIL import Image
 
 try:  # tqdm is a dependency of several pinned packages; the bar is optional.
-    from tqdm.auto import tqdm as _tqdm
+  from tqdm.auto import tqdm as _tqdm
 except ImportError:  # pragma: no cover
-    _tqdm = None
+  _tqdm = None
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 DEFAULT_BATCH_SIZE = 64
@@ -29,277 +30,302 @@ DEFAULT_BATCH_SIZE = 64
 
 # ----------------------------------------------------------------------------------------------- files
 def load_data_file(filename: str) -> Any:
-    """Loads one JSON file shipped in `evaluators/data/` (see data/SOURCES.md)."""
-    path = os.path.join(DATA_DIR, filename)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'evaluator data file {path!r} is missing (see evaluators/data/SOURCES.md)')
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
+  """Loads one JSON file shipped in `evaluators/data/` (see data/SOURCES.md)."""
+  path = os.path.join(DATA_DIR, filename)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'evaluator data file {path!r} is missing (see evaluators/data/SOURCES.md)')
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
 
 
 def resolve_jsonl(path: str) -> str:
-    """A folder → `folder/data.jsonl`; a file → itself. Missing → FileNotFoundError naming what was expected."""
-    path = os.path.expanduser(str(path))
-    is_file = os.path.isfile(path) or (path.endswith('.jsonl') and not os.path.isdir(path))
-    candidate = path if is_file else os.path.join(path, 'data.jsonl')
-    if not os.path.isfile(candidate):
-        raise FileNotFoundError(
-            f'local evaluation dataset not found: expected {candidate!r} (a folder containing data.jsonl, or a '
-            f'.jsonl file; one JSON object per line with "image" relative to the file)')
-    return candidate
+  """A folder → `folder/data.jsonl`; a file → itself. Missing → FileNotFoundError naming what was expected."""
+  path = os.path.expanduser(str(path))
+  is_file = os.path.isfile(path) or (path.endswith('.jsonl') and not os.path.isdir(path))
+  candidate = path if is_file else os.path.join(path, 'data.jsonl')
+  if not os.path.isfile(candidate):
+    raise FileNotFoundError(
+      f'local evaluation dataset not found: expected {candidate!r} (a folder containing data.jsonl, or a '
+      f'.jsonl file; one JSON object per line with "image" relative to the file)'
+    )
+  return candidate
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """Reads the local layout; returns records with `"image"` made absolute. Bad lines → ValueError."""
-    file = resolve_jsonl(path)
-    base = os.path.dirname(os.path.abspath(file))
-    records = []
-    with open(file, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f'{file}:{lineno}: not a JSON object ({e})') from None
-            if not isinstance(rec, dict):
-                raise ValueError(f'{file}:{lineno}: expected a JSON object, got {type(rec).__name__}')
-            if 'image' in rec:
-                rec['image'] = os.path.join(base, rec['image'])
-            records.append(rec)
-    return records
+  """Reads the local layout; returns records with `"image"` made absolute. Bad lines → ValueError."""
+  file = resolve_jsonl(path)
+  base = os.path.dirname(os.path.abspath(file))
+  records = []
+  with open(file, encoding='utf-8') as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{file}:{lineno}: not a JSON object ({e})') from None
+      if not isinstance(rec, dict):
+        raise ValueError(f'{file}:{lineno}: expected a JSON object, got {type(rec).__name__}')
+      if 'image' in rec:
+        rec['image'] = os.path.join(base, rec['image'])
+      records.append(rec)
+  return records
 
 
 # ----------------------------------------------------------------------------------------------- images
 def preprocess_image(image: Any, image_size: int, crop: str = 'resize') -> np.ndarray:
-    """Decodes (path, bytes or uint8 array) and resizes to float32 [image_size, image_size, 3] in [-1, 1].
+  """Decodes (path, bytes or uint8 array) and resizes to float32 [image_size, image_size, 3] in [-1, 1].
 
-    crop='resize': straight resize to the square size; crop='central_crop': resize the short side to
-    size / 0.875, then centre-crop (the ImageNet evaluation convention).
-    """
-    if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f'image file {str(image)!r} listed in the dataset does not exist')
-        pil = Image.open(image)
-    elif isinstance(image, (bytes, bytearray)):
-        pil = Image.open(io.BytesIO(image))
-    else:
-        pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    pil = pil.convert('RGB')
-    if crop == 'resize':
-        pil = pil.resize((image_size, image_size), Image.BILINEAR)
-    elif crop == 'central_crop':
-        short = int(round(image_size / 0.875))
-        w, h = pil.size
-        scale = short / min(w, h)
-        pil = pil.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
-        w, h = pil.size
-        left, top = (w - image_size) // 2, (h - image_size) // 2
-        pil = pil.crop((left, top, left + image_size, top + image_size))
-    else:
-        raise ValueError(f"crop must be 'resize' or 'central_crop', got {crop!r}")
-    return np.asarray(pil, dtype=np.float32) / 127.5 - 1.0
+  crop='resize': straight resize to the square size; crop='central_crop': resize the short side to
+  size / 0.875, then centre-crop (the ImageNet evaluation convention).
+  """
+  if isinstance(image, (str, os.PathLike)):
+    if not os.path.isfile(image):
+      raise FileNotFoundError(f'image file {str(image)!r} listed in the dataset does not exist')
+    pil = Image.open(image)
+  elif isinstance(image, (bytes, bytearray)):
+    pil = Image.open(io.BytesIO(image))
+  else:
+    pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
+  pil = pil.convert('RGB')
+  if crop == 'resize':
+    pil = pil.resize((image_size, image_size), Image.BILINEAR)
+  elif crop == 'central_crop':
+    short = int(round(image_size / 0.875))
+    w, h = pil.size
+    scale = short / min(w, h)
+    pil = pil.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+    w, h = pil.size
+    left, top = (w - image_size) // 2, (h - image_size) // 2
+    pil = pil.crop((left, top, left + image_size, top + image_size))
+  else:
+    raise ValueError(f"crop must be 'resize' or 'central_crop', got {crop!r}")
+  return np.asarray(pil, dtype=np.float32) / 127.5 - 1.0
 
 
 # ----------------------------------------------------------------------------------------------- data access
 def _get_path(example: Mapping, key: str) -> Any:
-    """`'captions/text'` → example['captions']['text']; `'*'` → the whole example; missing → KeyError."""
-    if key == '*':
-        return example
-    value: Any = example
-    for part in key.split('/'):
-        if not isinstance(value, Mapping) or part not in value:
-            raise KeyError(f'field {key!r} not found in example with keys {sorted(example)}')
-        value = value[part]
-    return value
+  """`'captions/text'` → example['captions']['text']; `'*'` → the whole example; missing → KeyError."""
+  if key == '*':
+    return example
+  value: Any = example
+  for part in key.split('/'):
+    if not isinstance(value, Mapping) or part not in value:
+      raise KeyError(f'field {key!r} not found in example with keys {sorted(example)}')
+    value = value[part]
+  return value
 
 
 def _to_python(value: Any) -> Any:
-    """TFDS numpy values → plain Python (bytes → str, arrays → lists, dicts recursively)."""
-    if isinstance(value, Mapping):
-        return {k: _to_python(v) for k, v in value.items()}
-    if isinstance(value, bytes):
-        return value.decode('utf-8')
-    if isinstance(value, np.ndarray):
-        return [_to_python(v) for v in value.tolist()] if value.dtype == object or value.ndim else value.item()
-    if isinstance(value, (list, tuple)):
-        return [_to_python(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+  """TFDS numpy values → plain Python (bytes → str, arrays → lists, dicts recursively)."""
+  if isinstance(value, Mapping):
+    return {k: _to_python(v) for k, v in value.items()}
+  if isinstance(value, bytes):
+    return value.decode('utf-8')
+  if isinstance(value, np.ndarray):
+    return [_to_python(v) for v in value.tolist()] if value.dtype == object or value.ndim else value.item()
+  if isinstance(value, (list, tuple)):
+    return [_to_python(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
 
 
 def _raw_examples(data: Mapping) -> Iterator[dict]:
-    kind = data.get('type', 'jsonl')
-    if kind == 'jsonl':
-        if 'path' not in data:
-            raise ValueError(f"data config of type 'jsonl' needs a 'path', got {dict(data)}")
-        yield from read_jsonl(data['path'])
-    elif kind == 'tfds':
-        if 'name' not in data or 'split' not in data:
-            raise ValueError(f"data config of type 'tfds' needs 'name' and 'split', got {dict(data)}")
-        import tensorflow_datasets as tfds  # lazily: only evaluation of TFDS sets needs TensorFlow
-        builder = tfds.builder(data['name'], data_dir=data.get('data_dir'))
-        try:
-            ds = builder.as_dataset(split=data['split'], shuffle_files=False)
-        except AssertionError as e:  # TFDS signals "not prepared" with an AssertionError
-            raise FileNotFoundError(
-                f"TFDS dataset {data['name']!r} split {data['split']!r} is not prepared in data_dir="
-                f"{data.get('data_dir')!r} (expected {builder.data_dir!r}); prepare it with "
-                f"`tfds build` or download_and_prepare() first ({e})") from None
-        yield from tfds.as_numpy(ds)
-    else:
-        raise ValueError(f"data type must be 'jsonl' or 'tfds', got {kind!r}")
+  kind = data.get('type', 'jsonl')
+  if kind == 'jsonl':
+    if 'path' not in data:
+      raise ValueError(f"data config of type 'jsonl' needs a 'path', got {dict(data)}")
+    yield from read_jsonl(data['path'])
+  elif kind == 'tfds':
+    if 'name' not in data or 'split' not in data:
+      raise ValueError(f"data config of type 'tfds' needs 'name' and 'split', got {dict(data)}")
+    import tensorflow_datasets as tfds  # lazily: only evaluation of TFDS sets needs TensorFlow
+
+    builder = tfds.builder(data['name'], data_dir=data.get('data_dir'))
+    try:
+      ds = builder.as_dataset(split=data['split'], shuffle_files=False)
+    except AssertionError as e:  # TFDS signals "not prepared" with an AssertionError
+      raise FileNotFoundError(
+        f"TFDS dataset {data['name']!r} split {data['split']!r} is not prepared in data_dir="
+        f"{data.get('data_dir')!r} (expected {builder.data_dir!r}); prepare it with "
+        f"`tfds build` or download_and_prepare() first ({e})"
+      ) from None
+    yield from tfds.as_numpy(ds)
+  else:
+    raise ValueError(f"data type must be 'jsonl' or 'tfds', got {kind!r}")
 
 
-def iterate_batches(data: Mapping, *, fields: Mapping[str, str], image_key: str | None = 'image',
-                    image_size: int = 224, crop: str = 'resize', batch_size: int = DEFAULT_BATCH_SIZE,
-                    limit: int | None = None) -> Iterator[dict]:
-    """THE data access function of the evaluators (one place to switch to the project pipeline).
+def iterate_batches(
+  data: Mapping,
+  *,
+  fields: Mapping[str, str],
+  image_key: str | None = 'image',
+  image_size: int = 224,
+  crop: str = 'resize',
+  batch_size: int = DEFAULT_BATCH_SIZE,
+  limit: int | None = None,
+) -> Iterator[dict]:
+  """THE data access function of the evaluators (one place to switch to the project pipeline).
 
-    Yields dicts: `image` float32 [batch_size, H, W, 3] in [-1, 1] (when image_key is not None; kept under
-    `_image_ref` too: the path for local files, the example index for TFDS), each requested output field
-    as a Python list (str/int/list values; missing optional fields → None when the source key ends with '?'),
-    and `_mask` bool [batch_size] (False on the padding rows of the last batch; padded rows repeat row 0).
-    `fields` maps output name → source key ('captions/text' reads nested TFDS features).
-    """
-    buf: list[dict] = []
+  Yields dicts: `image` float32 [batch_size, H, W, 3] in [-1, 1] (when image_key is not None; kept under
+  `_image_ref` too: the path for local files, the example index for TFDS), each requested output field
+  as a Python list (str/int/list values; missing optional fields → None when the source key ends with '?'),
+  and `_mask` bool [batch_size] (False on the padding rows of the last batch; padded rows repeat row 0).
+  `fields` maps output name → source key ('captions/text' reads nested TFDS features).
+  """
+  buf: list[dict] = []
 
-    def flush():
-        n = len(buf)
-        out: dict[str, Any] = {'_mask': np.array([True] * n + [False] * (batch_size - n))}
-        for name in fields:
-            out[name] = [b[name] for b in buf]
-        if image_key is not None:
-            imgs = np.stack([b['_img'] for b in buf] + [buf[0]['_img']] * (batch_size - n))
-            out['image'] = imgs
-            out['_image_ref'] = [b['_ref'] for b in buf]
-        return out
+  def flush():
+    n = len(buf)
+    out: dict[str, Any] = {'_mask': np.array([True] * n + [False] * (batch_size - n))}
+    for name in fields:
+      out[name] = [b[name] for b in buf]
+    if image_key is not None:
+      imgs = np.stack([b['_img'] for b in buf] + [buf[0]['_img']] * (batch_size - n))
+      out['image'] = imgs
+      out['_image_ref'] = [b['_ref'] for b in buf]
+    return out
 
-    for index, ex in enumerate(_raw_examples(data)):
-        if limit is not None and index >= limit:
-            break
-        item = {}
-        for name, key in fields.items():
-            optional = key.endswith('?')
-            key = key.rstrip('?')
-            try:
-                item[name] = _to_python(_get_path(ex, key))
-            except KeyError:
-                if not optional:
-                    raise KeyError(f"dataset {dict(data)} example {index}: required field {key!r} missing; "
-                                   f"present: {sorted(ex)}") from None
-                item[name] = None
-        if image_key is not None:
-            raw = _get_path(ex, image_key)
-            item['_img'] = preprocess_image(raw, image_size, crop)
-            item['_ref'] = raw if isinstance(raw, str) else index
-        buf.append(item)
-        if len(buf) == batch_size:
-            yield flush()
-            buf = []
-    if buf:
-        yield flush()
+  for index, ex in enumerate(_raw_examples(data)):
+    if limit is not None and index >= limit:
+      break
+    item = {}
+    for name, key in fields.items():
+      optional = key.endswith('?')
+      key = key.rstrip('?')
+      try:
+        item[name] = _to_python(_get_path(ex, key))
+      except KeyError:
+        if not optional:
+          raise KeyError(
+            f"dataset {dict(data)} example {index}: required field {key!r} missing; present: {sorted(ex)}"
+          ) from None
+        item[name] = None
+    if image_key is not None:
+      raw = _get_path(ex, image_key)
+      item['_img'] = preprocess_image(raw, image_size, crop)
+      item['_ref'] = raw if isinstance(raw, str) else index
+    buf.append(item)
+    if len(buf) == batch_size:
+      yield flush()
+      buf = []
+  if buf:
+    yield flush()
 
 
 # ----------------------------------------------------------------------------------------------- embedding
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
+  x = np.asarray(x, dtype=np.float32)
+  return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: bool = True) -> Iterable:
-    """A tqdm bar on stderr when tqdm is present (disabled when `enabled` is False)."""
-    if _tqdm is None or not enabled:
-        return iterable
-    return _tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+  """A tqdm bar on stderr when tqdm is present (disabled when `enabled` is False)."""
+  if _tqdm is None or not enabled:
+    return iterable
+  return _tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
-def tokenize(predictor, texts: Sequence[str], *, canonicalize: bool = True, eos: str = 'sticky',
-             max_len: int | None = None) -> np.ndarray:
-    """Texts → int32 [N, max_len] with the predictor's tokenizer (SigLIP: canonicalised, sticky EOS, len text_len)."""
-    max_len = int(predictor.text_len if max_len is None else max_len)
-    ids = predictor.tokenizer.encode(list(texts), max_len, eos=eos, canonicalize=canonicalize)
-    ids = np.asarray(ids, dtype=np.int32)
-    if ids.shape != (len(texts), max_len):
-        raise ValueError(f'tokenizer returned shape {ids.shape}, expected {(len(texts), max_len)}')
-    return ids
+def tokenize(
+  predictor, texts: Sequence[str], *, canonicalize: bool = True, eos: str = 'sticky', max_len: int | None = None
+) -> np.ndarray:
+  """Texts → int32 [N, max_len] with the predictor's tokenizer (SigLIP: canonicalised, sticky EOS, len text_len)."""
+  max_len = int(predictor.text_len if max_len is None else max_len)
+  ids = predictor.tokenizer.encode(list(texts), max_len, eos=eos, canonicalize=canonicalize)
+  ids = np.asarray(ids, dtype=np.int32)
+  if ids.shape != (len(texts), max_len):
+    raise ValueError(f'tokenizer returned shape {ids.shape}, expected {(len(texts), max_len)}')
+  return ids
 
 
-def embed_texts(predictor, texts: Sequence[str], rounds, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                canonicalize: bool = True, show_progress: bool = False) -> np.ndarray:
-    """Texts → float32 [N, D] L2-normalised text embeddings; batches have a constant size (last one padded)."""
-    texts = list(texts)
-    if not texts:
-        raise ValueError('embed_texts got no texts')
-    chunks = []
-    starts = range(0, len(texts), batch_size)
-    for start in progress(starts, 'embed texts', total=len(starts), enabled=show_progress):
-        chunk = texts[start:start + batch_size]
-        n = len(chunk)
-        chunk = chunk + [chunk[0]] * (batch_size - n)
-        tokens = tokenize(predictor, chunk, canonicalize=canonicalize)
-        chunks.append(np.asarray(predictor.embed_texts(tokens, rounds), np.float32)[:n])
-    return l2_normalize(np.concatenate(chunks))
+def embed_texts(
+  predictor,
+  texts: Sequence[str],
+  rounds,
+  *,
+  batch_size: int = DEFAULT_BATCH_SIZE,
+  canonicalize: bool = True,
+  show_progress: bool = False,
+) -> np.ndarray:
+  """Texts → float32 [N, D] L2-normalised text embeddings; batches have a constant size (last one padded)."""
+  texts = list(texts)
+  if not texts:
+    raise ValueError('embed_texts got no texts')
+  chunks = []
+  starts = range(0, len(texts), batch_size)
+  for start in progress(starts, 'embed texts', total=len(starts), enabled=show_progress):
+    chunk = texts[start : start + batch_size]
+    n = len(chunk)
+    chunk = chunk + [chunk[0]] * (batch_size - n)
+    tokens = tokenize(predictor, chunk, canonicalize=canonicalize)
+    chunks.append(np.asarray(predictor.embed_texts(tokens, rounds), np.float32)[:n])
+  return l2_normalize(np.concatenate(chunks))
 
 
 def embed_image_batch(predictor, batch: Mapping, rounds) -> np.ndarray:
-    """One batch from `iterate_batches` → float32 [n_valid, D] L2-normalised image embeddings."""
-    emb = np.asarray(predictor.embed_images(batch['image'], rounds), np.float32)
-    return l2_normalize(emb[np.asarray(batch['_mask'])])
+  """One batch from `iterate_batches` → float32 [n_valid, D] L2-normalised image embeddings."""
+  emb = np.asarray(predictor.embed_images(batch['image'], rounds), np.float32)
+  return l2_normalize(emb[np.asarray(batch['_mask'])])
 
 
 # ----------------------------------------------------------------------------------------------- records
 def as_rounds_list(rounds) -> list:
-    """`None` / int / sequence of ints → list of rounds values to evaluate (None = trained signature)."""
-    if rounds is None or isinstance(rounds, (int, np.integer)):
-        values = [rounds]
-    else:
-        values = list(rounds)
-    for r in values:
-        if r is not None and (not isinstance(r, (int, np.integer)) or r < 1):
-            raise ValueError(f'rounds must be None or integers >= 1, got {rounds!r}')
-    return [None if r is None else int(r) for r in values]
+  """`None` / int / sequence of ints → list of rounds values to evaluate (None = trained signature)."""
+  if rounds is None or isinstance(rounds, (int, np.integer)):
+    values = [rounds]
+  else:
+    values = list(rounds)
+  for r in values:
+    if r is not None and (not isinstance(r, (int, np.integer)) or r < 1):
+      raise ValueError(f'rounds must be None or integers >= 1, got {rounds!r}')
+  return [None if r is None else int(r) for r in values]
 
 
-def make_record(*, dataset: str, model: str, task: str, metrics: Mapping[str, float], language: str = 'en',
-                rounds=None) -> dict:
-    """One result in the CLIP_benchmark record layout, plus `rounds` (None = trained signature)."""
-    return dict(dataset=dataset, model=model, task=task,
-                metrics={k: float(v) for k, v in metrics.items()}, language=language, rounds=rounds)
+def make_record(
+  *, dataset: str, model: str, task: str, metrics: Mapping[str, float], language: str = 'en', rounds=None
+) -> dict:
+  """One result in the CLIP_benchmark record layout, plus `rounds` (None = trained signature)."""
+  return dict(
+    dataset=dataset,
+    model=model,
+    task=task,
+    metrics={k: float(v) for k, v in metrics.items()},
+    language=language,
+    rounds=rounds,
+  )
 
 
 def model_name(predictor, default: str = 'model') -> str:
-    return str(getattr(predictor, 'name', default))
+  return str(getattr(predictor, 'name', default))
 
 
 def check_keys(cfg: Mapping, allowed: Iterable[str], where: str) -> None:
-    """Unknown config keys → ValueError naming them and the allowed ones."""
-    unknown = sorted(set(cfg) - set(allowed))
-    if unknown:
-        raise ValueError(f'{where}: unknown option(s) {unknown}; allowed: {sorted(allowed)}')
+  """Unknown config keys → ValueError naming them and the allowed ones."""
+  unknown = sorted(set(cfg) - set(allowed))
+  if unknown:
+    raise ValueError(f'{where}: unknown option(s) {unknown}; allowed: {sorted(allowed)}')
 
 
 def apply_template(template: str, name: str) -> str:
-    """'a photo of a {}.' + 'cat' → 'a photo of a cat.' (literal braces are not supported in templates)."""
-    if template.count('{}') != 1:
-        raise ValueError(f"template {template!r} must contain exactly one '{{}}'")
-    return template.replace('{}', name)
-
+  """'a photo of a {}.' + 'cat' → 'a photo of a cat.' (literal braces are not supported in templates)."""
+  if template.count('{}') != 1:
+    raise ValueError(f"template {template!r} must contain exactly one '{{}}'")
+  return template.replace('{}', name)
 
 
 def token_lists(tokenizer, texts: Sequence[str], max_len: int, *, eos: str = 'none') -> list[list[int]]:
-    """Texts → token id lists without padding (no canonicalisation: language-model text is kept as written).
+  """Texts → token id lists without padding (no canonicalisation: language-model text is kept as written).
 
-    Uses the tokenizer's `encode` with max_len, then strips trailing `pad_id` (so a text ending in a token equal
-    to pad_id loses it; SentencePiece models do not emit the pad piece).
-    """
-    ids = np.asarray(tokenizer.encode(list(texts), max_len, eos=eos, canonicalize=False))
-    pad = int(getattr(tokenizer, 'pad_id', 0))
-    out = []
-    for row in ids.tolist():
-        n = len(row)
-        while n and row[n - 1] == pad:
-            n -= 1
-        out.append(row[:n])
-    return out
+  Uses the tokenizer's `encode` with max_len, then strips trailing `pad_id` (so a text ending in a token equal
+  to pad_id loses it; SentencePiece models do not emit the pad piece).
+  """
+  ids = np.asarray(tokenizer.encode(list(texts), max_len, eos=eos, canonicalize=False))
+  pad = int(getattr(tokenizer, 'pad_id', 0))
+  out = []
+  for row in ids.tolist():
+    n = len(row)
+    while n and row[n - 1] == pad:
+      n -= 1
+    out.append(row[:n])
+  return out

@@ -5,6 +5,7 @@ checkpoint evaluated at r = 1, 2, ... land side by side). XM3600 records also ge
 `write_report(records, out_dir, merge=True)`: with merge, records already in eval_results.json are kept unless a
 new record has the same (dataset, model, task, language, rounds) key, which replaces it.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,79 +17,85 @@ _REQUIRED = ('dataset', 'model', 'task', 'metrics', 'language', 'rounds')
 
 
 def _key(rec: Mapping) -> tuple:
-    return (rec['dataset'], rec['model'], rec['task'], rec['language'], rec['rounds'])
+  return (rec['dataset'], rec['model'], rec['task'], rec['language'], rec['rounds'])
 
 
 def _check(records: Iterable[Mapping]) -> list[dict]:
-    out = []
-    for i, rec in enumerate(records):
-        missing = [k for k in _REQUIRED if k not in rec]
-        if missing:
-            raise ValueError(f'record {i} lacks {missing}; a record needs {list(_REQUIRED)}')
-        out.append(dict(rec))
-    return out
+  out = []
+  for i, rec in enumerate(records):
+    missing = [k for k in _REQUIRED if k not in rec]
+    if missing:
+      raise ValueError(f'record {i} lacks {missing}; a record needs {list(_REQUIRED)}')
+    out.append(dict(rec))
+  return out
 
 
 def _rounds_sort_key(r):
-    return (r is not None, r or 0)
+  return (r is not None, r or 0)
 
 
 def _rounds_label(r) -> str:
-    return 'r=trained' if r is None else f'r={r}'
+  return 'r=trained' if r is None else f'r={r}'
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return '–'
-    if isinstance(v, float) and math.isnan(v):
-        return 'nan'
-    if float(v).is_integer() and abs(v) >= 10:
-        return str(int(v))
-    return f'{v:.4f}'
+  if v is None:
+    return '–'
+  if isinstance(v, float) and math.isnan(v):
+    return 'nan'
+  if float(v).is_integer() and abs(v) >= 10:
+    return str(int(v))
+  return f'{v:.4f}'
 
 
 def markdown_report(records: Sequence[Mapping]) -> str:
-    """The Markdown text: '## <task>' then a table per task (rows = dataset/language/metric, columns = rounds)."""
-    records = _check(records)
-    lines = ['# Evaluation report', '']
-    for task in sorted({r['task'] for r in records}):
-        recs = [r for r in records if r['task'] == task]
-        rounds_values = sorted({r['rounds'] for r in recs}, key=_rounds_sort_key)
-        models = sorted({r['model'] for r in recs})
-        value = {(r['model'], r['dataset'], r['language'], m, r['rounds']): v
-                 for r in recs for m, v in r['metrics'].items()}
-        rows = sorted({k[:4] for k in value}, key=lambda k: (k[0], k[1], k[2] == 'avg', k[2], k[3]))
-        lines += [f'## {task}', '']
-        header = (['model'] if len(models) > 1 else []) + ['dataset', 'language', 'metric'] + [
-            _rounds_label(r) for r in rounds_values]
-        lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-        for row in rows:
-            cells = ([row[0]] if len(models) > 1 else []) + list(row[1:]) + [
-                _fmt(value.get(row + (rv,))) for rv in rounds_values]
-            lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
-        lines.append('')
-    xm = [r for r in records if r['dataset'] == 'xm3600']
-    if xm:
-        from evaluators.xm3600 import language_table
-        lines += ['## XM3600 per language (R@1, %)', '', language_table(xm)]
-    return '\n'.join(lines)
+  """The Markdown text: '## <task>' then a table per task (rows = dataset/language/metric, columns = rounds)."""
+  records = _check(records)
+  lines = ['# Evaluation report', '']
+  for task in sorted({r['task'] for r in records}):
+    recs = [r for r in records if r['task'] == task]
+    rounds_values = sorted({r['rounds'] for r in recs}, key=_rounds_sort_key)
+    models = sorted({r['model'] for r in recs})
+    value = {
+      (r['model'], r['dataset'], r['language'], m, r['rounds']): v for r in recs for m, v in r['metrics'].items()
+    }
+    rows = sorted({k[:4] for k in value}, key=lambda k: (k[0], k[1], k[2] == 'avg', k[2], k[3]))
+    lines += [f'## {task}', '']
+    header = (
+      (['model'] if len(models) > 1 else [])
+      + ['dataset', 'language', 'metric']
+      + [_rounds_label(r) for r in rounds_values]
+    )
+    lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for row in rows:
+      cells = (
+        ([row[0]] if len(models) > 1 else []) + list(row[1:]) + [_fmt(value.get(row + (rv,))) for rv in rounds_values]
+      )
+      lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+    lines.append('')
+  xm = [r for r in records if r['dataset'] == 'xm3600']
+  if xm:
+    from evaluators.xm3600 import language_table
+
+    lines += ['## XM3600 per language (R@1, %)', '', language_table(xm)]
+  return '\n'.join(lines)
 
 
 def write_report(records: Sequence[Mapping], out_dir: str, merge: bool = True) -> tuple[str, str]:
-    """Writes eval_results.json and eval_report.md into out_dir (created); returns their paths."""
-    records = _check(records)
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, 'eval_results.json')
-    md_path = os.path.join(out_dir, 'eval_report.md')
-    if merge and os.path.exists(json_path):
-        with open(json_path, encoding='utf-8') as f:
-            old = _check(json.load(f))
-        new_keys = {_key(r) for r in records}
-        records = [r for r in old if _key(r) not in new_keys] + records
-    tmp = json_path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(records, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, json_path)
-    with open(md_path, 'w', encoding='utf-8') as f:
-        f.write(markdown_report(records))
-    return json_path, md_path
+  """Writes eval_results.json and eval_report.md into out_dir (created); returns their paths."""
+  records = _check(records)
+  os.makedirs(out_dir, exist_ok=True)
+  json_path = os.path.join(out_dir, 'eval_results.json')
+  md_path = os.path.join(out_dir, 'eval_report.md')
+  if merge and os.path.exists(json_path):
+    with open(json_path, encoding='utf-8') as f:
+      old = _check(json.load(f))
+    new_keys = {_key(r) for r in records}
+    records = [r for r in old if _key(r) not in new_keys] + records
+  tmp = json_path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(records, f, indent=1, ensure_ascii=False)
+  os.replace(tmp, json_path)
+  with open(md_path, 'w', encoding='utf-8') as f:
+    f.write(markdown_report(records))
+  return json_path, md_path

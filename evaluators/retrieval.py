@@ -9,6 +9,7 @@ Config: dict(type='retrieval', data=dict(type='tfds', name='coco_captions', spli
 dict(type='jsonl', path=FOLDER), texts_key='captions/text' (TFDS COCO) or 'texts' (local: str or list),
 image_size=224, crop='resize', batch_size=64, ks=(1, 5, 10), dataset=NAME, limit=None).
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -22,105 +23,134 @@ _ROW_CHUNK = 1024
 
 
 def _ranks_of_best_match(queries: np.ndarray, keys: np.ndarray, match_lists: Sequence[np.ndarray]) -> np.ndarray:
-    """queries [Q, D], keys [K, D]; match_lists[q] = indices of correct keys → int [Q] rank of the best one."""
-    ranks = np.empty(len(queries), np.int64)
-    for start in range(0, len(queries), _ROW_CHUNK):
-        sims = queries[start:start + _ROW_CHUNK] @ keys.T  # [c, K]
-        for row, q in enumerate(range(start, min(start + _ROW_CHUNK, len(queries)))):
-            correct = sims[row, match_lists[q]]
-            best = correct.max()
-            ranks[q] = int((sims[row] >= best).sum() - (correct >= best).sum())
-    return ranks
+  """queries [Q, D], keys [K, D]; match_lists[q] = indices of correct keys → int [Q] rank of the best one."""
+  ranks = np.empty(len(queries), np.int64)
+  for start in range(0, len(queries), _ROW_CHUNK):
+    sims = queries[start : start + _ROW_CHUNK] @ keys.T  # [c, K]
+    for row, q in enumerate(range(start, min(start + _ROW_CHUNK, len(queries)))):
+      correct = sims[row, match_lists[q]]
+      best = correct.max()
+      ranks[q] = int((sims[row] >= best).sum() - (correct >= best).sum())
+  return ranks
 
 
-def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray,
-                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """image_emb [N, D], text_emb [M, D] (L2-normalised), text_to_image int [M] → {'i2t@K', 't2i@K'} in [0, 1].
+def retrieval_metrics(
+  image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+  """image_emb [N, D], text_emb [M, D] (L2-normalised), text_to_image int [M] → {'i2t@K', 't2i@K'} in [0, 1].
 
-    Every image needs at least one caption (else ValueError).
-    """
-    text_to_image = np.asarray(text_to_image, np.int64)
-    n = len(image_emb)
-    captions_of = [[] for _ in range(n)]
-    for t, i in enumerate(text_to_image):
-        captions_of[i].append(t)
-    empty = [i for i, c in enumerate(captions_of) if not c]
-    if empty:
-        raise ValueError(f'images {empty[:5]} have no caption; every image needs at least one')
-    i2t = _ranks_of_best_match(image_emb, text_emb, [np.asarray(c) for c in captions_of])
-    t2i = _ranks_of_best_match(text_emb, image_emb, [np.asarray([i]) for i in text_to_image])
-    metrics = {}
-    for k in ks:
-        metrics[f'i2t@{k}'] = float((i2t < k).mean())
-    for k in ks:
-        metrics[f't2i@{k}'] = float((t2i < k).mean())
-    return metrics
+  Every image needs at least one caption (else ValueError).
+  """
+  text_to_image = np.asarray(text_to_image, np.int64)
+  n = len(image_emb)
+  captions_of = [[] for _ in range(n)]
+  for t, i in enumerate(text_to_image):
+    captions_of[i].append(t)
+  empty = [i for i, c in enumerate(captions_of) if not c]
+  if empty:
+    raise ValueError(f'images {empty[:5]} have no caption; every image needs at least one')
+  i2t = _ranks_of_best_match(image_emb, text_emb, [np.asarray(c) for c in captions_of])
+  t2i = _ranks_of_best_match(text_emb, image_emb, [np.asarray([i]) for i in text_to_image])
+  metrics = {}
+  for k in ks:
+    metrics[f'i2t@{k}'] = float((i2t < k).mean())
+  for k in ks:
+    metrics[f't2i@{k}'] = float((t2i < k).mean())
+  return metrics
 
 
 def as_caption_list(value) -> list[str]:
-    """A caption field (str or list of str) → non-empty list of non-empty strings."""
-    caps = [value] if isinstance(value, str) else list(value or [])
-    caps = [c for c in caps if isinstance(c, str) and c.strip()]
-    return caps
+  """A caption field (str or list of str) → non-empty list of non-empty strings."""
+  caps = [value] if isinstance(value, str) else list(value or [])
+  caps = [c for c in caps if isinstance(c, str) and c.strip()]
+  return caps
 
 
-def collect_embeddings(evaluator, predictor, rounds_list, *, texts_field: str, extra_fields: Mapping = None,
-                       desc: str = 'images'):
-    """Reads the dataset once; returns (image_emb {rounds: [N, D]}, captions per image, extra field lists,
-    image refs). Images without captions are skipped."""
-    fields = {'texts': texts_field, **(extra_fields or {})}
-    image_emb = {r: [] for r in rounds_list}
-    captions, extras, refs = [], {k: [] for k in (extra_fields or {})}, []
-    batches = common.iterate_batches(evaluator.data, fields=fields, image_key=evaluator.image_key,
-                                     image_size=evaluator.image_size, crop=evaluator.crop,
-                                     batch_size=evaluator.batch_size, limit=evaluator.limit)
-    for batch in common.progress(batches, f'{evaluator.name}: {desc}', enabled=evaluator.show_progress):
-        keep = np.array([bool(as_caption_list(t)) for t in batch['texts']], bool)
-        for r in rounds_list:
-            image_emb[r].append(common.embed_image_batch(predictor, batch, r)[keep])
-        for j in np.flatnonzero(keep):
-            captions.append(as_caption_list(batch['texts'][j]))
-            refs.append(batch['_image_ref'][j])
-            for k in extras:
-                extras[k].append(batch[k][j])
-    if not captions:
-        raise ValueError(f'evaluator {evaluator.name!r}: dataset {evaluator.data} has no image with a caption '
-                         f"in field {texts_field!r}")
-    return {r: np.concatenate(v) for r, v in image_emb.items()}, captions, extras, refs
+def collect_embeddings(
+  evaluator, predictor, rounds_list, *, texts_field: str, extra_fields: Mapping = None, desc: str = 'images'
+):
+  """Reads the dataset once; returns (image_emb {rounds: [N, D]}, captions per image, extra field lists,
+  image refs). Images without captions are skipped."""
+  fields = {'texts': texts_field, **(extra_fields or {})}
+  image_emb = {r: [] for r in rounds_list}
+  captions, extras, refs = [], {k: [] for k in (extra_fields or {})}, []
+  batches = common.iterate_batches(
+    evaluator.data,
+    fields=fields,
+    image_key=evaluator.image_key,
+    image_size=evaluator.image_size,
+    crop=evaluator.crop,
+    batch_size=evaluator.batch_size,
+    limit=evaluator.limit,
+  )
+  for batch in common.progress(batches, f'{evaluator.name}: {desc}', enabled=evaluator.show_progress):
+    keep = np.array([bool(as_caption_list(t)) for t in batch['texts']], bool)
+    for r in rounds_list:
+      image_emb[r].append(common.embed_image_batch(predictor, batch, r)[keep])
+    for j in np.flatnonzero(keep):
+      captions.append(as_caption_list(batch['texts'][j]))
+      refs.append(batch['_image_ref'][j])
+      for k in extras:
+        extras[k].append(batch[k][j])
+  if not captions:
+    raise ValueError(
+      f'evaluator {evaluator.name!r}: dataset {evaluator.data} has no image with a caption in field {texts_field!r}'
+    )
+  return {r: np.concatenate(v) for r, v in image_emb.items()}, captions, extras, refs
 
 
 @register('retrieval')
 class RetrievalEvaluator:
-    """Image↔text retrieval; one record per rounds value with i2t@K and t2i@K."""
+  """Image↔text retrieval; one record per rounds value with i2t@K and t2i@K."""
 
-    task = 'zeroshot_retrieval'
+  task = 'zeroshot_retrieval'
 
-    def __init__(self, name: str, data: Mapping, texts_key: str = 'texts', image_key: str = 'image',
-                 image_size: int = 224, crop: str = 'resize', batch_size: int = common.DEFAULT_BATCH_SIZE,
-                 ks: Sequence[int] = (1, 5, 10), dataset: str | None = None, canonicalize: bool = True,
-                 limit: int | None = None, model: str | None = None, language: str = 'en',
-                 show_progress: bool = True):
-        self.name, self.data, self.dataset = name, dict(data), dataset or name
-        self.texts_key, self.image_key = texts_key, image_key
-        self.image_size, self.crop, self.batch_size = int(image_size), crop, int(batch_size)
-        self.ks = tuple(int(k) for k in ks)
-        if not self.ks or min(self.ks) < 1:
-            raise ValueError(f'ks must be positive integers, got {ks!r}')
-        self.canonicalize, self.limit, self.model, self.language = canonicalize, limit, model, language
-        self.show_progress = show_progress
+  def __init__(
+    self,
+    name: str,
+    data: Mapping,
+    texts_key: str = 'texts',
+    image_key: str = 'image',
+    image_size: int = 224,
+    crop: str = 'resize',
+    batch_size: int = common.DEFAULT_BATCH_SIZE,
+    ks: Sequence[int] = (1, 5, 10),
+    dataset: str | None = None,
+    canonicalize: bool = True,
+    limit: int | None = None,
+    model: str | None = None,
+    language: str = 'en',
+    show_progress: bool = True,
+  ):
+    self.name, self.data, self.dataset = name, dict(data), dataset or name
+    self.texts_key, self.image_key = texts_key, image_key
+    self.image_size, self.crop, self.batch_size = int(image_size), crop, int(batch_size)
+    self.ks = tuple(int(k) for k in ks)
+    if not self.ks or min(self.ks) < 1:
+      raise ValueError(f'ks must be positive integers, got {ks!r}')
+    self.canonicalize, self.limit, self.model, self.language = canonicalize, limit, model, language
+    self.show_progress = show_progress
 
-    def run(self, predictor, rounds=None) -> list[dict]:
-        rounds_list = common.as_rounds_list(rounds)
-        image_emb, captions, _, _ = collect_embeddings(self, predictor, rounds_list, texts_field=self.texts_key)
-        flat = [c for caps in captions for c in caps]
-        owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-        records = []
-        for r in rounds_list:
-            text_emb = common.embed_texts(predictor, flat, r, batch_size=self.batch_size,
-                                          canonicalize=self.canonicalize, show_progress=self.show_progress)
-            metrics = retrieval_metrics(image_emb[r], text_emb, owner, self.ks)
-            metrics.update(n_images=len(captions), n_texts=len(flat))
-            records.append(common.make_record(dataset=self.dataset,
-                                              model=self.model or common.model_name(predictor),
-                                              task=self.task, metrics=metrics, language=self.language, rounds=r))
-        return records
+  def run(self, predictor, rounds=None) -> list[dict]:
+    rounds_list = common.as_rounds_list(rounds)
+    image_emb, captions, _, _ = collect_embeddings(self, predictor, rounds_list, texts_field=self.texts_key)
+    flat = [c for caps in captions for c in caps]
+    owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
+    records = []
+    for r in rounds_list:
+      text_emb = common.embed_texts(
+        predictor, flat, r, batch_size=self.batch_size, canonicalize=self.canonicalize, show_progress=self.show_progress
+      )
+      metrics = retrieval_metrics(image_emb[r], text_emb, owner, self.ks)
+      metrics.update(n_images=len(captions), n_texts=len(flat))
+      records.append(
+        common.make_record(
+          dataset=self.dataset,
+          model=self.model or common.model_name(predictor),
+          task=self.task,
+          metrics=metrics,
+          language=self.language,
+          rounds=r,
+        )
+      )
+    return records

@@ -13,6 +13,7 @@ only reports a step whose folder holds a committed ``_CHECKPOINT_METADATA`` and 
 left incomplete by anything else (a copy interrupted half-way, a non-atomic file system) is never ``latest``.
 A checkpoint whose files are truncated or corrupt raises :class:`CheckpointError` naming its path on restore.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,149 +35,152 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint could not be read (corrupt, incomplete, or not matching the restore target)."""
+  """A checkpoint could not be read (corrupt, incomplete, or not matching the restore target)."""
 
 
 def _check_writable(path: epath.Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_probe_{jax.process_index()}_{uuid.uuid4().hex}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"checkpoint directory {path} is not writable: {e}") from None
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_probe_{jax.process_index()}_{uuid.uuid4().hex}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f"checkpoint directory {path} is not writable: {e}") from None
 
 
 class CheckpointManager:
-    """Saves / restores ``(state pytree, meta dict)`` per step, keeping the newest ``keep``.
+  """Saves / restores ``(state pytree, meta dict)`` per step, keeping the newest ``keep``.
+
+  Args:
+    workdir: run directory (local path or e.g. ``gs://...``); checkpoints go to ``<workdir>/checkpoints``.
+    keep: how many most recent checkpoints to keep (>= 1).
+    async_save: write in a background thread; call :meth:`wait` before reading them or exiting.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
+    if not isinstance(keep, int) or keep < 1:
+      raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    self.directory = epath.Path(workdir) / "checkpoints"
+    _check_writable(self.directory)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(_STATE, _META))
+
+  # ------------------------------------------------------------------------------------------- queries
+  def step_path(self, step: int) -> epath.Path:
+    """Folder of a (finished) step."""
+    return self.directory / str(int(step))
+
+  def _is_complete(self, step: int) -> bool:
+    path = self.step_path(step)
+    metadata = path / _METADATA_FILE
+    try:
+      if not (metadata.exists() and (path / _STATE).is_dir() and (path / _META).is_dir()):
+        return False
+      return json.loads(metadata.read_text()).get("commit_timestamp_nsecs") is not None
+    except (OSError, ValueError, AttributeError):
+      return False
+
+  def all_steps(self) -> list[int]:
+    """Sorted steps of complete checkpoints (incomplete folders and in-flight saves are left out).
+
+    Reads the directory listing itself (not orbax's cached list), so steps written by another manager or
+    an earlier run are seen.
+    """
+    steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir())
+    complete = [s for s in steps if self._is_complete(s)]
+    for s in sorted(set(steps) - set(complete)):
+      log.warning("Ignoring incomplete checkpoint folder %s", self.step_path(s))
+    return complete
+
+  def latest_step(self) -> int | None:
+    """Newest complete step, or None when there is none."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  # ----------------------------------------------------------------------------------------- save/load
+  def save(self, step: int, state: Any, meta: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+    """Starts saving ``state`` (pytree of arrays) and ``meta`` (JSON-serialisable dict) as ``step``.
+
+    Returns whether a save was started.  With ``async_save`` it returns before the files are written;
+    :meth:`wait` blocks until they are committed.  Saving an existing step raises ``ValueError``.
+    """
+    meta = dict(meta or {})
+    try:
+      json.dumps(meta)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"checkpoint meta for step {step} is not JSON-serialisable: {e}") from None
+    if self.step_path(step).exists():
+      raise ValueError(f"checkpoint step {step} already exists at {self.step_path(step)}")
+    later = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and int(p.name) > step)
+    if later:  # orbax only saves increasing steps; say why instead of silently skipping
+      raise ValueError(
+        f"cannot save step {step}: {self.directory} already holds later step folder(s) "
+        f"{later} (complete: {[s for s in later if self._is_complete(s)]}); remove them "
+        f"to go back to an earlier step"
+      )
+    args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)})
+    return bool(self._manager.save(int(step), args=args, force=force))
+
+  def wait(self) -> None:
+    """Blocks until in-flight asynchronous saves are committed (and old ones deleted)."""
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
+    """Restores ``(state, meta)``.
 
     Args:
-      workdir: run directory (local path or e.g. ``gs://...``); checkpoints go to ``<workdir>/checkpoints``.
-      keep: how many most recent checkpoints to keep (>= 1).
-      async_save: write in a background thread; call :meth:`wait` before reading them or exiting.
+      step: the step to restore; None = :meth:`latest_step`.
+      target: pytree of ``jax.ShapeDtypeStruct`` (with ``sharding``) or concrete arrays giving the tree
+        structure, dtypes and shardings to restore into; None restores as saved (same device layout).
+
+    Raises:
+      FileNotFoundError: no (complete) checkpoint for ``step``.
+      CheckpointError: the files cannot be read or do not match ``target``; names the path.
     """
+    self.wait()
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+      step = steps[-1]
+    step = int(step)
+    if step not in steps:
+      raise FileNotFoundError(f"no complete checkpoint for step {step} in {self.directory}; available steps: {steps}")
+    path = self.step_path(step)
+    if target is not None:
+      target = jax.tree.map(_as_abstract, target)
+    args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()})
+    try:
+      restored = self._manager.restore(step, args=args)
+    except Exception as e:  # orbax / tensorstore raise many types; give one clear error
+      first_line = str(e).strip().splitlines()[0][:500] if str(e).strip() else ""
+      raise CheckpointError(
+        f"could not restore checkpoint {path}: {type(e).__name__}: {first_line} -- the files are corrupt "
+        f"or incomplete, or `target` does not match the saved tree"
+      ) from e
+    meta = restored[_META]
+    if not isinstance(meta, dict):
+      raise CheckpointError(f"checkpoint {path / _META} does not hold a JSON object (got {type(meta).__name__})")
+    return restored[_STATE], meta
 
-    def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
-        if not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be an int >= 1, got {keep!r}")
-        self.directory = epath.Path(workdir) / "checkpoints"
-        _check_writable(self.directory)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(_STATE, _META))
+  def close(self) -> None:
+    """Waits for saves and releases orbax resources."""
+    self._manager.wait_until_finished()
+    self._manager.close()
 
-    # ------------------------------------------------------------------------------------------- queries
-    def step_path(self, step: int) -> epath.Path:
-        """Folder of a (finished) step."""
-        return self.directory / str(int(step))
+  def __enter__(self) -> "CheckpointManager":
+    return self
 
-    def _is_complete(self, step: int) -> bool:
-        path = self.step_path(step)
-        metadata = path / _METADATA_FILE
-        try:
-            if not (metadata.exists() and (path / _STATE).is_dir() and (path / _META).is_dir()):
-                return False
-            return json.loads(metadata.read_text()).get("commit_timestamp_nsecs") is not None
-        except (OSError, ValueError, AttributeError):
-            return False
-
-    def all_steps(self) -> list[int]:
-        """Sorted steps of complete checkpoints (incomplete folders and in-flight saves are left out).
-
-        Reads the directory listing itself (not orbax's cached list), so steps written by another manager or
-        an earlier run are seen.
-        """
-        steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir())
-        complete = [s for s in steps if self._is_complete(s)]
-        for s in sorted(set(steps) - set(complete)):
-            log.warning("Ignoring incomplete checkpoint folder %s", self.step_path(s))
-        return complete
-
-    def latest_step(self) -> int | None:
-        """Newest complete step, or None when there is none."""
-        steps = self.all_steps()
-        return steps[-1] if steps else None
-
-    # ----------------------------------------------------------------------------------------- save/load
-    def save(self, step: int, state: Any, meta: Mapping[str, Any] | None = None, force: bool = False) -> bool:
-        """Starts saving ``state`` (pytree of arrays) and ``meta`` (JSON-serialisable dict) as ``step``.
-
-        Returns whether a save was started.  With ``async_save`` it returns before the files are written;
-        :meth:`wait` blocks until they are committed.  Saving an existing step raises ``ValueError``.
-        """
-        meta = dict(meta or {})
-        try:
-            json.dumps(meta)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"checkpoint meta for step {step} is not JSON-serialisable: {e}") from None
-        if self.step_path(step).exists():
-            raise ValueError(f"checkpoint step {step} already exists at {self.step_path(step)}")
-        later = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and int(p.name) > step)
-        if later:  # orbax only saves increasing steps; say why instead of silently skipping
-            raise ValueError(f"cannot save step {step}: {self.directory} already holds later step folder(s) "
-                             f"{later} (complete: {[s for s in later if self._is_complete(s)]}); remove them "
-                             f"to go back to an earlier step")
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)})
-        return bool(self._manager.save(int(step), args=args, force=force))
-
-    def wait(self) -> None:
-        """Blocks until in-flight asynchronous saves are committed (and old ones deleted)."""
-        self._manager.wait_until_finished()
-
-    def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
-        """Restores ``(state, meta)``.
-
-        Args:
-          step: the step to restore; None = :meth:`latest_step`.
-          target: pytree of ``jax.ShapeDtypeStruct`` (with ``sharding``) or concrete arrays giving the tree
-            structure, dtypes and shardings to restore into; None restores as saved (same device layout).
-
-        Raises:
-          FileNotFoundError: no (complete) checkpoint for ``step``.
-          CheckpointError: the files cannot be read or do not match ``target``; names the path.
-        """
-        self.wait()
-        steps = self.all_steps()
-        if step is None:
-            if not steps:
-                raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-            step = steps[-1]
-        step = int(step)
-        if step not in steps:
-            raise FileNotFoundError(f"no complete checkpoint for step {step} in {self.directory}; "
-                                    f"available steps: {steps}")
-        path = self.step_path(step)
-        if target is not None:
-            target = jax.tree.map(_as_abstract, target)
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()})
-        try:
-            restored = self._manager.restore(step, args=args)
-        except Exception as e:  # orbax / tensorstore raise many types; give one clear error
-            first_line = str(e).strip().splitlines()[0][:500] if str(e).strip() else ""
-            raise CheckpointError(
-                f"could not restore checkpoint {path}: {type(e).__name__}: {first_line} -- the files are corrupt "
-                f"or incomplete, or `target` does not match the saved tree") from e
-        meta = restored[_META]
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"checkpoint {path / _META} does not hold a JSON object (got {type(meta).__name__})")
-        return restored[_STATE], meta
-
-    def close(self) -> None:
-        """Waits for saves and releases orbax resources."""
-        self._manager.wait_until_finished()
-        self._manager.close()
-
-    def __enter__(self) -> "CheckpointManager":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def _as_abstract(x: Any) -> Any:
-    """jax.Arrays -> ShapeDtypeStruct with their sharding; other leaves (numpy, abstract) pass through."""
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return x
-    if isinstance(x, jax.Array):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  """jax.Arrays -> ShapeDtypeStruct with their sharding; other leaves (numpy, abstract) pass through."""
+  if isinstance(x, jax.ShapeDtypeStruct):
     return x
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return x

@@ -1,15 +1,16 @@
 """`siglip-rins` command line: train, eval, flops, export, classify, retrieve, scaling, demo.
 
-    siglip-rins train    --config configs/siglip_rins.py:signature=A^2B --workdir DIR [--config.lr=3e-4]
-    siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3] [--out DIR]
-    siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS]
-    siglip-rins export   --workdir DIR --out MODEL_DIR
-    siglip-rins export-hf --model MODEL_DIR --out HF_DIR [--rounds R]
-    siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
-    siglip-rins retrieve --model MODEL_DIR --query TEXT FOLDER
-    siglip-rins scaling  RUN_DIR... [--metric NAME] [--out DIR]
-    siglip-rins demo     [--out DIR] [--steps N] ...
+siglip-rins train    --config configs/siglip_rins.py:signature=A^2B --workdir DIR [--config.lr=3e-4]
+siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3] [--out DIR]
+siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS]
+siglip-rins export   --workdir DIR --out MODEL_DIR
+siglip-rins export-hf --model MODEL_DIR --out HF_DIR [--rounds R]
+siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
+siglip-rins retrieve --model MODEL_DIR --query TEXT FOLDER
+siglip-rins scaling  RUN_DIR... [--metric NAME] [--out DIR]
+siglip-rins demo     [--out DIR] [--steps N] ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,19 +45,30 @@ def cmd_flops(args) -> int:
     fwd = flops.model_flops(model, shapes, train=True)
     per_ex = flops.train_flops_per_example(model, shapes)
     bs = int(config.input.batch_size)
-    return config, dict(params=params, flops_per_example=fwd["forward"],
-                        inference_flops_per_example=flops.model_flops(model, shapes)["forward"],
-                        expected_rounds=fwd["expected_rounds"], train_flops_per_example=per_ex,
-                        train_flops_per_step=per_ex * bs, batch_size=bs, total_steps=total_steps_of(config))
+    return config, dict(
+      params=params,
+      flops_per_example=fwd["forward"],
+      inference_flops_per_example=flops.model_flops(model, shapes)["forward"],
+      expected_rounds=fwd["expected_rounds"],
+      train_flops_per_example=per_ex,
+      train_flops_per_step=per_ex * bs,
+      batch_size=bs,
+      total_steps=total_steps_of(config),
+    )
 
   config, out = describe(args.config)
   if args.baseline:
     base_cfg, base = describe(args.baseline)
     base_examples = base["total_steps"] * base["batch_size"]
-    m = flops.matched_budget(out["train_flops_per_example"], base["train_flops_per_example"], base_examples,
-                             out["batch_size"])
-    out.update(baseline=base, matched_steps=m["matched_steps"], matched_examples=m["matched_examples"],
-               flops_budget=m["flops_budget"])
+    m = flops.matched_budget(
+      out["train_flops_per_example"], base["train_flops_per_example"], base_examples, out["batch_size"]
+    )
+    out.update(
+      baseline=base,
+      matched_steps=m["matched_steps"],
+      matched_examples=m["matched_examples"],
+      flops_budget=m["flops_budget"],
+    )
   print(json.dumps(out, indent=2, default=float))
   return 0
 
@@ -78,6 +90,7 @@ def cmd_eval(args) -> int:
     raise ValueError("give exactly one of --workdir (a training run) and --model (an exported model folder)")
   if args.model:
     from siglip_rins.export import load_exported
+
     m = load_exported(args.model)
     predictor = Predictor(m.model, m.params, tokenizer=m.tokenizer, text_len=m.text_len, name=str(args.model))
     step, out_dir = None, args.out or args.model
@@ -107,6 +120,7 @@ def cmd_eval(args) -> int:
 
 def cmd_export_hf(args) -> int:
   from siglip_rins.interop.hf import export_hf_from_exported
+
   export_hf_from_exported(args.model, args.out, rounds=args.rounds)
   print(f"wrote a transformers SiglipModel folder to {args.out}")
   return 0
@@ -114,6 +128,7 @@ def cmd_export_hf(args) -> int:
 
 def cmd_export(args) -> int:
   from siglip_rins import export
+
   path = export.export_model(args.workdir, args.out)
   print(f"exported to {path}")
   return 0
@@ -121,6 +136,7 @@ def cmd_export(args) -> int:
 
 def cmd_classify(args) -> int:
   from siglip_rins import export
+
   labels = [s.strip() for s in args.labels.split(",") if s.strip()]
   if not labels:
     raise ValueError("--labels needs at least one label, e.g. --labels 'cat,dog'")
@@ -129,18 +145,22 @@ def cmd_classify(args) -> int:
 
 def cmd_retrieve(args) -> int:
   from siglip_rins import export
+
   return export.retrieve_main(args.model, args.query, args.folder, top_k=args.top_k, rounds=args.rounds) or 0
 
 
 def cmd_scaling(args) -> int:
   from siglip_rins import scaling
-  argv = list(args.run_dirs) + (["--metric", args.metric] if args.metric else []) + (
-      ["--out", args.out] if args.out else [])
+
+  argv = (
+    list(args.run_dirs) + (["--metric", args.metric] if args.metric else []) + (["--out", args.out] if args.out else [])
+  )
   return scaling.main(argv) or 0
 
 
 def cmd_demo(args, rest) -> int:
   from siglip_rins.demo import runner
+
   return runner.main(rest) or 0
 
 
@@ -182,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("run_dirs", nargs="+")
   s.add_argument("--metric")
   s.add_argument("--out")
-  sub.add_parser("demo", help="the compute-matched RINS study on the built-in dataset (flags: see --help)",
-                 add_help=False)
+  sub.add_parser(
+    "demo", help="the compute-matched RINS study on the built-in dataset (flags: see --help)", add_help=False
+  )
   return p
 
 
@@ -196,11 +217,19 @@ def main(argv=None) -> int:
   try:
     if args.command == "train":
       from siglip_rins.train import run_from_args
+
       return run_from_args(args, rest)
     if rest:
       parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return {"flops": cmd_flops, "eval": cmd_eval, "export": cmd_export, "classify": cmd_classify,
-            "retrieve": cmd_retrieve, "scaling": cmd_scaling, "export-hf": cmd_export_hf}[args.command](args)
+    return {
+      "flops": cmd_flops,
+      "eval": cmd_eval,
+      "export": cmd_export,
+      "classify": cmd_classify,
+      "retrieve": cmd_retrieve,
+      "scaling": cmd_scaling,
+      "export-hf": cmd_export_hf,
+    }[args.command](args)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -7,6 +7,7 @@
 * `apply_overrides(config, ["lr=1e-4", "model.recursion.signature='A^3B'"])`: each value is a Python literal
   (falls back to a plain string), its type must fit the existing value; an unknown key names the allowed keys.
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,7 +31,7 @@ def _literal(text: str) -> Any:
 
 def _coerce(value: Any, default: Any, key: str) -> Any:
   """Converts `value` to the type of `default` (None defaults accept anything)."""
-  if default is None or value is None:   # None clears a key (e.g. total_examples=None with total_steps=N)
+  if default is None or value is None:  # None clears a key (e.g. total_examples=None with total_steps=N)
     return value
   if isinstance(default, bool):
     if isinstance(value, bool):
@@ -81,7 +82,7 @@ def load_config(spec: str) -> ConfigDict:
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
   sys.modules[name] = module
-  module_spec.loader.exec_module(module)   # the user's own config code (config-as-code), never a data string
+  module_spec.loader.exec_module(module)  # the user's own config code (config-as-code), never a data string
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path} defines no get_config(arg)")
   config = module.get_config(arg or None) if arg else module.get_config()

@@ -16,6 +16,7 @@ pipeline's `resize`), rounded to uint8 and scaled to [-1, 1].
 CLI entry points (the lead wires them): `classify_main`, `retrieve_main`, `export_main`; `add_cli(subparsers)`
 registers `export`, `classify`, `retrieve` and `export-hf` subcommands.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,11 @@ def _as_plain(obj: Any) -> Any:
 def _size_pair(size, what: str) -> tuple[int, int]:
   if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
     size = (int(size), int(size))
-  if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
-      isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)):
+  if not (
+    isinstance(size, (list, tuple))
+    and len(size) == 2
+    and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)
+  ):
     raise ValueError(f"{what} must be a positive int or a pair (height, width), got {size!r}")
   return int(size[0]), int(size[1])
 
@@ -88,8 +92,9 @@ def param_shapes(model, image_size: Optional[tuple[int, int]], text_len: Optiona
   return jax.tree.map(lambda x: x, dict(variables["params"]))
 
 
-def image_size_from_params(model, flat_params: Mapping[str, np.ndarray],
-                           configured: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+def image_size_from_params(
+  model, flat_params: Mapping[str, np.ndarray], configured: Optional[tuple[int, int]]
+) -> Optional[tuple[int, int]]:
   """Input size the image tower needs: the configured size when its patch grid fits the learned position
   embedding, else the square grid of `img/pos_embedding` times the patch size; None without an image tower."""
   image_kw = getattr(model, "image", None)
@@ -97,7 +102,7 @@ def image_size_from_params(model, flat_params: Mapping[str, np.ndarray],
     return None
   ph, pw = image_kw.get("patch_size", (16, 16))
   pos = flat_params.get("img/pos_embedding")
-  if pos is None:   # fixed (sincos2d) position embedding: any size works; the configured one is required
+  if pos is None:  # fixed (sincos2d) position embedding: any size works; the configured one is required
     if configured is None:
       raise ValueError("cannot tell the image size: give image_size (the model has no learned position embedding)")
     return configured
@@ -145,8 +150,13 @@ def settings_from_run_config(config: Mapping[str, Any]) -> dict:
         names = ("max_len", "model", "eos", "pad_value", "inkey", "outkey", "canonicalize")
         kw.update(dict(zip(names, spec.args)))
         if out["max_len"] is None:
-          out.update(max_len=kw.get("max_len"), tokenizer=kw.get("model", "demo"), eos=kw.get("eos", "sticky"),
-                     canonicalize=kw.get("canonicalize", True), pad_value=kw.get("pad_value"))
+          out.update(
+            max_len=kw.get("max_len"),
+            tokenizer=kw.get("model", "demo"),
+            eos=kw.get("eos", "sticky"),
+            canonicalize=kw.get("canonicalize", True),
+            pad_value=kw.get("pad_value"),
+          )
       elif spec.name in ("resize", "inception_crop", "central_crop") and out["image_size"] is None:
         size = spec.args[0] if spec.args else kw.get("size")
         if size is not None:
@@ -160,11 +170,20 @@ def settings_from_run_config(config: Mapping[str, Any]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- export
-def export_params(params: Mapping[str, Any], model_config: Mapping[str, Any], out_dir: str | os.PathLike, *,
-                  tokenizer: Any = None, text_len: Optional[int] = None, eos: str = "sticky",
-                  canonicalize: bool = True, pad_value: Optional[int] = None,
-                  image_size: Any = None, resize_method: str = "bilinear",
-                  source: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+def export_params(
+  params: Mapping[str, Any],
+  model_config: Mapping[str, Any],
+  out_dir: str | os.PathLike,
+  *,
+  tokenizer: Any = None,
+  text_len: Optional[int] = None,
+  eos: str = "sticky",
+  canonicalize: bool = True,
+  pad_value: Optional[int] = None,
+  image_size: Any = None,
+  resize_method: str = "bilinear",
+  source: Optional[Mapping[str, Any]] = None,
+) -> pathlib.Path:
   """Writes an exported model folder from a parameter tree.
 
   params: two_towers parameter tree (`img/...`, `txt/...`, `t`, `b`).  model_config: the `build_model` config.
@@ -191,47 +210,72 @@ def export_params(params: Mapping[str, Any], model_config: Mapping[str, Any], ou
         raise ValueError("give text_len: the parameters have no txt/pos_embedding")
       text_len = int(flat["txt/pos_embedding"].shape[1])
     if tokenizer is None:
-      raise ValueError("this model has a text tower: give tokenizer (a name such as 'demo', a .model path or a "
-                       "Tokenizer) so the exported folder can tokenise texts")
+      raise ValueError(
+        "this model has a text tower: give tokenizer (a name such as 'demo', a .model path or a "
+        "Tokenizer) so the exported folder can tokenise texts"
+      )
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else get_tokenizer(tokenizer)
     check_encode_args(text_len, eos, tok.eos_id)
     vocab = model.text.get("vocab_size", 32_000)
     if tok.vocab_size > vocab:
       raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the text tower's vocab_size is {vocab}")
-    text_cfg = dict(tokenizer_file=TOKENIZER_FILE, max_len=int(text_len), eos=eos, canonicalize=bool(canonicalize),
-                    pad_value=pad_value)
+    text_cfg = dict(
+      tokenizer_file=TOKENIZER_FILE,
+      max_len=int(text_len),
+      eos=eos,
+      canonicalize=bool(canonicalize),
+      pad_value=pad_value,
+    )
   # Check the parameter tree against the model before writing anything.
   expected = flatten_params(param_shapes(model, size, text_cfg and text_cfg["max_len"]))
   diff_names(set(expected), set(flat), "parameters do not match the model config")
-  bad = [f"{k}: {flat[k].shape} != {tuple(expected[k].shape)}" for k in sorted(flat)
-         if tuple(flat[k].shape) != tuple(expected[k].shape)]
+  bad = [
+    f"{k}: {flat[k].shape} != {tuple(expected[k].shape)}"
+    for k in sorted(flat)
+    if tuple(flat[k].shape) != tuple(expected[k].shape)
+  ]
   if bad:
     raise ValueError(f"parameter shapes do not match the model config: {bad[:20]}")
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   from safetensors.numpy import save_file
+
   tmp = out / (PARAMS_FILE + ".tmp")
-  save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp),
-            metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+  save_file(
+    {k: np.ascontiguousarray(v) for k, v in flat.items()},
+    str(tmp),
+    metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
+  )
   os.replace(tmp, out / PARAMS_FILE)
   if tok is not None:
     (out / TOKENIZER_FILE).write_bytes(tok.model_proto)
   config = {
-      "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": model_config, "params_file": PARAMS_FILE,
-      "text": text_cfg,
-      "image": None if size is None else dict(size=list(size), resize_method=resize_method, antialias=False,
-                                              value_range=[-1.0, 1.0]),
-      "source": _as_plain(dict(source or {})),
+    "format": FORMAT_NAME,
+    "format_version": FORMAT_VERSION,
+    "model": model_config,
+    "params_file": PARAMS_FILE,
+    "text": text_cfg,
+    "image": None
+    if size is None
+    else dict(size=list(size), resize_method=resize_method, antialias=False, value_range=[-1.0, 1.0]),
+    "source": _as_plain(dict(source or {})),
   }
   tmp = out / (CONFIG_FILE + ".tmp")
   tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-  os.replace(tmp, out / CONFIG_FILE)   # config.json last: a folder with it is complete
+  os.replace(tmp, out / CONFIG_FILE)  # config.json last: a folder with it is complete
   return out
 
 
-def export_model(workdir: str | os.PathLike, out_dir: str | os.PathLike, step: Optional[int] = None, *,
-                 tokenizer: Any = None, text_len: Optional[int] = None, image_size: Any = None) -> pathlib.Path:
+def export_model(
+  workdir: str | os.PathLike,
+  out_dir: str | os.PathLike,
+  step: Optional[int] = None,
+  *,
+  tokenizer: Any = None,
+  text_len: Optional[int] = None,
+  image_size: Any = None,
+) -> pathlib.Path:
   """Exports the checkpoint `step` (default: latest) of the run in `workdir` to `out_dir` (see module doc).
 
   Reads `<workdir>/config.json` (the run's full config; `model` is the build_model config, `input` holds the pp
@@ -261,12 +305,17 @@ def export_model(workdir: str | os.PathLike, out_dir: str | os.PathLike, step: O
     raise ValueError(f"checkpoint {step} in {workdir} has no 'params' entry (keys: {sorted(state)})")
   params = jax.tree.map(np.asarray, state["params"])
   return export_params(
-      params, run_config["model"], out_dir,
-      tokenizer=tokenizer if tokenizer is not None else (settings["tokenizer"] or "demo"),
-      text_len=text_len if text_len is not None else settings["max_len"],
-      eos=settings["eos"], canonicalize=settings["canonicalize"], pad_value=settings["pad_value"],
-      image_size=image_size if image_size is not None else settings["image_size"],
-      source=dict(workdir=str(workdir.resolve()), step=None if step is None else int(step)))
+    params,
+    run_config["model"],
+    out_dir,
+    tokenizer=tokenizer if tokenizer is not None else (settings["tokenizer"] or "demo"),
+    text_len=text_len if text_len is not None else settings["max_len"],
+    eos=settings["eos"],
+    canonicalize=settings["canonicalize"],
+    pad_value=settings["pad_value"],
+    image_size=image_size if image_size is not None else settings["image_size"],
+    source=dict(workdir=str(workdir.resolve()), step=None if step is None else int(step)),
+  )
 
 
 # --------------------------------------------------------------------------------------------- load
@@ -281,14 +330,19 @@ def read_exported_config(model_dir: str | os.PathLike) -> dict:
   except ValueError as e:
     raise ValueError(f"{path} is not valid JSON: {e}") from None
   if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-    raise ValueError(f"{path} is not a siglip_rins exported-model config (format {config.get('format')!r})"
-                     if isinstance(config, dict) else f"{path} does not hold a JSON object")
+    raise ValueError(
+      f"{path} is not a siglip_rins exported-model config (format {config.get('format')!r})"
+      if isinstance(config, dict)
+      else f"{path} does not hold a JSON object"
+    )
   version = config.get("format_version")
   if isinstance(version, bool) or not isinstance(version, int) or version < 1:
     raise ValueError(f"{path}: format_version must be an integer >= 1, got {version!r}")
   if version > FORMAT_VERSION:
-    raise ValueError(f"{path} was written in exported-model format version {version}, but this siglip_rins reads "
-                     f"versions up to {FORMAT_VERSION}; upgrade siglip_rins to load it")
+    raise ValueError(
+      f"{path} was written in exported-model format version {version}, but this siglip_rins reads "
+      f"versions up to {FORMAT_VERSION}; upgrade siglip_rins to load it"
+    )
   return config
 
 
@@ -329,6 +383,7 @@ class ExportedModel:
     self.tokenizer = None
     if text:
       from siglip_rins.text.tokenizer import Tokenizer
+
       self.tokenizer = Tokenizer.from_file(self.model_dir / text.get("tokenizer_file", TOKENIZER_FILE))
       self.eos = text.get("eos", "sticky")
       self.canonicalize = bool(text.get("canonicalize", True))
@@ -336,11 +391,13 @@ class ExportedModel:
     self.temperature = float(np.exp(np.asarray(flat["t"]).reshape(-1)[0]))
     self.bias = float(np.asarray(flat["b"]).reshape(-1)[0])
     model = self.model
-    unfreeze = lambda r: dict(r) if isinstance(r, tuple) else r   # rounds travel as a hashable static arg
-    self._embed_images = jax.jit(lambda p, x, r: model.apply({"params": p}, x, None, rounds=unfreeze(r))[0],
-                                 static_argnums=2)
-    self._embed_texts = jax.jit(lambda p, x, r: model.apply({"params": p}, None, x, rounds=unfreeze(r))[1],
-                                static_argnums=2)
+    unfreeze = lambda r: dict(r) if isinstance(r, tuple) else r  # rounds travel as a hashable static arg
+    self._embed_images = jax.jit(
+      lambda p, x, r: model.apply({"params": p}, x, None, rounds=unfreeze(r))[0], static_argnums=2
+    )
+    self._embed_texts = jax.jit(
+      lambda p, x, r: model.apply({"params": p}, None, x, rounds=unfreeze(r))[1], static_argnums=2
+    )
 
   # ------------------------------------------------------------------------------------ preprocessing
   def preprocess_image(self, image) -> np.ndarray:
@@ -354,7 +411,7 @@ class ExportedModel:
     if rgb.shape[:2] != (h, w):
       method = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}[self.resize_method]
       rgb = np.asarray(jax.image.resize(rgb, (h, w, 3), method=method, antialias=False))
-      rgb = np.clip(np.rint(rgb), 0.0, 255.0)   # the training pipeline's resize keeps uint8
+      rgb = np.clip(np.rint(rgb), 0.0, 255.0)  # the training pipeline's resize keeps uint8
     return (rgb / 127.5 - 1.0).astype(np.float32)
 
   def preprocess_images(self, images) -> np.ndarray:
@@ -362,8 +419,10 @@ class ExportedModel:
     (passed through) -> float32 [N, H, W, 3]."""
     if isinstance(images, np.ndarray) and images.ndim == 4 and np.issubdtype(images.dtype, np.floating):
       if tuple(images.shape[1:]) != (*self.image_size, 3):
-        raise ValueError(f"a float image batch must be [N, {self.image_size[0]}, {self.image_size[1]}, 3] in "
-                         f"[-1, 1]; got {images.shape}")
+        raise ValueError(
+          f"a float image batch must be [N, {self.image_size[0]}, {self.image_size[1]}, 3] in "
+          f"[-1, 1]; got {images.shape}"
+        )
       return images.astype(np.float32)
     if isinstance(images, (str, os.PathLike)) or not isinstance(images, (Sequence, np.ndarray)):
       raise ValueError("images must be a list (of paths, PIL images or arrays) or a float array [N, H, W, 3]")
@@ -377,8 +436,9 @@ class ExportedModel:
       raise ValueError("this model has no text tower")
     if isinstance(texts, (str, bytes)):
       raise ValueError("texts must be a list of strings, got a single string")
-    return self.tokenizer.encode(list(texts), self.text_len, eos=self.eos, canonicalize=self.canonicalize,
-                                 pad_value=self.pad_value)
+    return self.tokenizer.encode(
+      list(texts), self.text_len, eos=self.eos, canonicalize=self.canonicalize, pad_value=self.pad_value
+    )
 
   # ---------------------------------------------------------------------------------------- embeddings
   @staticmethod
@@ -389,14 +449,14 @@ class ExportedModel:
     if isinstance(rounds, Mapping):
       rounds = tuple(sorted(rounds.items()))
     n = x.shape[0]
-    bs = min(batch_size, 1 << max(n - 1, 0).bit_length())   # power-of-two buckets: few compilations
+    bs = min(batch_size, 1 << max(n - 1, 0).bit_length())  # power-of-two buckets: few compilations
     outs = []
     for i in range(0, n, bs):
-      chunk = x[i:i + bs]
+      chunk = x[i : i + bs]
       pad = bs - chunk.shape[0]
       if pad:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      outs.append(np.asarray(fn(params, chunk, rounds))[:bs - pad])
+      outs.append(np.asarray(fn(params, chunk, rounds))[: bs - pad])
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
   def encode_images(self, images, rounds: Optional[int] = None, batch_size: int = 32) -> np.ndarray:
@@ -414,8 +474,9 @@ class ExportedModel:
     tokens = self.tokenize(texts)
     return self._batched(self._embed_texts, self.params, tokens, r, batch_size).astype(np.float32)
 
-  def class_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
-                       rounds: Optional[int] = None) -> np.ndarray:
+  def class_embeddings(
+    self, labels: Sequence[str], templates: Optional[Sequence[str]] = None, rounds: Optional[int] = None
+  ) -> np.ndarray:
     """Zero-shot class embeddings [C, D]: L2-normalised mean over templates of the normalised text embeddings
     of `template.format(label)`.  templates=None means the bare label ('{}')."""
     if isinstance(labels, str) or not labels:
@@ -432,8 +493,14 @@ class ExportedModel:
     logits = self.temperature * (zimg @ ztxt.T) + self.bias
     return 1.0 / (1.0 + np.exp(-logits))
 
-  def classify(self, images, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
-               rounds: Optional[int] = None, top_k: Optional[int] = None) -> list[list[tuple[str, float]]]:
+  def classify(
+    self,
+    images,
+    labels: Sequence[str],
+    templates: Optional[Sequence[str]] = None,
+    rounds: Optional[int] = None,
+    top_k: Optional[int] = None,
+  ) -> list[list[tuple[str, float]]]:
     """For each image, [(label, probability), ...] sorted by probability (descending), `top_k` kept (None: all).
 
     probability = sigmoid(exp(t) * <image, class embedding> + b) with the learned t and b; each is the model's
@@ -472,9 +539,17 @@ def _read_batches(paths: Sequence[pathlib.Path], batch: int, err: TextIO):
     yield buf
 
 
-def classify_main(model_dir, labels: Sequence[str], image_paths: Sequence[str], top_k: int = 5,
-                  rounds: Optional[int] = None, templates: Optional[Sequence[str]] = None,
-                  out: Optional[TextIO] = None, err: Optional[TextIO] = None, batch_size: int = 32) -> int:
+def classify_main(
+  model_dir,
+  labels: Sequence[str],
+  image_paths: Sequence[str],
+  top_k: int = 5,
+  rounds: Optional[int] = None,
+  templates: Optional[Sequence[str]] = None,
+  out: Optional[TextIO] = None,
+  err: Optional[TextIO] = None,
+  batch_size: int = 32,
+) -> int:
   """Prints, per readable image, its path and the top_k labels with probabilities ('  0.9731  label').
 
   Unreadable files get one line on `err` and the others are still processed.  Returns the exit status: 0 when
@@ -501,8 +576,16 @@ def classify_main(model_dir, labels: Sequence[str], image_paths: Sequence[str], 
   return 0 if done == len(image_paths) else 1
 
 
-def retrieve_main(model_dir, query: str, folder, top_k: int = 10, rounds: Optional[int] = None,
-                  out: Optional[TextIO] = None, err: Optional[TextIO] = None, batch_size: int = 32) -> int:
+def retrieve_main(
+  model_dir,
+  query: str,
+  folder,
+  top_k: int = 10,
+  rounds: Optional[int] = None,
+  out: Optional[TextIO] = None,
+  err: Optional[TextIO] = None,
+  batch_size: int = 32,
+) -> int:
   """Ranks the images in `folder` (extensions in image_io.IMAGE_EXTENSIONS) by their match with `query`; prints
   'rank  probability  cosine  path' for the top_k.  Unreadable files get one line on `err`.  Returns 0 when
   every file was read, 1 otherwise (also when the folder holds no image)."""
@@ -513,8 +596,7 @@ def retrieve_main(model_dir, query: str, folder, top_k: int = 10, rounds: Option
     raise ValueError(f"top_k must be >= 1, got {top_k}")
   paths = list_image_files(folder)
   if not paths:
-    print(f"no image files ({', '.join(e.lstrip('.') for e in ('.jpg', '.png', '.webp'))}, ...) in {folder}",
-          file=err)
+    print(f"no image files ({', '.join(e.lstrip('.') for e in ('.jpg', '.png', '.webp'))}, ...) in {folder}", file=err)
     return 1
   model = load_exported(model_dir)
   zq = model.encode_texts([query], rounds)[0]
@@ -552,8 +634,11 @@ def add_cli(subparsers) -> None:
   p.add_argument("--top_k", type=int, default=5)
   p.add_argument("--rounds", type=int, default=None, help="recursion rounds at inference (default: as trained)")
   p.add_argument("images", nargs="+")
-  p.set_defaults(func=lambda a: classify_main(a.model, [s.strip() for s in a.labels.split(",")], a.images,
-                                              a.top_k, a.rounds, a.template))
+  p.set_defaults(
+    func=lambda a: classify_main(
+      a.model, [s.strip() for s in a.labels.split(",")], a.images, a.top_k, a.rounds, a.template
+    )
+  )
 
   p = subparsers.add_parser("retrieve", help="rank the images of a folder by a text query")
   p.add_argument("--model", required=True, help="exported model folder")
@@ -565,6 +650,7 @@ def add_cli(subparsers) -> None:
 
   def _export_hf(a) -> int:
     from siglip_rins.interop.hf import export_hf_from_exported
+
     path = export_hf_from_exported(a.model, a.out, rounds=a.rounds)
     print(f"wrote transformers SiglipModel folder {path}")
     return 0
@@ -576,5 +662,16 @@ def add_cli(subparsers) -> None:
   p.set_defaults(func=_export_hf)
 
 
-__all__ = ["export_model", "export_params", "load_exported", "ExportedModel", "read_exported_config",
-           "classify_main", "retrieve_main", "export_main", "add_cli", "settings_from_run_config", "FORMAT_VERSION"]
+__all__ = [
+  "export_model",
+  "export_params",
+  "load_exported",
+  "ExportedModel",
+  "read_exported_config",
+  "classify_main",
+  "retrieve_main",
+  "export_main",
+  "add_cli",
+  "settings_from_run_config",
+  "FORMAT_VERSION",
+]

@@ -11,13 +11,12 @@ Conventions (stated so figures compare across frameworks):
 
 All numbers are per example unless the name says per step.
 """
+
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from siglip_rins.models import Classifier, DecoderLM, TextTransformer, TwoTowers, ViT
@@ -26,14 +25,21 @@ from siglip_rins.recursion import BlockPlan, RecursionConfig, recursive_run_inde
 
 def layer_flops(tokens: int, keys: int, width: int, mlp_dim: int, kv_proj: bool = True) -> float:
   """Forward FLOPs of one pre-LN layer on `tokens` queries attending over `keys` keys (per example)."""
-  proj = 2 * tokens * width * width * (2 + (2 if kv_proj else 0))   # q, out (+ k, v)
-  attn = 2 * 2 * tokens * keys * width                              # scores + weighted sum
+  proj = 2 * tokens * width * width * (2 + (2 if kv_proj else 0))  # q, out (+ k, v)
+  attn = 2 * 2 * tokens * keys * width  # scores + weighted sum
   mlp = 2 * 2 * tokens * width * mlp_dim
   return float(proj + attn + mlp)
 
 
-def stack_flops(recursion: RecursionConfig, depth: int, tokens: int, width: int, mlp_dim: int,
-                rounds: Optional[int] = None, train: bool = False) -> dict:
+def stack_flops(
+  recursion: RecursionConfig,
+  depth: int,
+  tokens: int,
+  width: int,
+  mlp_dim: int,
+  rounds: Optional[int] = None,
+  train: bool = False,
+) -> dict:
   """Forward FLOPs of a RecursiveStack.  `train=True` uses the expected rounds under p_skip; otherwise the
   deterministic plan (inference: no skipping).  Returns dict(flops, layers_run, expected_rounds)."""
   plan: BlockPlan = recursion.plan(depth)
@@ -48,7 +54,7 @@ def stack_flops(recursion: RecursionConfig, depth: int, tokens: int, width: int,
     for j in range(run.count):
       k = keep[pos + j]
       if recursion.kv_sharing and i == rec and run.count > 1:
-        k = 1.0 if j == 0 else k          # the first round always runs when keys/values are shared
+        k = 1.0 if j == 0 else k  # the first round always runs when keys/values are shared
         per = full if j == 0 else shared
       else:
         per = full
@@ -71,7 +77,7 @@ def vit_flops(vit: ViT, image_size: tuple[int, int], rounds=None, train=False) -
   tokens = n + (1 if vit.pool_type == "tok" else 0)
   st = stack_flops(vit.recursion, vit.depth, tokens, vit.width, vit.mlp_dim, rounds, train)
   head = 0.0
-  if vit.pool_type == "map":   # probe query + out on 1 token, k/v over all tokens, attention, MLP on 1 token
+  if vit.pool_type == "map":  # probe query + out on 1 token, k/v over all tokens, attention, MLP on 1 token
     head += 2 * 2 * vit.width * vit.width + 2 * 2 * tokens * vit.width * vit.width + 2 * 2 * tokens * vit.width
     head += 2 * 2 * vit.width * vit.mlp_dim
   head += _head(vit.num_classes, vit.width)
@@ -115,8 +121,11 @@ def model_flops(model, input_shapes: dict, rounds=None, train: bool = False) -> 
     parts["lm"] = decoder_flops(model, int(input_shapes["tokens"]), rounds, train)
   else:
     raise ValueError(f"no FLOPs model for {type(model).__name__}")
-  return dict(forward=sum(p["forward"] for p in parts.values()), patch=sum(p["patch"] for p in parts.values()),
-              expected_rounds={k: p["expected_rounds"] for k, p in parts.items()})
+  return dict(
+    forward=sum(p["forward"] for p in parts.values()),
+    patch=sum(p["patch"] for p in parts.values()),
+    expected_rounds={k: p["expected_rounds"] for k, p in parts.items()},
+  )
 
 
 def train_flops_per_example(model, input_shapes: dict) -> float:
@@ -131,8 +140,12 @@ def count_params(model, example_inputs: tuple, **kwargs) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])))
 
 
-def matched_budget(candidate_train_flops_per_example: float, baseline_train_flops_per_example: float,
-                   baseline_examples: float, batch_size: int) -> dict:
+def matched_budget(
+  candidate_train_flops_per_example: float,
+  baseline_train_flops_per_example: float,
+  baseline_examples: float,
+  batch_size: int,
+) -> dict:
   """Compute matching: the candidate trains on fewer (or more) examples so its training FLOPs equal the
   baseline's.  Returns matched_examples, matched_steps (rounded down to whole steps), flops_budget."""
   budget = baseline_train_flops_per_example * baseline_examples

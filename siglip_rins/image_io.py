@@ -12,6 +12,7 @@ The EXIF orientation tag is applied (phone photos come out upright).  Animated f
 An unreadable file raises `ImageReadError` (a ValueError) whose message names the file and the reason; a missing
 file raises FileNotFoundError.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,7 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
     gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=-1)
   if mode == "P":
-    img = img.convert("RGBA")   # palettes may carry transparency; expand first, then drop alpha
+    img = img.convert("RGBA")  # palettes may carry transparency; expand first, then drop alpha
   return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
@@ -103,8 +104,9 @@ def list_image_files(folder: str | os.PathLike) -> list[pathlib.Path]:
     raise FileNotFoundError(f"image folder {folder} does not exist")
   if not folder.is_dir():
     raise ValueError(f"{folder} is not a folder")
-  return sorted(p for p in folder.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+  return sorted(
+    p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+  )
 
 
 def read_images(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[pathlib.Path, np.ndarray | None, str | None]]:

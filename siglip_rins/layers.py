@@ -7,6 +7,7 @@ Parameter names follow big_vision (`MultiHeadDotProductAttention_0/{query,key,va
 Shapes: B batch, T query tokens, S key tokens, D width, H heads, K head dim (D = H * K), M MLP width.
 Parameters are float32; `dtype` is the compute dtype.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,11 +25,12 @@ KV = tuple  # (keys [B, S, H, K], values [B, S, H, K], mask broadcastable to [B,
 @dataclasses.dataclass(frozen=True)
 class LayerConfig:
   """Everything that defines one pre-LN transformer layer (hashable, so towers can pass it around)."""
+
   width: int
   num_heads: int
   mlp_dim: int
   dtype: Any = jnp.float32
-  rope: bool = False            # rotary (relative) position embedding on q/k, used by the decoder LM
+  rope: bool = False  # rotary (relative) position embedding on q/k, used by the decoder LM
   rope_max_wavelength: float = 10_000.0
   layernorm_eps: float = 1e-6
 
@@ -40,9 +42,9 @@ class LayerConfig:
 def apply_rope(x: Array, positions: Array, max_wavelength: float) -> Array:
   """Rotary embedding. x: [B, T, H, K] (K even), positions: [B, T] int. Returns x rotated, same shape/dtype."""
   half = x.shape[-1] // 2
-  freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)          # [K/2]
-  angle = positions[..., None].astype(jnp.float32) * freq                         # [B, T, K/2]
-  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]        # [B, T, 1, K/2]
+  freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [K/2]
+  angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, K/2]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]  # [B, T, 1, K/2]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
@@ -64,17 +66,25 @@ class MultiHeadAttention(nn.Module):
   keys/values (those of the first round of the recursive block), so no `key`/`value` projection runs and no cache
   is kept for this call.
   """
+
   cfg: LayerConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array], positions: Optional[Array] = None,
-               shared_kv: Optional[KV] = None, decode: bool = False,
-               inputs_kv: Optional[Array] = None) -> tuple[Array, KV]:
+  def __call__(
+    self,
+    x: Array,
+    mask: Optional[Array],
+    positions: Optional[Array] = None,
+    shared_kv: Optional[KV] = None,
+    decode: bool = False,
+    inputs_kv: Optional[Array] = None,
+  ) -> tuple[Array, KV]:
     """x: [B, T, D] queries (and keys/values unless `inputs_kv` [B, S, D] is given, e.g. MAP pooling)."""
     cfg = self.cfg
     h, k_dim = cfg.num_heads, cfg.width // cfg.num_heads
-    dense = lambda name: nn.DenseGeneral((h, k_dim), dtype=cfg.dtype, name=name,
-                                         kernel_init=nn.initializers.xavier_uniform())
+    dense = lambda name: nn.DenseGeneral(
+      (h, k_dim), dtype=cfg.dtype, name=name, kernel_init=nn.initializers.xavier_uniform()
+    )
     q = dense("query")(x)
     if cfg.rope:
       q = apply_rope(q, positions, cfg.rope_max_wavelength)
@@ -88,8 +98,9 @@ class MultiHeadAttention(nn.Module):
     else:
       k, v, mask = shared_kv
     y = dot_product_attention(q, k, v, mask)
-    out = nn.DenseGeneral(cfg.width, axis=(-2, -1), dtype=cfg.dtype, name="out",
-                          kernel_init=nn.initializers.xavier_uniform())(y)
+    out = nn.DenseGeneral(
+      cfg.width, axis=(-2, -1), dtype=cfg.dtype, name="out", kernel_init=nn.initializers.xavier_uniform()
+    )(y)
     return out, (k, v, mask)
 
   def _update_cache(self, k: Array, v: Array, mask: Optional[Array]):
@@ -110,13 +121,14 @@ class MultiHeadAttention(nn.Module):
     ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, i, 0, 0))
     cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, i, 0, 0))
     idx.value = i + 1
-    valid = (jnp.arange(ck.value.shape[1]) <= i)[None, None, None, :]          # [1, 1, 1, S]
+    valid = (jnp.arange(ck.value.shape[1]) <= i)[None, None, None, :]  # [1, 1, 1, S]
     mask = valid if mask is None else jnp.logical_and(mask, valid)
     return ck.value, cv.value, mask
 
 
 class MlpBlock(nn.Module):
   """Dense(M) -> GELU -> Dense(D).  x: [..., D] -> [..., D]."""
+
   mlp_dim: int
   dtype: Any = jnp.float32
 
@@ -131,11 +143,18 @@ class MlpBlock(nn.Module):
 
 class EncoderLayer(nn.Module):
   """Pre-LN transformer layer: x + Attn(LN(x)); x + MLP(LN(x)).  x: [B, T, D] -> ([B, T, D], kv)."""
+
   cfg: LayerConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array] = None, positions: Optional[Array] = None,
-               shared_kv: Optional[KV] = None, decode: bool = False) -> tuple[Array, KV]:
+  def __call__(
+    self,
+    x: Array,
+    mask: Optional[Array] = None,
+    positions: Optional[Array] = None,
+    shared_kv: Optional[KV] = None,
+    decode: bool = False,
+  ) -> tuple[Array, KV]:
     cfg = self.cfg
     y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=cfg.dtype, name="LayerNorm_0")(x)
     y, kv = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(y, mask, positions, shared_kv, decode)
@@ -147,6 +166,7 @@ class EncoderLayer(nn.Module):
 
 class MAPHead(nn.Module):
   """Multihead attention pooling: a learned probe attends over tokens, then x + MLP(LN(x)).  [B,N,D] -> [B,D]."""
+
   num_heads: int
   mlp_dim: int
   dtype: Any = jnp.float32

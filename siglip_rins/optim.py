@@ -41,6 +41,7 @@ Config keys (``ml_collections.ConfigDict`` or ``dict``; unknown keys inside ``op
 * ``lr_mults``: same form; no match -> 1.  Multiplies the ``lr * u`` term only (``lr_mult=0`` with
   ``wd_mult=0`` freezes a parameter).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,271 +58,274 @@ DEFAULT_WD_MULTS = ((r".*/kernel$", 1.0),)
 DECAY_TYPES = ("rsqrt", "cosine", "linear", "constant")
 _DURATION_UNITS = ("steps", "examples", "epochs", "percent")
 _SCHEDULE_KEYS = frozenset(
-    {"decay_type", "timescale", "min_lr", "linear_end"}
-    | {f"{p}_{u}" for p in ("warmup", "cooldown") for u in _DURATION_UNITS})
+  {"decay_type", "timescale", "min_lr", "linear_end"}
+  | {f"{p}_{u}" for p in ("warmup", "cooldown") for u in _DURATION_UNITS}
+)
 _DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+  if cfg is None:
+    return default
+  if isinstance(cfg, Mapping):
+    return cfg.get(key, default)
+  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
 def _as_dict(obj: Any, name: str) -> dict:
-    if obj is None:
-        return {}
-    if hasattr(obj, "to_dict"):
-        return dict(obj.to_dict())
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise ValueError(f"config key {name!r} must be a dict, got {type(obj).__name__}")
+  if obj is None:
+    return {}
+  if hasattr(obj, "to_dict"):
+    return dict(obj.to_dict())
+  if isinstance(obj, Mapping):
+    return dict(obj)
+  raise ValueError(f"config key {name!r} must be a dict, got {type(obj).__name__}")
 
 
 def _path_str(path) -> str:
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(str(k.name))
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(str(k.name))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
 
 
 def _compile_rules(rules: Any, name: str) -> list[tuple[re.Pattern, float]]:
-    compiled = []
-    for i, rule in enumerate(list(rules)):
-        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
-            raise ValueError(f"{name}[{i}] must be a (regex, mult) pair, got {rule!r}")
-        pattern, mult = rule
-        try:
-            regex = re.compile(pattern)
-        except (re.error, TypeError) as e:
-            raise ValueError(f"{name}[{i}]: invalid regex {pattern!r}: {e}") from None
-        try:
-            compiled.append((regex, float(mult)))
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}[{i}]: mult must be a number, got {mult!r}") from None
-    return compiled
+  compiled = []
+  for i, rule in enumerate(list(rules)):
+    if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+      raise ValueError(f"{name}[{i}] must be a (regex, mult) pair, got {rule!r}")
+    pattern, mult = rule
+    try:
+      regex = re.compile(pattern)
+    except (re.error, TypeError) as e:
+      raise ValueError(f"{name}[{i}]: invalid regex {pattern!r}: {e}") from None
+    try:
+      compiled.append((regex, float(mult)))
+    except (TypeError, ValueError):
+      raise ValueError(f"{name}[{i}]: mult must be a number, got {mult!r}") from None
+  return compiled
 
 
 def path_mults(tree: Any, rules: Sequence[tuple[str, float]], default: float, name: str = "rules") -> Any:
-    """Tree of float multipliers: for each leaf, the mult of the first rule whose regex fullmatches its
-    '/'-joined path, else ``default``."""
-    compiled = _compile_rules(rules, name)
+  """Tree of float multipliers: for each leaf, the mult of the first rule whose regex fullmatches its
+  '/'-joined path, else ``default``."""
+  compiled = _compile_rules(rules, name)
 
-    def mult(path, _):
-        p = _path_str(path)
-        for regex, m in compiled:
-            if regex.fullmatch(p):
-                return m
-        return default
+  def mult(path, _):
+    p = _path_str(path)
+    for regex, m in compiled:
+      if regex.fullmatch(p):
+        return m
+    return default
 
-    return jax.tree_util.tree_map_with_path(mult, tree)
+  return jax.tree_util.tree_map_with_path(mult, tree)
 
 
 # --------------------------------------------------------------------------------------------- schedules
 def _duration(sched: dict, prefix: str, total_steps: int, batch_size, steps_per_epoch) -> int:
-    given = [u for u in _DURATION_UNITS if f"{prefix}_{u}" in sched and sched[f"{prefix}_{u}"] is not None]
-    if len(given) > 1:
-        raise ValueError(f"schedule: give at most one of {[f'{prefix}_{u}' for u in given]}")
-    if not given:
-        return 0
-    unit = given[0]
-    key = f"{prefix}_{unit}"
-    value = sched[key]
-    if not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"schedule.{key} must be a non-negative number, got {value!r}")
-    if unit == "steps":
-        steps = int(value)
-    elif unit == "examples":
-        if not batch_size:
-            raise ValueError(f"schedule.{key} needs batch_size to convert examples to steps")
-        steps = int(round(value / batch_size))
-    elif unit == "epochs":
-        if not steps_per_epoch:
-            raise ValueError(f"schedule.{key} needs steps_per_epoch to convert epochs to steps")
-        steps = int(round(value * steps_per_epoch))
+  given = [u for u in _DURATION_UNITS if f"{prefix}_{u}" in sched and sched[f"{prefix}_{u}"] is not None]
+  if len(given) > 1:
+    raise ValueError(f"schedule: give at most one of {[f'{prefix}_{u}' for u in given]}")
+  if not given:
+    return 0
+  unit = given[0]
+  key = f"{prefix}_{unit}"
+  value = sched[key]
+  if not isinstance(value, (int, float)) or value < 0:
+    raise ValueError(f"schedule.{key} must be a non-negative number, got {value!r}")
+  if unit == "steps":
+    steps = int(value)
+  elif unit == "examples":
+    if not batch_size:
+      raise ValueError(f"schedule.{key} needs batch_size to convert examples to steps")
+    steps = int(round(value / batch_size))
+  elif unit == "epochs":
+    if not steps_per_epoch:
+      raise ValueError(f"schedule.{key} needs steps_per_epoch to convert epochs to steps")
+    steps = int(round(value * steps_per_epoch))
+  else:
+    if value > 1:
+      raise ValueError(f"schedule.{key} is a fraction of total_steps in [0, 1], got {value}")
+    steps = int(round(value * total_steps))
+  if steps > total_steps:
+    raise ValueError(f"schedule.{key}={value} gives {steps} steps, more than total_steps={total_steps}")
+  return steps
+
+
+def make_schedule(
+  schedule_cfg: Any, lr: float, total_steps: int, batch_size: int | None = None, steps_per_epoch: int | None = None
+) -> Callable[[jax.Array], jax.Array]:
+  """Returns the schedule *multiplier* ``m(step)`` (float32, in [0, 1]) described in the module docstring."""
+  sched = _as_dict(schedule_cfg, "schedule")
+  unknown = sorted(set(sched) - _SCHEDULE_KEYS)
+  if unknown:
+    raise ValueError(f"schedule: unknown key(s) {unknown}; allowed: {sorted(_SCHEDULE_KEYS)}")
+  if not isinstance(total_steps, int) or total_steps <= 0:
+    raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+  decay_type = sched.get("decay_type", "cosine")
+  if decay_type not in DECAY_TYPES:
+    raise ValueError(f"schedule.decay_type={decay_type!r}; allowed: {DECAY_TYPES}")
+  warmup = _duration(sched, "warmup", total_steps, batch_size, steps_per_epoch)
+  cooldown = _duration(sched, "cooldown", total_steps, batch_size, steps_per_epoch)
+  timescale = float(sched.get("timescale", 10_000))
+  if timescale <= 0:
+    raise ValueError(f"schedule.timescale must be > 0, got {timescale}")
+  if decay_type == "linear" and sched.get("linear_end") is not None:
+    end_lr = float(sched["linear_end"])
+  else:
+    end_lr = float(sched.get("min_lr") or 0.0)
+  end = end_lr / lr if lr else 0.0
+  decay_steps = max(total_steps - warmup, 1)
+
+  def multiplier(step):
+    s = jnp.asarray(step, jnp.float32)
+    progress = jnp.clip((s - warmup) / decay_steps, 0.0, 1.0)
+    if decay_type == "cosine":
+      m = end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+    elif decay_type == "linear":
+      m = 1.0 + (end - 1.0) * progress
+    elif decay_type == "rsqrt":
+      m = jnp.sqrt(timescale / (timescale + jnp.maximum(s - warmup, 0.0)))
     else:
-        if value > 1:
-            raise ValueError(f"schedule.{key} is a fraction of total_steps in [0, 1], got {value}")
-        steps = int(round(value * total_steps))
-    if steps > total_steps:
-        raise ValueError(f"schedule.{key}={value} gives {steps} steps, more than total_steps={total_steps}")
-    return steps
+      m = jnp.ones_like(s)
+    if warmup > 0:
+      m = m * jnp.minimum(s / warmup, 1.0)
+    if cooldown > 0:
+      m = m * jnp.clip((total_steps - s) / cooldown, 0.0, 1.0)
+    return m.astype(jnp.float32)
 
-
-def make_schedule(schedule_cfg: Any, lr: float, total_steps: int, batch_size: int | None = None,
-                  steps_per_epoch: int | None = None) -> Callable[[jax.Array], jax.Array]:
-    """Returns the schedule *multiplier* ``m(step)`` (float32, in [0, 1]) described in the module docstring."""
-    sched = _as_dict(schedule_cfg, "schedule")
-    unknown = sorted(set(sched) - _SCHEDULE_KEYS)
-    if unknown:
-        raise ValueError(f"schedule: unknown key(s) {unknown}; allowed: {sorted(_SCHEDULE_KEYS)}")
-    if not isinstance(total_steps, int) or total_steps <= 0:
-        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
-    decay_type = sched.get("decay_type", "cosine")
-    if decay_type not in DECAY_TYPES:
-        raise ValueError(f"schedule.decay_type={decay_type!r}; allowed: {DECAY_TYPES}")
-    warmup = _duration(sched, "warmup", total_steps, batch_size, steps_per_epoch)
-    cooldown = _duration(sched, "cooldown", total_steps, batch_size, steps_per_epoch)
-    timescale = float(sched.get("timescale", 10_000))
-    if timescale <= 0:
-        raise ValueError(f"schedule.timescale must be > 0, got {timescale}")
-    if decay_type == "linear" and sched.get("linear_end") is not None:
-        end_lr = float(sched["linear_end"])
-    else:
-        end_lr = float(sched.get("min_lr") or 0.0)
-    end = end_lr / lr if lr else 0.0
-    decay_steps = max(total_steps - warmup, 1)
-
-    def multiplier(step):
-        s = jnp.asarray(step, jnp.float32)
-        progress = jnp.clip((s - warmup) / decay_steps, 0.0, 1.0)
-        if decay_type == "cosine":
-            m = end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
-        elif decay_type == "linear":
-            m = 1.0 + (end - 1.0) * progress
-        elif decay_type == "rsqrt":
-            m = jnp.sqrt(timescale / (timescale + jnp.maximum(s - warmup, 0.0)))
-        else:
-            m = jnp.ones_like(s)
-        if warmup > 0:
-            m = m * jnp.minimum(s / warmup, 1.0)
-        if cooldown > 0:
-            m = m * jnp.clip((total_steps - s) / cooldown, 0.0, 1.0)
-        return m.astype(jnp.float32)
-
-    return multiplier
+  return multiplier
 
 
 # --------------------------------------------------------------------------------------- transformations
 class _EmptyState(NamedTuple):
-    pass
+  pass
 
 
 def _scale_by_path(rules, default: float, scale: float, name: str) -> optax.GradientTransformation:
-    """Multiplies each leaf's update by ``scale * mult(path)``."""
-    _compile_rules(rules, name)  # validate now
+  """Multiplies each leaf's update by ``scale * mult(path)``."""
+  _compile_rules(rules, name)  # validate now
 
-    def init_fn(params):
-        del params
-        return _EmptyState()
+  def init_fn(params):
+    del params
+    return _EmptyState()
 
-    def update_fn(updates, state, params=None):
-        del params
-        mults = path_mults(updates, rules, default, name)
-        return jax.tree.map(lambda u, m: u * jnp.asarray(scale * m, u.dtype), updates, mults), state
+  def update_fn(updates, state, params=None):
+    del params
+    mults = path_mults(updates, rules, default, name)
+    return jax.tree.map(lambda u, m: u * jnp.asarray(scale * m, u.dtype), updates, mults), state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _add_decoupled_weight_decay(wd: float, rules) -> optax.GradientTransformation:
-    """``update += wd * wd_mult(path) * param`` (leaves with mult 0 untouched)."""
-    _compile_rules(rules, "wd_mults")
+  """``update += wd * wd_mult(path) * param`` (leaves with mult 0 untouched)."""
+  _compile_rules(rules, "wd_mults")
 
-    def init_fn(params):
-        del params
-        return _EmptyState()
+  def init_fn(params):
+    del params
+    return _EmptyState()
 
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("weight decay needs params: call tx.update(grads, state, params)")
-        mults = path_mults(updates, rules, 0.0, "wd_mults")
-        out = jax.tree.map(lambda u, p, m: u if m == 0 else u + (wd * m) * p.astype(u.dtype),
-                           updates, params, mults)
-        return out, state
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("weight decay needs params: call tx.update(grads, state, params)")
+    mults = path_mults(updates, rules, 0.0, "wd_mults")
+    out = jax.tree.map(lambda u, p, m: u if m == 0 else u + (wd * m) * p.astype(u.dtype), updates, params, mults)
+    return out, state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _scale_by_multiplier(multiplier) -> optax.GradientTransformation:
-    """``update *= -multiplier(count)``, with its own step counter."""
+  """``update *= -multiplier(count)``, with its own step counter."""
 
-    def init_fn(params):
-        del params
-        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+  def init_fn(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
-    def update_fn(updates, state, params=None):
-        del params
-        m = -multiplier(state.count)
-        updates = jax.tree.map(lambda u: u * m.astype(u.dtype), updates)
-        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+  def update_fn(updates, state, params=None):
+    del params
+    m = -multiplier(state.count)
+    updates = jax.tree.map(lambda u: u * m.astype(u.dtype), updates)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
 
-    return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _optax_kwargs(optax_cfg: dict) -> dict:
-    kwargs = dict(optax_cfg)
-    for key in ("mu_dtype", "nu_dtype", "dtype"):
-        if key in kwargs and isinstance(kwargs[key], str):
-            if kwargs[key] not in _DTYPE_NAMES:
-                raise ValueError(f"optax.{key}={kwargs[key]!r}; allowed: {_DTYPE_NAMES}")
-            kwargs[key] = jnp.dtype(kwargs[key])
-    return kwargs
+  kwargs = dict(optax_cfg)
+  for key in ("mu_dtype", "nu_dtype", "dtype"):
+    if key in kwargs and isinstance(kwargs[key], str):
+      if kwargs[key] not in _DTYPE_NAMES:
+        raise ValueError(f"optax.{key}={kwargs[key]!r}; allowed: {_DTYPE_NAMES}")
+      kwargs[key] = jnp.dtype(kwargs[key])
+  return kwargs
 
 
-def make_optimizer(cfg: Any, total_steps: int, batch_size: int | None = None,
-                   steps_per_epoch: int | None = None) -> tuple[optax.GradientTransformation, Callable]:
-    """Builds ``(tx, schedule_fn)``; see the module docstring for the exact update rule and keys.
+def make_optimizer(
+  cfg: Any, total_steps: int, batch_size: int | None = None, steps_per_epoch: int | None = None
+) -> tuple[optax.GradientTransformation, Callable]:
+  """Builds ``(tx, schedule_fn)``; see the module docstring for the exact update rule and keys.
 
-    Args:
-      cfg: config (``ConfigDict`` or dict) with ``lr``, ``wd``, ``grad_clip_norm``, ``optax_name``, ``optax``,
-        ``schedule``, ``wd_mults``, ``lr_mults``.
-      total_steps: number of optimiser steps of the run (schedules end there).
-      batch_size: global batch size (examples per step), needed for ``*_examples`` durations.
-      steps_per_epoch: needed for ``*_epochs`` durations.
+  Args:
+    cfg: config (``ConfigDict`` or dict) with ``lr``, ``wd``, ``grad_clip_norm``, ``optax_name``, ``optax``,
+      ``schedule``, ``wd_mults``, ``lr_mults``.
+    total_steps: number of optimiser steps of the run (schedules end there).
+    batch_size: global batch size (examples per step), needed for ``*_examples`` durations.
+    steps_per_epoch: needed for ``*_epochs`` durations.
 
-    Returns:
-      ``tx``: an ``optax.GradientTransformation`` (``tx.update`` needs ``params``); ``schedule_fn(step)``: the
-      learning rate ``lr * m(step)`` as a float32 scalar.
-    """
-    lr = _get(cfg, "lr")
-    if not isinstance(lr, (int, float)) or lr < 0:
-        raise ValueError(f"config key 'lr' must be a non-negative number, got {lr!r}")
-    lr = float(lr)
-    wd = _get(cfg, "wd", 0.0) or 0.0
-    if not isinstance(wd, (int, float)) or wd < 0:
-        raise ValueError(f"config key 'wd' must be a non-negative number, got {wd!r}")
-    clip = _get(cfg, "grad_clip_norm")
-    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
-        raise ValueError(f"config key 'grad_clip_norm' must be a non-negative number or None, got {clip!r}")
+  Returns:
+    ``tx``: an ``optax.GradientTransformation`` (``tx.update`` needs ``params``); ``schedule_fn(step)``: the
+    learning rate ``lr * m(step)`` as a float32 scalar.
+  """
+  lr = _get(cfg, "lr")
+  if not isinstance(lr, (int, float)) or lr < 0:
+    raise ValueError(f"config key 'lr' must be a non-negative number, got {lr!r}")
+  lr = float(lr)
+  wd = _get(cfg, "wd", 0.0) or 0.0
+  if not isinstance(wd, (int, float)) or wd < 0:
+    raise ValueError(f"config key 'wd' must be a non-negative number, got {wd!r}")
+  clip = _get(cfg, "grad_clip_norm")
+  if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
+    raise ValueError(f"config key 'grad_clip_norm' must be a non-negative number or None, got {clip!r}")
 
-    optax_name = _get(cfg, "optax_name", "scale_by_adam") or "scale_by_adam"
-    allowed = ["identity"] + sorted(n for n in dir(optax) if n.startswith("scale_by_") and callable(getattr(optax, n)))
-    if optax_name not in allowed:
-        raise ValueError(f"config key 'optax_name'={optax_name!r}; allowed: {allowed}")
-    optax_kwargs = _optax_kwargs(_as_dict(_get(cfg, "optax"), "optax"))
-    try:
-        base_tx = getattr(optax, optax_name)(**optax_kwargs)
-    except TypeError as e:
-        raise ValueError(f"config key 'optax' has arguments {sorted(optax_kwargs)} that {optax_name} does not "
-                         f"accept: {e}") from None
+  optax_name = _get(cfg, "optax_name", "scale_by_adam") or "scale_by_adam"
+  allowed = ["identity"] + sorted(n for n in dir(optax) if n.startswith("scale_by_") and callable(getattr(optax, n)))
+  if optax_name not in allowed:
+    raise ValueError(f"config key 'optax_name'={optax_name!r}; allowed: {allowed}")
+  optax_kwargs = _optax_kwargs(_as_dict(_get(cfg, "optax"), "optax"))
+  try:
+    base_tx = getattr(optax, optax_name)(**optax_kwargs)
+  except TypeError as e:
+    raise ValueError(
+      f"config key 'optax' has arguments {sorted(optax_kwargs)} that {optax_name} does not accept: {e}"
+    ) from None
 
-    multiplier = make_schedule(_get(cfg, "schedule"), lr, total_steps, batch_size, steps_per_epoch)
-    wd_rules = _get(cfg, "wd_mults", DEFAULT_WD_MULTS)
-    wd_rules = DEFAULT_WD_MULTS if wd_rules is None else wd_rules
-    lr_rules = _get(cfg, "lr_mults", ()) or ()
-    _compile_rules(wd_rules, "wd_mults")
-    _compile_rules(lr_rules, "lr_mults")
+  multiplier = make_schedule(_get(cfg, "schedule"), lr, total_steps, batch_size, steps_per_epoch)
+  wd_rules = _get(cfg, "wd_mults", DEFAULT_WD_MULTS)
+  wd_rules = DEFAULT_WD_MULTS if wd_rules is None else wd_rules
+  lr_rules = _get(cfg, "lr_mults", ()) or ()
+  _compile_rules(wd_rules, "wd_mults")
+  _compile_rules(lr_rules, "lr_mults")
 
-    chain = []
-    if clip:
-        chain.append(optax.clip_by_global_norm(float(clip)))
-    chain.append(base_tx)
-    chain.append(_scale_by_path(lr_rules, 1.0, lr, "lr_mults"))
-    if wd:
-        chain.append(_add_decoupled_weight_decay(float(wd), wd_rules))
-    chain.append(_scale_by_multiplier(multiplier))
-    tx = optax.chain(*chain)
+  chain = []
+  if clip:
+    chain.append(optax.clip_by_global_norm(float(clip)))
+  chain.append(base_tx)
+  chain.append(_scale_by_path(lr_rules, 1.0, lr, "lr_mults"))
+  if wd:
+    chain.append(_add_decoupled_weight_decay(float(wd), wd_rules))
+  chain.append(_scale_by_multiplier(multiplier))
+  tx = optax.chain(*chain)
 
-    def schedule_fn(step):
-        return lr * multiplier(step)
+  def schedule_fn(step):
+    return lr * multiplier(step)
 
-    return tx, schedule_fn
+  return tx, schedule_fn

@@ -2,6 +2,7 @@
 
 All batching goes through fixed-size padded batches so each (function, rounds) compiles once.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -22,8 +23,9 @@ class Predictor:
     batch_size: inference batch size (inputs are padded up to it).
   """
 
-  def __init__(self, model, params, tokenizer=None, text_len: Optional[int] = None, batch_size: int = 64,
-               name: str = "model"):
+  def __init__(
+    self, model, params, tokenizer=None, text_len: Optional[int] = None, batch_size: int = 64, name: str = "model"
+  ):
     self.model, self.params = model, params
     self.tokenizer, self.text_len = tokenizer, text_len
     self.batch_size = int(batch_size)
@@ -51,6 +53,7 @@ class Predictor:
       elif kind == "logits":
         f = lambda p, x: model.apply({"params": p}, x, rounds=rounds)
       elif kind == "lm":
+
         def f(p, x):
           logits = model.apply({"params": p}, x, rounds=rounds)
           logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
@@ -67,11 +70,11 @@ class Predictor:
       raise ValueError("no inputs given")
     fn, bs, outs = self._fn(kind, rounds), self.batch_size, []
     for i in range(0, n, bs):
-      chunk = x[i:i + bs]
+      chunk = x[i : i + bs]
       pad = bs - len(chunk)
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      outs.append(np.asarray(fn(self.params, chunk))[:bs - pad])
+      outs.append(np.asarray(fn(self.params, chunk))[: bs - pad])
     return np.concatenate(outs)
 
   # ----------------------------------------------------------------------------------------- API

@@ -23,12 +23,12 @@ RESULTS.md), unrolled rounds cost exactly their FLOPs while XLA:CPU's scan adds 
 round's backward residuals with dynamic-update-slices), and unrolled compile time grows ~0.6 s per round.  ``remat=True``
 rematerialises each round (only the carry is saved for the backward pass).
 """
+
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -67,8 +67,10 @@ def parse_signature(spec: str) -> tuple[str, int]:
   while pos < len(s):
     t = _TOKEN.match(s, pos)
     if not t:
-      raise ValueError(f"signature {spec!r}: invalid character {s[pos]!r} at position {pos}; use capital letters "
-                       "A-Z with optional ^N exponents, e.g. 'AAB', 'A^3B' or '(ABB)_2'")
+      raise ValueError(
+        f"signature {spec!r}: invalid character {s[pos]!r} at position {pos}; use capital letters "
+        "A-Z with optional ^N exponents, e.g. 'AAB', 'A^3B' or '(ABB)_2'"
+      )
     exp = t.group(2) or t.group(3)
     n = 1 if exp is None else int(exp)
     if n < 1:
@@ -82,8 +84,10 @@ def parse_signature(spec: str) -> tuple[str, int]:
 
 def compact_signature(letters: str) -> str:
   """'AAAB' -> 'A^3B' (the paper's notation)."""
-  return "".join(f"{c}^{len(g)}" if len(g) > 1 else c for c, g in
-                 ((m.group(0)[0], m.group(0)) for m in re.finditer(r"(.)\1*", letters)))
+  return "".join(
+    f"{c}^{len(g)}" if len(g) > 1 else c
+    for c, g in ((m.group(0)[0], m.group(0)) for m in re.finditer(r"(.)\1*", letters))
+  )
 
 
 def skip_tuple(letters: str, p_skip: float) -> tuple[float, ...]:
@@ -99,6 +103,7 @@ def _block_name(i: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """`count` consecutive applications of block `name`; position i is skipped with probability skip[i]."""
+
   name: str
   count: int
   skip: tuple[float, ...]
@@ -107,11 +112,12 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class BlockPlan:
   """The flat execution plan of (signature, degree) over a depth split into equal unique blocks."""
-  letters: str                 # expanded top-level signature, e.g. 'AAAB'
+
+  letters: str  # expanded top-level signature, e.g. 'AAAB'
   degree: int
   layers_per_block: int
-  sequence: tuple[str, ...]    # unique block names in execution order, e.g. ('A','B','B','C','D','D',...)
-  skip: tuple[float, ...]      # skip probability of each executed position
+  sequence: tuple[str, ...]  # unique block names in execution order, e.g. ('A','B','B','C','D','D',...)
+  skip: tuple[float, ...]  # skip probability of each executed position
   block_names: tuple[str, ...]  # unique blocks in order of first use
 
   @property
@@ -138,8 +144,13 @@ class BlockPlan:
     return runs
 
 
-def make_plan(signature: str, degree: int = 1, num_layers: Optional[int] = None,
-              layers_per_block: Optional[int] = None, p_skip: float = 0.0) -> BlockPlan:
+def make_plan(
+  signature: str,
+  degree: int = 1,
+  num_layers: Optional[int] = None,
+  layers_per_block: Optional[int] = None,
+  p_skip: float = 0.0,
+) -> BlockPlan:
   """Builds the plan; give either the baseline depth `num_layers` or `layers_per_block` directly."""
   letters, spec_degree = parse_signature(signature)
   if spec_degree:
@@ -157,12 +168,16 @@ def make_plan(signature: str, degree: int = 1, num_layers: Optional[int] = None,
       raise ValueError("give num_layers (baseline depth) or layers_per_block")
     layers_per_block = num_layers // n_unique
     if layers_per_block == 0:
-      raise ValueError(f"depth {num_layers} cannot be split into {n_unique} unique blocks for signature "
-                       f"{signature!r} at degree {degree} (0 layers per block)")
+      raise ValueError(
+        f"depth {num_layers} cannot be split into {n_unique} unique blocks for signature "
+        f"{signature!r} at degree {degree} (0 layers per block)"
+      )
     if num_layers % n_unique:
-      raise ValueError(f"depth {num_layers} does not divide into {n_unique} unique blocks for signature "
-                       f"{signature!r} at degree {degree} ({num_layers} % {n_unique} = {num_layers % n_unique}); "
-                       f"choose a depth that is a multiple of {n_unique}")
+      raise ValueError(
+        f"depth {num_layers} does not divide into {n_unique} unique blocks for signature "
+        f"{signature!r} at degree {degree} ({num_layers} % {n_unique} = {num_layers % n_unique}); "
+        f"choose a depth that is a multiple of {n_unique}"
+      )
   elif layers_per_block < 1:
     raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}")
 
@@ -198,8 +213,7 @@ def with_rounds(plan: BlockPlan, rounds: int) -> BlockPlan:
     k = next((i for i, r in enumerate(runs) if r.count > 1), 0)
     new_letters = "".join(r.name * (rounds if i == k else r.count) for i, r in enumerate(runs))
   p = max(plan.skip) if plan.skip else 0.0
-  return dataclasses.replace(plan, letters=new_letters, sequence=tuple(new_letters),
-                             skip=skip_tuple(new_letters, p))
+  return dataclasses.replace(plan, letters=new_letters, sequence=tuple(new_letters), skip=skip_tuple(new_letters, p))
 
 
 def recursive_run_index(plan: BlockPlan) -> int:
@@ -229,8 +243,11 @@ def sweep(num_layers: int) -> list[dict]:
     n_unique = len(set(sig)) ** degree
     lpb = num_layers // n_unique
     if lpb > 0:
-      out.append(dict(signature=sig, degree=degree, unique_blocks=n_unique, layers_per_block=lpb,
-                      exact=lpb * n_unique == num_layers))
+      out.append(
+        dict(
+          signature=sig, degree=degree, unique_blocks=n_unique, layers_per_block=lpb, exact=lpb * n_unique == num_layers
+        )
+      )
   return out
 
 
@@ -244,15 +261,16 @@ def sample_rounds(rng: Array, r: int, p_skip: float, shape: Sequence[int] = ()) 
 @dataclasses.dataclass(frozen=True)
 class RecursionConfig:
   """How a tower's depth is split and recursed.  Hashable; built from config dicts by `from_dict`."""
+
   signature: str = "AB"
   degree: int = 1
   p_skip: float = 0.0
   adapters: bool = False
-  loop: str = "auto"          # 'auto' (unroll runs <= AUTO_UNROLL_MAX rounds, else scan), 'scan', 'unroll'
-  remat: bool = False          # rematerialise each round in the backward pass
-  kv_sharing: bool = False     # later rounds of the recursive block attend to the first round's keys/values
+  loop: str = "auto"  # 'auto' (unroll runs <= AUTO_UNROLL_MAX rounds, else scan), 'scan', 'unroll'
+  remat: bool = False  # rematerialise each round in the backward pass
+  kv_sharing: bool = False  # later rounds of the recursive block attend to the first round's keys/values
   layers_per_block: Optional[int] = None  # overrides the split of the baseline depth (App. E.1 sweep entries)
-  scan_unroll: int = 1         # loop='scan': rounds unrolled per scan iteration (trades compile time for speed)
+  scan_unroll: int = 1  # loop='scan': rounds unrolled per scan iteration (trades compile time for speed)
 
   def __post_init__(self):
     if self.loop not in LOOPS:
@@ -278,16 +296,24 @@ class RecursionConfig:
 
 class Block(nn.Module):
   """One unique block: `num_layers` encoder layers.  x: [B, T, D] -> ([B, T, D], per-layer (k, v))."""
+
   layer: LayerConfig
   num_layers: int
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array], positions: Optional[Array],
-               shared_kv: Optional[tuple[KV, ...]], decode: bool = False) -> tuple[Array, tuple[KV, ...]]:
+  def __call__(
+    self,
+    x: Array,
+    mask: Optional[Array],
+    positions: Optional[Array],
+    shared_kv: Optional[tuple[KV, ...]],
+    decode: bool = False,
+  ) -> tuple[Array, tuple[KV, ...]]:
     kvs = []
     for j in range(self.num_layers):
       x, kv = EncoderLayer(self.layer, name=f"encoderblock_{j}")(
-          x, mask, positions, None if shared_kv is None else shared_kv[j], decode)
+        x, mask, positions, None if shared_kv is None else shared_kv[j], decode
+      )
       kvs.append(kv)
     return x, tuple(kvs)
 
@@ -306,8 +332,9 @@ class RecursiveStack(nn.Module):
   train=False, rounds=None, decode=False) -> (y [B, T, D], info) with info['rounds'] the executed rounds of the
   recursive block (int32 scalar; dynamic under stochastic RINS).
   """
+
   layer: LayerConfig
-  num_layers: int              # baseline depth L
+  num_layers: int  # baseline depth L
   recursion: RecursionConfig = RecursionConfig()
   final_norm: bool = True
 
@@ -315,8 +342,15 @@ class RecursiveStack(nn.Module):
     return self.recursion.plan(self.num_layers)
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array] = None, positions: Optional[Array] = None,
-               train: bool = False, rounds: Optional[int] = None, decode: bool = False):
+  def __call__(
+    self,
+    x: Array,
+    mask: Optional[Array] = None,
+    positions: Optional[Array] = None,
+    train: bool = False,
+    rounds: Optional[int] = None,
+    decode: bool = False,
+  ):
     rc = self.recursion
     trained = self.trained_plan()
     plan = trained if rounds is None or self.is_initializing() else with_rounds(trained, int(rounds))
@@ -328,8 +362,16 @@ class RecursiveStack(nn.Module):
       keep = None
       if stochastic and max(run.skip) > 0:
         keep = jax.random.bernoulli(self.make_rng("rins"), 1.0 - jnp.asarray(run.skip), (run.count,))
-      x, executed = self._run(blocks[run.name], x, run.count, keep, mask, positions, decode,
-                              share_kv=rc.kv_sharing and i == rec_index and run.count > 1)
+      x, executed = self._run(
+        blocks[run.name],
+        x,
+        run.count,
+        keep,
+        mask,
+        positions,
+        decode,
+        share_kv=rc.kv_sharing and i == rec_index and run.count > 1,
+      )
       if i == rec_index:
         rounds_ran = executed
     if rc.adapters:
@@ -338,12 +380,13 @@ class RecursiveStack(nn.Module):
       x = nn.LayerNorm(epsilon=self.layer.layernorm_eps, dtype=self.layer.dtype, name="encoder_norm")(x)
     return x, {"rounds": rounds_ran}
 
-  def _run(self, block: Block, x, count: int, keep: Optional[Array], mask, positions, decode: bool,
-           share_kv: bool) -> tuple[Array, Array]:
+  def _run(
+    self, block: Block, x, count: int, keep: Optional[Array], mask, positions, decode: bool, share_kv: bool
+  ) -> tuple[Array, Array]:
     """Applies `block` `count` times.  Returns (x, number of applications that ran)."""
     executed = jnp.asarray(count, jnp.int32) if keep is None else keep.sum().astype(jnp.int32)
     shared = None
-    if share_kv:   # the first round runs (and caches) keys/values; later rounds reuse them
+    if share_kv:  # the first round runs (and caches) keys/values; later rounds reuse them
       if keep is not None:
         keep = keep.at[0].set(True)
         executed = keep.sum().astype(jnp.int32)
@@ -366,15 +409,19 @@ class RecursiveStack(nn.Module):
       return x, executed
 
     def body(mdl, carry, keep_j, mask_, positions_, shared_):
-      return _apply_block(mdl, carry, None if keep is None else keep_j, mask_, positions_, shared_,
-                          decode_rounds), None
+      return _apply_block(mdl, carry, None if keep is None else keep_j, mask_, positions_, shared_, decode_rounds), None
 
     if self.recursion.remat:
       body = nn.remat(body, prevent_cse=False)
-    scan = nn.scan(body, variable_broadcast="params", variable_axes={"cache": 0} if decode_rounds else {},
-                   split_rngs={"params": False, "cache": False}, in_axes=(0, nn.broadcast, nn.broadcast,
-                                                                          nn.broadcast), length=count,
-                   unroll=min(self.recursion.scan_unroll, count))
+    scan = nn.scan(
+      body,
+      variable_broadcast="params",
+      variable_axes={"cache": 0} if decode_rounds else {},
+      split_rngs={"params": False, "cache": False},
+      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+      length=count,
+      unroll=min(self.recursion.scan_unroll, count),
+    )
     keep_xs = keep if keep is not None else jnp.ones((count,), bool)
     x, _ = scan(block, x, keep_xs, mask, positions, shared)
     return x, executed
@@ -386,4 +433,4 @@ class RecursiveStack(nn.Module):
     kernel = self.param("adapter_kernel", eye, (r_max, d, d))
     bias = self.param("adapter_bias", nn.initializers.zeros, (r_max, d))
     k = jnp.clip(rounds_ran, 1, r_max) - 1
-    return (jnp.einsum("btd,de->bte", x, kernel[k].astype(x.dtype)) + bias[k].astype(x.dtype))
+    return jnp.einsum("btd,de->bte", x, kernel[k].astype(x.dtype)) + bias[k].astype(x.dtype)

@@ -54,6 +54,7 @@ class PowerLawFit:
 
   beta is in the units of the data (eps times FLOPs**c); rmse is the root-mean-square residual in eps units.
   """
+
   beta: float
   c: float
   eps_inf: float
@@ -80,8 +81,9 @@ def _as_points(x, y) -> tuple[np.ndarray, np.ndarray]:
   if np.any(x <= 0):
     raise ValueError(f"compute x must be > 0 (FLOPs), got min {x.min()}")
   if np.any(y <= 0):
-    raise ValueError(f"a power-law fit needs y > 0 (a loss or an error rate), got min {y.min()}; "
-                     "for accuracies fit 1 - accuracy")
+    raise ValueError(
+      f"a power-law fit needs y > 0 (a loss or an error rate), got min {y.min()}; for accuracies fit 1 - accuracy"
+    )
   if np.unique(x).size < 3:
     raise ValueError(f"a power-law fit needs at least 3 distinct x values, got {np.unique(x).size}")
   return x, y
@@ -107,8 +109,15 @@ def _fit_normalised(u: np.ndarray, y: np.ndarray, starts: Iterable[tuple[float, 
     e0 = min(max(e0, 0.0), e_max * 0.999)
     log_b0 = float(np.mean(np.log(y - e0) + c0 * log_u))  # exact for the given (c0, e0) in the mean
     result = optimize.least_squares(
-        residuals, x0=[log_b0, c0, e0], jac=jacobian, bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, e_max]),
-        loss="soft_l1", f_scale=0.05, method="trf", max_nfev=100)
+      residuals,
+      x0=[log_b0, c0, e0],
+      jac=jacobian,
+      bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, e_max]),
+      loss="soft_l1",
+      f_scale=0.05,
+      method="trf",
+      max_nfev=100,
+    )
     if result.status >= 0 and np.isfinite(result.cost) and result.cost < best_cost:
       best, best_cost = result.x, result.cost
   if best is None:
@@ -116,8 +125,7 @@ def _fit_normalised(u: np.ndarray, y: np.ndarray, starts: Iterable[tuple[float, 
   return best
 
 
-def fit_power_law(x, y, *, n_bootstrap: int = 100, seed: int = 0,
-                  uncertainty: str = "bootstrap") -> PowerLawFit:
+def fit_power_law(x, y, *, n_bootstrap: int = 100, seed: int = 0, uncertainty: str = "bootstrap") -> PowerLawFit:
   """Fits eps(x) = beta * x**(-c) + eps_inf to points (x [N] FLOPs > 0, y [N] eps > 0), N >= 3 distinct x.
 
   uncertainty: 'bootstrap' (refit on `n_bootstrap` resamples of the points with replacement; std over the
@@ -131,7 +139,7 @@ def fit_power_law(x, y, *, n_bootstrap: int = 100, seed: int = 0,
   y_min = float(y.min())
   starts = [(c0, f * y_min) for c0 in (0.05, 0.2, 0.5, 1.0, 2.0) for f in (0.0, 0.5, 0.9)]
   log_b, c, e = _fit_normalised(u, y, starts)
-  beta = float(np.exp(log_b) * x_min ** c)
+  beta = float(np.exp(log_b) * x_min**c)
   rmse = float(np.sqrt(np.mean((power_law(x, beta, c, e) - y) ** 2)))
 
   stds = (math.nan, math.nan, math.nan)
@@ -156,8 +164,18 @@ def fit_power_law(x, y, *, n_bootstrap: int = 100, seed: int = 0,
     s2 = float(np.sum((power_law(x, beta, c, e) - y) ** 2) / (n - 3))
     cov = np.linalg.pinv(jac.T @ jac) * s2
     stds = tuple(float(v) for v in np.sqrt(np.clip(np.diag(cov), 0, None)))
-  return PowerLawFit(beta=beta, c=float(c), eps_inf=float(e), beta_std=stds[0], c_std=stds[1],
-                     eps_inf_std=stds[2], num_points=n, rmse=rmse, x_min=x_min, x_max=float(x.max()))
+  return PowerLawFit(
+    beta=beta,
+    c=float(c),
+    eps_inf=float(e),
+    beta_std=stds[0],
+    c_std=stds[1],
+    eps_inf_std=stds[2],
+    num_points=n,
+    rmse=rmse,
+    x_min=x_min,
+    x_max=float(x.max()),
+  )
 
 
 def optimal_rounds(fits_by_r: Mapping[int, PowerLawFit], compute_grid) -> np.ndarray:
@@ -182,6 +200,7 @@ def optimal_rounds(fits_by_r: Mapping[int, PowerLawFit], compute_grid) -> np.nda
 @dataclasses.dataclass
 class RunCurves:
   """Curves of one run: metric name -> (flops [N] float64, values [N] float64), sorted by flops."""
+
   name: str
   path: pathlib.Path
   rounds: int | None
@@ -192,8 +211,10 @@ class RunCurves:
     for key in (metric, f"eval/{metric}"):
       if key in self.curves:
         return self.curves[key]
-    raise ValueError(f"run {self.name!r} ({self.path}) has no metric {metric!r} with {FLOPS_KEY}; "
-                     f"available: {', '.join(sorted(self.curves)) or 'none'}")
+    raise ValueError(
+      f"run {self.name!r} ({self.path}) has no metric {metric!r} with {FLOPS_KEY}; "
+      f"available: {', '.join(sorted(self.curves)) or 'none'}"
+    )
 
 
 def _rounds_from_name(name: str) -> int | None:
@@ -270,9 +291,16 @@ def _fmt(value: float, std: float = math.nan) -> str:
   return text if math.isnan(std) else f"{text} ± {std:.2g}"
 
 
-def scaling_report(run_dirs: Sequence[str | pathlib.Path], metric: str, out_dir: str | pathlib.Path, *,
-                   one_minus: bool = False, min_flops: float = 0.0, n_bootstrap: int = 100,
-                   seed: int = 0) -> dict:
+def scaling_report(
+  run_dirs: Sequence[str | pathlib.Path],
+  metric: str,
+  out_dir: str | pathlib.Path,
+  *,
+  one_minus: bool = False,
+  min_flops: float = 0.0,
+  n_bootstrap: int = 100,
+  seed: int = 0,
+) -> dict:
   """Fits each run's `metric` curve and writes out_dir/scaling.{md,json,png}.
 
   one_minus: fit 1 - metric (turns an accuracy into an error). min_flops: ignore points below this compute
@@ -306,37 +334,59 @@ def scaling_report(run_dirs: Sequence[str | pathlib.Path], metric: str, out_dir:
     hi = max(f.x_max for f in fits.values()) * 10
     grid = np.geomspace(lo, hi, 13)
     best = optimal_rounds(by_rounds, grid)
-    optimal = [{"flops": float(g), "best_rounds": int(b),
-                "predicted": {int(r): float(f.predict(g)) for r, f in sorted(by_rounds.items())}}
-               for g, b in zip(grid, best)]
+    optimal = [
+      {
+        "flops": float(g),
+        "best_rounds": int(b),
+        "predicted": {int(r): float(f.predict(g)) for r, f in sorted(by_rounds.items())},
+      }
+      for g, b in zip(grid, best)
+    ]
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   label = f"1 - {metric}" if one_minus else metric
-  lines = [f"# Scaling fits: {label}", "",
-           "eps(x) = beta * x^(-c) + eps_inf, x = training FLOPs; ± is one bootstrap standard deviation.", "",
-           "| run | r | points | FLOPs range | beta | c | eps_inf | rmse | last eps |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"# Scaling fits: {label}",
+    "",
+    "eps(x) = beta * x^(-c) + eps_inf, x = training FLOPs; ± is one bootstrap standard deviation.",
+    "",
+    "| run | r | points | FLOPs range | beta | c | eps_inf | rmse | last eps |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for name, run in zip(names, runs):
     f = fits[name]
     r = "?" if run.rounds is None else str(run.rounds)
-    lines.append(f"| {name} | {r} | {f.num_points} | {f.x_min:.3g} – {f.x_max:.3g} | {_fmt(f.beta, f.beta_std)} | "
-                 f"{_fmt(f.c, f.c_std)} | {_fmt(f.eps_inf, f.eps_inf_std)} | {f.rmse:.3g} | "
-                 f"{data[name][1][-1]:.4g} |")
+    lines.append(
+      f"| {name} | {r} | {f.num_points} | {f.x_min:.3g} – {f.x_max:.3g} | {_fmt(f.beta, f.beta_std)} | "
+      f"{_fmt(f.c, f.c_std)} | {_fmt(f.eps_inf, f.eps_inf_std)} | {f.rmse:.3g} | "
+      f"{data[name][1][-1]:.4g} |"
+    )
   if optimal:
-    lines += ["", "## Compute-optimal rounds (lowest predicted eps)", "", "| FLOPs | best r | predicted eps by r |",
-              "|---|---|---|"]
+    lines += [
+      "",
+      "## Compute-optimal rounds (lowest predicted eps)",
+      "",
+      "| FLOPs | best r | predicted eps by r |",
+      "|---|---|---|",
+    ]
     for row in optimal:
       preds = ", ".join(f"r={r}: {v:.4g}" for r, v in row["predicted"].items())
       lines.append(f"| {row['flops']:.3g} | {row['best_rounds']} | {preds} |")
   md_path = out / "scaling.md"
   md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
   json_path = out / "scaling.json"
-  json_fits = {name: {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                      for k, v in dataclasses.asdict(fits[name]).items()} | {"rounds": run.rounds}
-               for name, run in zip(names, runs)}
-  json_path.write_text(json.dumps({"metric": metric, "one_minus": one_minus, "fits": json_fits,
-                                   "optimal_rounds": optimal}, indent=2), encoding="utf-8")
+  json_fits = {
+    name: {
+      k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(fits[name]).items()
+    }
+    | {"rounds": run.rounds}
+    for name, run in zip(names, runs)
+  }
+  json_path.write_text(
+    json.dumps({"metric": metric, "one_minus": one_minus, "fits": json_fits, "optimal_rounds": optimal}, indent=2),
+    encoding="utf-8",
+  )
   plot_path = out / "scaling.png"
   _plot(names, data, fits, optimal, label, plot_path)
   return {"fits": fits, "optimal": optimal, "markdown": md_path, "json": json_path, "plot": plot_path}
@@ -344,6 +394,7 @@ def scaling_report(run_dirs: Sequence[str | pathlib.Path], metric: str, out_dir:
 
 def _plot(names, data, fits, optimal, label, path) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
@@ -356,8 +407,7 @@ def _plot(names, data, fits, optimal, label, path) -> None:
     colour = f"C{i % 10}"
     ax.scatter(x, y, s=10, color=colour, alpha=0.6)
     xs = np.geomspace(x.min(), x.max() * 10, 200)
-    ax.plot(xs, f.predict(xs), color=colour,
-            label=f"{name}: c={f.c:.3g}, eps_inf={f.eps_inf:.3g}")
+    ax.plot(xs, f.predict(xs), color=colour, label=f"{name}: c={f.c:.3g}, eps_inf={f.eps_inf:.3g}")
   ax.set_xscale("log")
   ax.set_xlabel("training FLOPs")
   ax.set_ylabel(label)
@@ -378,10 +428,12 @@ def _plot(names, data, fits, optimal, label, path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """`siglip-rins scaling RUN_DIR... --metric NAME --out DIR [--one_minus] [--min_flops F] [--bootstrap N]`."""
-  parser = argparse.ArgumentParser(prog="siglip-rins scaling",
-                                   description="Fit eps(x) = beta x^-c + eps_inf to runs' eval curves.")
-  parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                      help=f"run folders holding {METRICS_FILE} (or the JSONL files)")
+  parser = argparse.ArgumentParser(
+    prog="siglip-rins scaling", description="Fit eps(x) = beta x^-c + eps_inf to runs' eval curves."
+  )
+  parser.add_argument(
+    "run_dirs", nargs="+", metavar="RUN_DIR", help=f"run folders holding {METRICS_FILE} (or the JSONL files)"
+  )
   parser.add_argument("--metric", default="eval/loss", help="metric key, e.g. eval/loss (default)")
   parser.add_argument("--out", default="scaling_report", help="output folder (default: scaling_report)")
   parser.add_argument("--one_minus", action="store_true", help="fit 1 - metric (for accuracies)")
@@ -389,8 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples (0: none)")
   args = parser.parse_args(argv)
   try:
-    result = scaling_report(args.run_dirs, args.metric, args.out, one_minus=args.one_minus,
-                            min_flops=args.min_flops, n_bootstrap=args.bootstrap)
+    result = scaling_report(
+      args.run_dirs,
+      args.metric,
+      args.out,
+      one_minus=args.one_minus,
+      min_flops=args.min_flops,
+      n_bootstrap=args.bootstrap,
+    )
   except (ValueError, FileNotFoundError) as e:
     print(f"siglip-rins scaling: error: {e}", file=sys.stderr)
     return 2

@@ -14,6 +14,7 @@ saves a checkpoint and exits cleanly.  Checkpoint saves are atomic (siglip_rins.
 Outputs in the workdir: config.json, metrics.jsonl (one JSON object per log step / eval), TensorBoard events
 (tb/), checkpoints/, eval_results.json + eval_report.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +37,35 @@ from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
 
 TOP_LEVEL_KEYS = {
-    "model", "input", "task", "total_steps", "total_examples", "total_epochs", "lr", "wd", "grad_clip_norm",
-    "optax_name", "optax", "schedule", "wd_mults", "lr_mults", "evals", "log_every", "ckpt_every", "keep_ckpts",
-    "mesh", "sharding_rules", "seed", "mixup", "max_bad_steps", "peak_flops_per_device", "tensorboard",
-    "compute_match", "eval_only", "name", "async_checkpoint",
+  "model",
+  "input",
+  "task",
+  "total_steps",
+  "total_examples",
+  "total_epochs",
+  "lr",
+  "wd",
+  "grad_clip_norm",
+  "optax_name",
+  "optax",
+  "schedule",
+  "wd_mults",
+  "lr_mults",
+  "evals",
+  "log_every",
+  "ckpt_every",
+  "keep_ckpts",
+  "mesh",
+  "sharding_rules",
+  "seed",
+  "mixup",
+  "max_bad_steps",
+  "peak_flops_per_device",
+  "tensorboard",
+  "compute_match",
+  "eval_only",
+  "name",
+  "async_checkpoint",
 }
 
 
@@ -86,6 +112,7 @@ class MetricWriter:
     if enabled and tensorboard:
       try:
         import tensorflow as tf  # only for summaries; the train step never touches TF
+
         self._tf = tf
         self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
       except ImportError:
@@ -129,8 +156,9 @@ def make_train_step(model, task, tx, schedule_fn, seed: int):
   def step_fn(state, batch):
     step = state["step"]
     rng = jax.random.fold_in(base_rng, step)
-    (loss, metrics), grads = jax.value_and_grad(
-        lambda p: task.loss(model, p, batch, rng), has_aux=True)(state["params"])
+    (loss, metrics), grads = jax.value_and_grad(lambda p: task.loss(model, p, batch, rng), has_aux=True)(
+      state["params"]
+    )
     gnorm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
 
@@ -139,8 +167,9 @@ def make_train_step(model, task, tx, schedule_fn, seed: int):
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
 
-    params, opt_state = jax.lax.cond(finite, apply, lambda o: (o[0], o[1]),
-                                     (state["params"], state["opt_state"], grads))
+    params, opt_state = jax.lax.cond(
+      finite, apply, lambda o: (o[0], o[1]), (state["params"], state["opt_state"], grads)
+    )
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, lr=schedule_fn(step), finite=finite)
     return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
 
@@ -154,12 +183,15 @@ def init_state(model, task, tx, mesh, config, rng):
   example = task.example_batch(1)
   init_params = lambda r: model.init(r, *task.init_args(example))["params"]
   init_all = lambda r: (lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)})(
-      init_params(r))
+    init_params(r)
+  )
   abstract = jax.eval_shape(init_all, rng)
   rules = config.get("sharding_rules")
-  shardings = {"params": sharding.param_shardings(abstract["params"], mesh, rules),
-               "opt_state": sharding.param_shardings(abstract["opt_state"], mesh, rules),
-               "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+  shardings = {
+    "params": sharding.param_shardings(abstract["params"], mesh, rules),
+    "opt_state": sharding.param_shardings(abstract["opt_state"], mesh, rules),
+    "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+  }
   return jax.jit(init_all, out_shardings=shardings)(rng)
 
 
@@ -170,8 +202,9 @@ def state_shardings(state):
 
 
 # --------------------------------------------------------------------------------------------- loop
-def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Optional[int] = None,
-          verbose: bool = True) -> dict:
+def train(
+  config: ml_collections.ConfigDict, workdir: str, *, stop_after: Optional[int] = None, verbose: bool = True
+) -> dict:
   """Trains `config` in `workdir` (resuming if checkpoints exist).  Returns a summary dict.
 
   stop_after: stop (as if killed, without a final save) after this many steps of this invocation — for tests
@@ -191,12 +224,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
   tx, schedule_fn = optim.make_optimizer(config, total_steps, batch_size=global_bs, steps_per_epoch=steps_per_epoch)
   flops_per_example = flops.train_flops_per_example(model, task.input_shapes())
   os.makedirs(workdir, exist_ok=True)
-  ckpt = ckpt_lib.CheckpointManager(workdir, keep=int(config.get("keep_ckpts", 3)),
-                                    async_save=bool(config.get("async_checkpoint", True)))
+  ckpt = ckpt_lib.CheckpointManager(
+    workdir, keep=int(config.get("keep_ckpts", 3)), async_save=bool(config.get("async_checkpoint", True))
+  )
   if pidx == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
-    with open(os.path.join(workdir, "run_info.json"), "w") as f:   # read by siglip_rins.scaling
+    with open(os.path.join(workdir, "run_info.json"), "w") as f:  # read by siglip_rins.scaling
       json.dump(run_info(config), f)
   writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
 
@@ -211,12 +245,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
       print(f"resumed from step {start} in {workdir}", flush=True)
 
   from siglip_rins.data import pipeline  # the input pipeline is the only TensorFlow user
+
   local_bs = global_bs // pcount
-  it = pipeline.make_train_iterator(config.input, global_batch_size=global_bs, process_index=pidx,
-                                    process_count=pcount, seed=seed, start_example=start * local_bs)
+  it = pipeline.make_train_iterator(
+    config.input,
+    global_batch_size=global_bs,
+    process_index=pidx,
+    process_count=pcount,
+    seed=seed,
+    start_example=start * local_bs,
+  )
   state_sh = state_shardings(state)
-  step_fn = jax.jit(make_train_step(model, task, tx, schedule_fn, seed), donate_argnums=(0,),
-                    in_shardings=(state_sh, sharding.batch_sharding(mesh)), out_shardings=(state_sh, None))
+  step_fn = jax.jit(
+    make_train_step(model, task, tx, schedule_fn, seed),
+    donate_argnums=(0,),
+    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+    out_shardings=(state_sh, None),
+  )
   evals = _build_evals(config)
 
   stop = {"signal": None}
@@ -244,8 +289,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
         break
       local = next(it)
       task.check_batch(local)
-      batch = sharding.make_global_batch({k: v for k, v in local.items() if k in task.batch_keys
-                                          or k in ("segment_ids", "positions")}, mesh)
+      batch = sharding.make_global_batch(
+        {k: v for k, v in local.items() if k in task.batch_keys or k in ("segment_ids", "positions")}, mesh
+      )
       state, metrics = step_fn(state, batch)
       step += 1
       steps_timed += 1
@@ -256,8 +302,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
         if verbose and pidx == 0:
           print(f"step {step}: non-finite loss/gradient, update skipped ({bad_run} in a row)", flush=True)
         if bad_run >= max_bad:
-          raise TrainingStopped(f"{bad_run} consecutive non-finite steps (max_bad_steps={max_bad}); stopped at "
-                                f"step {step}; the last good checkpoint is step {ckpt.latest_step()}")
+          raise TrainingStopped(
+            f"{bad_run} consecutive non-finite steps (max_bad_steps={max_bad}); stopped at "
+            f"step {step}; the last good checkpoint is step {ckpt.latest_step()}"
+          )
       if step % log_every == 0 or step == total_steps:
         now = time.time()
         dt = (now - t_log) / max(steps_timed, 1)
@@ -265,18 +313,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
         ex_s = global_bs / dt
         flop_s = ex_s * flops_per_example
         last_metrics = {f"train/{k}": float(np.asarray(v)) for k, v in metrics.items() if k != "finite"}
-        last_metrics.update({"examples_seen": step * global_bs, "flops_seen": step * global_bs * flops_per_example,
-                             "examples_per_sec": ex_s, "flops_per_sec": flop_s, "step_time": dt,
-                             **{f"data/{k}": v for k, v in it.stats().items()}})
+        last_metrics.update(
+          {
+            "examples_seen": step * global_bs,
+            "flops_seen": step * global_bs * flops_per_example,
+            "examples_per_sec": ex_s,
+            "flops_per_sec": flop_s,
+            "step_time": dt,
+            **{f"data/{k}": v for k, v in it.stats().items()},
+          }
+        )
         if peak:
           last_metrics["mfu"] = flop_s / (float(peak) * jax.device_count())
         writer.write(step, last_metrics)
         if verbose and pidx == 0:
           eta = dt * (total_steps - step)
           mfu = f" | MFU {100 * last_metrics['mfu']:.1f}%" if peak else ""
-          print(f"step {step}/{total_steps} | loss {last_metrics['train/loss']:.4f} | {ex_s:.1f} ex/s | "
-                f"{last_metrics['flops_seen']:.3g} FLOPs seen | {flop_s / 1e9:.1f} GFLOP/s{mfu} | "
-                f"ETA {_fmt_secs(eta)}", flush=True)
+          print(
+            f"step {step}/{total_steps} | loss {last_metrics['train/loss']:.4f} | {ex_s:.1f} ex/s | "
+            f"{last_metrics['flops_seen']:.3g} FLOPs seen | {flop_s / 1e9:.1f} GFLOP/s{mfu} | "
+            f"ETA {_fmt_secs(eta)}",
+            flush=True,
+          )
       if ckpt_every and step % ckpt_every == 0 and step < total_steps:
         ckpt.save(step, state, _meta(step, global_bs, flops_per_example))
       for name, ev in evals:
@@ -290,8 +348,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
     ckpt.wait()
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
-  summary.update(step=step, total_steps=total_steps, seconds=time.time() - t0, metrics=last_metrics,
-                 flops_per_example=flops_per_example, data=it.stats())
+  summary.update(
+    step=step,
+    total_steps=total_steps,
+    seconds=time.time() - t0,
+    metrics=last_metrics,
+    flops_per_example=flops_per_example,
+    data=it.stats(),
+  )
   summary["state"] = state
   return summary
 
@@ -299,20 +363,29 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: Option
 def run_info(config) -> dict:
   """Signature, trained rounds r (of A^rB) and p_skip of the run, for scaling-law tooling."""
   from siglip_rins.recursion import RecursionConfig, make_plan, trained_rounds
+
   rc = RecursionConfig.from_dict(dict(config.model.get("recursion", {}) or {}))
   plan = make_plan(rc.signature, rc.degree, layers_per_block=1)
-  return {"signature": rc.signature, "degree": rc.degree, "p_skip": rc.p_skip,
-          "rounds": trained_rounds(plan) if rc.degree == 1 else None}
+  return {
+    "signature": rc.signature,
+    "degree": rc.degree,
+    "p_skip": rc.p_skip,
+    "rounds": trained_rounds(plan) if rc.degree == 1 else None,
+  }
 
 
 def threading_main() -> bool:
   import threading
+
   return threading.current_thread() is threading.main_thread()
 
 
 def _meta(step, global_bs, flops_per_example) -> dict:
-  return {"step": int(step), "examples_seen": int(step * global_bs),
-          "flops_seen": float(step * global_bs * flops_per_example)}
+  return {
+    "step": int(step),
+    "examples_seen": int(step * global_bs),
+    "flops_seen": float(step * global_bs * flops_per_example),
+  }
 
 
 # --------------------------------------------------------------------------------------------- evals
@@ -320,6 +393,7 @@ def _build_evals(config):
   if not config.get("evals"):
     return []
   import evaluators
+
   out = []
   for name, cfg in config.evals.items():
     ev = evaluators.build(name, cfg)
@@ -330,16 +404,24 @@ def _build_evals(config):
 
 def make_predictor(model, params, config):
   from siglip_rins.predictor import Predictor
+
   tok = None
   if config.input.get("tokenizer"):
     from siglip_rins.text.tokenizer import get_tokenizer
+
     tok = get_tokenizer(config.input.tokenizer)
-  return Predictor(model, params, tokenizer=tok, text_len=config.input.get("text_len"),
-                   batch_size=int(config.get("eval_batch_size", 64) if "eval_batch_size" in config else 64))
+  return Predictor(
+    model,
+    params,
+    tokenizer=tok,
+    text_len=config.input.get("text_len"),
+    batch_size=int(config.get("eval_batch_size", 64) if "eval_batch_size" in config else 64),
+  )
 
 
 def _run_eval(name, ev, model, params, config, writer, step, workdir, verbose):
   from evaluators import report
+
   predictor = make_predictor(model, params, config)
   rounds_list = list(config.evals[name].get("rounds", [None]) or [None])
   records = []
@@ -383,7 +465,7 @@ def run_from_args(args, rest) -> int:
     if not item.startswith("--config."):
       print(f"error: unknown argument {item!r} (overrides look like --config.key=value)", file=sys.stderr)
       return 2
-    overrides.append(item[len("--config."):])
+    overrides.append(item[len("--config.") :])
   try:
     config = config_lib.load_config(args.config)
     config_lib.apply_overrides(config, overrides)

@@ -7,6 +7,7 @@ jax.distributed on 127.0.0.1:PORT with CPU (gloo) collectives; process 0 writes 
 '/'-joined paths) and the last logged loss to OUT_NPZ.  The test imports `make_config` to train the same config
 in one process.
 """
+
 import os
 import sys
 
@@ -18,12 +19,13 @@ STEPS = 3
 def make_config(data_jsonl: str, steps: int = STEPS, global_batch: int = GLOBAL_BATCH):
   """configs/siglip_rins.py:runlocal shrunk to 2-layer towers, reading `data_jsonl` in file order."""
   from siglip_rins import config_lib
+
   c = config_lib.load_config(os.path.join(ROOT, "configs", "siglip_rins.py:runlocal"))
   c.model.image.depth = 2
   c.model.text.depth = 2
   c.input.batch_size = global_batch
   c.input.data = dict(type="jsonl", path=data_jsonl)
-  c.input.shuffle_buffer_size = 1   # no shuffle: the stream is the file order (see the test's data layout)
+  c.input.shuffle_buffer_size = 1  # no shuffle: the stream is the file order (see the test's data layout)
   c.input.pp = c.input.pp.replace('choice(inkey="texts")', 'choice(inkey="texts", mode="first")')
   c.total_examples = steps * global_batch
   c.schedule = dict(decay_type="rsqrt", warmup_steps=1)
@@ -39,6 +41,7 @@ def make_config(data_jsonl: str, steps: int = STEPS, global_batch: int = GLOBAL_
 def flat_params(params) -> dict:
   import jax
   import numpy as np
+
   out = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
@@ -54,13 +57,16 @@ def flat_params(params) -> dict:
 def main(argv):
   port, num_processes, process_id, data_jsonl, workdir, out_npz = argv
   import jax
+
   jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   from siglip_rins import sharding
+
   sharding.initialize_distributed(f"127.0.0.1:{port}", int(num_processes), int(process_id))
   import jax.experimental.multihost_utils  # noqa: F401  (for flat_params)
   import numpy as np
   from siglip_rins.train import train
+
   summary = train(make_config(data_jsonl), workdir, verbose=False)
   params = flat_params(summary["state"]["params"])
   if jax.process_index() == 0:

@@ -1,5 +1,6 @@
 """The `siglip-rins` command line end to end: train (with in-training evals) -> eval at two rounds from the
 checkpoint -> export -> classify / eval from the exported model; flops JSON; one-line errors."""
+
 import json
 import os
 
@@ -16,8 +17,17 @@ CONFIG = os.path.join(ROOT, "configs", "siglip_rins.py")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   work = tmp_path_factory.mktemp("cli") / "run"
-  rc = cli.main(["train", "--config", f"{CONFIG}:runlocal,steps=8,signature=A^2B", "--workdir", str(work),
-                 "--config.log_every=4", "--config.tensorboard=False"])
+  rc = cli.main(
+    [
+      "train",
+      "--config",
+      f"{CONFIG}:runlocal,steps=8,signature=A^2B",
+      "--workdir",
+      str(work),
+      "--config.log_every=4",
+      "--config.tensorboard=False",
+    ]
+  )
   assert rc == 0
   return work
 
@@ -27,7 +37,7 @@ def test_train_writes_metrics_checkpoint_and_in_training_evals(run_dir):
   rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   config = json.load(open(run_dir / "config.json"))
   total = config["total_examples"] // config["input"]["batch_size"]
-  assert total == int(8 / 1.48)      # A^2B is compute-matched to 8 AB steps (1.48x the FLOPs per step)
+  assert total == int(8 / 1.48)  # A^2B is compute-matched to 8 AB steps (1.48x the FLOPs per step)
   logged = [r["step"] for r in rows if "train/loss" in r]
   assert logged == sorted(set(list(range(4, total + 1, 4)) + [total]))
   assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
@@ -43,8 +53,19 @@ def test_train_writes_metrics_checkpoint_and_in_training_evals(run_dir):
 @pytest.mark.slow
 def test_eval_two_rounds_from_checkpoint_land_in_one_report(run_dir, tmp_path, capsys):
   out = tmp_path / "report"
-  rc = cli.main(["eval", "--config", f"{CONFIG}:runlocal,steps=8,signature=A^2B", "--workdir", str(run_dir),
-                 "--rounds", "1,3", "--out", str(out)])
+  rc = cli.main(
+    [
+      "eval",
+      "--config",
+      f"{CONFIG}:runlocal,steps=8,signature=A^2B",
+      "--workdir",
+      str(run_dir),
+      "--rounds",
+      "1,3",
+      "--out",
+      str(out),
+    ]
+  )
   assert rc == 0
   records = json.load(open(out / "eval_results.json"))
   assert {r["rounds"] for r in records} == {1, 3}
@@ -67,10 +88,21 @@ def test_export_classify_and_eval_exported(run_dir, tmp_path, capsys):
   rc = cli.main(["classify", "--model", str(model_dir), "--labels", "red circle,blue square", str(img), str(bad)])
   captured = capsys.readouterr()
   assert "red circle" in captured.out and "blue square" in captured.out
-  assert "broken.jpg" in captured.err and rc == 1   # one clear line for the unreadable file, the rest ran
+  assert "broken.jpg" in captured.err and rc == 1  # one clear line for the unreadable file, the rest ran
   out = tmp_path / "exported_report"
-  rc = cli.main(["eval", "--config", f"{CONFIG}:runlocal,steps=8,signature=A^2B", "--model", str(model_dir),
-                 "--rounds", "2", "--out", str(out)])
+  rc = cli.main(
+    [
+      "eval",
+      "--config",
+      f"{CONFIG}:runlocal,steps=8,signature=A^2B",
+      "--model",
+      str(model_dir),
+      "--rounds",
+      "2",
+      "--out",
+      str(out),
+    ]
+  )
   assert rc == 0
   assert {r["rounds"] for r in json.load(open(out / "eval_results.json"))} == {2}
 
@@ -79,9 +111,9 @@ def test_flops_json_with_baseline(capsys):
   rc = cli.main(["flops", "--config", f"{CONFIG}:signature=A^3B", "--baseline", CONFIG])
   assert rc == 0
   out = json.loads(capsys.readouterr().out)
-  assert out["params"] == out["baseline"]["params"]            # recursion shares parameters
+  assert out["params"] == out["baseline"]["params"]  # recursion shares parameters
   ratio = out["train_flops_per_step"] / out["baseline"]["train_flops_per_step"]
-  assert 1.9 < ratio < 2.1                                      # A^3B runs 4 half-depth blocks vs 2
+  assert 1.9 < ratio < 2.1  # A^3B runs 4 half-depth blocks vs 2
   assert out["matched_steps"] == int(out["baseline"]["total_steps"] / ratio)
 
 

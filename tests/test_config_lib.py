@@ -1,4 +1,5 @@
 """config_lib: arg strings typed from defaults, --config.key overrides, loading config files."""
+
 import ml_collections
 import pytest
 
@@ -10,11 +11,11 @@ DEFAULTS = dict(variant="B/16", signature="AB", degree=1, p_skip=0.0, runlocal=F
 
 # ------------------------------------------------------------------------------------------------ parse_arg
 def test_parse_arg_types_values_from_the_defaults():
-  a = parse_arg("variant=L/14,degree=2,p_skip=1,signature=A^3B", **DEFAULTS)   # (commas split items)
+  a = parse_arg("variant=L/14,degree=2,p_skip=1,signature=A^3B", **DEFAULTS)  # (commas split items)
   assert a.variant == "L/14" and a.signature == "A^3B"
   assert a.degree == 2 and isinstance(a.degree, int)
   assert a.p_skip == 1.0 and isinstance(a.p_skip, float)
-  assert a.runlocal is False                       # untouched default
+  assert a.runlocal is False  # untouched default
 
 
 def test_parse_arg_strings_are_kept_verbatim():
@@ -31,8 +32,16 @@ def test_parse_arg_bare_key_means_true_and_booleans_parse():
   assert parse_arg(None, **DEFAULTS).to_dict() == DEFAULTS
 
 
-@pytest.mark.parametrize("arg, key", [("degree=2.5", "degree"), ("degree=two", "degree"), ("p_skip=abc", "p_skip"),
-                                      ("runlocal=maybe", "runlocal"), ("res=3", "res")])
+@pytest.mark.parametrize(
+  "arg, key",
+  [
+    ("degree=2.5", "degree"),
+    ("degree=two", "degree"),
+    ("p_skip=abc", "p_skip"),
+    ("runlocal=maybe", "runlocal"),
+    ("res=3", "res"),
+  ],
+)
 def test_parse_arg_rejects_values_of_the_wrong_type(arg, key):
   with pytest.raises(ValueError, match=key):
     parse_arg(arg, **DEFAULTS)
@@ -47,19 +56,34 @@ def test_parse_arg_unknown_key_names_the_allowed_keys():
 
 # ------------------------------------------------------------------------------------------------ overrides
 def _config():
-  return ml_collections.ConfigDict(dict(
-      lr=1e-3, log_every=100, tensorboard=True, name="run",
+  return ml_collections.ConfigDict(
+    dict(
+      lr=1e-3,
+      log_every=100,
+      tensorboard=True,
+      name="run",
       model=dict(name="decoder", recursion=dict(signature="AB", p_skip=0.0)),
-      input=dict(batch_size=32, data=dict(type="jsonl", path="/data"))))
+      input=dict(batch_size=32, data=dict(type="jsonl", path="/data")),
+    )
+  )
 
 
 def test_apply_overrides_sets_nested_keys_with_literal_values():
-  c = apply_overrides(_config(), ["lr=1e-4", "model.recursion.signature='A^3B'", "model.recursion.p_skip=0.25",
-                                  "input.data.path=/other/place", "log_every=5", "tensorboard=False"])
+  c = apply_overrides(
+    _config(),
+    [
+      "lr=1e-4",
+      "model.recursion.signature='A^3B'",
+      "model.recursion.p_skip=0.25",
+      "input.data.path=/other/place",
+      "log_every=5",
+      "tensorboard=False",
+    ],
+  )
   assert c.lr == 1e-4 and c.model.recursion.signature == "A^3B" and c.model.recursion.p_skip == 0.25
-  assert c.input.data.path == "/other/place"       # not a literal -> the plain string
+  assert c.input.data.path == "/other/place"  # not a literal -> the plain string
   assert c.log_every == 5 and c.tensorboard is False
-  assert apply_overrides(_config(), ["lr=1"]).lr == 1.0   # an int fits a float key
+  assert apply_overrides(_config(), ["lr=1"]).lr == 1.0  # an int fits a float key
 
 
 @pytest.mark.parametrize("override", ["lr='fast'", "log_every=1.5", "tensorboard=maybe", "input.batch_size=[1]"])
@@ -86,9 +110,9 @@ def test_apply_overrides_unknown_key_names_it_and_the_allowed_keys():
 # ------------------------------------------------------------------------------------------------ load_config
 def test_load_config_calls_get_config_with_the_arg(tmp_path):
   path = tmp_path / "cfg.py"
-  path.write_text("import ml_collections\n"
-                  "def get_config(arg=None):\n"
-                  "  return ml_collections.ConfigDict(dict(arg=arg or 'none'))\n")
+  path.write_text(
+    "import ml_collections\ndef get_config(arg=None):\n  return ml_collections.ConfigDict(dict(arg=arg or 'none'))\n"
+  )
   assert load_config(f"{path}:runlocal,res=3").arg == "runlocal,res=3"
   assert load_config(str(path)).arg == "none"
 

@@ -1,6 +1,7 @@
 """The shipped configs: they load (default, runlocal, the paper's signatures), pass validation, build their
 model and optimiser, have the paper's full-size shapes (parameter counts via jax.eval_shape, no allocation), and
 compute-match recursive variants against the AB baseline (fewer examples, in the FLOPs ratio)."""
+
 import glob
 import os
 
@@ -12,10 +13,12 @@ from siglip_rins.tasks import get_task
 from siglip_rins.train import total_steps_of, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if os.path.basename(p) not in ("common.py", "__init__.py"))
-SIGNATURES = ["signature=AB", "signature=ABAB", "signature=A^2B", "signature=A^3B,p_skip=0.25",
-              "signature=(ABB)_2"]
+CONFIGS = sorted(
+  os.path.basename(p)
+  for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+  if os.path.basename(p) not in ("common.py", "__init__.py")
+)
+SIGNATURES = ["signature=AB", "signature=ABAB", "signature=A^2B", "signature=A^3B,p_skip=0.25", "signature=(ABB)_2"]
 
 
 def _load(name, arg=""):
@@ -54,7 +57,7 @@ def test_config_loads_for_the_paper_signatures(name, signature, runlocal):
 
 
 def test_a_signature_the_depth_does_not_allow_fails_at_load_naming_it():
-  with pytest.raises(ValueError, match="ABBC"):   # 3 unique blocks do not divide the 16 layers of lm_600m
+  with pytest.raises(ValueError, match="ABBC"):  # 3 unique blocks do not divide the 16 layers of lm_600m
     _load("lm_rins.py", "signature=ABBC")
 
 
@@ -70,24 +73,32 @@ def _params(config) -> int:
 
 def test_siglip_b16_two_towers_has_the_public_size():
   d, mlp = 768, 3072
-  image = (16 * 16 * 3 * d + d) + 256 * d + 12 * _encoder_layer(d, mlp) + 2 * d \
-      + d + 4 * (d * d + d) + 2 * d + (d * mlp + mlp + mlp * d + d)          # MAP head: probe, attention, LN, MLP
+  image = (
+    (16 * 16 * 3 * d + d)
+    + 256 * d
+    + 12 * _encoder_layer(d, mlp)
+    + 2 * d
+    + d
+    + 4 * (d * d + d)
+    + 2 * d
+    + (d * mlp + mlp + mlp * d + d)
+  )  # MAP head: probe, attention, LN, MLP
   text = 32_000 * d + 64 * d + 12 * _encoder_layer(d, mlp) + 2 * d + (d * d + d)
-  expected = image + text + 2                                              # + t, b
-  assert _params(_load("siglip_rins.py")) == pytest.approx(expected, rel=1e-4)   # ~203M
+  expected = image + text + 2  # + t, b
+  assert _params(_load("siglip_rins.py")) == pytest.approx(expected, rel=1e-4)  # ~203M
 
 
 def test_vit_b16_classifier_size():
   d, mlp = 768, 3072
   expected = (16 * 16 * 3 * d + d) + 196 * d + d + 12 * _encoder_layer(d, mlp) + 2 * d + (d * 1000 + 1000)
-  assert _params(_load("vit_rins.py")) == pytest.approx(expected, rel=1e-4)      # ~86.6M
+  assert _params(_load("vit_rins.py")) == pytest.approx(expected, rel=1e-4)  # ~86.6M
 
 
 def test_lm_600m_size():
   d, mlp, vocab = 1536, 6144, 32_000
-  expected = 2 * vocab * d + 16 * _encoder_layer(d, mlp) + 2 * d              # embedding, 16 blocks, head
+  expected = 2 * vocab * d + 16 * _encoder_layer(d, mlp) + 2 * d  # embedding, 16 blocks, head
   count = _params(_load("lm_rins.py"))
-  assert count == pytest.approx(expected, rel=1e-3)                            # ~552M ("600M" in the paper)
+  assert count == pytest.approx(expected, rel=1e-3)  # ~552M ("600M" in the paper)
   # parameter sharing: RINS A^3B has the baseline's unique blocks, so the same size
   assert _params(_load("lm_rins.py", "signature=A^3B")) == count
 
@@ -118,7 +129,7 @@ def test_recursive_variants_train_on_fewer_examples_in_the_flops_ratio(name):
     # equal training FLOPs: examples ratio = inverse FLOPs ratio (up to rounding to whole steps)
     assert examples[arg] / base_examples == pytest.approx(base_flops / _train_flops(cand), rel=1e-4), arg
   assert examples["signature=A^3B"] < examples["signature=A^2B"]
-  assert examples["signature=A^3B,p_skip=0.25"] > examples["signature=A^3B"]   # skipped rounds cost nothing
+  assert examples["signature=A^3B,p_skip=0.25"] > examples["signature=A^3B"]  # skipped rounds cost nothing
 
 
 def test_longer_sequence_baselines_are_compute_matched():
@@ -140,8 +151,8 @@ def test_lm_config_follows_appendix_e21():
   sources = c.input.data.sources
   assert [s["data"]["name"] for s in sources] == ["c4/en", "huggingface:cerebras__slimpajama_627b"]
   assert sources[0]["weight"] == sources[1]["weight"]
-  assert c.input.pack.seq_len == 1025         # packed rows of seq_len + 1 ids: inputs and shifted targets
-  assert "max_len=4100" in c.input.pp       # documents are tokenized up to 4 rows long, then packed
+  assert c.input.pack.seq_len == 1025  # packed rows of seq_len + 1 ids: inputs and shifted targets
+  assert "max_len=4100" in c.input.pp  # documents are tokenized up to 4 rows long, then packed
 
 
 def test_vit_config_follows_appendix_e22():

@@ -117,8 +117,7 @@ def test_write_jsonl_dataset_layout_readable(tmp_path):
   assert path == tmp_path / "eval" / "data.jsonl"
   rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
   assert len(rows) == 10
-  required = {"image", "texts", "languages", "label", "label_name", "shape", "colour", "size", "position",
-              "split"}
+  required = {"image", "texts", "languages", "label", "label_name", "shape", "colour", "size", "position", "split"}
   records = shapes.generate("eval", 10, seed=1, image_size=32)
   for row, record in zip(rows, records):
     assert required <= set(row)
@@ -149,6 +148,7 @@ def test_bad_arguments_raise_value_errors():
 
 def test_generation_is_fast():
   import time
+
   start = time.perf_counter()
   shapes.generate("train", 1000, seed=0, image_size=32)
   assert time.perf_counter() - start < 5.0  # ~0.3 s on one core

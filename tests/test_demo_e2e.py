@@ -4,6 +4,7 @@ What it checks (the demo's contract): the report files exist and are non-empty; 
 with metrics at r = 1 and at the trained r; the recursive variants are compute-matched to the baseline (total
 training FLOPs within one step's FLOPs of the baseline's) and train on fewer examples; the flags are validated.
 """
+
 import json
 import os
 
@@ -46,8 +47,14 @@ def test_results_have_every_variant_and_both_rounds(quick_report):
     assert res["trained_rounds"] == expected_r[name]
     for key in ("r1", "r_trained"):
       metrics = res["metrics"][key]
-      for metric in ("zeroshot_top1", "zeroshot_top1_heldout", "retrieval_i2t@1", "retrieval_t2i@1",
-                     "xm3600_i2t@1", "xm3600_t2i@1"):
+      for metric in (
+        "zeroshot_top1",
+        "zeroshot_top1_heldout",
+        "retrieval_i2t@1",
+        "retrieval_t2i@1",
+        "xm3600_i2t@1",
+        "xm3600_t2i@1",
+      ):
         assert 0.0 <= metrics[metric] <= 1.0, (name, key, metric)
     rounds = {rec["rounds"] for rec in res["records"]}
     assert {1, res["trained_rounds"]} <= rounds
@@ -65,7 +72,7 @@ def test_compute_matching(quick_report):
   for name, res in variants.items():
     assert abs(res["train_flops"] - base["train_flops"]) <= res["train_flops_per_step"], name
     assert res["train_flops"] == pytest.approx(res["steps"] * res["batch_size"] * res["train_flops_per_example"])
-    if name != "baseline":   # recursion costs more per example, so fewer examples at the same compute
+    if name != "baseline":  # recursion costs more per example, so fewer examples at the same compute
       assert res["train_flops_per_example"] > base["train_flops_per_example"]
       assert res["examples_seen"] < base["examples_seen"]
       assert results["compute_matching"][name]["within_one_step"] is True

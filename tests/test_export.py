@@ -3,6 +3,7 @@
 The model-based tests use tiny towers; parameters are random (built from the model's own parameter shapes, so no
 slow `model.init`) or planted by hand so that the right answer of `classify` is known in advance.
 """
+
 import io
 import json
 import math
@@ -14,8 +15,17 @@ import pytest
 from PIL import Image
 
 from siglip_rins import image_io
-from siglip_rins.export import (FORMAT_VERSION, add_cli, classify_main, export_model, export_params, load_exported,
-                                param_shapes, retrieve_main, settings_from_run_config)
+from siglip_rins.export import (
+  FORMAT_VERSION,
+  add_cli,
+  classify_main,
+  export_model,
+  export_params,
+  load_exported,
+  param_shapes,
+  retrieve_main,
+  settings_from_run_config,
+)
 from siglip_rins.interop import flatten_params, unflatten_params
 from siglip_rins.models import build_model
 from siglip_rins.text.tokenizer import get_tokenizer
@@ -28,15 +38,21 @@ def random_params(model, image_size, text_len, seed=0):
   """Random float32 params of `model` (LayerNorm scales near 1), from its abstract parameter shapes."""
   rng = np.random.default_rng(seed)
   shapes = flatten_params(param_shapes(model, image_size, text_len))
-  flat = {k: (rng.normal(size=v.shape) * 0.2 + (1.0 if k.endswith("scale") else 0.0)).astype(np.float32)
-          for k, v in shapes.items()}
+  flat = {
+    k: (rng.normal(size=v.shape) * 0.2 + (1.0 if k.endswith("scale") else 0.0)).astype(np.float32)
+    for k, v in shapes.items()
+  }
   flat["t"], flat["b"] = np.array([math.log(7.3)], np.float32), np.array([-3.1], np.float32)
   return unflatten_params(flat)
 
 
-RINS_CFG = dict(name="two_towers", out_dim=(None, 32), recursion=dict(signature="A^2B"),
-                image=dict(width=32, depth=4, mlp_dim=64, num_heads=2, patch_size=4),
-                text=dict(vocab_size=TOKENIZER.vocab_size, width=32, depth=4, mlp_dim=64, num_heads=2))
+RINS_CFG = dict(
+  name="two_towers",
+  out_dim=(None, 32),
+  recursion=dict(signature="A^2B"),
+  image=dict(width=32, depth=4, mlp_dim=64, num_heads=2, patch_size=4),
+  text=dict(vocab_size=TOKENIZER.vocab_size, width=32, depth=4, mlp_dim=64, num_heads=2),
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +75,7 @@ def test_exported_embeddings_equal_training_model(rins_export):
     ref = jax.jit(lambda p, i, t: model.apply({"params": p}, i, t, rounds=rounds))
     zimg, ztxt, aux = ref(params, x, tokens)
     np.testing.assert_allclose(em.encode_images(list(images), rounds=rounds), zimg, atol=1e-5)
-    np.testing.assert_allclose(em.encode_images(x, rounds=rounds), zimg, atol=1e-5)   # preprocessed batch
+    np.testing.assert_allclose(em.encode_images(x, rounds=rounds), zimg, atol=1e-5)  # preprocessed batch
     np.testing.assert_allclose(em.encode_texts(texts, rounds=rounds), ztxt, atol=1e-5)
   assert em.temperature == pytest.approx(7.3, rel=1e-6) and em.bias == pytest.approx(-3.1)
   np.testing.assert_array_equal(em.tokenize(texts), tokens)
@@ -69,12 +85,14 @@ def test_exported_folder_contents(rins_export):
   _, params, out = rins_export
   config = json.loads((out / "config.json").read_text())
   assert config["format_version"] == FORMAT_VERSION
-  assert config["text"] == dict(tokenizer_file="tokenizer.model", max_len=TEXT_LEN, eos="sticky", canonicalize=True,
-                                pad_value=None)
+  assert config["text"] == dict(
+    tokenizer_file="tokenizer.model", max_len=TEXT_LEN, eos="sticky", canonicalize=True, pad_value=None
+  )
   assert config["image"]["size"] == list(IMAGE_SIZE) and config["image"]["value_range"] == [-1.0, 1.0]
   assert config["model"]["recursion"] == {"signature": "A^2B"}
   assert (out / "tokenizer.model").read_bytes() == TOKENIZER.model_proto
-  from safetensors.numpy import load_file   # no pickle involved
+  from safetensors.numpy import load_file  # no pickle involved
+
   stored = load_file(str(out / "params.safetensors"))
   flat = flatten_params(params)
   assert set(stored) == set(flat) and "img/Transformer/A/encoderblock_0/MlpBlock_0/Dense_0/kernel" in stored
@@ -98,20 +116,29 @@ def test_newer_format_version_and_broken_folders_fail_clearly(rins_export, tmp_p
   bad = flatten_params(params)
   bad["img/extra_param"] = np.zeros(3, np.float32)
   del bad["txt/head/bias"]
-  with pytest.raises(ValueError, match=r"missing 1 key\(s\): \['txt/head/bias'\].*unexpected 1 key\(s\): "
-                                       r"\['img/extra_param'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"missing 1 key\(s\): \['txt/head/bias'\].*unexpected 1 key\(s\): "
+    r"\['img/extra_param'\]",
+  ):
     export_params(unflatten_params(bad), RINS_CFG, tmp_path / "bad", tokenizer="demo")
 
 
 def test_export_model_from_training_workdir(tmp_path):
   from siglip_rins.checkpoint import CheckpointManager
+
   cfg = dict(RINS_CFG, recursion=dict(signature="AB"))
   model = build_model(cfg)
   params = random_params(model, (12, 12), 6, seed=3)
   workdir = tmp_path / "run"
-  run_config = dict(model=cfg, input=dict(
+  run_config = dict(
+    model=cfg,
+    input=dict(
       pp_img="decode|resize(12)|value_range(-1, 1)",
-      pp_txt="tokenize(max_len=6, model='demo', eos='sticky')", batch_size=4))
+      pp_txt="tokenize(max_len=6, model='demo', eos='sticky')",
+      batch_size=4,
+    ),
+  )
   with CheckpointManager(workdir, async_save=False) as mgr:
     mgr.save(7, dict(params=params, opt_state={}, step=np.int32(7)), {"note": "test"})
   (workdir / "config.json").write_text(json.dumps(run_config))
@@ -145,23 +172,33 @@ def _colour_vector(rgb):
 
 def _layer_norm(v):
   v = v - v.mean()
-  return v / np.sqrt((v ** 2).mean())
+  return v / np.sqrt((v**2).mean())
 
 
 def planted_model(tmp_path):
   """A model whose image embedding is LayerNorm(mean colour) and whose text embedding for 'red'/'green'/'blue' is
   LayerNorm(that colour): every layer is made an identity (zero output projections) except one uniform-attention
   text layer that copies the colour token's embedding onto the last (pooled) position."""
-  cfg = dict(name="two_towers", out_dim=(None, D), recursion=dict(signature="A^2B"),
-             image=dict(width=D, depth=2, mlp_dim=16, num_heads=2, patch_size=4, pool_type="gap"),
-             text=dict(vocab_size=TOKENIZER.vocab_size, width=D, depth=2, mlp_dim=16, num_heads=2))
+  cfg = dict(
+    name="two_towers",
+    out_dim=(None, D),
+    recursion=dict(signature="A^2B"),
+    image=dict(width=D, depth=2, mlp_dim=16, num_heads=2, patch_size=4, pool_type="gap"),
+    text=dict(vocab_size=TOKENIZER.vocab_size, width=D, depth=2, mlp_dim=16, num_heads=2),
+  )
   model = build_model(cfg)
   flat = flatten_params(random_params(model, (8, 8), TEXT_LEN, seed=5))
   for k in flat:
     if k.endswith("scale"):
       flat[k] = np.ones_like(flat[k])
-    if ("/out/" in k or "Dense_1" in k or k.endswith("pos_embedding") or k.endswith("LayerNorm_0/bias")
-        or k.endswith("LayerNorm_1/bias") or "encoder_norm/bias" in k):
+    if (
+      "/out/" in k
+      or "Dense_1" in k
+      or k.endswith("pos_embedding")
+      or k.endswith("LayerNorm_0/bias")
+      or k.endswith("LayerNorm_1/bias")
+      or "encoder_norm/bias" in k
+    ):
       flat[k] = np.zeros_like(flat[k])
   kernel = np.zeros((4, 4, 3, D), np.float32)
   for c in range(3):
@@ -175,7 +212,7 @@ def planted_model(tmp_path):
     emb[unique] = _colour_vector(rgb)
   flat["txt/Embed_0/embedding"] = emb
   attn = "txt/Encoder_0/A/encoderblock_0/MultiHeadDotProductAttention_0"
-  for part in ("query", "key"):   # zero queries/keys: uniform attention over all positions
+  for part in ("query", "key"):  # zero queries/keys: uniform attention over all positions
     flat[f"{attn}/{part}/kernel"] = np.zeros((D, 2, D // 2), np.float32)
     flat[f"{attn}/{part}/bias"] = np.zeros((2, D // 2), np.float32)
   flat[f"{attn}/value/kernel"] = np.eye(D, dtype=np.float32).reshape(D, 2, D // 2)
@@ -226,7 +263,7 @@ def test_classify_planted_model_gives_known_labels_and_sigmoid_probabilities(tmp
     assert ranking[0][0] == colour, (path.name, ranking)
     probs = [p for _, p in ranking]
     assert probs == sorted(probs, reverse=True)
-    if path.suffix == ".png" or path.suffix == ".webp":   # lossless: the expected probabilities are exact
+    if path.suffix == ".png" or path.suffix == ".webp":  # lossless: the expected probabilities are exact
       img = _layer_norm(_colour_vector(COLOURS[colour]))
       expected = 1 / (1 + np.exp(-(10.0 * lbl @ (img / np.linalg.norm(img)) - 5.0)))
       got = dict(ranking)
@@ -241,8 +278,9 @@ def test_cli_classify_and_retrieve_skip_unreadable_files(tmp_path, capsys, plant
   model_dir = planted_dir
   files = _write_images(tmp_path / "images")
   bad = _write_bad_files(tmp_path / "images")
-  status = classify_main(model_dir, ["red", "green", "blue"], [str(p) for p in [*files, *bad,
-                                                                                tmp_path / "missing.png"]], top_k=2)
+  status = classify_main(
+    model_dir, ["red", "green", "blue"], [str(p) for p in [*files, *bad, tmp_path / "missing.png"]], top_k=2
+  )
   out, err = capsys.readouterr()
   assert status == 1
   err_lines = err.strip().splitlines()
@@ -265,16 +303,22 @@ def test_cli_classify_and_retrieve_skip_unreadable_files(tmp_path, capsys, plant
 
 def test_add_cli_registers_subcommands():
   import argparse
+
   parser = argparse.ArgumentParser(prog="siglip-rins")
   add_cli(parser.add_subparsers(dest="command", required=True))
   args = parser.parse_args(["classify", "--model", "m", "--labels", "cat, dog", "--top_k", "2", "a.jpg", "b.png"])
-  assert (args.model, args.labels, args.images, args.top_k, args.rounds) == ("m", "cat, dog", ["a.jpg", "b.png"], 2,
-                                                                             None)
+  assert (args.model, args.labels, args.images, args.top_k, args.rounds) == (
+    "m",
+    "cat, dog",
+    ["a.jpg", "b.png"],
+    2,
+    None,
+  )
   args = parser.parse_args(["retrieve", "--model", "m", "--query", "a cat", "--folder", "f", "--rounds", "4"])
   assert (args.query, args.folder, args.rounds) == ("a cat", "f", 4) and callable(args.func)
   args = parser.parse_args(["export", "--workdir", "w", "--out", "o"])
   assert (args.workdir, args.out, args.step) == ("w", "o", None)
-  with pytest.raises(FileNotFoundError, match="config.json"):   # the wired function runs the real export
+  with pytest.raises(FileNotFoundError, match="config.json"):  # the wired function runs the real export
     args.func(args)
 
 
@@ -285,14 +329,17 @@ def _png_bytes(img: Image.Image) -> bytes:
   return buf.getvalue()
 
 
-@pytest.mark.parametrize("mode,make,expected", [
+@pytest.mark.parametrize(
+  "mode,make,expected",
+  [
     ("RGBA", lambda: Image.new("RGBA", (5, 4), (10, 20, 30, 0)), (10, 20, 30)),
     ("LA", lambda: Image.new("LA", (5, 4), (77, 128)), (77, 77, 77)),
     ("L", lambda: Image.new("L", (5, 4), 200), (200, 200, 200)),
     ("P", lambda: Image.new("RGB", (5, 4), (0, 0, 255)).convert("P"), (0, 0, 255)),
     ("1", lambda: Image.new("1", (5, 4), 1), (255, 255, 255)),
     ("I;16", lambda: Image.fromarray(np.full((4, 5), 65535 // 2, np.uint16)), (127, 127, 127)),
-])
+  ],
+)
 def test_read_image_png_modes(tmp_path, mode, make, expected):
   img = make()
   path = tmp_path / f"img_{mode.replace(';', '_')}.png"

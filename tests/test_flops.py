@@ -1,5 +1,6 @@
 """Tests of siglip_rins/flops.py: analytic FLOPs against XLA's own count, the bench config's size and cost,
 stochastic-RINS expectations, KV sharing, compute matching, and a shape-only count of full-size SigLIP B/16."""
+
 import math
 
 import jax
@@ -13,8 +14,12 @@ from siglip_rins.models import build_model
 
 # The performance issue's bench config: image 64x64x3, patch 8, width 256, depth 6, heads 4, MLP 1024, learned
 # posemb, MAP pooling, no image head; text vocab 32000, 16 tokens, same tower shape, last-token pooling, 256->256 head.
-BENCH = dict(name="two_towers", image=dict(variant="bench/8", posemb="learn", pool_type="map"),
-             text=dict(variant="bench", vocab_size=32000, pool_type="last"), out_dim=(None, 256))
+BENCH = dict(
+  name="two_towers",
+  image=dict(variant="bench/8", posemb="learn", pool_type="map"),
+  text=dict(variant="bench", vocab_size=32000, pool_type="last"),
+  out_dim=(None, 256),
+)
 BENCH_SHAPES = {"image": (64, 64), "text": 16}
 
 
@@ -28,8 +33,15 @@ def _xla_forward_flops(model, *inputs, **kw):
 
 
 def _towers(signature, **rec):
-  return build_model(dict(name="two_towers", image=dict(variant="nano/4"), text=dict(variant="nano", vocab_size=64),
-                          out_dim=(None, 32), recursion=dict(signature=signature, loop="unroll", **rec)))
+  return build_model(
+    dict(
+      name="two_towers",
+      image=dict(variant="nano/4"),
+      text=dict(variant="nano", vocab_size=64),
+      out_dim=(None, 32),
+      recursion=dict(signature=signature, loop="unroll", **rec),
+    )
+  )
 
 
 @pytest.mark.parametrize("signature", ["AB", "A^2B"])
@@ -44,8 +56,17 @@ def test_two_towers_flops_match_xla(signature):
 
 @pytest.mark.parametrize("kv_sharing", [False, True])
 def test_decoder_flops_match_xla(kv_sharing):
-  model = build_model(dict(name="decoder", width=128, depth=2, mlp_dim=512, num_heads=4, vocab_size=256,
-                           recursion=dict(signature="A^3B", loop="unroll", kv_sharing=kv_sharing)))
+  model = build_model(
+    dict(
+      name="decoder",
+      width=128,
+      depth=2,
+      mlp_dim=512,
+      num_heads=4,
+      vocab_size=256,
+      recursion=dict(signature="A^3B", loop="unroll", kv_sharing=kv_sharing),
+    )
+  )
   b, t = 2, 32
   analytic = b * flops.model_flops(model, {"tokens": t})["forward"]
   xla = _xla_forward_flops(model, jnp.zeros((b, t), jnp.int32))
@@ -77,8 +98,9 @@ def test_bench_config_params_and_train_flops():
 def test_expected_flops_under_stochastic_rins(p_skip):
   r = 4
   model = _towers(f"A^{r}B", p_skip=p_skip)
-  per_round = {k: flops.model_flops(model, {"image": (16, 16), "text": 16}, rounds=k)["forward"]
-               for k in range(1, r + 1)}
+  per_round = {
+    k: flops.model_flops(model, {"image": (16, 16), "text": 16}, rounds=k)["forward"] for k in range(1, r + 1)
+  }
   got = flops.model_flops(model, {"image": (16, 16), "text": 16}, train=True)
   # Binomial expectation: E[f(1 + Binomial(r-1, 1-p))], written out term by term.
   pmf = stats.binom.pmf(np.arange(r), r - 1, 1 - p_skip)
@@ -89,7 +111,8 @@ def test_expected_flops_under_stochastic_rins(p_skip):
   # Inference (train=False) is deterministic: the trained r.
   assert flops.model_flops(model, {"image": (16, 16), "text": 16})["forward"] == per_round[r]
   assert flops.train_flops_per_example(model, {"image": (16, 16), "text": 16}) == pytest.approx(
-      3 * got["forward"] - got["patch"])
+    3 * got["forward"] - got["patch"]
+  )
 
 
 def test_kv_sharing_reduces_flops_by_the_skipped_projections():
@@ -97,8 +120,9 @@ def test_kv_sharing_reduces_flops_by_the_skipped_projections():
   kw = dict(name="decoder", width=d, depth=2, mlp_dim=512, num_heads=4, vocab_size=256)
   for r in (2, 3, 4):
     plain = flops.model_flops(build_model(dict(kw, recursion=dict(signature=f"A^{r}B"))), {"tokens": t})
-    shared = flops.model_flops(build_model(dict(kw, recursion=dict(signature=f"A^{r}B", kv_sharing=True))),
-                               {"tokens": t})
+    shared = flops.model_flops(
+      build_model(dict(kw, recursion=dict(signature=f"A^{r}B", kv_sharing=True))), {"tokens": t}
+    )
     # Rounds 2..r of A skip the key and value projections: 2 matmuls of t x d x d per layer.
     assert plain["forward"] - shared["forward"] == (r - 1) * lpb * 2 * (2 * t * d * d)
   ab = build_model(dict(kw, recursion=dict(signature="AB", kv_sharing=True)))
@@ -109,7 +133,7 @@ def test_matched_budget_arithmetic():
   base, rins = _towers("AB"), _towers("A^2B")
   f_base = flops.train_flops_per_example(base, {"image": (16, 16), "text": 16})
   f_rins = flops.train_flops_per_example(rins, {"image": (16, 16), "text": 16})
-  assert 1.3 < f_rins / f_base < 1.5           # one more half of each stack (~1.5x, minus the shared parts)
+  assert 1.3 < f_rins / f_base < 1.5  # one more half of each stack (~1.5x, minus the shared parts)
   out = flops.matched_budget(f_rins, f_base, baseline_examples=1_000_000, batch_size=256)
   assert out["flops_budget"] == pytest.approx(f_base * 1_000_000)
   assert out["matched_examples"] * f_rins == pytest.approx(out["flops_budget"])
@@ -119,8 +143,9 @@ def test_matched_budget_arithmetic():
 
 
 def test_full_size_siglip_b16_param_count():
-  model = build_model(dict(name="two_towers", image=dict(variant="B/16"), text=dict(variant="B", vocab_size=32000),
-                           out_dim=(None, 768)))
+  model = build_model(
+    dict(name="two_towers", image=dict(variant="B/16"), text=dict(variant="B", vocab_size=32000), out_dim=(None, 768))
+  )
   n = flops.count_params(model, (jnp.zeros((1, 256, 256, 3)), jnp.zeros((1, 64), jnp.int32)))
   print(f"SigLIP B/16 two towers (256px, text B/32000/64): {n:,} parameters")
-  assert 200e6 < n < 206e6      # the released SigLIP B/16-256 has about 203M
+  assert 200e6 < n < 206e6  # the released SigLIP B/16-256 has about 203M

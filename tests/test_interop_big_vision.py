@@ -16,8 +16,13 @@ def tower(depth):
 
 
 def make_cfg(signature="AB", depth=4, adapters=False):
-  return dict(name="two_towers", out_dim=(None, 16), recursion=dict(signature=signature, adapters=adapters),
-              image=dict(tower(depth), patch_size=4), text=dict(tower(depth), vocab_size=40))
+  return dict(
+    name="two_towers",
+    out_dim=(None, 16),
+    recursion=dict(signature=signature, adapters=adapters),
+    image=dict(tower(depth), patch_size=4),
+    text=dict(tower(depth), vocab_size=40),
+  )
 
 
 def random_flat(cfg, seed=0, image_size=IMAGE_SIZE):
@@ -30,21 +35,39 @@ def big_vision_checkpoint(seed=0):
   """A random big_vision-named 4-layer checkpoint (built independently of the converter: names written here)."""
   rng = np.random.default_rng(seed)
   d, h, k, m = 16, 2, 8, 32
-  layer = {"LayerNorm_0/scale": (d,), "LayerNorm_0/bias": (d,), "LayerNorm_1/scale": (d,), "LayerNorm_1/bias": (d,),
-           "MlpBlock_0/Dense_0/kernel": (d, m), "MlpBlock_0/Dense_0/bias": (m,),
-           "MlpBlock_0/Dense_1/kernel": (m, d), "MlpBlock_0/Dense_1/bias": (d,)}
+  layer = {
+    "LayerNorm_0/scale": (d,),
+    "LayerNorm_0/bias": (d,),
+    "LayerNorm_1/scale": (d,),
+    "LayerNorm_1/bias": (d,),
+    "MlpBlock_0/Dense_0/kernel": (d, m),
+    "MlpBlock_0/Dense_0/bias": (m,),
+    "MlpBlock_0/Dense_1/kernel": (m, d),
+    "MlpBlock_0/Dense_1/bias": (d,),
+  }
   for part in ("query", "key", "value"):
     layer[f"MultiHeadDotProductAttention_0/{part}/kernel"] = (d, h, k)
     layer[f"MultiHeadDotProductAttention_0/{part}/bias"] = (h, k)
   layer["MultiHeadDotProductAttention_0/out/kernel"] = (h, k, d)
   layer["MultiHeadDotProductAttention_0/out/bias"] = (d,)
-  shapes = {"img/embedding/kernel": (4, 4, 3, d), "img/embedding/bias": (d,), "img/pos_embedding": (1, 16, d),
-            "img/Transformer/encoder_norm/scale": (d,), "img/Transformer/encoder_norm/bias": (d,),
-            "img/MAPHead_0/probe": (1, 1, d), "img/MAPHead_0/LayerNorm_0/scale": (d,),
-            "img/MAPHead_0/LayerNorm_0/bias": (d,),
-            "txt/Embed_0/embedding": (40, d), "txt/pos_embedding": (1, TEXT_LEN, d),
-            "txt/Encoder_0/encoder_norm/scale": (d,), "txt/Encoder_0/encoder_norm/bias": (d,),
-            "txt/head/kernel": (d, d), "txt/head/bias": (d,), "t": (1,), "b": (1,)}
+  shapes = {
+    "img/embedding/kernel": (4, 4, 3, d),
+    "img/embedding/bias": (d,),
+    "img/pos_embedding": (1, 16, d),
+    "img/Transformer/encoder_norm/scale": (d,),
+    "img/Transformer/encoder_norm/bias": (d,),
+    "img/MAPHead_0/probe": (1, 1, d),
+    "img/MAPHead_0/LayerNorm_0/scale": (d,),
+    "img/MAPHead_0/LayerNorm_0/bias": (d,),
+    "txt/Embed_0/embedding": (40, d),
+    "txt/pos_embedding": (1, TEXT_LEN, d),
+    "txt/Encoder_0/encoder_norm/scale": (d,),
+    "txt/Encoder_0/encoder_norm/bias": (d,),
+    "txt/head/kernel": (d, d),
+    "txt/head/bias": (d,),
+    "t": (1,),
+    "b": (1,),
+  }
   for name, shape in layer.items():
     if not name.startswith("LayerNorm_1"):
       shapes[f"img/MAPHead_0/{name}"] = shape
@@ -59,14 +82,21 @@ def test_import_maps_layers_to_blocks_and_rins_model_shares_the_tree():
   ckpt = big_vision_checkpoint()
   params = bv.import_big_vision(ckpt, make_cfg("AB"))
   flat = flatten_params(params)
-  assert set(flat) == {k.replace("encoderblock_0", "A/encoderblock_0").replace("encoderblock_1", "A/encoderblock_1")
-                       .replace("encoderblock_2", "B/encoderblock_0").replace("encoderblock_3", "B/encoderblock_1")
-                       for k in ckpt}
-  np.testing.assert_array_equal(flat["img/Transformer/B/encoderblock_1/LayerNorm_0/scale"],
-                                ckpt["img/Transformer/encoderblock_3/LayerNorm_0/scale"])
-  np.testing.assert_array_equal(flat["txt/Encoder_0/A/encoderblock_1/MlpBlock_0/Dense_0/kernel"],
-                                ckpt["txt/Encoder_0/encoderblock_1/MlpBlock_0/Dense_0/kernel"])
-  rins = flatten_params(bv.import_big_vision(ckpt, make_cfg("A^3B")))   # same blocks A, B: identical tree
+  assert set(flat) == {
+    k.replace("encoderblock_0", "A/encoderblock_0")
+    .replace("encoderblock_1", "A/encoderblock_1")
+    .replace("encoderblock_2", "B/encoderblock_0")
+    .replace("encoderblock_3", "B/encoderblock_1")
+    for k in ckpt
+  }
+  np.testing.assert_array_equal(
+    flat["img/Transformer/B/encoderblock_1/LayerNorm_0/scale"], ckpt["img/Transformer/encoderblock_3/LayerNorm_0/scale"]
+  )
+  np.testing.assert_array_equal(
+    flat["txt/Encoder_0/A/encoderblock_1/MlpBlock_0/Dense_0/kernel"],
+    ckpt["txt/Encoder_0/encoderblock_1/MlpBlock_0/Dense_0/kernel"],
+  )
+  rins = flatten_params(bv.import_big_vision(ckpt, make_cfg("A^3B")))  # same blocks A, B: identical tree
   assert set(rins) == set(flat) and all(np.array_equal(rins[k], flat[k]) for k in flat)
   with_adapters = flatten_params(bv.import_big_vision(ckpt, make_cfg("A^3B", adapters=True)))
   np.testing.assert_array_equal(with_adapters["img/Transformer/adapter_kernel"], np.stack([np.eye(16)] * 3))
@@ -78,8 +108,9 @@ def test_import_maps_layers_to_blocks_and_rins_model_shares_the_tree():
 def test_npz_round_trip_is_bit_equal(tmp_path, layout, prefix):
   cfg = make_cfg("A^2B")
   flat = random_flat(cfg)
-  path = bv.export_big_vision_npz(unflatten_params(flat), tmp_path / "ckpt.npz", layout=layout, prefix=prefix,
-                                  model_config=cfg, allow_recursive=True)
+  path = bv.export_big_vision_npz(
+    unflatten_params(flat), tmp_path / "ckpt.npz", layout=layout, prefix=prefix, model_config=cfg, allow_recursive=True
+  )
   with np.load(path, allow_pickle=False) as data:
     names = set(data.files)
   assert all(n.startswith(prefix) for n in names)
@@ -112,13 +143,13 @@ def test_scan_and_loop_layouts_import_identically():
 
 def test_pos_embedding_is_resampled_for_another_resolution():
   ckpt = big_vision_checkpoint()
-  params = bv.import_big_vision(ckpt, make_cfg(), image_size=24)   # 4x4 grid -> 6x6 grid
+  params = bv.import_big_vision(ckpt, make_cfg(), image_size=24)  # 4x4 grid -> 6x6 grid
   assert params["img"]["pos_embedding"].shape == (1, 36, 16)
   constant = np.ones((1, 16, 5), np.float32) * np.arange(5, dtype=np.float32)
   np.testing.assert_allclose(bv.resample_posemb(constant, (7, 3)), np.ones((1, 21, 5)) * np.arange(5), atol=1e-6)
-  ramp = np.repeat(np.arange(4, dtype=np.float32), 4).reshape(1, 16, 1)        # value = row index
+  ramp = np.repeat(np.arange(4, dtype=np.float32), 4).reshape(1, 16, 1)  # value = row index
   up = bv.resample_posemb(ramp, (8, 4)).reshape(8, 4)
-  assert np.all(np.diff(up[:, 0]) >= 0) and up[0, 0] == 0 and up[-1, 0] == 3   # monotone, ends preserved
+  assert np.all(np.diff(up[:, 0]) >= 0) and up[0, 0] == 0 and up[-1, 0] == 3  # monotone, ends preserved
   np.testing.assert_array_equal(bv.resample_posemb(ramp, (4, 4)), ramp)
 
 
@@ -133,7 +164,7 @@ def test_missing_and_unknown_keys_are_listed():
   assert "img/Transformer/B/encoderblock_0/LayerNorm_1/bias" in msg and "txt/some_new_thing" in msg
   assert "missing 1" in msg and "unexpected 1" in msg
   deeper = dict(ckpt, **{"img/Transformer/encoderblock_4/LayerNorm_0/scale": np.ones(16, np.float32)})
-  with pytest.raises(ValueError, match="encoderblock_4"):   # a 5th layer has no block in a 4-layer model
+  with pytest.raises(ValueError, match="encoderblock_4"):  # a 5th layer has no block in a 4-layer model
     bv.import_big_vision(deeper, make_cfg())
   with pytest.raises(ValueError, match="img/embedding/kernel"):
     bv.import_big_vision(dict(ckpt, **{"img/embedding/kernel": np.zeros((4, 4, 3, 8), np.float32)}), make_cfg())

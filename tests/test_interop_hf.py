@@ -1,4 +1,5 @@
 """HF export: a transformers SiglipModel (torch CPU, float32) computes what the JAX recursive model computes."""
+
 import math
 
 import jax
@@ -19,15 +20,22 @@ IMAGE_SIZE, TEXT_LEN, VOCAB, D = 16, 8, 50, 32
 
 def make_cfg(signature, depth, **recursion):
   tower = dict(width=D, depth=depth, mlp_dim=64, num_heads=2)
-  return dict(name="two_towers", out_dim=(None, D), recursion=dict(signature=signature, **recursion),
-              image=dict(tower, patch_size=4), text=dict(tower, vocab_size=VOCAB))
+  return dict(
+    name="two_towers",
+    out_dim=(None, D),
+    recursion=dict(signature=signature, **recursion),
+    image=dict(tower, patch_size=4),
+    text=dict(tower, vocab_size=VOCAB),
+  )
 
 
 def random_flat(cfg, seed=0):
   rng = np.random.default_rng(seed)
   shapes = flatten_params(param_shapes(build_model(cfg), (IMAGE_SIZE, IMAGE_SIZE), TEXT_LEN))
-  flat = {k: (rng.normal(size=v.shape) * 0.2 + (1.0 if k.endswith("scale") else 0.0)).astype(np.float32)
-          for k, v in shapes.items()}
+  flat = {
+    k: (rng.normal(size=v.shape) * 0.2 + (1.0 if k.endswith("scale") else 0.0)).astype(np.float32)
+    for k, v in shapes.items()
+  }
   flat["t"], flat["b"] = np.array([math.log(7.3)], np.float32), np.array([-3.1], np.float32)
   return flat
 
@@ -50,7 +58,7 @@ def map_head_reference(flat, tokens):
   x = np.einsum("bhts,bshk,hkd->btd", w, v, flat[a + "out/kernel"]) + flat[a + "out/bias"]
   y = _ln(x, flat[p + "LayerNorm_0/scale"], flat[p + "LayerNorm_0/bias"])
   y = y @ flat[p + "MlpBlock_0/Dense_0/kernel"] + flat[p + "MlpBlock_0/Dense_0/bias"]
-  y = 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3)))
+  y = 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y**3)))
   return (x + y @ flat[p + "MlpBlock_0/Dense_1/kernel"] + flat[p + "MlpBlock_0/Dense_1/bias"])[:, 0]
 
 
@@ -75,8 +83,9 @@ def test_hf_siglip_equals_jax_model(tmp_path, signature, depth, hf_layers):
   zimg, ztxt, aux = jax.jit(lambda p, i, t: model.apply({"params": p}, i, t))(params, images, tokens)
   _, vit_aux = jax.jit(lambda p, i: ViT(**model.image).apply({"params": p}, i))(params["img"], images)
   with torch.no_grad():
-    o = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)),
-           pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    o = hf(
+      input_ids=torch.from_numpy(tokens.astype(np.int64)), pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))
+    )
     vision = hf.vision_model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
   # Unrolled encoder (+ final LayerNorm): every token equal.
   np.testing.assert_allclose(vision.last_hidden_state.numpy(), np.asarray(vit_aux["encoded"]), atol=1e-4)
@@ -106,7 +115,7 @@ def test_rounds_choose_the_unrolled_depth_and_layers_repeat_weights():
   q = "vision_model.encoder.layers.{}.mlp.fc1.weight"
   a1 = flat["img/Transformer/A/encoderblock_1/MlpBlock_0/Dense_0/kernel"].T
   np.testing.assert_array_equal(sd[q.format(1)], a1)
-  np.testing.assert_array_equal(sd[q.format(4)], a1)   # A's layer 1 again in round 2
+  np.testing.assert_array_equal(sd[q.format(4)], a1)  # A's layer 1 again in round 2
   np.testing.assert_array_equal(sd[q.format(8)], flat["img/Transformer/B/encoderblock_2/MlpBlock_0/Dense_0/kernel"].T)
 
 
@@ -119,7 +128,7 @@ def test_refusals_explain_what_cannot_be_expressed():
   flat["img/Transformer/adapter_bias"] = np.zeros((2, D), np.float32)
   flat["txt/Encoder_0/adapter_kernel"] = flat["img/Transformer/adapter_kernel"]
   flat["txt/Encoder_0/adapter_bias"] = flat["img/Transformer/adapter_bias"]
-  config, _ = to_hf(unflatten_params(flat), adapters)     # identity adapters export exactly
+  config, _ = to_hf(unflatten_params(flat), adapters)  # identity adapters export exactly
   assert config["vision_config"]["num_hidden_layers"] == 6
   shared = make_cfg("A^2B", 4, kv_sharing=True)
   with pytest.raises(ValueError, match="KV sharing"):
@@ -137,6 +146,7 @@ def test_export_from_exported_folder_copies_tokenizer(tmp_path):
   from siglip_rins.export import export_params
   from siglip_rins.interop.hf import export_hf_from_exported
   from siglip_rins.text.tokenizer import get_tokenizer
+
   tok = get_tokenizer("demo")
   cfg = make_cfg("A^2B", 4)
   cfg["text"]["vocab_size"] = tok.vocab_size

@@ -1,5 +1,6 @@
 """The decoder-LM RINS study (siglip_rins/demo/lm_study.py): corpus cleaning, splitting, tokenizer/document
 preparation, and (slow) the whole study end to end on a small generated English corpus (no network)."""
+
 import json
 import math
 import os
@@ -41,8 +42,10 @@ def english_text(paragraphs: int, seed: int = 0) -> str:
   out = []
   for _ in range(paragraphs):
     speaker = rng.choice(["KING.", "QUEEN.", "FOOL.", "HAMLET."])
-    lines = [f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
-             for _ in range(rng.randint(2, 4))]
+    lines = [
+      f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
+      for _ in range(rng.randint(2, 4))
+    ]
     out.append("\n".join([speaker] + lines))
   return "\n\n".join(out)
 
@@ -87,13 +90,15 @@ def test_corpus_errors_are_precise(tmp_path):
 
 def test_prepare_data_writes_tokenizer_and_length_bounded_documents(tmp_path):
   import sentencepiece as spm
+
   corpus = tmp_path / "corpus"
   corpus.mkdir()
   (corpus / "play1.txt").write_text(HEADER + english_text(120, seed=1) + FOOTER)
   (corpus / "play2.txt").write_text(english_text(80, seed=2))
   seq_len = 24
-  meta = lm_study.prepare_data(str(corpus), vocab=300, seq_len=seq_len, cache_root=str(tmp_path / "cache"),
-                               verbose=False)
+  meta = lm_study.prepare_data(
+    str(corpus), vocab=300, seq_len=seq_len, cache_root=str(tmp_path / "cache"), verbose=False
+  )
   sp = spm.SentencePieceProcessor(model_file=meta["tokenizer"])
   assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
   assert meta["vocab_size"] == sp.get_piece_size() <= 300
@@ -102,28 +107,41 @@ def test_prepare_data_writes_tokenizer_and_length_bounded_documents(tmp_path):
     with open(os.path.join(meta[f"{split}_dir"], "data.jsonl"), encoding="utf-8") as f:
       docs[split] = [json.loads(line)["text"] for line in f]
     assert len(docs[split]) == meta[f"{split}_docs"] > 0
-    lengths = [len(ids) + 1 for ids in sp.encode(docs[split])]     # + EOS
+    lengths = [len(ids) + 1 for ids in sp.encode(docs[split])]  # + EOS
     assert max(lengths) <= seq_len
     assert sum(lengths) == meta[f"{split}_tokens"]
   joined = "\n".join(docs["train"] + docs["val"])
   assert "Gutenberg" not in joined and "KING." in joined
   # Cached: a second call returns the same folder without rebuilding.
-  again = lm_study.prepare_data(str(corpus), vocab=300, seq_len=seq_len, cache_root=str(tmp_path / "cache"),
-                                verbose=False)
+  again = lm_study.prepare_data(
+    str(corpus), vocab=300, seq_len=seq_len, cache_root=str(tmp_path / "cache"), verbose=False
+  )
   assert again == meta
 
 
 def test_variant_configs_share_hyperparameters_and_match_baseline_flops(tmp_path):
   from siglip_rins import flops
   from siglip_rins.models import build_model
+
   corpus = tmp_path / "plays.txt"
   corpus.write_text(english_text(60, seed=4))
-  data = lm_study.prepare_data(str(corpus), vocab=300, seq_len=32, label="plays", cache_root=str(tmp_path / "c"),
-                               verbose=False)
+  data = lm_study.prepare_data(
+    str(corpus), vocab=300, seq_len=32, label="plays", cache_root=str(tmp_path / "c"), verbose=False
+  )
   settings = {**lm_study.DEFAULTS, **lm_study.QUICK, "steps": 50, "seed": 3}
   configs = {name: lm_study.variant_config(name, settings, data) for name in lm_study.VARIANTS}
-  shared = lambda c: (c.lr, c.wd, c.seed, c.input.batch_size, c.input.seq_len, c.input.tokenizer,
-                      c.input.data.path, c.model.variant, c.model.vocab_size, c.schedule.to_dict())
+  shared = lambda c: (
+    c.lr,
+    c.wd,
+    c.seed,
+    c.input.batch_size,
+    c.input.seq_len,
+    c.input.tokenizer,
+    c.input.data.path,
+    c.model.variant,
+    c.model.vocab_size,
+    c.schedule.to_dict(),
+  )
   base = configs["baseline"]
   assert base.input.data.path == data["train_dir"] and base.input.tokenizer == data["tokenizer"]
   assert base.model.vocab_size == data["vocab_size"] and base.total_steps == 50 and base.seed == 3
@@ -143,8 +161,9 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
   corpus = tmp_path / "plays.txt"
   corpus.write_text(HEADER + english_text(300, seed=3) + FOOTER)
   out = tmp_path / "report"
-  rc = lm_study.main(["--corpus", str(corpus), "--out", str(out), "--quick", "--quiet", "--steps", "8",
-                      "--variants", "baseline,rins"])
+  rc = lm_study.main(
+    ["--corpus", str(corpus), "--out", str(out), "--quick", "--quiet", "--steps", "8", "--variants", "baseline,rins"]
+  )
   assert rc == 0
   for name in ("lm_report.md", "lm_results.json", "lm_val_vs_flops.png"):
     assert (out / name).stat().st_size > 0
@@ -170,6 +189,7 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
 
 def test_demo_lm_flag_routes_to_the_study(tmp_path, capsys):
   from siglip_rins.demo import runner
+
   missing = tmp_path / "no_such_corpus.txt"
   assert runner.main(["--lm", "--corpus", str(missing), "--out", str(tmp_path / "o")]) == 1
   assert f"--corpus {str(missing)!r} does not exist" in capsys.readouterr().err

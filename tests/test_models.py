@@ -2,6 +2,7 @@
 the two-tower / classifier output contracts, config validation, and shape-only (jax.eval_shape) builds of the
 full-size models (B/16 two towers, lm_1b) on CPU.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +17,17 @@ VOCAB, WIDTH, HEADS = 40, 16, 2
 
 
 def _decoder(signature="AB", kv_sharing=False, loop="scan", depth=2):
-  return build_model(dict(name="decoder", vocab_size=VOCAB, width=WIDTH, depth=depth, mlp_dim=32, num_heads=HEADS,
-                          recursion=dict(signature=signature, kv_sharing=kv_sharing, loop=loop)))
+  return build_model(
+    dict(
+      name="decoder",
+      vocab_size=VOCAB,
+      width=WIDTH,
+      depth=depth,
+      mlp_dim=32,
+      num_heads=HEADS,
+      recursion=dict(signature=signature, kv_sharing=kv_sharing, loop=loop),
+    )
+  )
 
 
 def _tokens(shape, seed=2):
@@ -25,8 +35,9 @@ def _tokens(shape, seed=2):
 
 
 # ---------------------------------------------------------------------------------------- decoder LM
-@pytest.mark.parametrize("signature, kv_sharing, loop", [
-    ("AB", False, "scan"), ("A^2B", False, "scan"), ("A^2B", True, "unroll")])
+@pytest.mark.parametrize(
+  "signature, kv_sharing, loop", [("AB", False, "scan"), ("A^2B", False, "scan"), ("A^2B", True, "unroll")]
+)
 def test_incremental_decoding_reproduces_full_sequence_logits(signature, kv_sharing, loop):
   model = _decoder(signature, kv_sharing, loop)
   b, t = 2, 6
@@ -37,13 +48,14 @@ def test_incremental_decoding_reproduces_full_sequence_logits(signature, kv_shar
 
   @jax.jit
   def step(cache, token, position):
-    logits, mutated = model.apply({"params": params, "cache": cache}, token, positions=position, decode=True,
-                                  mutable=["cache"])
+    logits, mutated = model.apply(
+      {"params": params, "cache": cache}, token, positions=position, decode=True, mutable=["cache"]
+    )
     return logits, mutated["cache"]
 
   steps = []
   for i in range(t):
-    logits, cache = step(cache, tokens[:, i:i + 1], jnp.full((b, 1), i, jnp.int32))
+    logits, cache = step(cache, tokens[:, i : i + 1], jnp.full((b, 1), i, jnp.int32))
     steps.append(logits)
   np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full), rtol=1e-4, atol=1e-4)
   # Causality is real: changing the last token does not change earlier logits but changes the last ones.
@@ -61,11 +73,11 @@ def _cache_bytes_for(r, kv_sharing, b=2, t=8, depth=4):
 
 def test_kv_sharing_cache_does_not_grow_with_rounds():
   b, t, depth = 2, 8, 4
-  per_layer = 2 * b * t * WIDTH * 4                 # keys + values, float32
+  per_layer = 2 * b * t * WIDTH * 4  # keys + values, float32
   lpb = depth // 2
   shared = [_cache_bytes_for(r, True) for r in (2, 3, 4)]
   plain = [_cache_bytes_for(r, False) for r in (2, 3, 4)]
-  assert shared == [2 * lpb * per_layer] * 3        # first round of A + B, whatever r
+  assert shared == [2 * lpb * per_layer] * 3  # first round of A + B, whatever r
   assert plain == [(r + 1) * lpb * per_layer for r in (2, 3, 4)]
 
 
@@ -80,16 +92,21 @@ def test_packed_sequences_match_separate_sequences(signature, kv_sharing):
   jitted = jax.jit(lambda *a, **k: model.apply({"params": params}, *a, **k))
   apply = lambda *a, **k: np.asarray(jitted(*a, **k))
   separate = np.concatenate([apply(first), apply(second)], axis=1)
-  np.testing.assert_allclose(apply(packed, segment_ids=segment_ids, positions=positions), separate,
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    apply(packed, segment_ids=segment_ids, positions=positions), separate, rtol=1e-4, atol=1e-4
+  )
   # Without segment_ids the second sequence sees the first one: the logits differ.
   assert np.abs(apply(packed, positions=positions)[:, 3:] - separate[:, 3:]).max() > 1e-3
 
 
 # ------------------------------------------------------------------------------------ two towers etc.
-TINY_TOWERS = dict(name="two_towers", image=dict(variant="mu/4", pool_type="map"),
-                   text=dict(variant="mu", vocab_size=VOCAB), out_dim=(None, 32),
-                   recursion=dict(signature="A^2B"))
+TINY_TOWERS = dict(
+  name="two_towers",
+  image=dict(variant="mu/4", pool_type="map"),
+  text=dict(variant="mu", vocab_size=VOCAB),
+  out_dim=(None, 32),
+  recursion=dict(signature="A^2B"),
+)
 
 
 def test_two_towers_contract():
@@ -128,7 +145,9 @@ def test_classifier_and_vit_shapes():
   assert tokens.shape == (2, 4, 64)
 
 
-@pytest.mark.parametrize("cfg, match", [
+@pytest.mark.parametrize(
+  "cfg, match",
+  [
     (dict(name="vit", variant="mu/4", colour=1), r"unknown key\(s\) \['colour'\]"),
     (dict(name="decoder", variant="lm_mu", heads=2), r"unknown key\(s\) \['heads'\]"),
     (dict(TINY_TOWERS, image=dict(variant="mu/4", patch=4)), r"model.image: unknown key\(s\) \['patch'\]"),
@@ -139,7 +158,8 @@ def test_classifier_and_vit_shapes():
     (dict(name="vit", variant="mu/4", dtype="float8"), r"model.dtype: unknown dtype 'float8'"),
     (dict(name="transformer"), r"model.name: unknown model 'transformer'"),
     (dict(name="classifier", variant="mu/4"), r"model.num_classes: a classifier needs num_classes"),
-])
+  ],
+)
 def test_build_model_names_bad_keys(cfg, match):
   with pytest.raises(ValueError, match=match):
     build_model(cfg)
@@ -152,17 +172,25 @@ def _layer_params(width, mlp):
 
 
 def test_full_size_b16_two_towers_a3b_eval_shape():
-  model = build_model(dict(name="two_towers", image=dict(variant="B/16"), text=dict(variant="B", vocab_size=32000),
-                           out_dim=(None, 768), recursion=dict(signature="A^3B")))
+  model = build_model(
+    dict(
+      name="two_towers",
+      image=dict(variant="B/16"),
+      text=dict(variant="B", vocab_size=32000),
+      out_dim=(None, 768),
+      recursion=dict(signature="A^3B"),
+    )
+  )
   images, texts = jnp.zeros((2, 256, 256, 3)), jnp.zeros((2, 64), jnp.int32)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, texts))
-  zimg, ztxt, out = jax.eval_shape(lambda v: model.apply(v, images, texts, train=True,
-                                                         rngs={"rins": jax.random.PRNGKey(1)}), variables)
+  zimg, ztxt, out = jax.eval_shape(
+    lambda v: model.apply(v, images, texts, train=True, rngs={"rins": jax.random.PRNGKey(1)}), variables
+  )
   assert zimg.shape == (2, 768) and ztxt.shape == (2, 768)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
   d, m = 768, 3072
-  stack = 12 * _layer_params(d, m) + 2 * d                                    # 12 layers as 2 blocks + final LN
-  map_head = d + 4 * (d * d + d) + 2 * d + (d * m + m) + (m * d + d)          # probe, attention, LN, MLP
+  stack = 12 * _layer_params(d, m) + 2 * d  # 12 layers as 2 blocks + final LN
+  map_head = d + 4 * (d * d + d) + 2 * d + (d * m + m) + (m * d + d)  # probe, attention, LN, MLP
   image = 16 * 16 * 3 * d + d + 256 * d + stack + map_head
   text = 32000 * d + 64 * d + stack + d * d + d
   assert n == image + text + 2
@@ -176,7 +204,7 @@ def test_full_size_lm_1b_a3b_eval_shape():
   logits = jax.eval_shape(lambda v: model.apply(v, tokens), variables)
   assert logits.shape == (1, 128, 32000) and logits.dtype == jnp.float32
   assert sorted(variables["params"]["Decoder"]) == ["A", "B", "encoder_norm"]
-  assert len(variables["params"]["Decoder"]["A"]) == 9                       # 18 layers -> 2 blocks of 9
+  assert len(variables["params"]["Decoder"]["A"]) == 9  # 18 layers -> 2 blocks of 9
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
   assert n == 18 * _layer_params(2048, 8192) + 2 * 2048 + 2 * 32000 * 2048
-  assert n == count_params(build_model(dict(name="decoder", variant="lm_1b")), (tokens,))   # same as AB
+  assert n == count_params(build_model(dict(name="decoder", variant="lm_1b")), (tokens,))  # same as AB

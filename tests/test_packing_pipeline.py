@@ -1,5 +1,6 @@
 """LM sequence packing inside the tf.data pipeline (input.pack): rows never mix documents within a segment,
 positions restart per segment, nothing is lost, and resuming by start_example is exact."""
+
 import json
 
 import numpy as np
@@ -17,10 +18,13 @@ def _corpus(tmp_path, n=40):
 
 def _cfg(tmp_path, seq_len=16):
   model = write_sentencepiece_model(tmp_path / "sp")
-  return dict(data=dict(type="jsonl", path=str(_corpus(tmp_path))), shuffle_buffer_size=8,
-              pp=f'tokenize(max_len=64, model="{model}", eos="yes", inkey="text", outkey="tokens", '
-                 f'canonicalize=False)|keep("tokens")',
-              pack=dict(seq_len=seq_len, key="tokens"))
+  return dict(
+    data=dict(type="jsonl", path=str(_corpus(tmp_path))),
+    shuffle_buffer_size=8,
+    pp=f'tokenize(max_len=64, model="{model}", eos="yes", inkey="text", outkey="tokens", '
+    f'canonicalize=False)|keep("tokens")',
+    pack=dict(seq_len=seq_len, key="tokens"),
+  )
 
 
 def test_packed_rows_segments_and_positions(tmp_path):
@@ -32,8 +36,8 @@ def test_packed_rows_segments_and_positions(tmp_path):
     for s in np.unique(seg):
       p = pos[seg == s]
       np.testing.assert_array_equal(p, np.arange(len(p)) + (p[0] if s == seg[0] else 0))
-    assert np.all(toks != 0)                       # padding was stripped before packing
-    eos_at = np.nonzero(toks == 1)[0]              # an EOS (id 1) always ends its segment
+    assert np.all(toks != 0)  # padding was stripped before packing
+    eos_at = np.nonzero(toks == 1)[0]  # an EOS (id 1) always ends its segment
     for e in eos_at:
       assert e == len(seg) - 1 or seg[e + 1] == seg[e] + 1
 

@@ -3,6 +3,7 @@ sharing (A^3B == an unrolled copy), loop forms, stochastic rounds, adapters and 
 
 All models are tiny (width 16, a few tokens) so the file runs in seconds on CPU.
 """
+
 import itertools
 
 import jax
@@ -14,8 +15,17 @@ from scipy import stats
 from siglip_rins import flops
 from siglip_rins.layers import LayerConfig
 from siglip_rins.models import build_model
-from siglip_rins.recursion import (RecursionConfig, RecursiveStack, compact_signature, make_plan,
-                                   parse_signature, sample_rounds, skip_tuple, sweep, with_rounds)
+from siglip_rins.recursion import (
+  RecursionConfig,
+  RecursiveStack,
+  compact_signature,
+  make_plan,
+  parse_signature,
+  sample_rounds,
+  skip_tuple,
+  sweep,
+  with_rounds,
+)
 
 LAYER = LayerConfig(width=16, num_heads=2, mlp_dim=32)
 
@@ -43,6 +53,7 @@ def random_params(model, *inputs, seed=0, **kw):
       return jnp.asarray(1.0 + 0.1 * noise)
     fan_in = leaf.shape[0] if leaf.ndim >= 2 else 16
     return jnp.asarray(0.3 * noise / np.sqrt(fan_in))
+
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
@@ -61,9 +72,19 @@ def _close(a, b, tol=1e-5):
 
 
 # ------------------------------------------------------------------------------------------------ parsing
-@pytest.mark.parametrize("spec, letters, degree", [
-    ("AB", "AB", 0), ("AAB", "AAB", 0), ("A^3B", "AAAB", 0), ("A^{3}B", "AAAB", 0), ("AB^2C", "ABBC", 0),
-    ("(ABB)_2", "ABB", 2), ("(A^2B)_{3}", "AAB", 3), (" A^2 B ", "AAB", 0)])
+@pytest.mark.parametrize(
+  "spec, letters, degree",
+  [
+    ("AB", "AB", 0),
+    ("AAB", "AAB", 0),
+    ("A^3B", "AAAB", 0),
+    ("A^{3}B", "AAAB", 0),
+    ("AB^2C", "ABBC", 0),
+    ("(ABB)_2", "ABB", 2),
+    ("(A^2B)_{3}", "AAB", 3),
+    (" A^2 B ", "AAB", 0),
+  ],
+)
 def test_parse_signature_accepts_both_spellings(spec, letters, degree):
   assert parse_signature(spec) == (letters, degree)
 
@@ -74,7 +95,9 @@ def test_compact_signature_round_trips():
   assert compact_signature("AAAB") == "A^3B"
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: parse_signature(""), "signature is empty"),
     (lambda: parse_signature("A^0B"), r"exponent of 'A' must be >= 1, got 0"),
     (lambda: parse_signature("a-b"), r"invalid character 'a' at position 0"),
@@ -89,19 +112,25 @@ def test_compact_signature_round_trips():
     (lambda: RecursionConfig("A^2B", loop="while"), r"recursion.loop must be one of"),
     (lambda: RecursionConfig.from_dict(dict(signature="AB", rounds=3)), r"unknown recursion key\(s\) \['rounds'\]"),
     (lambda: with_rounds(make_plan("AAB", num_layers=4), 0), "rounds must be an integer >= 1, got 0"),
-])
+  ],
+)
 def test_bad_input_raises_value_error_naming_problem(call, match):
   with pytest.raises(ValueError, match=match):
     call()
 
 
-@pytest.mark.parametrize("cfg, match", [
+@pytest.mark.parametrize(
+  "cfg, match",
+  [
     (dict(name="vit", variant="mu/4", recursion=dict(signature="")), "model.recursion: signature is empty"),
     (dict(name="vit", variant="mu/4", recursion=dict(signature="ABC")), "depth 4 does not divide"),
     (dict(name="vit", variant="mu/4", recursion=dict(signature="A^2B", p_skip=1.0)), r"p_skip must be in \[0, 1\)"),
-    (dict(name="two_towers", image=dict(variant="mu/4", recursion=dict(signature="a-b")), text=None),
-     r"model.image.recursion: signature 'a-b': invalid character 'a'"),
-])
+    (
+      dict(name="two_towers", image=dict(variant="mu/4", recursion=dict(signature="a-b")), text=None),
+      r"model.image.recursion: signature 'a-b': invalid character 'a'",
+    ),
+  ],
+)
 def test_build_model_rejects_bad_recursion(cfg, match):
   with pytest.raises(ValueError, match=match):
     build_model(cfg)
@@ -140,7 +169,7 @@ def _sweep_by_rules(num_layers):
   kept = []
   for sig, degree in entries:
     distinct = len(sorted({c for c in sig}))
-    unique_blocks = distinct ** degree
+    unique_blocks = distinct**degree
     if num_layers // unique_blocks > 0:
       kept.append((sig, degree, unique_blocks, num_layers // unique_blocks))
   return kept
@@ -155,7 +184,7 @@ def test_sweep_matches_app_e1_rules_for_12_layers():
   assert len(got) == 4 + 6 * 3 + 3 * 2
   for e in sweep(12):
     plan = make_plan(e["signature"], e["degree"], layers_per_block=e["layers_per_block"])
-    assert plan.num_unique_blocks == e["unique_blocks"]           # the engine builds as many blocks as the rule
+    assert plan.num_unique_blocks == e["unique_blocks"]  # the engine builds as many blocks as the rule
     assert e["exact"] == (plan.num_layers_param == 12)
   assert sweep(2) == [e for e in sweep(2) if e["unique_blocks"] <= 2]
 
@@ -164,8 +193,9 @@ def test_equal_parameter_counts_across_signatures():
   tokens = jnp.zeros((1, 4), jnp.int32)
   counts = {}
   for sig in ["AB", "AAB", "ABAB", "AAAB", "A^8B"]:
-    model = build_model(dict(name="text", vocab_size=32, width=16, depth=4, mlp_dim=32, num_heads=2,
-                             recursion=dict(signature=sig)))
+    model = build_model(
+      dict(name="text", vocab_size=32, width=16, depth=4, mlp_dim=32, num_heads=2, recursion=dict(signature=sig))
+    )
     counts[sig] = flops.count_params(model, (tokens,))
   assert len(set(counts.values())) == 1, counts
   assert counts["AB"] > 0
@@ -206,7 +236,7 @@ def test_shared_tower_equals_distinct_tower():
 
 def test_degree_two_equals_flattened_distinct_blocks():
   x = _x()
-  nested = _stack("(AAB)_2", depth=4, loop="unroll")     # 4 unique blocks of 1 layer; runs AAB AAB CCD
+  nested = _stack("(AAB)_2", depth=4, loop="unroll")  # 4 unique blocks of 1 layer; runs AAB AAB CCD
   plan = nested.trained_plan()
   assert "".join(plan.sequence) == "AABAABCCD"
   params = random_params(nested, x)
@@ -220,7 +250,8 @@ def test_degree_two_equals_flattened_distinct_blocks():
 def _loss_and_grad(stack, params, x, **kw):
   def loss(p):
     y, _ = stack.apply({"params": p}, x, **kw)
-    return jnp.sum(y ** 2) / y.size
+    return jnp.sum(y**2) / y.size
+
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
@@ -235,8 +266,10 @@ def test_scan_unroll_and_remat_agree_on_outputs_and_gradients(a3b_params):
   assert float(jnp.abs(grad_ref["A"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]).max()) > 0
   # Same with stochastic skipping (the same 'rins' key draws the same rounds in both loop forms).
   rngs = {"rins": jax.random.PRNGKey(3)}
-  outs = [_stack("A^3B", depth=2, loop=loop, p_skip=0.5).apply({"params": params}, x, train=True, rngs=rngs)
-          for loop in ("scan", "unroll")]
+  outs = [
+    _stack("A^3B", depth=2, loop=loop, p_skip=0.5).apply({"params": params}, x, train=True, rngs=rngs)
+    for loop in ("scan", "unroll")
+  ]
   _close(outs[0][0], outs[1][0])
   assert int(outs[0][1]["rounds"]) == int(outs[1][1]["rounds"])
 
@@ -247,9 +280,13 @@ IMAGES = jax.random.uniform(jax.random.PRNGKey(5), (2, 8, 8, 3), minval=-1, maxv
 
 def _tiny_a4b(p_skip, adapters=False):
   """Image-only two towers (4 patches of 4x4, width 16) with signature A^4B."""
-  return build_model(dict(name="two_towers", image=dict(width=16, depth=2, mlp_dim=32, num_heads=2,
-                                                        patch_size=4, pool_type="gap"),
-                          recursion=dict(signature="A^4B", p_skip=p_skip, adapters=adapters)))
+  return build_model(
+    dict(
+      name="two_towers",
+      image=dict(width=16, depth=2, mlp_dim=32, num_heads=2, patch_size=4, pool_type="gap"),
+      recursion=dict(signature="A^4B", p_skip=p_skip, adapters=adapters),
+    )
+  )
 
 
 def _apply_over_keys(model, params, n, seed=0, train=True):
@@ -266,9 +303,9 @@ def test_drawn_rounds_follow_one_plus_binomial(p_skip):
   params = random_params(model, IMAGES)
   n, r = 4000, 4
   _, rounds = _apply_over_keys(model, params, n)
-  observed = np.bincount(rounds, minlength=r + 1)[1:r + 1]
-  assert observed.sum() == n                         # always between 1 and r
-  expected = n * stats.binom.pmf(np.arange(r), r - 1, 1 - p_skip)   # rounds = 1 + Binomial(r-1, 1-p)
+  observed = np.bincount(rounds, minlength=r + 1)[1 : r + 1]
+  assert observed.sum() == n  # always between 1 and r
+  expected = n * stats.binom.pmf(np.arange(r), r - 1, 1 - p_skip)  # rounds = 1 + Binomial(r-1, 1-p)
   assert stats.chisquare(observed, expected).pvalue > 1e-3, (observed, expected)
   assert abs(rounds.mean() - (1 + (r - 1) * (1 - p_skip))) < 0.05
   # The engine's helper draws from the same law.
@@ -278,7 +315,7 @@ def test_drawn_rounds_follow_one_plus_binomial(p_skip):
 
 def test_stochastic_forward_equals_deterministic_forward_at_drawn_rounds():
   model = _tiny_a4b(0.5, adapters=True)
-  params = random_params(model, IMAGES)     # random (non-identity) adapters: the adapter choice shows
+  params = random_params(model, IMAGES)  # random (non-identity) adapters: the adapter choice shows
   z, rounds = _apply_over_keys(model, params, 16, seed=1)
   assert len(set(rounds.tolist())) >= 2, rounds
   for k in sorted(set(rounds.tolist())):
@@ -306,8 +343,10 @@ def test_adapters_at_identity_init_leave_outputs_unchanged():
   np.testing.assert_array_equal(np.asarray(a3b_params["adapter_bias"]), np.zeros((3, 16)))
   with_ad, plain = _stack("A^3B", depth=2, adapters=True, loop="unroll"), _stack("A^3B", depth=2, loop="unroll")
   for rounds in (None, 1, 5):
-    _close(with_ad.apply({"params": a3b_params}, x, rounds=rounds)[0],
-           plain.apply({"params": _without_adapters(a3b_params)}, x, rounds=rounds)[0])
+    _close(
+      with_ad.apply({"params": a3b_params}, x, rounds=rounds)[0],
+      plain.apply({"params": _without_adapters(a3b_params)}, x, rounds=rounds)[0],
+    )
 
 
 def test_kth_adapter_is_applied_after_k_rounds(a3b_params):
@@ -317,7 +356,7 @@ def test_kth_adapter_is_applied_after_k_rounds(a3b_params):
   kernels = jax.random.normal(jax.random.PRNGKey(7), (3, 16, 16))
   biases = jax.random.normal(jax.random.PRNGKey(8), (3, 16))
   params = dict(a3b_params, adapter_kernel=kernels, adapter_bias=biases)
-  for rounds, k in [(1, 1), (2, 2), (3, 3), (5, 3)]:      # above r_max = 3 the last adapter is used
+  for rounds, k in [(1, 1), (2, 2), (3, 3), (5, 3)]:  # above r_max = 3 the last adapter is used
     y, info = with_ad.apply({"params": params}, x, rounds=rounds)
     base, _ = plain.apply({"params": _without_adapters(params)}, x, rounds=rounds)
     assert int(info["rounds"]) == rounds
@@ -334,15 +373,16 @@ def test_inference_rounds_reuse_parameters(a3b_params):
   _close(a2b.apply({"params": params}, x, rounds=1)[0], _stack("AB", depth=2).apply({"params": params}, x)[0])
   outs = []
   for k in range(1, 6):
-    y, info = a2b.apply({"params": params}, x, rounds=k)     # no new parameters: the same variables apply
+    y, info = a2b.apply({"params": params}, x, rounds=k)  # no new parameters: the same variables apply
     assert int(info["rounds"]) == k
     # A^kB equals k copies of A then B as distinct blocks.
     distinct = _stack("".join(chr(ord("A") + i) for i in range(k + 1)), layers_per_block=1, loop="unroll")
     _close(y, distinct.apply({"params": _copy_blocks(params, "A" * k + "B")}, x)[0])
     outs.append(np.asarray(y))
   assert all(np.abs(outs[i] - outs[i + 1]).max() > 1e-4 for i in range(4))
-  _close(a2b.apply({"params": params}, x)[0], outs[1])         # the default is the trained r = 2
+  _close(a2b.apply({"params": params}, x)[0], outs[1])  # the default is the trained r = 2
   # The scanned default loop runs extra rounds the same way.
   _close(_stack("A^2B", depth=2).apply({"params": params}, x, rounds=5)[0], outs[4])
-  assert jax.tree.map(jnp.shape, jax.eval_shape(lambda: a2b.init(jax.random.PRNGKey(0), x, rounds=5))) == \
-      jax.tree.map(jnp.shape, {"params": params})
+  assert jax.tree.map(jnp.shape, jax.eval_shape(lambda: a2b.init(jax.random.PRNGKey(0), x, rounds=5))) == jax.tree.map(
+    jnp.shape, {"params": params}
+  )

@@ -1,5 +1,6 @@
 """Reliability: SIGKILL at random moments (also mid-save) loses nothing; parsers raise only clean ValueErrors;
 an unusable workdir fails at start with one message naming it."""
+
 import os
 import random
 import signal
@@ -26,13 +27,20 @@ OVERRIDES = ["ckpt_every=1", "log_every=1", "keep_ckpts=2", "tensorboard=False"]
 def _config():
   c = config_lib.load_config(os.path.join(ROOT, "configs", f"siglip_rins.py:{ARGS}"))
   c = config_lib.apply_overrides(c, OVERRIDES)
-  assert c.total_examples == STEPS * c.input.batch_size   # runlocal: `steps` baseline steps, AB is the baseline
+  assert c.total_examples == STEPS * c.input.batch_size  # runlocal: `steps` baseline steps, AB is the baseline
   return c
 
 
 def _launch(workdir):
-  cmd = [sys.executable, "-m", "siglip_rins.train", "--config", f"configs/siglip_rins.py:{ARGS}",
-         "--workdir", str(workdir)]
+  cmd = [
+    sys.executable,
+    "-m",
+    "siglip_rins.train",
+    "--config",
+    f"configs/siglip_rins.py:{ARGS}",
+    "--workdir",
+    str(workdir),
+  ]
   cmd += [f"--config.{o}" for o in OVERRIDES]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -54,7 +62,7 @@ def test_sigkill_at_random_moments_resumes_to_identical_params(tmp_path):
 
   work = tmp_path / "killed"
   rng = random.Random(0)
-  kill_after = [2, 4, 6, 8, 10]   # logged step after which each kill comes (plus a random delay)
+  kill_after = [2, 4, 6, 8, 10]  # logged step after which each kill comes (plus a random delay)
   kills, resumed_from = 0, []
   for target in kill_after + [None]:
     proc = _launch(work)
@@ -68,7 +76,7 @@ def test_sigkill_at_random_moments_resumes_to_identical_params(tmp_path):
       seen += line
       if line.startswith(f"step {target}/"):
         break
-    time.sleep(rng.uniform(0.0, 0.5))   # every step saves asynchronously: kills land inside saves
+    time.sleep(rng.uniform(0.0, 0.5))  # every step saves asynchronously: kills land inside saves
     if proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
       kills += 1
@@ -107,8 +115,12 @@ def test_signature_parser_raises_only_value_errors(text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet="AB^_(){}0123456789 ", max_size=12), st.integers(-2, 4), st.integers(-1, 30),
-       st.one_of(st.floats(-1, 2), st.just(float("nan"))))
+@given(
+  st.text(alphabet="AB^_(){}0123456789 ", max_size=12),
+  st.integers(-2, 4),
+  st.integers(-1, 30),
+  st.one_of(st.floats(-1, 2), st.just(float("nan"))),
+)
 def test_plan_builder_raises_only_value_errors(sig, degree, depth, p):
   try:
     plan = make_plan(sig, degree, depth, p_skip=p)

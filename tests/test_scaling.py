@@ -55,8 +55,7 @@ def test_optimal_rounds_picks_planted_winner():
   fits = {r: scaling.PowerLawFit(beta=b, c=c, eps_inf=e) for r, (b, c, e) in PLANTED.items()}
   grid = np.geomspace(1e12, 1e24, 40)
   best = scaling.optimal_rounds(fits, grid)
-  truth = np.array(sorted(PLANTED))[np.argmin([scaling.power_law(grid, *PLANTED[r]) for r in sorted(PLANTED)],
-                                              axis=0)]
+  truth = np.array(sorted(PLANTED))[np.argmin([scaling.power_law(grid, *PLANTED[r]) for r in sorted(PLANTED)], axis=0)]
   np.testing.assert_array_equal(best, truth)
   assert best[0] == 1 and best[-1] == 3  # larger r wins with more compute (paper Fig. 5b)
   assert np.all(np.diff(best) >= 0)
@@ -119,8 +118,10 @@ def test_scaling_report_and_cli_write_files(tmp_path, capsys):
   assert stored["fits"]["run3"]["c"] == pytest.approx(PLANTED[3][1], rel=0.15)
   assert result["optimal"][-1]["best_rounds"] == 3
 
-  assert scaling.main([str(d) for d in dirs] + ["--metric", "eval/loss", "--out", str(tmp_path / "cli"),
-                                                "--bootstrap", "0"]) == 0
+  assert (
+    scaling.main([str(d) for d in dirs] + ["--metric", "eval/loss", "--out", str(tmp_path / "cli"), "--bootstrap", "0"])
+    == 0
+  )
   assert (tmp_path / "cli" / "scaling.md").is_file() and (tmp_path / "cli" / "scaling.png").is_file()
   assert scaling.main([str(dirs[0]), "--metric", "eval/nope", "--out", str(tmp_path / "x")]) == 2
   assert "eval/nope" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Tests for siglip_rins.sharding: mesh shapes, parameter rules, global batch assembly on 8 CPU devices."""
+
 import json
 import os
 import subprocess
@@ -14,76 +15,79 @@ from siglip_rins import sharding
 
 
 class _FakeMesh:
-    """Only ``.shape`` is read by the rule code; lets rules be tested without 8 real devices."""
+  """Only ``.shape`` is read by the rule code; lets rules be tested without 8 real devices."""
 
-    def __init__(self, data, fsdp):
-        self.shape = {"data": data, "fsdp": fsdp}
+  def __init__(self, data, fsdp):
+    self.shape = {"data": data, "fsdp": fsdp}
 
 
 def _abstract_params():
-    f32 = np.float32
-    return {
-        "img": {"embedding": {"kernel": jax.ShapeDtypeStruct((16, 16, 3, 64), f32),
-                              "bias": jax.ShapeDtypeStruct((64,), f32)},
-                "pos_embedding": jax.ShapeDtypeStruct((1, 196, 64), f32)},
-        "txt": {"Embed_0": {"embedding": jax.ShapeDtypeStruct((1000, 64), f32)},
-                "odd": jax.ShapeDtypeStruct((3, 5), f32)},
-        "t": jax.ShapeDtypeStruct((), f32),
-    }
+  f32 = np.float32
+  return {
+    "img": {
+      "embedding": {"kernel": jax.ShapeDtypeStruct((16, 16, 3, 64), f32), "bias": jax.ShapeDtypeStruct((64,), f32)},
+      "pos_embedding": jax.ShapeDtypeStruct((1, 196, 64), f32),
+    },
+    "txt": {"Embed_0": {"embedding": jax.ShapeDtypeStruct((1000, 64), f32)}, "odd": jax.ShapeDtypeStruct((3, 5), f32)},
+    "t": jax.ShapeDtypeStruct((), f32),
+  }
 
 
 def test_default_fsdp_rule_shards_largest_divisible_dim():
-    specs = sharding.param_partition_specs(_abstract_params(), _FakeMesh(2, 4))
-    assert specs["img"]["embedding"]["kernel"] == P(None, None, None, "fsdp")  # 64 is the largest divisible dim
-    assert specs["img"]["embedding"]["bias"] == P("fsdp")
-    assert specs["img"]["pos_embedding"] == P(None, "fsdp", None)  # 196 % 4 == 0 and 196 > 64
-    assert specs["txt"]["Embed_0"]["embedding"] == P("fsdp", None)
-    assert specs["txt"]["odd"] == P()  # nothing divisible by 4: replicated
-    assert specs["t"] == P()
+  specs = sharding.param_partition_specs(_abstract_params(), _FakeMesh(2, 4))
+  assert specs["img"]["embedding"]["kernel"] == P(None, None, None, "fsdp")  # 64 is the largest divisible dim
+  assert specs["img"]["embedding"]["bias"] == P("fsdp")
+  assert specs["img"]["pos_embedding"] == P(None, "fsdp", None)  # 196 % 4 == 0 and 196 > 64
+  assert specs["txt"]["Embed_0"]["embedding"] == P("fsdp", None)
+  assert specs["txt"]["odd"] == P()  # nothing divisible by 4: replicated
+  assert specs["t"] == P()
 
 
 def test_fsdp_size_one_replicates_everything():
-    specs = sharding.param_partition_specs(_abstract_params(), _FakeMesh(8, 1))
-    assert all(s == P() for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
+  specs = sharding.param_partition_specs(_abstract_params(), _FakeMesh(8, 1))
+  assert all(s == P() for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
 
 
 def test_custom_rules_first_match_wins_and_pad():
-    rules = [("txt/Embed_0/embedding", ("fsdp",)), ("img/.*", "replicate"), (".*", "fsdp")]
-    specs = sharding.param_partition_specs(_abstract_params(), _FakeMesh(1, 4), rules)
-    assert specs["txt"]["Embed_0"]["embedding"] == P("fsdp", None)
-    assert specs["img"]["embedding"]["kernel"] == P()
-    assert specs["txt"]["odd"] == P()
+  rules = [("txt/Embed_0/embedding", ("fsdp",)), ("img/.*", "replicate"), (".*", "fsdp")]
+  specs = sharding.param_partition_specs(_abstract_params(), _FakeMesh(1, 4), rules)
+  assert specs["txt"]["Embed_0"]["embedding"] == P("fsdp", None)
+  assert specs["img"]["embedding"]["kernel"] == P()
+  assert specs["txt"]["odd"] == P()
 
 
-@pytest.mark.parametrize("rules,match", [
+@pytest.mark.parametrize(
+  "rules,match",
+  [
     ([("txt/odd", ("fsdp",))], "not divisible"),
     ([("t", ("fsdp",))], "has 1 entries"),
     ([("txt/odd", ("model",))], "not in mesh axes"),
     ([("(", "fsdp")], "invalid regex"),
     ([(".*", "shard")], "must be 'fsdp'"),
-])
+  ],
+)
 def test_bad_rules_raise(rules, match):
-    with pytest.raises(ValueError, match=match):
-        sharding.param_partition_specs(_abstract_params(), _FakeMesh(1, 4), rules)
+  with pytest.raises(ValueError, match=match):
+    sharding.param_partition_specs(_abstract_params(), _FakeMesh(1, 4), rules)
 
 
 def test_mesh_single_device_and_bad_configs():
-    mesh = sharding.make_mesh()
-    assert mesh.axis_names == ("data", "fsdp")
-    assert dict(mesh.shape) == {"data": jax.device_count(), "fsdp": 1}
-    with pytest.raises(ValueError, match="unknown"):
-        sharding.make_mesh({"model": 2})
-    with pytest.raises(ValueError, match="at most one"):
-        sharding.make_mesh({"data": -1, "fsdp": -1})
-    with pytest.raises(ValueError, match="devices"):
-        sharding.make_mesh({"data": 3, "fsdp": 1})
+  mesh = sharding.make_mesh()
+  assert mesh.axis_names == ("data", "fsdp")
+  assert dict(mesh.shape) == {"data": jax.device_count(), "fsdp": 1}
+  with pytest.raises(ValueError, match="unknown"):
+    sharding.make_mesh({"model": 2})
+  with pytest.raises(ValueError, match="at most one"):
+    sharding.make_mesh({"data": -1, "fsdp": -1})
+  with pytest.raises(ValueError, match="devices"):
+    sharding.make_mesh({"data": 3, "fsdp": 1})
 
 
 def test_initialize_distributed_is_noop_without_request(monkeypatch):
-    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
-    assert sharding.initialize_distributed() is False
-    with pytest.raises(ValueError, match="process_id"):
-        sharding.initialize_distributed(coordinator="localhost:1234", num_processes=2, process_id=5)
+  monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+  assert sharding.initialize_distributed() is False
+  with pytest.raises(ValueError, match="process_id"):
+    sharding.initialize_distributed(coordinator="localhost:1234", num_processes=2, process_id=5)
 
 
 _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
@@ -118,17 +122,18 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_mesh_and_global_batch_on_8_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1][len("RESULT"):])
-    assert out["null"] == [8, 1]
-    assert out[json.dumps({"data": -1, "fsdp": 2})] == [4, 2]
-    assert out[json.dumps({"fsdp": -1})] == [1, 8]
-    assert out[json.dumps({"data": 2, "fsdp": 4})] == [2, 4]
-    assert out["shapes"] == {"image": [16, 3], "label": [16]}
-    assert out["roundtrip"] is True
-    assert out["shards"] == [[i, 2] for i in range(0, 16, 2)]
-    assert out["param_shard_shape"] == [6, 2]  # 8 columns over fsdp=4, replicated over data
-    assert out["error"] is not None and "12" in out["error"] and "8 devices" in out["error"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-c", _MULTI_DEVICE_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1][len("RESULT") :])
+  assert out["null"] == [8, 1]
+  assert out[json.dumps({"data": -1, "fsdp": 2})] == [4, 2]
+  assert out[json.dumps({"fsdp": -1})] == [1, 8]
+  assert out[json.dumps({"data": 2, "fsdp": 4})] == [2, 4]
+  assert out["shapes"] == {"image": [16, 3], "label": [16]}
+  assert out["roundtrip"] is True
+  assert out["shards"] == [[i, 2] for i in range(0, 16, 2)]
+  assert out["param_shard_shape"] == [6, 2]  # 8 columns over fsdp=4, replicated over data
+  assert out["error"] is not None and "12" in out["error"] and "8 devices" in out["error"]

@@ -1,4 +1,5 @@
 """Tokenizers and canonicalisation: Python vs TensorFlow equality, EOS semantics, name resolution."""
+
 import pathlib
 import sys
 
@@ -17,17 +18,19 @@ from siglip_rins.text import tf_ops  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return data_fixtures.write_sentencepiece_model(tmp_path_factory.mktemp("sp"), vocab_size=300)
+  return data_fixtures.write_sentencepiece_model(tmp_path_factory.mktemp("sp"), vocab_size=300)
 
 
 @pytest.fixture(scope="module", params=["default", "tiny"])
 def tokenizer(request, tiny_model):
-    if request.param == "tiny":
-        return get_tokenizer(str(tiny_model))
-    return get_tokenizer(data_fixtures.tokenizer_path_for_tests(tiny_model.parent))
+  if request.param == "tiny":
+    return get_tokenizer(str(tiny_model))
+  return get_tokenizer(data_fixtures.tokenizer_path_for_tests(tiny_model.parent))
 
 
-@pytest.mark.parametrize("text, expected", [
+@pytest.mark.parametrize(
+  "text, expected",
+  [
     ("A photo of a cat sitting on the_mat!", "a photo of a cat sitting on the mat"),
     ("  Multiple   spaces\tand\nnewlines  ", "multiple spaces and newlines"),
     ("Фотография красного автомобиля на улице.", "фотография красного автомобиля на улице"),
@@ -36,97 +39,98 @@ def tokenizer(request, tiny_model):
     ("don't  stop -- $5 + 3 = 8", "dont stop 5 3 8"),
     ("एक बिल्ली। सुंदर!", "एक बिल्ली सुंदर"),
     ("", ""),
-])
+  ],
+)
 def test_canonicalize_known(text, expected):
-    assert canonicalize(text) == expected
+  assert canonicalize(text) == expected
 
 
 def _tf_canon(strings):
-    return [s.decode("utf-8") for s in tf_ops.canonicalize_tf(tf.constant(strings)).numpy().tolist()]
+  return [s.decode("utf-8") for s in tf_ops.canonicalize_tf(tf.constant(strings)).numpy().tolist()]
 
 
 def test_canonicalize_python_equals_tf_multilingual():
-    texts = data_fixtures.MULTILINGUAL_TEXTS + ["ΟΔΟΣ ΣΑΣ", "İstanbul ŞEHİR", "«quoted» „low“ ‘single’"]
-    assert _tf_canon(texts) == [canonicalize(t) for t in texts]
+  texts = data_fixtures.MULTILINGUAL_TEXTS + ["ΟΔΟΣ ΣΑΣ", "İstanbul ŞEHİR", "«quoted» „low“ ‘single’"]
+  assert _tf_canon(texts) == [canonicalize(t) for t in texts]
 
 
 def test_canonicalize_python_equals_tf_per_codepoint():
-    # Every code point of the first planes that users' captions plausibly contain, each between letters.
-    # U+2C2F (Glagolitic, Unicode 14) is the one letter in this range that TensorFlow's older ICU does not
-    # lowercase; newer code points may differ the same way (documented in canonicalize.py).
-    chars = [chr(c) for c in range(0x20, 0x3100) if c != 0x2C2F]
-    texts = [f"a{c}b {c}" for c in chars]
-    got = _tf_canon(texts)
-    mismatches = [(hex(ord(c)), g, canonicalize(t)) for c, t, g in zip(chars, texts, got) if g != canonicalize(t)]
-    assert not mismatches, mismatches[:10]
+  # Every code point of the first planes that users' captions plausibly contain, each between letters.
+  # U+2C2F (Glagolitic, Unicode 14) is the one letter in this range that TensorFlow's older ICU does not
+  # lowercase; newer code points may differ the same way (documented in canonicalize.py).
+  chars = [chr(c) for c in range(0x20, 0x3100) if c != 0x2C2F]
+  texts = [f"a{c}b {c}" for c in chars]
+  got = _tf_canon(texts)
+  mismatches = [(hex(ord(c)), g, canonicalize(t)) for c, t, g in zip(chars, texts, got) if g != canonicalize(t)]
+  assert not mismatches, mismatches[:10]
 
 
 @pytest.mark.parametrize("max_len", [4, 12, 40])
 @pytest.mark.parametrize("eos", ["none", "yes", "sticky"])
 def test_python_and_tf_tokenization_identical(tokenizer, max_len, eos):
-    texts = data_fixtures.MULTILINGUAL_TEXTS
-    for canon in (True, False):
-        py_ids = tokenizer.encode(texts, max_len, eos=eos, canonicalize=canon)
-        tf_ids = tf_ops.tokenize(tokenizer, tf.constant(texts), max_len, eos=eos, canonicalize=canon).numpy()
-        assert py_ids.dtype == np.int32 and py_ids.shape == (len(texts), max_len)
-        np.testing.assert_array_equal(py_ids, tf_ids)
-    scalar = tf_ops.tokenize(tokenizer, tf.constant(texts[2]), max_len, eos=eos).numpy()
-    np.testing.assert_array_equal(scalar, tokenizer.encode([texts[2]], max_len, eos=eos)[0])
+  texts = data_fixtures.MULTILINGUAL_TEXTS
+  for canon in (True, False):
+    py_ids = tokenizer.encode(texts, max_len, eos=eos, canonicalize=canon)
+    tf_ids = tf_ops.tokenize(tokenizer, tf.constant(texts), max_len, eos=eos, canonicalize=canon).numpy()
+    assert py_ids.dtype == np.int32 and py_ids.shape == (len(texts), max_len)
+    np.testing.assert_array_equal(py_ids, tf_ids)
+  scalar = tf_ops.tokenize(tokenizer, tf.constant(texts[2]), max_len, eos=eos).numpy()
+  np.testing.assert_array_equal(scalar, tokenizer.encode([texts[2]], max_len, eos=eos)[0])
 
 
 def test_eos_semantics(tokenizer):
-    text = data_fixtures.MULTILINGUAL_TEXTS[1]
-    ids = tokenizer.encode_ids(text)
-    assert len(ids) > 4 and tokenizer.eos_id not in ids
-    long_len = len(ids) + 3
-    none = tokenizer.encode([text], long_len, eos="none")[0]
-    yes = tokenizer.encode([text], long_len, eos="yes")[0]
-    np.testing.assert_array_equal(none[:len(ids)], ids)
-    assert list(none[len(ids):]) == [tokenizer.pad_id] * 3
-    assert yes[len(ids)] == tokenizer.eos_id and list(yes[len(ids) + 1:]) == [tokenizer.pad_id] * 2
-    short = 4
-    assert list(tokenizer.encode([text], short, eos="yes")[0]) == ids[:short]  # EOS cut off
-    sticky = tokenizer.encode([text], short, eos="sticky")[0]
-    assert list(sticky) == ids[:short - 1] + [tokenizer.eos_id]
-    padded = tokenizer.encode([text], long_len, eos="none", pad_value=-7)[0]
-    assert list(padded[len(ids):]) == [-7] * 3
-    assert tokenizer.decode(tokenizer.encode([text], 64)[0]) == canonicalize(text)
+  text = data_fixtures.MULTILINGUAL_TEXTS[1]
+  ids = tokenizer.encode_ids(text)
+  assert len(ids) > 4 and tokenizer.eos_id not in ids
+  long_len = len(ids) + 3
+  none = tokenizer.encode([text], long_len, eos="none")[0]
+  yes = tokenizer.encode([text], long_len, eos="yes")[0]
+  np.testing.assert_array_equal(none[: len(ids)], ids)
+  assert list(none[len(ids) :]) == [tokenizer.pad_id] * 3
+  assert yes[len(ids)] == tokenizer.eos_id and list(yes[len(ids) + 1 :]) == [tokenizer.pad_id] * 2
+  short = 4
+  assert list(tokenizer.encode([text], short, eos="yes")[0]) == ids[:short]  # EOS cut off
+  sticky = tokenizer.encode([text], short, eos="sticky")[0]
+  assert list(sticky) == ids[: short - 1] + [tokenizer.eos_id]
+  padded = tokenizer.encode([text], long_len, eos="none", pad_value=-7)[0]
+  assert list(padded[len(ids) :]) == [-7] * 3
+  assert tokenizer.decode(tokenizer.encode([text], 64)[0]) == canonicalize(text)
 
 
 def test_encode_rejects_bad_arguments(tokenizer):
-    with pytest.raises(ValueError, match="max_len"):
-        tokenizer.encode(["a"], 0)
-    with pytest.raises(ValueError, match="eos"):
-        tokenizer.encode(["a"], 4, eos="maybe")
-    with pytest.raises(ValueError, match="single string"):
-        tokenizer.encode("abc", 4)
+  with pytest.raises(ValueError, match="max_len"):
+    tokenizer.encode(["a"], 0)
+  with pytest.raises(ValueError, match="eos"):
+    tokenizer.encode(["a"], 4, eos="maybe")
+  with pytest.raises(ValueError, match="single string"):
+    tokenizer.encode("abc", 4)
 
 
 def test_name_resolution_env_vars(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("SIGLIP_RINS_TOKENIZER_C4_EN", str(tiny_model))
-    assert resolve_tokenizer_path("c4_en") == tiny_model
-    assert get_tokenizer("c4_en").vocab_size == get_tokenizer(str(tiny_model)).vocab_size
-    monkeypatch.delenv("SIGLIP_RINS_TOKENIZER_C4_EN")
-    (tmp_path / "mc4.model").write_bytes(tiny_model.read_bytes())
-    monkeypatch.setenv("SIGLIP_RINS_TOKENIZER_DIR", str(tmp_path))
-    assert resolve_tokenizer_path("mc4") == tmp_path / "mc4.model"
-    with pytest.raises(FileNotFoundError) as err:
-        resolve_tokenizer_path("gemma")
-    message = str(err.value)
-    assert "gemma" in message and "SIGLIP_RINS_TOKENIZER_GEMMA" in message and str(tmp_path / "gemma.model") in message
+  monkeypatch.setenv("SIGLIP_RINS_TOKENIZER_C4_EN", str(tiny_model))
+  assert resolve_tokenizer_path("c4_en") == tiny_model
+  assert get_tokenizer("c4_en").vocab_size == get_tokenizer(str(tiny_model)).vocab_size
+  monkeypatch.delenv("SIGLIP_RINS_TOKENIZER_C4_EN")
+  (tmp_path / "mc4.model").write_bytes(tiny_model.read_bytes())
+  monkeypatch.setenv("SIGLIP_RINS_TOKENIZER_DIR", str(tmp_path))
+  assert resolve_tokenizer_path("mc4") == tmp_path / "mc4.model"
+  with pytest.raises(FileNotFoundError) as err:
+    resolve_tokenizer_path("gemma")
+  message = str(err.value)
+  assert "gemma" in message and "SIGLIP_RINS_TOKENIZER_GEMMA" in message and str(tmp_path / "gemma.model") in message
 
 
 def test_not_a_sentencepiece_model(tmp_path):
-    bogus = tmp_path / "bogus.model"
-    bogus.write_bytes(b"definitely not a protobuf \x00\xff" * 10)
-    with pytest.raises(ValueError, match="bogus.model"):
-        get_tokenizer(str(bogus))
-    with pytest.raises(FileNotFoundError, match="nope.model"):
-        get_tokenizer(str(tmp_path / "nope.model"))
+  bogus = tmp_path / "bogus.model"
+  bogus.write_bytes(b"definitely not a protobuf \x00\xff" * 10)
+  with pytest.raises(ValueError, match="bogus.model"):
+    get_tokenizer(str(bogus))
+  with pytest.raises(FileNotFoundError, match="nope.model"):
+    get_tokenizer(str(tmp_path / "nope.model"))
 
 
 def test_from_proto_round_trip(tokenizer):
-    clone = Tokenizer(tokenizer.model_proto)
-    texts = data_fixtures.MULTILINGUAL_TEXTS[:4]
-    np.testing.assert_array_equal(clone.encode(texts, 16), tokenizer.encode(texts, 16))
-    assert clone.eos_id == tokenizer.eos_id and clone.pad_id == tokenizer.pad_id
+  clone = Tokenizer(tokenizer.model_proto)
+  texts = data_fixtures.MULTILINGUAL_TEXTS[:4]
+  np.testing.assert_array_equal(clone.encode(texts, 16), tokenizer.encode(texts, 16))
+  assert clone.eos_id == tokenizer.eos_id and clone.pad_id == tokenizer.pad_id

@@ -5,6 +5,7 @@ loopback give the result of one.
 Compile time dominates on CPU, so the module points JAX's persistent compilation cache at a temporary folder:
 runs of the same config (the LM runs below, the SIGTERM subprocess) compile once.
 """
+
 import json
 import os
 import signal
@@ -30,9 +31,13 @@ LM_STEPS = 20
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
   from jax.experimental.compilation_cache import compilation_cache as cc
+
   path = str(tmp_path_factory.mktemp("jax_compile_cache"))
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
+  names = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
   old = {n: getattr(jax.config, n) for n in names}
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -80,25 +85,26 @@ def test_lm_runlocal_loss_decreases(lm_run):
   workdir, summary = lm_run
   assert summary["step"] == LM_STEPS and summary["stopped"] == "stop_after"
   first, last = _assert_learns(workdir)
-  assert last < first - 0.5   # from ~ln(2000) = 7.6 nats the tiny LM drops fast on the demo captions
+  assert last < first - 0.5  # from ~ln(2000) = 7.6 nats the tiny LM drops fast on the demo captions
 
 
 @pytest.mark.slow
 def test_contrastive_runlocal_loss_decreases(compile_cache, tmp_path):
-  config = _load(os.path.join(ROOT, "configs", "siglip_rins.py:runlocal,steps=30"),
-                 ["tensorboard=False", "log_every=5"])
-  config.model.image.depth = config.model.text.depth = 2   # 2-layer towers: half the compile time
+  config = _load(
+    os.path.join(ROOT, "configs", "siglip_rins.py:runlocal,steps=30"), ["tensorboard=False", "log_every=5"]
+  )
+  config.model.image.depth = config.model.text.depth = 2  # 2-layer towers: half the compile time
   config.evals = {}
   summary = train(config, str(tmp_path), verbose=False)
   assert summary["stopped"] == "finished" and summary["step"] == 30
   _assert_learns(str(tmp_path))
-  assert ckpt_lib.CheckpointManager(str(tmp_path)).latest_step() == 30   # the final save
+  assert ckpt_lib.CheckpointManager(str(tmp_path)).latest_step() == 30  # the final save
 
 
 @pytest.mark.slow
 def test_classification_runlocal_loss_decreases(compile_cache, tmp_path):
   config = _load(os.path.join(ROOT, "configs", "vit_rins.py:runlocal,steps=30"), ["tensorboard=False", "log_every=5"])
-  config.model.depth = 2   # half the compile time
+  config.model.depth = 2  # half the compile time
   config.evals = {}
   summary = train(config, str(tmp_path), verbose=False)
   assert summary["stopped"] == "finished" and summary["step"] == 30
@@ -132,15 +138,18 @@ def _valid_config():
   return _load(os.path.join(ROOT, "configs", "lm_rins.py:runlocal"))
 
 
-@pytest.mark.parametrize("mutate, named", [
+@pytest.mark.parametrize(
+  "mutate, named",
+  [
     (lambda c: c.__setitem__("learning_rate", 1e-3), "learning_rate"),
     (lambda c: c.__delitem__("model"), "model"),
     (lambda c: c.__setitem__("total_examples", 1000), "total_examples"),
     (lambda c: c.input.__setitem__("batch_size", 0), "batch_size"),
-])
+  ],
+)
 def test_validate_config_names_the_bad_key_in_one_line(mutate, named):
   config = _valid_config()
-  validate_config(config)   # the shipped config is valid
+  validate_config(config)  # the shipped config is valid
   mutate(config)
   with pytest.raises(ValueError) as e:
     validate_config(config)
@@ -148,16 +157,20 @@ def test_validate_config_names_the_bad_key_in_one_line(mutate, named):
 
 
 def test_batch_not_divisible_by_devices_fails_before_training(tmp_path):
-  code = ("import sys; sys.path.insert(0, sys.argv[1]);"
-          "from siglip_rins import config_lib; from siglip_rins.train import train;"
-          "c = config_lib.load_config(sys.argv[1] + '/configs/lm_rins.py:runlocal');"
-          "c.input.batch_size = 3\n"
-          "try: train(c, sys.argv[2], verbose=False)\n"
-          "except ValueError as e: print('ERR', e); sys.exit(3)")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="3")
-  out = subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path / "run")], env=env, capture_output=True,
-                       text=True, timeout=120)
+  code = (
+    "import sys; sys.path.insert(0, sys.argv[1]);"
+    "from siglip_rins import config_lib; from siglip_rins.train import train;"
+    "c = config_lib.load_config(sys.argv[1] + '/configs/lm_rins.py:runlocal');"
+    "c.input.batch_size = 3\n"
+    "try: train(c, sys.argv[2], verbose=False)\n"
+    "except ValueError as e: print('ERR', e); sys.exit(3)"
+  )
+  env = dict(
+    os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, ROOT, str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120
+  )
   assert out.returncode == 3, out.stdout + out.stderr
   line = [l for l in out.stdout.splitlines() if l.startswith("ERR")][0]
   assert "batch_size=3" in line and "2 devices" in line
@@ -177,7 +190,7 @@ def test_nan_guard_skips_updates_then_stops_with_last_good_checkpoint(compile_ca
   bad = [r["step"] for r in rows if r.get("bad_step")]
   assert len(bad) == max_bad and bad == list(range(bad[0], bad[0] + max_bad))
   last_good = bad[0] - 1
-  assert last_good >= 1   # the first steps were fine (warm-up starts at lr 0)
+  assert last_good >= 1  # the first steps were fine (warm-up starts at lr 0)
   manager = ckpt_lib.CheckpointManager(str(tmp_path))
   assert last_good in manager.all_steps()
   latest = manager.latest_step()
@@ -185,7 +198,7 @@ def test_nan_guard_skips_updates_then_stops_with_last_good_checkpoint(compile_ca
   good = _flat(manager.restore(last_good)[0]["params"])
   newest = _flat(manager.restore(latest)[0]["params"])
   assert all(np.isfinite(v).all() for v in good.values())
-  for name, value in good.items():   # skipped steps changed nothing: the newest checkpoint equals the last good one
+  for name, value in good.items():  # skipped steps changed nothing: the newest checkpoint equals the last good one
     np.testing.assert_array_equal(newest[name], value, err_msg=name)
 
 
@@ -195,9 +208,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(compile_cache, lm_run, tmp
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "siglip_rins.train", "--config", LM_SPEC, "--workdir", str(workdir)]
   cmd += [f"--config.{o}" for o in LM_OVERRIDES] + ["--config.log_every=1"]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=compile_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = dict(
+    os.environ,
+    TF_CPP_MIN_LOG_LEVEL="3",
+    PYTHONUNBUFFERED="1",
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=compile_cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   lines, deadline = [], time.time() + 240
   try:
@@ -226,6 +245,7 @@ def _two_process_data(tmp_path, n):
   `two.jsonl` whose even lines (process 0's shard) and odd lines (process 1's) give process 0 the first and
   process 1 the second half of every global batch."""
   from multiprocess_worker import GLOBAL_BATCH
+
   src = os.path.join(_load(os.path.join(ROOT, "configs", "siglip_rins.py:runlocal")).input.data.path, "data.jsonl")
   records = []
   with open(src) as f:
@@ -244,8 +264,10 @@ def _two_process_data(tmp_path, n):
 @pytest.mark.slow
 def test_two_processes_match_one(compile_cache, tmp_path):
   import socket
+
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import multiprocess_worker as worker
+
   one, two = _two_process_data(tmp_path, worker.STEPS * worker.GLOBAL_BATCH)
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -254,9 +276,16 @@ def test_two_processes_match_one(compile_cache, tmp_path):
   env.pop("XLA_FLAGS", None)
   out_npz = str(tmp_path / "two.npz")
   logs = [tmp_path / f"worker{i}.log" for i in range(2)]
-  procs = [subprocess.Popen([sys.executable, worker.__file__, str(port), "2", str(i), two, str(tmp_path / "w2"),
-                             out_npz], cwd=ROOT, env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, worker.__file__, str(port), "2", str(i), two, str(tmp_path / "w2"), out_npz],
+      cwd=ROOT,
+      env=env,
+      stdout=open(logs[i], "w"),
+      stderr=subprocess.STDOUT,
+    )
+    for i in range(2)
+  ]
   try:
     # meanwhile, the same global batches in this (single-device) process
     reference = train(worker.make_config(one), str(tmp_path / "w1"), verbose=False)

@@ -49,8 +49,11 @@ def _canonical(text: str) -> str:
 def training_sentences() -> list[str]:
   """The tokenizer's training text, in a fixed order."""
   captions = shapes.all_captions(word_sep=languages.WORD_MARK)
-  names = [languages.class_name(code, *shapes.class_pair(k), word_sep=languages.WORD_MARK)
-           for code in languages.LANGUAGES for k in range(shapes.NUM_CLASSES)]
+  names = [
+    languages.class_name(code, *shapes.class_pair(k), word_sep=languages.WORD_MARK)
+    for code in languages.LANGUAGES
+    for k in range(shapes.NUM_CLASSES)
+  ]
   return captions + [_canonical(c) for c in captions] + names
 
 
@@ -58,11 +61,26 @@ def train(vocab_size: int = 2000) -> bytes:
   """Trains the model; returns its serialized proto bytes."""
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(training_sentences()), model_writer=model, model_type="bpe",
-      vocab_size=vocab_size, character_coverage=1.0, byte_fallback=True, pad_id=PAD_ID, eos_id=EOS_ID,
-      unk_id=UNK_ID, bos_id=BOS_ID, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
-      input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, max_sentence_length=4096,
-      pretokenization_delimiter=languages.WORD_MARK, minloglevel=2)
+    sentence_iterator=iter(training_sentences()),
+    model_writer=model,
+    model_type="bpe",
+    vocab_size=vocab_size,
+    character_coverage=1.0,
+    byte_fallback=True,
+    pad_id=PAD_ID,
+    eos_id=EOS_ID,
+    unk_id=UNK_ID,
+    bos_id=BOS_ID,
+    pad_piece="<pad>",
+    eos_piece="</s>",
+    unk_piece="<unk>",
+    input_sentence_size=0,
+    shuffle_input_sentence=False,
+    num_threads=1,
+    max_sentence_length=4096,
+    pretokenization_delimiter=languages.WORD_MARK,
+    minloglevel=2,
+  )
   return model.getvalue()
 
 

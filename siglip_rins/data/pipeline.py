@@ -26,6 +26,7 @@ place in this host's stream. Resuming with start_example=n skips the first n goo
 host's stream (they are still read and preprocessed, so resuming costs about n examples of work) and
 then yields exactly what an uninterrupted run yields from there.
 """
+
 import numpy as np
 import tensorflow as tf
 
@@ -36,253 +37,269 @@ ALL_BAD_MESSAGE = "SIGLIP_RINS_ALL_RECORDS_BAD"
 
 
 def _get(cfg, key, default=None):
-    value = cfg.get(key, default) if hasattr(cfg, "get") else default
-    return default if value is None else value
+  value = cfg.get(key, default) if hasattr(cfg, "get") else default
+  return default if value is None else value
 
 
 class _Counters:
-    """tf.Variables counting examined/skipped records per reason (see module docstring)."""
+  """tf.Variables counting examined/skipped records per reason (see module docstring)."""
 
-    def __init__(self):
-        with tf.init_scope():
-            self.skipped = tf.Variable(tf.zeros([len(sources_lib.REASONS) + 1], tf.int64), trainable=False)
-            self.examined = tf.Variable(tf.constant(0, tf.int64), trainable=False)
-        self.sources = []
-
-    def stats(self) -> dict:
-        skipped = self.skipped.numpy()
-        out = {"skipped_records": int(skipped[1:].sum()), "examined_records": int(self.examined.numpy())}
-        for code, name in enumerate(sources_lib.REASONS, start=1):
-            out[f"skipped/{name}"] = int(skipped[code])
-        return out
-
-
-def _placeholder(spec):
-    """A zero/empty value matching a TensorSpec structure (unknown dims -> 0)."""
-    def one(s):
-        shape = [0 if d is None else d for d in s.shape.as_list()]
-        if s.dtype == tf.string:
-            return tf.fill(shape, tf.constant("", tf.string))
-        return tf.zeros(shape, s.dtype)
-    return tf.nest.map_structure(one, spec)
-
-
-def _public(features: dict) -> dict:
-    return {k: v for k, v in features.items() if not k.startswith("_")}
-
-
-def _component_stream(data_cfg, pp_fn, *, train, seed_pair, shuffle_seed, counters, process_index,
-                      process_count, input_cfg) -> tf.data.Dataset:
-    source = sources_lib.build_source(data_cfg, process_index=process_index, process_count=process_count)
-    ds = source.dataset
-    if _get(input_cfg, "cache", False):
-        ds = ds.cache()
-    if train:
-        buffer = int(_get(input_cfg, "shuffle_buffer_size", 1000))
-        if buffer > 1:
-            ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-        ds = ds.repeat()
-    ds = ds.enumerate()
-    base_seed = tf.constant(seed_pair, tf.int32)
-
-    def parse_and_pp(index, raw, placeholder=None):
-        features = source.parse(raw)
-        reason = sources_lib.record_reason(features, source.image_key, source.text_keys)
-        features = {k: v for k, v in features.items() if k != sources_lib.REASON_KEY}
-        features["_rng"] = tf.random.experimental.stateless_fold_in(base_seed, index)
-        if placeholder is None:  # only used to trace the output structure
-            return _public(pp_fn(features)), reason
-        out = tf.cond(tf.equal(reason, 0), lambda: _public(pp_fn(features)), lambda: placeholder)
-        return out, reason
-
-    out_spec = ds.map(parse_and_pp).element_spec[0]
-    undecodable = sources_lib.REASON_CODE["undecodable"]
-
-    def guarded(index, raw):
-        placeholder = _placeholder(out_spec)
-        good = tf.data.Dataset.from_tensors((index, raw)).map(
-            lambda i, r: parse_and_pp(i, r, placeholder)).ignore_errors()
-        fallback = tf.data.Dataset.from_tensors((placeholder, tf.constant(undecodable, tf.int32)))
-        return good.concatenate(fallback).take(1)
-
-    ds = ds.interleave(guarded, cycle_length=tf.data.AUTOTUNE, block_length=1,
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-    if source.num_records:
-        max_bad = 2 * source.num_records
-    else:
-        max_bad = int(_get(input_cfg, "max_consecutive_bad", 10_000))
+  def __init__(self):
     with tf.init_scope():
-        consecutive_bad = tf.Variable(tf.constant(0, tf.int64), trainable=False)
-    counters.sources.append(source.name)
-    message = f"{ALL_BAD_MESSAGE}: no usable record in {max_bad} consecutive records of {source.name}"
+      self.skipped = tf.Variable(tf.zeros([len(sources_lib.REASONS) + 1], tf.int64), trainable=False)
+      self.examined = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+    self.sources = []
 
-    def count_and_keep(features, reason):
-        ok = tf.equal(reason, 0)
-        counters.examined.assign_add(1)
-        counters.skipped.scatter_nd_add(tf.reshape(reason, [1, 1]), tf.ones([1], tf.int64))
-        bad_run = consecutive_bad.assign(tf.where(ok, tf.constant(0, tf.int64), consecutive_bad + 1))
-        with tf.control_dependencies([tf.debugging.assert_less(bad_run, tf.constant(max_bad, tf.int64),
-                                                               message=message)]):
-            return tf.identity(ok)
-
-    ds = ds.filter(count_and_keep).map(lambda features, reason: features)
-    return ds, source.name
-
-
-def _stream(input_cfg, *, train, seed, process_index, process_count):
-    data_cfg = _get(input_cfg, "data")
-    if data_cfg is None:
-        raise ValueError("input config needs data=dict(type=...)")
-    default_pp = _get(input_cfg, "pp")
-    counters = _Counters()
-    if _get(data_cfg, "type") == "mixture":
-        components = sources_lib.mixture_components(data_cfg)
-    else:
-        components = [(1.0, data_cfg, None)]
-    streams, names = [], []
-    for i, (_, comp_cfg, comp_pp) in enumerate(components):
-        pp_string = comp_pp or default_pp
-        if not pp_string:
-            raise ValueError("input config needs pp='...' (a preprocessing string)")
-        seed_pair = sources_lib.default_seed_pair(seed, process_index, i)
-        shuffle_seed = int(sources_lib.default_seed_pair(seed, process_index, i, 1)[0])
-        ds, name = _component_stream(comp_cfg, pp_lib.get_preprocess_fn(pp_string), train=train,
-                                     seed_pair=seed_pair, shuffle_seed=shuffle_seed, counters=counters,
-                                     process_index=process_index, process_count=process_count,
-                                     input_cfg=input_cfg)
-        streams.append(ds)
-        names.append(name)
-    mix_seed = int(sources_lib.default_seed_pair(seed, process_index, 7919)[0])
-    ds = sources_lib.mix_datasets(streams, [w for w, _, _ in components], mix_seed)
-    return ds, counters, names
-
-
-def _strip_trailing_pad(tokens):
-    """int [L] -> the prefix up to the last non-zero id (0 is the pad id)."""
-    nonzero = tf.cast(tokens != 0, tf.int32)
-    trailing = tf.cast(tf.argmax(tf.reverse(nonzero, [0])), tf.int32)
-    return tokens[:tf.shape(tokens)[0] - trailing]
-
-
-def _packed(ds, pack_cfg):
-    """LM sequence packing (config `input.pack = dict(seq_len=T, key='tokens')`), in pure tf.data ops.
-
-    The padded token vectors of consecutive examples are stripped of padding, concatenated and cut into rows of
-    T tokens (a document that does not fit continues in the next row as a new segment).  Each row gets
-    segment_ids (1, 2, ... per document piece in the row) and positions (restarting at 0 per piece), so
-    attention never crosses documents.  Deterministic, so `start_example` (counted in rows) resumes exactly.
-    """
-    seq_len = _get(pack_cfg, "seq_len")
-    key = _get(pack_cfg, "key", "tokens")
-    if not isinstance(seq_len, int) or seq_len < 2:
-        raise ValueError(f"input.pack.seq_len must be an integer >= 2, got {seq_len!r}")
-    if key not in ds.element_spec:
-        raise ValueError(f"input.pack.key {key!r} is not produced by the pp (features: {sorted(ds.element_spec)})")
-
-    def doc_tokens(index, features):
-        tokens = _strip_trailing_pad(tf.cast(features[key], tf.int32))
-        return {"tokens": tokens, "doc": tf.fill(tf.shape(tokens), tf.cast(index, tf.int32))}
-
-    def segment(row):
-        doc = row["doc"]
-        idx = tf.range(seq_len)
-        starts = tf.concat([[True], doc[1:] != doc[:-1]], axis=0)
-        segment_ids = tf.cumsum(tf.cast(starts, tf.int32))
-        first = tf.math.segment_min(idx, segment_ids - 1)
-        return {"tokens": row["tokens"], "segment_ids": segment_ids,
-                "positions": idx - tf.gather(first, segment_ids - 1)}
-
-    stream = ds.enumerate().map(doc_tokens).unbatch()
-    return stream.batch(seq_len, drop_remainder=True).map(segment)
-
-
-def _options(ds):
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_optimization.map_parallelization = True
-    return ds.with_options(options)
-
-
-class DataIterator:
-    """Iterator of dicts of numpy arrays with `stats()` (skipped-record counts, see module docstring)."""
-
-    def __init__(self, dataset: tf.data.Dataset, counters: _Counters, source_names: list, *,
-                 pad_to: int | None = None):
-        self.dataset = dataset
-        self._iterator = iter(dataset)
-        self._counters = counters
-        self._names = source_names
-        self._pad_to = pad_to
-        self._batches = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        try:
-            batch = next(self._iterator)
-        except StopIteration:
-            if self._batches == 0:
-                raise RuntimeError(f"no usable record in {', '.join(self._names)} (stats: {self.stats()})") from None
-            raise
-        except tf.errors.InvalidArgumentError as e:
-            if ALL_BAD_MESSAGE in str(e):
-                msg = str(e).split(ALL_BAD_MESSAGE + ": ", 1)[1].split("\n")[0]
-                raise RuntimeError(f"{msg} -- every record seems bad (stats: {self.stats()})") from None
-            raise
-        self._batches += 1
-        batch = {k: v.numpy() for k, v in batch.items()}
-        if self._pad_to is not None:
-            batch = _pad_batch(batch, self._pad_to)
-        return batch
-
-    def stats(self) -> dict:
-        """{'skipped_records': n, 'examined_records': n, 'skipped/<reason>': n, ...} so far."""
-        return self._counters.stats()
-
-
-def _pad_batch(batch: dict, size: int) -> dict:
-    n = len(next(iter(batch.values())))
-    out = {}
-    for key, value in batch.items():
-        pad = np.zeros((size - n,) + value.shape[1:], value.dtype)
-        if value.dtype == object:
-            pad[...] = b""
-        out[key] = np.concatenate([value, pad])
-    out["_mask"] = np.arange(size) < n
+  def stats(self) -> dict:
+    skipped = self.skipped.numpy()
+    out = {"skipped_records": int(skipped[1:].sum()), "examined_records": int(self.examined.numpy())}
+    for code, name in enumerate(sources_lib.REASONS, start=1):
+      out[f"skipped/{name}"] = int(skipped[code])
     return out
 
 
-def make_train_iterator(input_cfg, *, global_batch_size: int, process_index: int = 0, process_count: int = 1,
-                        seed: int = 0, start_example: int = 0) -> DataIterator:
-    """Infinite iterator of this host's batches: dicts of numpy arrays with leading dim
-    global_batch_size // process_count. Deterministic given seed; start_example skips that many examples
-    of this host's stream (resume)."""
-    if global_batch_size < 1 or global_batch_size % process_count:
-        raise ValueError(f"global_batch_size {global_batch_size} must be positive and divisible by "
-                         f"process_count {process_count}")
-    if start_example < 0:
-        raise ValueError(f"start_example must be >= 0, got {start_example}")
-    ds, counters, names = _stream(input_cfg, train=True, seed=seed, process_index=process_index,
-                                  process_count=process_count)
-    pack = _get(input_cfg, "pack")
-    if pack:
-        ds = _packed(ds, pack)
-    if start_example:
-        ds = ds.skip(start_example)
-    ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-    ds = _options(ds.prefetch(int(_get(input_cfg, "prefetch", 2))))
-    return DataIterator(ds, counters, names)
+def _placeholder(spec):
+  """A zero/empty value matching a TensorSpec structure (unknown dims -> 0)."""
+
+  def one(s):
+    shape = [0 if d is None else d for d in s.shape.as_list()]
+    if s.dtype == tf.string:
+      return tf.fill(shape, tf.constant("", tf.string))
+    return tf.zeros(shape, s.dtype)
+
+  return tf.nest.map_structure(one, spec)
 
 
-def make_eval_iterator(input_cfg, *, batch_size: int, process_index: int = 0,
-                       process_count: int = 1) -> DataIterator:
-    """One pass over this host's shard in source order, batches of batch_size; the last batch is padded
-    (zeros / b'') and every batch has a bool `_mask` [batch_size] marking real examples."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    ds, counters, names = _stream(input_cfg, train=False, seed=0, process_index=process_index,
-                                  process_count=process_count)
-    ds = _options(ds.batch(batch_size).prefetch(int(_get(input_cfg, "prefetch", 2))))
-    return DataIterator(ds, counters, names, pad_to=batch_size)
+def _public(features: dict) -> dict:
+  return {k: v for k, v in features.items() if not k.startswith("_")}
+
+
+def _component_stream(
+  data_cfg, pp_fn, *, train, seed_pair, shuffle_seed, counters, process_index, process_count, input_cfg
+) -> tf.data.Dataset:
+  source = sources_lib.build_source(data_cfg, process_index=process_index, process_count=process_count)
+  ds = source.dataset
+  if _get(input_cfg, "cache", False):
+    ds = ds.cache()
+  if train:
+    buffer = int(_get(input_cfg, "shuffle_buffer_size", 1000))
+    if buffer > 1:
+      ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+  ds = ds.enumerate()
+  base_seed = tf.constant(seed_pair, tf.int32)
+
+  def parse_and_pp(index, raw, placeholder=None):
+    features = source.parse(raw)
+    reason = sources_lib.record_reason(features, source.image_key, source.text_keys)
+    features = {k: v for k, v in features.items() if k != sources_lib.REASON_KEY}
+    features["_rng"] = tf.random.experimental.stateless_fold_in(base_seed, index)
+    if placeholder is None:  # only used to trace the output structure
+      return _public(pp_fn(features)), reason
+    out = tf.cond(tf.equal(reason, 0), lambda: _public(pp_fn(features)), lambda: placeholder)
+    return out, reason
+
+  out_spec = ds.map(parse_and_pp).element_spec[0]
+  undecodable = sources_lib.REASON_CODE["undecodable"]
+
+  def guarded(index, raw):
+    placeholder = _placeholder(out_spec)
+    good = tf.data.Dataset.from_tensors((index, raw)).map(lambda i, r: parse_and_pp(i, r, placeholder)).ignore_errors()
+    fallback = tf.data.Dataset.from_tensors((placeholder, tf.constant(undecodable, tf.int32)))
+    return good.concatenate(fallback).take(1)
+
+  ds = ds.interleave(
+    guarded, cycle_length=tf.data.AUTOTUNE, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+  )
+
+  if source.num_records:
+    max_bad = 2 * source.num_records
+  else:
+    max_bad = int(_get(input_cfg, "max_consecutive_bad", 10_000))
+  with tf.init_scope():
+    consecutive_bad = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+  counters.sources.append(source.name)
+  message = f"{ALL_BAD_MESSAGE}: no usable record in {max_bad} consecutive records of {source.name}"
+
+  def count_and_keep(features, reason):
+    ok = tf.equal(reason, 0)
+    counters.examined.assign_add(1)
+    counters.skipped.scatter_nd_add(tf.reshape(reason, [1, 1]), tf.ones([1], tf.int64))
+    bad_run = consecutive_bad.assign(tf.where(ok, tf.constant(0, tf.int64), consecutive_bad + 1))
+    with tf.control_dependencies([tf.debugging.assert_less(bad_run, tf.constant(max_bad, tf.int64), message=message)]):
+      return tf.identity(ok)
+
+  ds = ds.filter(count_and_keep).map(lambda features, reason: features)
+  return ds, source.name
+
+
+def _stream(input_cfg, *, train, seed, process_index, process_count):
+  data_cfg = _get(input_cfg, "data")
+  if data_cfg is None:
+    raise ValueError("input config needs data=dict(type=...)")
+  default_pp = _get(input_cfg, "pp")
+  counters = _Counters()
+  if _get(data_cfg, "type") == "mixture":
+    components = sources_lib.mixture_components(data_cfg)
+  else:
+    components = [(1.0, data_cfg, None)]
+  streams, names = [], []
+  for i, (_, comp_cfg, comp_pp) in enumerate(components):
+    pp_string = comp_pp or default_pp
+    if not pp_string:
+      raise ValueError("input config needs pp='...' (a preprocessing string)")
+    seed_pair = sources_lib.default_seed_pair(seed, process_index, i)
+    shuffle_seed = int(sources_lib.default_seed_pair(seed, process_index, i, 1)[0])
+    ds, name = _component_stream(
+      comp_cfg,
+      pp_lib.get_preprocess_fn(pp_string),
+      train=train,
+      seed_pair=seed_pair,
+      shuffle_seed=shuffle_seed,
+      counters=counters,
+      process_index=process_index,
+      process_count=process_count,
+      input_cfg=input_cfg,
+    )
+    streams.append(ds)
+    names.append(name)
+  mix_seed = int(sources_lib.default_seed_pair(seed, process_index, 7919)[0])
+  ds = sources_lib.mix_datasets(streams, [w for w, _, _ in components], mix_seed)
+  return ds, counters, names
+
+
+def _strip_trailing_pad(tokens):
+  """int [L] -> the prefix up to the last non-zero id (0 is the pad id)."""
+  nonzero = tf.cast(tokens != 0, tf.int32)
+  trailing = tf.cast(tf.argmax(tf.reverse(nonzero, [0])), tf.int32)
+  return tokens[: tf.shape(tokens)[0] - trailing]
+
+
+def _packed(ds, pack_cfg):
+  """LM sequence packing (config `input.pack = dict(seq_len=T, key='tokens')`), in pure tf.data ops.
+
+  The padded token vectors of consecutive examples are stripped of padding, concatenated and cut into rows of
+  T tokens (a document that does not fit continues in the next row as a new segment).  Each row gets
+  segment_ids (1, 2, ... per document piece in the row) and positions (restarting at 0 per piece), so
+  attention never crosses documents.  Deterministic, so `start_example` (counted in rows) resumes exactly.
+  """
+  seq_len = _get(pack_cfg, "seq_len")
+  key = _get(pack_cfg, "key", "tokens")
+  if not isinstance(seq_len, int) or seq_len < 2:
+    raise ValueError(f"input.pack.seq_len must be an integer >= 2, got {seq_len!r}")
+  if key not in ds.element_spec:
+    raise ValueError(f"input.pack.key {key!r} is not produced by the pp (features: {sorted(ds.element_spec)})")
+
+  def doc_tokens(index, features):
+    tokens = _strip_trailing_pad(tf.cast(features[key], tf.int32))
+    return {"tokens": tokens, "doc": tf.fill(tf.shape(tokens), tf.cast(index, tf.int32))}
+
+  def segment(row):
+    doc = row["doc"]
+    idx = tf.range(seq_len)
+    starts = tf.concat([[True], doc[1:] != doc[:-1]], axis=0)
+    segment_ids = tf.cumsum(tf.cast(starts, tf.int32))
+    first = tf.math.segment_min(idx, segment_ids - 1)
+    return {"tokens": row["tokens"], "segment_ids": segment_ids, "positions": idx - tf.gather(first, segment_ids - 1)}
+
+  stream = ds.enumerate().map(doc_tokens).unbatch()
+  return stream.batch(seq_len, drop_remainder=True).map(segment)
+
+
+def _options(ds):
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return ds.with_options(options)
+
+
+class DataIterator:
+  """Iterator of dicts of numpy arrays with `stats()` (skipped-record counts, see module docstring)."""
+
+  def __init__(self, dataset: tf.data.Dataset, counters: _Counters, source_names: list, *, pad_to: int | None = None):
+    self.dataset = dataset
+    self._iterator = iter(dataset)
+    self._counters = counters
+    self._names = source_names
+    self._pad_to = pad_to
+    self._batches = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    try:
+      batch = next(self._iterator)
+    except StopIteration:
+      if self._batches == 0:
+        raise RuntimeError(f"no usable record in {', '.join(self._names)} (stats: {self.stats()})") from None
+      raise
+    except tf.errors.InvalidArgumentError as e:
+      if ALL_BAD_MESSAGE in str(e):
+        msg = str(e).split(ALL_BAD_MESSAGE + ": ", 1)[1].split("\n")[0]
+        raise RuntimeError(f"{msg} -- every record seems bad (stats: {self.stats()})") from None
+      raise
+    self._batches += 1
+    batch = {k: v.numpy() for k, v in batch.items()}
+    if self._pad_to is not None:
+      batch = _pad_batch(batch, self._pad_to)
+    return batch
+
+  def stats(self) -> dict:
+    """{'skipped_records': n, 'examined_records': n, 'skipped/<reason>': n, ...} so far."""
+    return self._counters.stats()
+
+
+def _pad_batch(batch: dict, size: int) -> dict:
+  n = len(next(iter(batch.values())))
+  out = {}
+  for key, value in batch.items():
+    pad = np.zeros((size - n,) + value.shape[1:], value.dtype)
+    if value.dtype == object:
+      pad[...] = b""
+    out[key] = np.concatenate([value, pad])
+  out["_mask"] = np.arange(size) < n
+  return out
+
+
+def make_train_iterator(
+  input_cfg,
+  *,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  seed: int = 0,
+  start_example: int = 0,
+) -> DataIterator:
+  """Infinite iterator of this host's batches: dicts of numpy arrays with leading dim
+  global_batch_size // process_count. Deterministic given seed; start_example skips that many examples
+  of this host's stream (resume)."""
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(
+      f"global_batch_size {global_batch_size} must be positive and divisible by process_count {process_count}"
+    )
+  if start_example < 0:
+    raise ValueError(f"start_example must be >= 0, got {start_example}")
+  ds, counters, names = _stream(
+    input_cfg, train=True, seed=seed, process_index=process_index, process_count=process_count
+  )
+  pack = _get(input_cfg, "pack")
+  if pack:
+    ds = _packed(ds, pack)
+  if start_example:
+    ds = ds.skip(start_example)
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  ds = _options(ds.prefetch(int(_get(input_cfg, "prefetch", 2))))
+  return DataIterator(ds, counters, names)
+
+
+def make_eval_iterator(input_cfg, *, batch_size: int, process_index: int = 0, process_count: int = 1) -> DataIterator:
+  """One pass over this host's shard in source order, batches of batch_size; the last batch is padded
+  (zeros / b'') and every batch has a bool `_mask` [batch_size] marking real examples."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  ds, counters, names = _stream(
+    input_cfg, train=False, seed=0, process_index=process_index, process_count=process_count
+  )
+  ds = _options(ds.batch(batch_size).prefetch(int(_get(input_cfg, "prefetch", 2))))
+  return DataIterator(ds, counters, names, pad_to=batch_size)

@@ -9,6 +9,7 @@ Op factories register with `@register('name')`; a factory takes the op's argumen
 op (so bad arguments fail at build time), and returns one function applying them in order.
 Any problem -> ValueError naming the op and what is wrong.
 """
+
 import ast
 import dataclasses
 import inspect
@@ -21,162 +22,165 @@ _OPENERS, _CLOSERS = "([{", ")]}"
 
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
-    """One parsed op: `name(*args, **kwargs)` with literal arguments."""
-    name: str
-    args: tuple = ()
-    kwargs: tuple = ()  # sorted (key, value) pairs, so specs compare/hash cleanly
+  """One parsed op: `name(*args, **kwargs)` with literal arguments."""
 
-    def to_string(self) -> str:
-        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
-        return f"{self.name}({', '.join(parts)})" if parts else self.name
+  name: str
+  args: tuple = ()
+  kwargs: tuple = ()  # sorted (key, value) pairs, so specs compare/hash cleanly
+
+  def to_string(self) -> str:
+    parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+    return f"{self.name}({', '.join(parts)})" if parts else self.name
 
 
 def register(name: str):
-    """Decorator registering an op factory under `name` (re-registering a name is an error)."""
-    if not name.isidentifier():
-        raise ValueError(f"pp op name {name!r} is not an identifier")
+  """Decorator registering an op factory under `name` (re-registering a name is an error)."""
+  if not name.isidentifier():
+    raise ValueError(f"pp op name {name!r} is not an identifier")
 
-    def wrap(factory):
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"pp op {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-    return wrap
+  def wrap(factory):
+    if name in _REGISTRY and _REGISTRY[name] is not factory:
+      raise ValueError(f"pp op {name!r} is already registered")
+    _REGISTRY[name] = factory
+    return factory
+
+  return wrap
 
 
 def registered_ops() -> list[str]:
-    _ensure_ops_loaded()
-    return sorted(_REGISTRY)
+  _ensure_ops_loaded()
+  return sorted(_REGISTRY)
 
 
 def split_top_level(pp: str) -> list[str]:
-    """Splits on '|' outside brackets and string quotes. Raises ValueError on unbalanced text."""
-    parts, depth_stack, current = [], [], []
-    quote = None
-    i = 0
-    while i < len(pp):
-        char = pp[i]
-        if quote:
-            current.append(char)
-            if char == "\\" and i + 1 < len(pp):
-                current.append(pp[i + 1])
-                i += 1
-            elif pp.startswith(quote, i):
-                current.extend(quote[1:])
-                i += len(quote) - 1
-                quote = None
-        elif char in "'\"":
-            quote = char * 3 if pp.startswith(char * 3, i) else char
-            current.append(quote)
-            i += len(quote) - 1
-        elif char in _OPENERS:
-            depth_stack.append(_CLOSERS[_OPENERS.index(char)])
-            current.append(char)
-        elif char in _CLOSERS:
-            if not depth_stack or depth_stack.pop() != char:
-                raise ValueError(f"unbalanced {char!r} at position {i} in pp string")
-            current.append(char)
-        elif char == "|" and not depth_stack:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
+  """Splits on '|' outside brackets and string quotes. Raises ValueError on unbalanced text."""
+  parts, depth_stack, current = [], [], []
+  quote = None
+  i = 0
+  while i < len(pp):
+    char = pp[i]
     if quote:
-        raise ValueError("unterminated string in pp string")
-    if depth_stack:
-        raise ValueError(f"unclosed bracket in pp string (expected {depth_stack[-1]!r})")
-    parts.append("".join(current))
-    return parts
+      current.append(char)
+      if char == "\\" and i + 1 < len(pp):
+        current.append(pp[i + 1])
+        i += 1
+      elif pp.startswith(quote, i):
+        current.extend(quote[1:])
+        i += len(quote) - 1
+        quote = None
+    elif char in "'\"":
+      quote = char * 3 if pp.startswith(char * 3, i) else char
+      current.append(quote)
+      i += len(quote) - 1
+    elif char in _OPENERS:
+      depth_stack.append(_CLOSERS[_OPENERS.index(char)])
+      current.append(char)
+    elif char in _CLOSERS:
+      if not depth_stack or depth_stack.pop() != char:
+        raise ValueError(f"unbalanced {char!r} at position {i} in pp string")
+      current.append(char)
+    elif char == "|" and not depth_stack:
+      parts.append("".join(current))
+      current = []
+    else:
+      current.append(char)
+    i += 1
+  if quote:
+    raise ValueError("unterminated string in pp string")
+  if depth_stack:
+    raise ValueError(f"unclosed bracket in pp string (expected {depth_stack[-1]!r})")
+  parts.append("".join(current))
+  return parts
 
 
 def _literal(node: ast.AST, op_name: str, what: str) -> Any:
-    try:
-        return ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
-        raise ValueError(f"pp op {op_name!r}: {what} is not a literal ({type(e).__name__}: {e})") from None
+  try:
+    return ast.literal_eval(node)
+  except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+    raise ValueError(f"pp op {op_name!r}: {what} is not a literal ({type(e).__name__}: {e})") from None
 
 
 def parse_op(text: str) -> OpSpec:
-    """Parses one op `name` or `name(args, k=v)` into an OpSpec."""
-    text = text.strip()
-    if not text:
-        raise ValueError("empty op in pp string (stray '|'?)")
-    head = text.split("(", 1)[0].strip()
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        raise ValueError(f"pp op {head!r}: cannot parse {text!r} ({type(e).__name__}: {e})") from None
-    node = tree.body
-    if isinstance(node, ast.Name):
-        return OpSpec(node.id)
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-        raise ValueError(f"pp op {head!r}: expected `name` or `name(args)`, got {text!r}")
-    name = node.func.id
-    args = []
-    for i, arg in enumerate(node.args):
-        if isinstance(arg, ast.Starred):
-            raise ValueError(f"pp op {name!r}: *args are not allowed")
-        args.append(_literal(arg, name, f"argument {i + 1}"))
-    kwargs = {}
-    for kw in node.keywords:
-        if kw.arg is None:
-            raise ValueError(f"pp op {name!r}: **kwargs are not allowed")
-        if kw.arg in kwargs:  # ast.parse already rejects this; kept for safety.
-            raise ValueError(f"pp op {name!r}: keyword {kw.arg!r} given twice")
-        kwargs[kw.arg] = _literal(kw.value, name, f"keyword {kw.arg!r}")
-    return OpSpec(name, tuple(args), tuple(sorted(kwargs.items())))
+  """Parses one op `name` or `name(args, k=v)` into an OpSpec."""
+  text = text.strip()
+  if not text:
+    raise ValueError("empty op in pp string (stray '|'?)")
+  head = text.split("(", 1)[0].strip()
+  try:
+    tree = ast.parse(text, mode="eval")
+  except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+    raise ValueError(f"pp op {head!r}: cannot parse {text!r} ({type(e).__name__}: {e})") from None
+  node = tree.body
+  if isinstance(node, ast.Name):
+    return OpSpec(node.id)
+  if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+    raise ValueError(f"pp op {head!r}: expected `name` or `name(args)`, got {text!r}")
+  name = node.func.id
+  args = []
+  for i, arg in enumerate(node.args):
+    if isinstance(arg, ast.Starred):
+      raise ValueError(f"pp op {name!r}: *args are not allowed")
+    args.append(_literal(arg, name, f"argument {i + 1}"))
+  kwargs = {}
+  for kw in node.keywords:
+    if kw.arg is None:
+      raise ValueError(f"pp op {name!r}: **kwargs are not allowed")
+    if kw.arg in kwargs:  # ast.parse already rejects this; kept for safety.
+      raise ValueError(f"pp op {name!r}: keyword {kw.arg!r} given twice")
+    kwargs[kw.arg] = _literal(kw.value, name, f"keyword {kw.arg!r}")
+  return OpSpec(name, tuple(args), tuple(sorted(kwargs.items())))
 
 
 def parse(pp: str) -> list[OpSpec]:
-    """Parses a whole pp string into OpSpecs (syntax only; ops are not looked up)."""
-    if not isinstance(pp, str):
-        raise ValueError(f"pp must be a string, got {type(pp).__name__}")
-    if len(pp) > _MAX_PP_LENGTH:
-        raise ValueError(f"pp string longer than {_MAX_PP_LENGTH} characters")
-    if not pp.strip():
-        raise ValueError("empty pp string")
-    return [parse_op(part) for part in split_top_level(pp)]
+  """Parses a whole pp string into OpSpecs (syntax only; ops are not looked up)."""
+  if not isinstance(pp, str):
+    raise ValueError(f"pp must be a string, got {type(pp).__name__}")
+  if len(pp) > _MAX_PP_LENGTH:
+    raise ValueError(f"pp string longer than {_MAX_PP_LENGTH} characters")
+  if not pp.strip():
+    raise ValueError("empty pp string")
+  return [parse_op(part) for part in split_top_level(pp)]
 
 
 def to_string(specs: list[OpSpec]) -> str:
-    """Canonical pp string of parsed specs; `parse(to_string(parse(s))) == parse(s)`."""
-    return "|".join(spec.to_string() for spec in specs)
+  """Canonical pp string of parsed specs; `parse(to_string(parse(s))) == parse(s)`."""
+  return "|".join(spec.to_string() for spec in specs)
 
 
 def _ensure_ops_loaded():
-    # Importing the op modules runs their @register decorators.
-    from siglip_rins.data import ops_common, ops_image, ops_text  # noqa: F401
+  # Importing the op modules runs their @register decorators.
+  from siglip_rins.data import ops_common, ops_image, ops_text  # noqa: F401
 
 
 def build_op(spec: OpSpec) -> Callable[[dict], dict]:
-    """Instantiates one op; ValueError naming the op for unknown names or bad arguments."""
-    _ensure_ops_loaded()
-    if spec.name not in _REGISTRY:
-        raise ValueError(f"unknown pp op {spec.name!r}; known ops: {', '.join(sorted(_REGISTRY))}")
-    factory = _REGISTRY[spec.name]
-    kwargs = dict(spec.kwargs)
-    try:
-        inspect.signature(factory).bind(*spec.args, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"pp op {spec.name!r}: bad arguments {spec.to_string()!r}: {e}") from None
-    try:
-        return factory(*spec.args, **kwargs)
-    except (ValueError, TypeError) as e:
-        msg = str(e)
-        if f"{spec.name!r}" not in msg:
-            msg = f"pp op {spec.name!r}: {msg}"
-        raise ValueError(msg) from None
+  """Instantiates one op; ValueError naming the op for unknown names or bad arguments."""
+  _ensure_ops_loaded()
+  if spec.name not in _REGISTRY:
+    raise ValueError(f"unknown pp op {spec.name!r}; known ops: {', '.join(sorted(_REGISTRY))}")
+  factory = _REGISTRY[spec.name]
+  kwargs = dict(spec.kwargs)
+  try:
+    inspect.signature(factory).bind(*spec.args, **kwargs)
+  except TypeError as e:
+    raise ValueError(f"pp op {spec.name!r}: bad arguments {spec.to_string()!r}: {e}") from None
+  try:
+    return factory(*spec.args, **kwargs)
+  except (ValueError, TypeError) as e:
+    msg = str(e)
+    if f"{spec.name!r}" not in msg:
+      msg = f"pp op {spec.name!r}: {msg}"
+    raise ValueError(msg) from None
 
 
 def get_preprocess_fn(pp: str) -> Callable[[dict], dict]:
-    """Parses `pp` and returns `fn(features: dict) -> dict` applying its ops in order."""
-    ops = [build_op(spec) for spec in parse(pp)]
+  """Parses `pp` and returns `fn(features: dict) -> dict` applying its ops in order."""
+  ops = [build_op(spec) for spec in parse(pp)]
 
-    def preprocess(features: dict) -> dict:
-        features = dict(features)
-        for op in ops:
-            features = op(features)
-        return features
-    preprocess.pp = pp
-    return preprocess
+  def preprocess(features: dict) -> dict:
+    features = dict(features)
+    for op in ops:
+      features = op(features)
+    return features
+
+  preprocess.pp = pp
+  return preprocess

@@ -1,4 +1,5 @@
 """Helpers both demo command lines share (runner.py: SigLIP study, lm_study.py: LM study)."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,16 +50,19 @@ def parse_variants(text: str, known: Sequence[str], baseline: str) -> list[str]:
 def shipped_config(filename: str) -> str:
   """configs/<filename> of this checkout (the demos go through the same configs as users)."""
   import siglip_rins
+
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(siglip_rins.__file__))), "configs", filename)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"the demo needs the shipped config {path!r} (install from a source checkout: "
-                            f"pip install -e .)")
+    raise FileNotFoundError(
+      f"the demo needs the shipped config {path!r} (install from a source checkout: pip install -e .)"
+    )
   return path
 
 
 def count_params(params) -> int:
   import jax
   import numpy as np
+
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 

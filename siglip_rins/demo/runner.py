@@ -17,6 +17,7 @@ Outputs in --out: report.md, results.json, loss_vs_flops.png, metrics_vs_rounds.
 and the evaluators' JSONL views of it) and runs/<variant>/ (each run's workdir: config.json, metrics.jsonl,
 checkpoint).  The table is also printed.  Nothing is tuned per variant; the report states the ordering observed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,24 +29,41 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from siglip_rins.demo.common import (count_params, parse_variants as _parse_variants, positive_float,
-                                     positive_int, read_train_curve, shipped_config)
+from siglip_rins.demo.common import (
+  count_params,
+  parse_variants as _parse_variants,
+  positive_float,
+  positive_int,
+  read_train_curve,
+  shipped_config,
+)
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": dict(signature="AB", p_skip=0.0, adapters=False, label="SigLIP baseline (AB)"),
-    "rao": dict(signature="ABAB", p_skip=0.0, adapters=False, label="RAO (ABAB)"),
-    "rins": dict(signature="A^2B", p_skip=0.0, adapters=False, label="RINS (A^2B)"),
-    "rins_stochastic": dict(signature="A^3B", p_skip=0.5, adapters=True,
-                            label="stochastic RINS (A^3B, p_s=1/2, adapters)"),
+  "baseline": dict(signature="AB", p_skip=0.0, adapters=False, label="SigLIP baseline (AB)"),
+  "rao": dict(signature="ABAB", p_skip=0.0, adapters=False, label="RAO (ABAB)"),
+  "rins": dict(signature="A^2B", p_skip=0.0, adapters=False, label="RINS (A^2B)"),
+  "rins_stochastic": dict(
+    signature="A^3B", p_skip=0.5, adapters=True, label="stochastic RINS (A^3B, p_s=1/2, adapters)"
+  ),
 }
 BASELINE = "baseline"
 
 # Defaults of the full demo (chosen so that the whole run, compile and evals included, stays under 10 minutes on
 # a 2-core CPU; see docs in the report) and of --quick (a smoke run for tests).
-DEFAULTS = dict(steps=1000, batch_size=32, image_size=32, train_examples=4096, eval_examples=384, max_rounds=4,
-                lr=3e-3, warmup_steps=20, model="mu", temperature_init=5.0, bias_init=-5.0)
-QUICK = dict(steps=4, batch_size=16, image_size=16, train_examples=128, eval_examples=48, max_rounds=1,
-             warmup_steps=1)
+DEFAULTS = dict(
+  steps=1000,
+  batch_size=32,
+  image_size=32,
+  train_examples=4096,
+  eval_examples=384,
+  max_rounds=4,
+  lr=3e-3,
+  warmup_steps=20,
+  model="mu",
+  temperature_init=5.0,
+  bias_init=-5.0,
+)
+QUICK = dict(steps=4, batch_size=16, image_size=16, train_examples=128, eval_examples=48, max_rounds=1, warmup_steps=1)
 EVAL_BATCH = 64
 
 
@@ -57,32 +75,52 @@ def parse_variants(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="siglip-rins demo",
-      description="Compute-matched SigLIP baseline vs RAO vs RINS on the built-in multilingual shapes dataset.")
+    prog="siglip-rins demo",
+    description="Compute-matched SigLIP baseline vs RAO vs RINS on the built-in multilingual shapes dataset.",
+  )
   p.add_argument("--out", default="./demo_report", help="report folder (default ./demo_report)")
-  p.add_argument("--steps", type=positive_int,
-                 help=f"baseline training steps; recursive variants get compute-matched steps "
-                      f"(default {DEFAULTS['steps']})")
+  p.add_argument(
+    "--steps",
+    type=positive_int,
+    help=f"baseline training steps; recursive variants get compute-matched steps (default {DEFAULTS['steps']})",
+  )
   p.add_argument("--batch-size", type=positive_int, help=f"global batch size (default {DEFAULTS['batch_size']})")
-  p.add_argument("--image-size", type=positive_int, help=f"image side in pixels, a multiple of the patch size 8 "
-                                                          f"(default {DEFAULTS['image_size']})")
-  p.add_argument("--variants", default=",".join(VARIANTS),
-                 help=f"comma list of {', '.join(VARIANTS)} (default: all; the baseline is always included)")
-  p.add_argument("--train-examples", type=positive_int,
-                 help=f"size of the generated train split (default {DEFAULTS['train_examples']})")
-  p.add_argument("--eval-examples", type=positive_int,
-                 help=f"size of the eval split; 48 classes, 6 held out (default {DEFAULTS['eval_examples']})")
-  p.add_argument("--max-rounds", type=positive_int,
-                 help=f"evaluate inference rounds r = 1..N (default {DEFAULTS['max_rounds']})")
+  p.add_argument(
+    "--image-size",
+    type=positive_int,
+    help=f"image side in pixels, a multiple of the patch size 8 (default {DEFAULTS['image_size']})",
+  )
+  p.add_argument(
+    "--variants",
+    default=",".join(VARIANTS),
+    help=f"comma list of {', '.join(VARIANTS)} (default: all; the baseline is always included)",
+  )
+  p.add_argument(
+    "--train-examples",
+    type=positive_int,
+    help=f"size of the generated train split (default {DEFAULTS['train_examples']})",
+  )
+  p.add_argument(
+    "--eval-examples",
+    type=positive_int,
+    help=f"size of the eval split; 48 classes, 6 held out (default {DEFAULTS['eval_examples']})",
+  )
+  p.add_argument(
+    "--max-rounds", type=positive_int, help=f"evaluate inference rounds r = 1..N (default {DEFAULTS['max_rounds']})"
+  )
   p.add_argument("--model", choices=("mu", "nano", "bench"), help="tower size for both towers (default mu)")
-  p.add_argument("--lr", type=positive_float, help=f"peak learning rate, shared by all variants "
-                                                    f"(default {DEFAULTS['lr']})")
+  p.add_argument(
+    "--lr", type=positive_float, help=f"peak learning rate, shared by all variants (default {DEFAULTS['lr']})"
+  )
   p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {DEFAULTS['warmup_steps']})")
   p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed, shared (default 0)")
   p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds of training; for tests)")
-  p.add_argument("--lm", action="store_true",
-                 help="run the language-model study instead (decoder LMs on Shakespeare's works or --corpus; "
-                      "its own flags: `siglip-rins demo --lm --help`)")
+  p.add_argument(
+    "--lm",
+    action="store_true",
+    help="run the language-model study instead (decoder LMs on Shakespeare's works or --corpus; "
+    "its own flags: `siglip-rins demo --lm --help`)",
+  )
   p.add_argument("--quiet", action="store_true", help="less training output")
   return p
 
@@ -91,8 +129,17 @@ def resolve_settings(args: argparse.Namespace) -> dict:
   """Flags -> the settings dict of the run (quick defaults when --quick; explicit flags always win)."""
   base = dict(DEFAULTS, **(QUICK if args.quick else {}))
   settings = {}
-  for key in ("steps", "batch_size", "image_size", "train_examples", "eval_examples", "max_rounds", "lr",
-              "warmup_steps", "model"):
+  for key in (
+    "steps",
+    "batch_size",
+    "image_size",
+    "train_examples",
+    "eval_examples",
+    "max_rounds",
+    "lr",
+    "warmup_steps",
+    "model",
+  ):
     given = getattr(args, key)
     settings[key] = base[key] if given is None else given
   if settings["image_size"] % 8:
@@ -100,8 +147,9 @@ def resolve_settings(args: argparse.Namespace) -> dict:
   if settings["warmup_steps"] < 0:
     raise ValueError(f"--warmup-steps must be >= 0, got {settings['warmup_steps']}")
   settings.update(temperature_init=base["temperature_init"], bias_init=base["bias_init"])
-  settings.update(seed=int(args.seed), quick=bool(args.quick), variants=parse_variants(args.variants),
-                  out=os.path.abspath(args.out))
+  settings.update(
+    seed=int(args.seed), quick=bool(args.quick), variants=parse_variants(args.variants), out=os.path.abspath(args.out)
+  )
   return settings
 
 
@@ -109,11 +157,14 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 def variant_config(name: str, settings: dict):
   """The training config of one variant: configs/siglip_rins.py:runlocal,... plus the shared settings."""
   from siglip_rins import config_lib
+
   v = VARIANTS[name]
-  arg = (f"runlocal,signature={v['signature']},p_skip={v['p_skip']},adapters={v['adapters']},"
-         f"steps={settings['steps']},local_batch_size={settings['batch_size']},"
-         f"local_res={settings['image_size']},local_examples={settings['train_examples']},"
-         f"local_variant={settings['model']}")
+  arg = (
+    f"runlocal,signature={v['signature']},p_skip={v['p_skip']},adapters={v['adapters']},"
+    f"steps={settings['steps']},local_batch_size={settings['batch_size']},"
+    f"local_res={settings['image_size']},local_examples={settings['train_examples']},"
+    f"local_variant={settings['model']}"
+  )
   config = config_lib.load_config(f"{shipped_config('siglip_rins.py')}:{arg}")
   # Shared by every variant (never per variant): optimiser peak lr, warm-up, seed, logging.
   config.lr = float(settings["lr"])
@@ -133,6 +184,7 @@ def trained_rounds(config) -> int:
   """r of the trained signature (A^rB -> r; ABAB -> 2; AB -> 1)."""
   from siglip_rins.recursion import RecursionConfig, trained_rounds as plan_rounds
   from siglip_rins.models.vit import decode_variant
+
   rec = RecursionConfig.from_dict(config.model.recursion.to_dict())
   depth = decode_variant(config.model.image.variant)["depth"]
   return int(plan_rounds(rec.plan(depth)))
@@ -147,6 +199,7 @@ def write_eval_data(out_dir: str, num_examples: int, image_size: int) -> dict:
   xm3600.jsonl   {"image", "texts": {language: [caption]}} per image
   """
   from siglip_rins.demo import shapes
+
   folder = os.path.join(out_dir, "eval_data")
   if os.path.isdir(folder):
     shutil.rmtree(folder)
@@ -162,23 +215,41 @@ def write_eval_data(out_dir: str, num_examples: int, image_size: int) -> dict:
       texts = {lang: [text] for lang, text in zip(row["languages"], row["texts"])}
       f.write(json.dumps({"image": row["image"], "texts": texts}, ensure_ascii=False) + "\n")
   n_heldout = sum(int(r["label"]) in heldout for r in rows)
-  return dict(folder=folder, all=str(jsonl), zeroshot=os.path.join(folder, "zeroshot.jsonl"),
-              xm3600=os.path.join(folder, "xm3600.jsonl"), n=len(rows), n_heldout=n_heldout)
+  return dict(
+    folder=folder,
+    all=str(jsonl),
+    zeroshot=os.path.join(folder, "zeroshot.jsonl"),
+    xm3600=os.path.join(folder, "xm3600.jsonl"),
+    n=len(rows),
+    n_heldout=n_heldout,
+  )
 
 
 def eval_configs(eval_data: dict, image_size: int) -> dict:
   """config.evals-style dicts for the three evaluators (built with `evaluators.build`)."""
   from siglip_rins.demo import shapes
+
   common = dict(image_size=image_size, batch_size=EVAL_BATCH, show_progress=False, model="demo")
   return {
-      # Class embedding = mean over the English one-object captions of the class (all sizes and positions).
-      "zeroshot": dict(type="zeroshot", data=dict(type="jsonl", path=eval_data["zeroshot"]),
-                       class_names=shapes.class_prompts("en"), templates=["{}"], group_by="group",
-                       dataset="shapes_zeroshot", **common),
-      "retrieval": dict(type="retrieval", data=dict(type="jsonl", path=eval_data["all"]), texts_key="texts",
-                        dataset="shapes_retrieval", language="all", **common),
-      "xm3600": dict(type="xm3600", data=dict(type="jsonl", path=eval_data["xm3600"]), dataset="shapes_xm3600",
-                     **common),
+    # Class embedding = mean over the English one-object captions of the class (all sizes and positions).
+    "zeroshot": dict(
+      type="zeroshot",
+      data=dict(type="jsonl", path=eval_data["zeroshot"]),
+      class_names=shapes.class_prompts("en"),
+      templates=["{}"],
+      group_by="group",
+      dataset="shapes_zeroshot",
+      **common,
+    ),
+    "retrieval": dict(
+      type="retrieval",
+      data=dict(type="jsonl", path=eval_data["all"]),
+      texts_key="texts",
+      dataset="shapes_retrieval",
+      language="all",
+      **common,
+    ),
+    "xm3600": dict(type="xm3600", data=dict(type="jsonl", path=eval_data["xm3600"]), dataset="shapes_xm3600", **common),
   }
 
 
@@ -192,7 +263,7 @@ def run_variant(name: str, settings: dict, evals: dict, verbose: bool = True) ->
   config = variant_config(name, settings)
   r_trained = trained_rounds(config)
   workdir = os.path.join(settings["out"], "runs", name)
-  if os.path.isdir(workdir):   # a fresh run every time (train() would otherwise resume the old one)
+  if os.path.isdir(workdir):  # a fresh run every time (train() would otherwise resume the old one)
     shutil.rmtree(workdir)
   t0 = time.time()
   summary = train(config, workdir, verbose=verbose)
@@ -216,14 +287,28 @@ def run_variant(name: str, settings: dict, evals: dict, verbose: bool = True) ->
   loss_curve = read_train_curve(os.path.join(workdir, "metrics.jsonl"))
   v = VARIANTS[name]
   return dict(
-      name=name, label=v["label"], signature=v["signature"], p_skip=v["p_skip"], adapters=v["adapters"],
-      trained_rounds=r_trained, params=count_params(params), steps=steps, batch_size=bs,
-      examples_seen=steps * bs, train_flops_per_example=flops_per_example,
-      train_flops_per_step=flops_per_example * bs, train_flops=flops_per_example * bs * steps,
-      final_train_loss=loss_curve[-1][1] if loss_curve else None,
-      train_seconds=train_seconds, eval_seconds=eval_seconds,
-      metrics={"r1": by_rounds["1"], "r_trained": by_rounds[str(r_trained)]},
-      by_rounds=by_rounds, loss_curve=loss_curve, records=records, workdir=workdir)
+    name=name,
+    label=v["label"],
+    signature=v["signature"],
+    p_skip=v["p_skip"],
+    adapters=v["adapters"],
+    trained_rounds=r_trained,
+    params=count_params(params),
+    steps=steps,
+    batch_size=bs,
+    examples_seen=steps * bs,
+    train_flops_per_example=flops_per_example,
+    train_flops_per_step=flops_per_example * bs,
+    train_flops=flops_per_example * bs * steps,
+    final_train_loss=loss_curve[-1][1] if loss_curve else None,
+    train_seconds=train_seconds,
+    eval_seconds=eval_seconds,
+    metrics={"r1": by_rounds["1"], "r_trained": by_rounds[str(r_trained)]},
+    by_rounds=by_rounds,
+    loss_curve=loss_curve,
+    records=records,
+    workdir=workdir,
+  )
 
 
 def summarise(records: Sequence[dict], rounds: int) -> dict:
@@ -245,9 +330,14 @@ def summarise(records: Sequence[dict], rounds: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- report
-COLUMNS = (("zeroshot_top1", "0-shot top-1"), ("zeroshot_top1_heldout", "0-shot held-out"),
-           ("retrieval_i2t@1", "i2t@1"), ("retrieval_t2i@1", "t2i@1"), ("xm3600_i2t@1", "per-lang i2t@1"),
-           ("xm3600_t2i@1", "per-lang t2i@1"))
+COLUMNS = (
+  ("zeroshot_top1", "0-shot top-1"),
+  ("zeroshot_top1_heldout", "0-shot held-out"),
+  ("retrieval_i2t@1", "i2t@1"),
+  ("retrieval_t2i@1", "t2i@1"),
+  ("xm3600_i2t@1", "per-lang i2t@1"),
+  ("xm3600_t2i@1", "per-lang t2i@1"),
+)
 
 
 def _pct(v) -> str:
@@ -262,9 +352,16 @@ def results_table(results: Sequence[dict]) -> str:
     shown = [("r1", 1)] + ([("r_trained", res["trained_rounds"])] if res["trained_rounds"] != 1 else [])
     for key, r in shown:
       m = res["metrics"][key]
-      cells = [res["name"], res["signature"] + (f", p_s={res['p_skip']:g}" if res["p_skip"] else "") +
-               (", adapters" if res["adapters"] else ""), f"{res['params']:,}", f"{res['train_flops'] / 1e9:.1f}",
-               f"{res['examples_seen']:,}", f"{r}" + (" (trained)" if r == res["trained_rounds"] else "")]
+      cells = [
+        res["name"],
+        res["signature"]
+        + (f", p_s={res['p_skip']:g}" if res["p_skip"] else "")
+        + (", adapters" if res["adapters"] else ""),
+        f"{res['params']:,}",
+        f"{res['train_flops'] / 1e9:.1f}",
+        f"{res['examples_seen']:,}",
+        f"{r}" + (" (trained)" if r == res["trained_rounds"] else ""),
+      ]
       cells += [_pct(m.get(k)) for k, _ in COLUMNS]
       lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -287,38 +384,52 @@ def _ranking(named_values: Sequence[tuple[str, float]]) -> str:
 
 def ordering_paragraph(results: Sequence[dict], eval_n: int, n_classes: int) -> str:
   """A factual paragraph: the ordering by zero-shot top-1 at the trained r and at r = 1, with the noise level."""
+
   def order(key):
     return _ranking([(r["name"], r["metrics"][key]["zeroshot_top1"]) for r in results])
 
   base = next(r for r in results if r["name"] == BASELINE)
   p = base["metrics"]["r1"]["zeroshot_top1"]
   se = _standard_error(p, eval_n)
-  parts = [f"Zero-shot top-1 ordering at each variant's trained r: {order('r_trained')}. "
-           f"At r = 1 (no extra inference compute): {order('r1')}. "
-           f"Chance is {100 / n_classes:.1f}% ({n_classes} classes). "
-           f"With {eval_n} evaluation images the binomial standard error of a top-1 near the baseline's is about "
-           f"{100 * se:.1f} points, so differences smaller than ~{200 * se:.1f} points are within noise; this is "
-           f"one seed of a tiny model on synthetic data, not evidence either way about the paper's claims at "
-           f"scale."]
+  parts = [
+    f"Zero-shot top-1 ordering at each variant's trained r: {order('r_trained')}. "
+    f"At r = 1 (no extra inference compute): {order('r1')}. "
+    f"Chance is {100 / n_classes:.1f}% ({n_classes} classes). "
+    f"With {eval_n} evaluation images the binomial standard error of a top-1 near the baseline's is about "
+    f"{100 * se:.1f} points, so differences smaller than ~{200 * se:.1f} points are within noise; this is "
+    f"one seed of a tiny model on synthetic data, not evidence either way about the paper's claims at "
+    f"scale."
+  ]
   best = max(results, key=lambda r: r["metrics"]["r_trained"]["zeroshot_top1"])
   if best["name"] == BASELINE:
     parts.append(" In this run no recursive variant beat the compute-matched baseline on zero-shot accuracy.")
   else:
     gap = best["metrics"]["r_trained"]["zeroshot_top1"] - base["metrics"]["r1"]["zeroshot_top1"]
     verdict = "larger" if gap > 2 * se else "not larger"
-    parts.append(f" The best variant, {best['name']}, is {100 * gap:.1f} points above the baseline, "
-                 f"{verdict} than twice the standard error.")
+    parts.append(
+      f" The best variant, {best['name']}, is {100 * gap:.1f} points above the baseline, "
+      f"{verdict} than twice the standard error."
+    )
   ret = results
-  parts.append(" Retrieval (mean of i2t@1 and t2i@1 at the trained r) orders them: " + _ranking(
-      [(r["name"], (r["metrics"]["r_trained"]["retrieval_i2t@1"] + r["metrics"]["r_trained"]["retrieval_t2i@1"]) / 2)
-       for r in ret]) + ".")
+  parts.append(
+    " Retrieval (mean of i2t@1 and t2i@1 at the trained r) orders them: "
+    + _ranking(
+      [
+        (r["name"], (r["metrics"]["r_trained"]["retrieval_i2t@1"] + r["metrics"]["r_trained"]["retrieval_t2i@1"]) / 2)
+        for r in ret
+      ]
+    )
+    + "."
+  )
   return "".join(parts)
 
 
 def plot_loss_vs_flops(results: Sequence[dict], path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for res in results:
     if res["loss_curve"]:
@@ -336,16 +447,21 @@ def plot_loss_vs_flops(results: Sequence[dict], path: str) -> None:
 
 def plot_metrics_vs_rounds(results: Sequence[dict], path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  panels = (("zeroshot_top1", "zero-shot top-1 (%)"), ("retrieval_i2t@1", "image→text R@1 (%)"),
-            ("retrieval_t2i@1", "text→image R@1 (%)"))
+
+  panels = (
+    ("zeroshot_top1", "zero-shot top-1 (%)"),
+    ("retrieval_i2t@1", "image→text R@1 (%)"),
+    ("retrieval_t2i@1", "text→image R@1 (%)"),
+  )
   fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.9))
   for ax, (key, title) in zip(axes, panels):
     for res in results:
       rounds = sorted(int(r) for r in res["by_rounds"])
       values = [100 * res["by_rounds"][str(r)][key] for r in rounds]
-      line, = ax.plot(rounds, values, marker="o", label=res["label"])
+      (line,) = ax.plot(rounds, values, marker="o", label=res["label"])
       rt = res["trained_rounds"]
       ax.plot([rt], [100 * res["by_rounds"][str(rt)][key]], marker="*", ms=14, color=line.get_color())
     ax.set_xlabel("inference rounds r (★ = trained r)")
@@ -360,27 +476,46 @@ def plot_metrics_vs_rounds(results: Sequence[dict], path: str) -> None:
 def write_report(results: Sequence[dict], settings: dict, eval_data: dict, timings: dict) -> dict:
   """Writes report.md, results.json and the two plots into settings['out']; returns their paths."""
   from siglip_rins.demo import shapes
+
   out = settings["out"]
-  paths = {k: os.path.join(out, f) for k, f in (("markdown", "report.md"), ("json", "results.json"),
-                                                  ("loss_plot", "loss_vs_flops.png"),
-                                                  ("rounds_plot", "metrics_vs_rounds.png"))}
+  paths = {
+    k: os.path.join(out, f)
+    for k, f in (
+      ("markdown", "report.md"),
+      ("json", "results.json"),
+      ("loss_plot", "loss_vs_flops.png"),
+      ("rounds_plot", "metrics_vs_rounds.png"),
+    )
+  }
   plot_loss_vs_flops(results, paths["loss_plot"])
   plot_metrics_vs_rounds(results, paths["rounds_plot"])
   base = next(r for r in results if r["name"] == BASELINE)
-  matching = {r["name"]: dict(train_flops=r["train_flops"], baseline_train_flops=base["train_flops"],
-                              difference=r["train_flops"] - base["train_flops"],
-                              one_step_flops=r["train_flops_per_step"],
-                              within_one_step=abs(r["train_flops"] - base["train_flops"])
-                              <= r["train_flops_per_step"]) for r in results}
+  matching = {
+    r["name"]: dict(
+      train_flops=r["train_flops"],
+      baseline_train_flops=base["train_flops"],
+      difference=r["train_flops"] - base["train_flops"],
+      one_step_flops=r["train_flops_per_step"],
+      within_one_step=abs(r["train_flops"] - base["train_flops"]) <= r["train_flops_per_step"],
+    )
+    for r in results
+  }
   table = results_table(results)
   paragraph = ordering_paragraph(results, eval_data["n"], shapes.NUM_CLASSES)
   payload = dict(
-      settings=settings, timings=timings,
-      eval_data=dict(n_images=eval_data["n"], n_heldout_images=eval_data["n_heldout"],
-                     heldout_pairs=[" ".join(p) for p in shapes.HELDOUT_PAIRS], languages=list(shapes.LANGUAGES),
-                     num_classes=shapes.NUM_CLASSES),
-      compute_matching=matching, ordering=paragraph,
-      variants={r["name"]: {k: v for k, v in r.items() if k != "workdir"} for r in results})
+    settings=settings,
+    timings=timings,
+    eval_data=dict(
+      n_images=eval_data["n"],
+      n_heldout_images=eval_data["n_heldout"],
+      heldout_pairs=[" ".join(p) for p in shapes.HELDOUT_PAIRS],
+      languages=list(shapes.LANGUAGES),
+      num_classes=shapes.NUM_CLASSES,
+    ),
+    compute_matching=matching,
+    ordering=paragraph,
+    variants={r["name"]: {k: v for k, v in r.items() if k != "workdir"} for r in results},
+  )
   tmp = paths["json"] + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(payload, f, indent=1, ensure_ascii=False, default=float)
@@ -396,32 +531,56 @@ def write_report(results: Sequence[dict], settings: dict, eval_data: dict, timin
       cells.append(f"**{cell}**" if r == res["trained_rounds"] else cell)
     per_rounds.append(f"| {res['name']} | " + " | ".join(cells) + " |")
   lines = [
-      "# SigLIP-RINS demo: compute-matched comparison on the built-in shapes dataset", "",
-      f"Variants trained with identical hyper-parameters (lr {settings['lr']:g}, warm-up {settings['warmup_steps']} "
-      f"steps, cosine decay, temperature/bias init {settings['temperature_init']:g}/{settings['bias_init']:g}, "
-      f"batch {settings['batch_size']}, {settings['model']} towers, {settings['image_size']}px "
-      f"images, seed {settings['seed']}); the baseline trains {settings['steps']} steps and every recursive variant "
-      f"the number of steps that matches the baseline's training FLOPs (stochastic RINS: expected FLOPs). "
-      f"Evaluation on {eval_data['n']} eval-split images ({eval_data['n_heldout']} of them show a held-out "
-      f"(colour, shape) pair never seen in training: {', '.join(' '.join(p) for p in shapes.HELDOUT_PAIRS)}).", "",
-      "Metrics in %. 0-shot: 48-way, English class prompts; held-out: the same accuracy on held-out-pair images. "
-      "i2t/t2i@1: retrieval with every image's captions in all 9 languages pooled. Per-lang: retrieval within each "
-      "language, averaged over languages.", "",
-      table, "## What this run shows", "", paragraph, "",
-      "## Zero-shot top-1 against inference rounds (bold = trained r)", "", *per_rounds, "",
-      "![loss vs FLOPs](loss_vs_flops.png)", "", "![metrics vs rounds](metrics_vs_rounds.png)", "",
-      "## Compute matching", "",
-      "| variant | steps | train FLOPs/example | train FLOPs | vs baseline | within one step |", "|---|---|---|---|---|---|"]
+    "# SigLIP-RINS demo: compute-matched comparison on the built-in shapes dataset",
+    "",
+    f"Variants trained with identical hyper-parameters (lr {settings['lr']:g}, warm-up {settings['warmup_steps']} "
+    f"steps, cosine decay, temperature/bias init {settings['temperature_init']:g}/{settings['bias_init']:g}, "
+    f"batch {settings['batch_size']}, {settings['model']} towers, {settings['image_size']}px "
+    f"images, seed {settings['seed']}); the baseline trains {settings['steps']} steps and every recursive variant "
+    f"the number of steps that matches the baseline's training FLOPs (stochastic RINS: expected FLOPs). "
+    f"Evaluation on {eval_data['n']} eval-split images ({eval_data['n_heldout']} of them show a held-out "
+    f"(colour, shape) pair never seen in training: {', '.join(' '.join(p) for p in shapes.HELDOUT_PAIRS)}).",
+    "",
+    "Metrics in %. 0-shot: 48-way, English class prompts; held-out: the same accuracy on held-out-pair images. "
+    "i2t/t2i@1: retrieval with every image's captions in all 9 languages pooled. Per-lang: retrieval within each "
+    "language, averaged over languages.",
+    "",
+    table,
+    "## What this run shows",
+    "",
+    paragraph,
+    "",
+    "## Zero-shot top-1 against inference rounds (bold = trained r)",
+    "",
+    *per_rounds,
+    "",
+    "![loss vs FLOPs](loss_vs_flops.png)",
+    "",
+    "![metrics vs rounds](metrics_vs_rounds.png)",
+    "",
+    "## Compute matching",
+    "",
+    "| variant | steps | train FLOPs/example | train FLOPs | vs baseline | within one step |",
+    "|---|---|---|---|---|---|",
+  ]
   for res in results:
     m = matching[res["name"]]
-    lines.append(f"| {res['name']} | {res['steps']} | {res['train_flops_per_example']:.3g} | "
-                 f"{res['train_flops']:.4g} | {100 * m['difference'] / base['train_flops']:+.2f}% | "
-                 f"{'yes' if m['within_one_step'] else 'NO'} |")
-  lines += ["", "## Timings (seconds, wall clock)", "",
-            f"total {timings['total_seconds']:.0f} (CPU time, all cores: {timings['cpu_seconds']:.0f}); eval data {timings['eval_data_seconds']:.1f}; " + "; ".join(
-                f"{r['name']}: train {r['train_seconds']:.0f} + eval {r['eval_seconds']:.0f}" for r in results), "",
-            "Per-run workdirs (config.json, metrics.jsonl, checkpoint) are under `runs/`; per-language results are in "
-            "results.json (`records`).", ""]
+    lines.append(
+      f"| {res['name']} | {res['steps']} | {res['train_flops_per_example']:.3g} | "
+      f"{res['train_flops']:.4g} | {100 * m['difference'] / base['train_flops']:+.2f}% | "
+      f"{'yes' if m['within_one_step'] else 'NO'} |"
+    )
+  lines += [
+    "",
+    "## Timings (seconds, wall clock)",
+    "",
+    f"total {timings['total_seconds']:.0f} (CPU time, all cores: {timings['cpu_seconds']:.0f}); eval data {timings['eval_data_seconds']:.1f}; "
+    + "; ".join(f"{r['name']}: train {r['train_seconds']:.0f} + eval {r['eval_seconds']:.0f}" for r in results),
+    "",
+    "Per-run workdirs (config.json, metrics.jsonl, checkpoint) are under `runs/`; per-language results are in "
+    "results.json (`records`).",
+    "",
+  ]
   with open(paths["markdown"], "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return paths
@@ -431,6 +590,7 @@ def write_report(results: Sequence[dict], settings: dict, eval_data: dict, timin
 def _cpu_seconds() -> float:
   """User + system CPU seconds of this process and its finished children (all cores summed)."""
   import resource
+
   own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
   return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
@@ -455,8 +615,9 @@ def run_demo(settings: dict, verbose: bool = True) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if "--lm" in argv:   # the LM study has its own flags (siglip_rins/demo/lm_study.py)
+  if "--lm" in argv:  # the LM study has its own flags (siglip_rins/demo/lm_study.py)
     from siglip_rins.demo import lm_study
+
     return lm_study.main([a for a in argv if a != "--lm"])
   parser = build_parser()
   args = parser.parse_args(argv)

@@ -50,17 +50,29 @@ from siglip_rins.demo.languages import COLOURS, LANGUAGES, POSITIONS, SHAPES, SI
 
 SPLITS = ("train", "eval")
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
-    ("red", "star"), ("green", "circle"), ("blue", "triangle"), ("yellow", "square"), ("purple", "cross"),
-    ("orange", "diamond"))
+  ("red", "star"),
+  ("green", "circle"),
+  ("blue", "triangle"),
+  ("yellow", "square"),
+  ("purple", "cross"),
+  ("orange", "diamond"),
+)
 NUM_CLASSES = len(COLOURS) * len(SHAPES)
 DEFAULT_IMAGE_SIZE = 32
 
 # Nominal RGB of each colour (a per-image jitter of +-12 is added).
-_RGB = {"red": (215, 35, 35), "green": (40, 175, 60), "blue": (45, 85, 225), "yellow": (240, 220, 40),
-        "purple": (145, 55, 195), "orange": (245, 140, 25), "pink": (250, 140, 200), "white": (245, 245, 245)}
+_RGB = {
+  "red": (215, 35, 35),
+  "green": (40, 175, 60),
+  "blue": (45, 85, 225),
+  "yellow": (240, 220, 40),
+  "purple": (145, 55, 195),
+  "orange": (245, 140, 25),
+  "pink": (250, 140, 200),
+  "white": (245, 245, 245),
+}
 # Object centres as fractions of the image side, and radii per size.
-_CENTRES = {"left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bottom": (0.5, 0.73),
-            "center": (0.5, 0.5)}
+_CENTRES = {"left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bottom": (0.5, 0.73), "center": (0.5, 0.5)}
 _RADIUS = {"small": 0.13, "large": 0.20}
 _OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 _SUPERSAMPLE = 4  # draw at 4x and box-downsample, for anti-aliased edges
@@ -97,8 +109,10 @@ def class_prompts(language: str = "en") -> list[list[str]]:
   For zero-shot classification in the style of the training captions: average the text embeddings of a class's
   prompts. Shape: NUM_CLASSES lists of len(SIZES) * len(POSITIONS) strings.
   """
-  return [[lang_lib.caption(language, [(*class_pair(k), size, pos)], 0) for size in SIZES for pos in POSITIONS]
-          for k in range(NUM_CLASSES)]
+  return [
+    [lang_lib.caption(language, [(*class_pair(k), size, pos)], 0) for size in SIZES for pos in POSITIONS]
+    for k in range(NUM_CLASSES)
+  ]
 
 
 def _check_args(split: str, count: int, seed: int, image_size: int, count_name: str = "num_examples") -> None:
@@ -109,8 +123,9 @@ def _check_args(split: str, count: int, seed: int, image_size: int, count_name: 
       raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def _sample_objects(split: str, index: int, seed: int, two_shape_prob: float,
-                    rng: np.random.Generator) -> list[tuple[str, str, str, str]]:
+def _sample_objects(
+  split: str, index: int, seed: int, two_shape_prob: float, rng: np.random.Generator
+) -> list[tuple[str, str, str, str]]:
   """1 or 2 (colour, shape, size, position) tuples, main first."""
   if split == "train":
     main_label = TRAIN_LABELS[rng.integers(len(TRAIN_LABELS))]
@@ -149,9 +164,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     return [(cx, cy - r), (cx + 0.72 * r, cy), (cx, cy + r), (cx - 0.72 * r, cy)]
   if shape == "cross":  # plus sign, arms 0.32 r half-thick
     a, t = 0.95 * r, 0.32 * r
-    return [(cx - t, cy - a), (cx + t, cy - a), (cx + t, cy - t), (cx + a, cy - t), (cx + a, cy + t),
-            (cx + t, cy + t), (cx + t, cy + a), (cx - t, cy + a), (cx - t, cy + t), (cx - a, cy + t),
-            (cx - a, cy - t), (cx - t, cy - t)]
+    return [
+      (cx - t, cy - a),
+      (cx + t, cy - a),
+      (cx + t, cy - t),
+      (cx + a, cy - t),
+      (cx + a, cy + t),
+      (cx + t, cy + t),
+      (cx + t, cy + a),
+      (cx - t, cy + a),
+      (cx - t, cy + t),
+      (cx - a, cy + t),
+      (cx - a, cy - t),
+      (cx - t, cy - t),
+    ]
   raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -175,9 +201,15 @@ def _draw(objects: Sequence[tuple[str, str, str, str]], image_size: int, rng: np
   return np.asarray(image.reduce(_SUPERSAMPLE), dtype=np.uint8)
 
 
-def make_example(split: str, index: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
-                 *, two_shape_prob: float | None = None,
-                 languages: Sequence[str] = LANGUAGES) -> dict[str, Any]:
+def make_example(
+  split: str,
+  index: int,
+  seed: int = 0,
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  *,
+  two_shape_prob: float | None = None,
+  languages: Sequence[str] = LANGUAGES,
+) -> dict[str, Any]:
   """Example number `index` of `split` (a record as described in the module docstring)."""
   _check_args(split, index, seed, image_size, "index")
   if two_shape_prob is None:
@@ -187,18 +219,38 @@ def make_example(split: str, index: int, seed: int = 0, image_size: int = DEFAUL
   rng = np.random.default_rng([seed, SPLITS.index(split), index])
   objects = _sample_objects(split, index, seed, two_shape_prob, rng)
   image = _draw(objects, image_size, rng)
-  texts = [lang_lib.caption(code, objects, int(rng.integers(lang_lib.num_templates(code, len(objects)))))
-           for code in languages]
+  texts = [
+    lang_lib.caption(code, objects, int(rng.integers(lang_lib.num_templates(code, len(objects))))) for code in languages
+  ]
   colour, shape, size, position = objects[0]
   label = class_id(colour, shape)
-  return {"image": image, "texts": texts, "languages": list(languages), "label": label,
-          "label_name": lang_lib.class_name("en", colour, shape), "shape": shape, "colour": colour, "size": size,
-          "position": position, "num_objects": len(objects), "objects": objects,
-          "heldout": label in HELDOUT_LABELS, "split": split, "index": index}
+  return {
+    "image": image,
+    "texts": texts,
+    "languages": list(languages),
+    "label": label,
+    "label_name": lang_lib.class_name("en", colour, shape),
+    "shape": shape,
+    "colour": colour,
+    "size": size,
+    "position": position,
+    "num_objects": len(objects),
+    "objects": objects,
+    "heldout": label in HELDOUT_LABELS,
+    "split": split,
+    "index": index,
+  }
 
 
-def generate(split: str, num_examples: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, *,
-             two_shape_prob: float | None = None, languages: Sequence[str] = LANGUAGES) -> list[dict[str, Any]]:
+def generate(
+  split: str,
+  num_examples: int,
+  seed: int = 0,
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  *,
+  two_shape_prob: float | None = None,
+  languages: Sequence[str] = LANGUAGES,
+) -> list[dict[str, Any]]:
   """`num_examples` records of `split` ('train' or 'eval'); see the module docstring for the fields.
 
   two_shape_prob: probability of a two-object image (default 0.5 for train, 0.0 for eval).
@@ -208,17 +260,36 @@ def generate(split: str, num_examples: int, seed: int = 0, image_size: int = DEF
   for code in languages:
     if code not in LANGUAGES:
       raise ValueError(f"unknown demo language {code!r}; known: {', '.join(LANGUAGES)}")
-  return [make_example(split, i, seed, image_size, two_shape_prob=two_shape_prob, languages=languages)
-          for i in range(num_examples)]
+  return [
+    make_example(split, i, seed, image_size, two_shape_prob=two_shape_prob, languages=languages)
+    for i in range(num_examples)
+  ]
 
 
-_JSONL_FIELDS = ("texts", "languages", "label", "label_name", "shape", "colour", "size", "position",
-                 "num_objects", "split")
+_JSONL_FIELDS = (
+  "texts",
+  "languages",
+  "label",
+  "label_name",
+  "shape",
+  "colour",
+  "size",
+  "position",
+  "num_objects",
+  "split",
+)
 
 
-def write_jsonl_dataset(out_dir: str | os.PathLike, split: str, num_examples: int, seed: int = 0,
-                        image_size: int = DEFAULT_IMAGE_SIZE, *, two_shape_prob: float | None = None,
-                        languages: Sequence[str] = LANGUAGES) -> pathlib.Path:
+def write_jsonl_dataset(
+  out_dir: str | os.PathLike,
+  split: str,
+  num_examples: int,
+  seed: int = 0,
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  *,
+  two_shape_prob: float | None = None,
+  languages: Sequence[str] = LANGUAGES,
+) -> pathlib.Path:
   """Writes `out_dir/images/NNNNNN.png` and `out_dir/data.jsonl` (local layout of docs/DESIGN.md).
 
   Each JSONL line: {"image": "images/000000.png", "texts": [...], "languages": [...], "label": int,

@@ -5,6 +5,7 @@
 
 Shared helpers here: flat '/'-joined parameter names <-> nested dicts.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -23,7 +24,7 @@ def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.nd
     if isinstance(value, Mapping):
       out.update(flatten_params(value, name))
     elif hasattr(value, "shape") and hasattr(value, "dtype") and not hasattr(value, "__array__"):
-      out[name] = value      # abstract leaves (jax.ShapeDtypeStruct) stay abstract
+      out[name] = value  # abstract leaves (jax.ShapeDtypeStruct) stay abstract
     else:
       out[name] = np.asarray(value)
   return out

@@ -15,6 +15,7 @@ then starts from the pretrained blocks).  Linear adapters, absent from big_visio
 Image position embeddings are resampled (bilinear on the 2-D grid, no antialiasing) when the target resolution
 differs.  Files are read with `np.load(allow_pickle=False)`.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as data:
       flat = {k: np.asarray(data[k]) for k in data.files}
-  except ValueError as e:   # object arrays need pickle: refuse
+  except ValueError as e:  # object arrays need pickle: refuse
     raise ValueError(f"{path}: cannot read without pickle ({e})") from None
   except (OSError, EOFError) as e:
     raise ValueError(f"{path} is not a readable .npz file: {e}") from None
@@ -54,7 +55,7 @@ def strip_prefix(flat: Mapping[str, np.ndarray], prefix: str = "params/") -> dic
   """Removes `prefix` from the names that carry it (released checkpoints use 'params/')."""
   out = {}
   for k, v in flat.items():
-    name = k[len(prefix):] if k.startswith(prefix) else k
+    name = k[len(prefix) :] if k.startswith(prefix) else k
     if name in out:
       raise ValueError(f"checkpoint holds {name!r} both with and without the {prefix!r} prefix")
     out[name] = v
@@ -76,11 +77,13 @@ def scan_to_loop(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def resample_posemb(posemb: np.ndarray, grid: tuple[int, int], old_grid: Optional[tuple[int, int]] = None
-                    ) -> np.ndarray:
+def resample_posemb(
+  posemb: np.ndarray, grid: tuple[int, int], old_grid: Optional[tuple[int, int]] = None
+) -> np.ndarray:
   """Resamples a [1, gh*gw, D] position embedding to [1, grid[0]*grid[1], D] by bilinear interpolation on the
   2-D grid (half-pixel centres, no antialiasing).  old_grid defaults to the square grid."""
   import jax
+
   posemb = np.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
     raise ValueError(f"position embedding must be [1, N, D], got {posemb.shape}")
@@ -109,8 +112,9 @@ def _tower_plans(model) -> dict[str, Any]:
   return out
 
 
-def import_big_vision(source: str | os.PathLike | Mapping[str, np.ndarray], model_config: Mapping[str, Any], *,
-                      image_size: Any = None) -> dict:
+def import_big_vision(
+  source: str | os.PathLike | Mapping[str, np.ndarray], model_config: Mapping[str, Any], *, image_size: Any = None
+) -> dict:
   """big_vision checkpoint (path or flat dict, 'params/' prefix optional, loop or scan layout) -> parameter tree
   of the two_towers model `model_config` (numpy float32 arrays).
 
@@ -158,11 +162,10 @@ def import_big_vision(source: str | os.PathLike | Mapping[str, np.ndarray], mode
       if i // lpb < len(plan.block_names):
         k = f"{m.group(1)}/{plan.block_names[i // lpb]}/encoderblock_{i % lpb}/{m.group(3)}"
     ours[k] = np.asarray(v)
-  for stack, (plan, kw) in plans.items():   # adapters: not in big_vision; identity (their init value)
+  for stack, (plan, kw) in plans.items():  # adapters: not in big_vision; identity (their init value)
     if kw["recursion"].adapters:
       shape_k = expected[f"{stack}/adapter_kernel"].shape
-      ours.setdefault(f"{stack}/adapter_kernel",
-                      np.broadcast_to(np.eye(shape_k[-1], dtype=np.float32), shape_k).copy())
+      ours.setdefault(f"{stack}/adapter_kernel", np.broadcast_to(np.eye(shape_k[-1], dtype=np.float32), shape_k).copy())
       ours.setdefault(f"{stack}/adapter_bias", np.zeros(expected[f"{stack}/adapter_bias"].shape, np.float32))
   if size is not None and "img/pos_embedding" in ours and "img/pos_embedding" in expected:
     want = tuple(expected["img/pos_embedding"].shape)
@@ -170,8 +173,11 @@ def import_big_vision(source: str | os.PathLike | Mapping[str, np.ndarray], mode
       ph, pw = model.image.get("patch_size", (16, 16))
       ours["img/pos_embedding"] = resample_posemb(ours["img/pos_embedding"], (size[0] // ph, size[1] // pw))
   diff_names(set(expected), set(ours), "big_vision checkpoint does not match the model config")
-  bad = [f"{k}: {ours[k].shape} != {tuple(expected[k].shape)}" for k in sorted(ours)
-         if tuple(ours[k].shape) != tuple(expected[k].shape)]
+  bad = [
+    f"{k}: {ours[k].shape} != {tuple(expected[k].shape)}"
+    for k in sorted(ours)
+    if tuple(ours[k].shape) != tuple(expected[k].shape)
+  ]
   if bad:
     raise ValueError(f"big_vision checkpoint shapes do not match the model config: {bad[:20]}")
   return unflatten_params({k: v if v.dtype == np.float32 else v.astype(np.float32) for k, v in ours.items()})
@@ -182,9 +188,12 @@ def _block_index(name: str) -> int:
   return ord(name) - ord("A") if len(name) == 1 else int(name[1:])
 
 
-def to_big_vision(params: Mapping[str, Any], layout: str = "loop",
-                  model_config: Optional[Mapping[str, Any]] = None, allow_recursive: bool = False
-                  ) -> dict[str, np.ndarray]:
+def to_big_vision(
+  params: Mapping[str, Any],
+  layout: str = "loop",
+  model_config: Optional[Mapping[str, Any]] = None,
+  allow_recursive: bool = False,
+) -> dict[str, np.ndarray]:
   """Parameter tree -> flat big_vision names (no prefix).  layout 'loop' (encoderblock_i) or 'scan' (one
   encoderblock with a leading depth axis).
 
@@ -196,19 +205,22 @@ def to_big_vision(params: Mapping[str, Any], layout: str = "loop",
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   if model_config is not None and not allow_recursive:
     from siglip_rins.models import build_model
+
     cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
     for stack, (plan, _) in _tower_plans(build_model(cfg)).items():
       if plan.sequence != plan.block_names:
         raise ValueError(
-            f"{stack}: signature {''.join(plan.letters)!r} (degree {plan.degree}) runs blocks {plan.sequence}, "
-            f"but a big_vision ViT runs each layer once; the checkpoint would hold the AB model, which computes "
-            f"a different function.  Pass allow_recursive=True to export the unique blocks anyway, or use "
-            f"interop.hf.export_hf, which unrolls the recursion")
+          f"{stack}: signature {''.join(plan.letters)!r} (degree {plan.degree}) runs blocks {plan.sequence}, "
+          f"but a big_vision ViT runs each layer once; the checkpoint would hold the AB model, which computes "
+          f"a different function.  Pass allow_recursive=True to export the unique blocks anyway, or use "
+          f"interop.hf.export_hf, which unrolls the recursion"
+        )
   flat = flatten_params(params)
   adapters = sorted(k for k in flat if k.rsplit("/", 1)[-1] in ADAPTER_LEAVES)
   if adapters:
-    raise ValueError(f"linear adapters have no big_vision equivalent (found {adapters}); only adapter-free trees "
-                     f"export to big_vision")
+    raise ValueError(
+      f"linear adapters have no big_vision equivalent (found {adapters}); only adapter-free trees export to big_vision"
+    )
   out: dict[str, np.ndarray] = {}
   blocks: dict[str, dict[tuple[int, int], dict[str, np.ndarray]]] = {}
   for k, v in flat.items():
@@ -240,9 +252,14 @@ def to_big_vision(params: Mapping[str, Any], layout: str = "loop",
   return out
 
 
-def export_big_vision_npz(params: Mapping[str, Any], path: str | os.PathLike, layout: str = "loop",
-                          prefix: str = "params/", model_config: Optional[Mapping[str, Any]] = None,
-                          allow_recursive: bool = False) -> pathlib.Path:
+def export_big_vision_npz(
+  params: Mapping[str, Any],
+  path: str | os.PathLike,
+  layout: str = "loop",
+  prefix: str = "params/",
+  model_config: Optional[Mapping[str, Any]] = None,
+  allow_recursive: bool = False,
+) -> pathlib.Path:
   """Writes `params` as a big_vision .npz (names `prefix` + big_vision name; see `to_big_vision`)."""
   flat = to_big_vision(params, layout, model_config, allow_recursive)
   path = pathlib.Path(path)
@@ -253,5 +270,12 @@ def export_big_vision_npz(params: Mapping[str, Any], path: str | os.PathLike, la
   return path
 
 
-__all__ = ["load_npz", "strip_prefix", "scan_to_loop", "resample_posemb", "import_big_vision", "to_big_vision",
-           "export_big_vision_npz"]
+__all__ = [
+  "load_npz",
+  "strip_prefix",
+  "scan_to_loop",
+  "resample_posemb",
+  "import_big_vision",
+  "to_big_vision",
+  "export_big_vision_npz",
+]

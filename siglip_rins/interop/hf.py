@@ -26,6 +26,7 @@ keys/values, which an HF layer cannot); linear adapters that are not exactly the
 rounds (HF has no linear map between the last layer and the final LayerNorm).  Stochastic depth (p_skip > 0) is a
 training-time setting: evaluation (and the export) runs every round of the chosen plan.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,14 +48,16 @@ def _import_hf():
     import torch
     import transformers
   except ImportError as e:
-    raise ImportError(f"the Hugging Face export needs torch and transformers (pip install 'siglip_rins[hf]'): "
-                      f"{e}") from None
+    raise ImportError(
+      f"the Hugging Face export needs torch and transformers (pip install 'siglip_rins[hf]'): {e}"
+    ) from None
   return torch, transformers
 
 
 def _plan_layers(kw: dict, rounds: Optional[int], stack: str) -> tuple[list[tuple[str, int]], Any, Any]:
   """Unrolled (block name, layer j) list of a tower, the plan run, and the trained plan."""
   from siglip_rins.recursion import with_rounds
+
   trained = kw["recursion"].plan(kw.get("depth", 12))
   plan = trained if rounds is None else with_rounds(trained, int(rounds))
   layers = [(name, j) for name in plan.sequence for j in range(plan.layers_per_block)]
@@ -63,6 +66,7 @@ def _plan_layers(kw: dict, rounds: Optional[int], stack: str) -> tuple[list[tupl
 
 def _check_adapters(flat: Mapping[str, np.ndarray], stack: str, kw: dict, plan, trained) -> None:
   from siglip_rins.recursion import recursive_run_index, trained_rounds
+
   if not kw["recursion"].adapters:
     return
   kernel, bias = flat[f"{stack}/adapter_kernel"], flat[f"{stack}/adapter_bias"]
@@ -70,10 +74,11 @@ def _check_adapters(flat: Mapping[str, np.ndarray], stack: str, kw: dict, plan, 
   k = min(max(ran, 1), trained_rounds(trained)) - 1
   if not (np.array_equal(kernel[k], np.eye(kernel.shape[-1], dtype=kernel.dtype)) and not np.any(bias[k])):
     raise ValueError(
-        f"{stack}: linear adapter {k + 1} (applied after {ran} rounds) is not the identity, and a transformers "
-        f"SiglipModel has no place for a linear map between the last encoder layer and the final LayerNorm; this "
-        f"model cannot be exported exactly.  Export a model trained without adapters, or choose rounds whose "
-        f"adapter is still the identity")
+      f"{stack}: linear adapter {k + 1} (applied after {ran} rounds) is not the identity, and a transformers "
+      f"SiglipModel has no place for a linear map between the last encoder layer and the final LayerNorm; this "
+      f"model cannot be exported exactly.  Export a model trained without adapters, or choose rounds whose "
+      f"adapter is still the identity"
+    )
 
 
 def _attn(flat, p: str, d: int) -> dict[str, np.ndarray]:
@@ -90,19 +95,32 @@ def _attn(flat, p: str, d: int) -> dict[str, np.ndarray]:
 def _layer(flat, p: str, d: int, q: str) -> dict[str, np.ndarray]:
   """One encoder layer: our prefix p -> HF prefix q (…encoder.layers.n)."""
   a = _attn(flat, f"{p}/MultiHeadDotProductAttention_0", d)
-  sd = {f"{q}.layer_norm1.weight": flat[f"{p}/LayerNorm_0/scale"], f"{q}.layer_norm1.bias": flat[f"{p}/LayerNorm_0/bias"],
-        f"{q}.layer_norm2.weight": flat[f"{p}/LayerNorm_1/scale"], f"{q}.layer_norm2.bias": flat[f"{p}/LayerNorm_1/bias"],
-        f"{q}.mlp.fc1.weight": flat[f"{p}/MlpBlock_0/Dense_0/kernel"].T, f"{q}.mlp.fc1.bias": flat[f"{p}/MlpBlock_0/Dense_0/bias"],
-        f"{q}.mlp.fc2.weight": flat[f"{p}/MlpBlock_0/Dense_1/kernel"].T, f"{q}.mlp.fc2.bias": flat[f"{p}/MlpBlock_0/Dense_1/bias"]}
+  sd = {
+    f"{q}.layer_norm1.weight": flat[f"{p}/LayerNorm_0/scale"],
+    f"{q}.layer_norm1.bias": flat[f"{p}/LayerNorm_0/bias"],
+    f"{q}.layer_norm2.weight": flat[f"{p}/LayerNorm_1/scale"],
+    f"{q}.layer_norm2.bias": flat[f"{p}/LayerNorm_1/bias"],
+    f"{q}.mlp.fc1.weight": flat[f"{p}/MlpBlock_0/Dense_0/kernel"].T,
+    f"{q}.mlp.fc1.bias": flat[f"{p}/MlpBlock_0/Dense_0/bias"],
+    f"{q}.mlp.fc2.weight": flat[f"{p}/MlpBlock_0/Dense_1/kernel"].T,
+    f"{q}.mlp.fc2.bias": flat[f"{p}/MlpBlock_0/Dense_1/bias"],
+  }
   for t in ("q", "k", "v", "out"):
     sd[f"{q}.self_attn.{t}_proj.weight"] = a[f"{t}.weight"]
     sd[f"{q}.self_attn.{t}_proj.bias"] = a[f"{t}.bias"]
   return sd
 
 
-def to_hf(params: Mapping[str, Any], model_config: Mapping[str, Any], *, image_size: Any = None,
-          text_len: Optional[int] = None, rounds: Rounds = None, pad_token_id: Optional[int] = None,
-          eos_token_id: Optional[int] = None) -> tuple[dict, dict[str, np.ndarray]]:
+def to_hf(
+  params: Mapping[str, Any],
+  model_config: Mapping[str, Any],
+  *,
+  image_size: Any = None,
+  text_len: Optional[int] = None,
+  rounds: Rounds = None,
+  pad_token_id: Optional[int] = None,
+  eos_token_id: Optional[int] = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
   """(SiglipConfig kwargs {'text_config', 'vision_config'}, state dict of float32 numpy arrays).
 
   rounds: None (trained plan), an int (A^kB in both towers) or {'img': k1, 'txt': k2}.
@@ -152,7 +170,7 @@ def to_hf(params: Mapping[str, Any], model_config: Mapping[str, Any], *, image_s
   grid = (size[0] // ph, size[1] // pw)
   if img.get("posemb", "learn") == "learn":
     sd["vision_model.embeddings.position_embedding.weight"] = flat["img/pos_embedding"][0]
-  else:   # fixed sin-cos table: an exact constant for a learned-embedding slot
+  else:  # fixed sin-cos table: an exact constant for a learned-embedding slot
     sd["vision_model.embeddings.position_embedding.weight"] = sincos2d(*grid, d_img)[0]
   img_layers, img_plan, img_trained = _plan_layers(img, r.get("img"), "img/Transformer")
   _check_adapters(flat, "img/Transformer", img, img_plan, img_trained)
@@ -184,7 +202,7 @@ def to_hf(params: Mapping[str, Any], model_config: Mapping[str, Any], *, image_s
   if "txt/head/kernel" in flat:
     sd["text_model.head.weight"] = flat["txt/head/kernel"].T
     sd["text_model.head.bias"] = flat["txt/head/bias"]
-  else:   # no text head: an exact identity projection
+  else:  # no text head: an exact identity projection
     sd["text_model.head.weight"] = np.eye(d_txt, dtype=np.float32)
     sd["text_model.head.bias"] = np.zeros(d_txt, np.float32)
   projection = sd["text_model.head.weight"].shape[0]
@@ -193,33 +211,66 @@ def to_hf(params: Mapping[str, Any], model_config: Mapping[str, Any], *, image_s
   sd["logit_scale"] = flat["t"].reshape(1)
   sd["logit_bias"] = flat["b"].reshape(1)
 
-  text_config = dict(vocab_size=int(txt.get("vocab_size", 32_000)), hidden_size=d_txt,
-                     intermediate_size=int(txt.get("mlp_dim", 3072)), num_hidden_layers=len(txt_layers),
-                     num_attention_heads=int(txt.get("num_heads", 12)), max_position_embeddings=int(text_len),
-                     hidden_act=HF_ACT, layer_norm_eps=LAYER_NORM_EPS, projection_size=int(projection))
+  text_config = dict(
+    vocab_size=int(txt.get("vocab_size", 32_000)),
+    hidden_size=d_txt,
+    intermediate_size=int(txt.get("mlp_dim", 3072)),
+    num_hidden_layers=len(txt_layers),
+    num_attention_heads=int(txt.get("num_heads", 12)),
+    max_position_embeddings=int(text_len),
+    hidden_act=HF_ACT,
+    layer_norm_eps=LAYER_NORM_EPS,
+    projection_size=int(projection),
+  )
   # Token ids the tokenizer defines (HF's defaults, 49406/49407, are CLIP's and may lie outside a small vocab).
   text_config["bos_token_id"] = None
   text_config["eos_token_id"] = None if eos_token_id is None else int(eos_token_id)
   text_config["pad_token_id"] = None if pad_token_id is None else int(pad_token_id)
-  vision_config = dict(hidden_size=d_img, intermediate_size=int(img.get("mlp_dim", 3072)),
-                       num_hidden_layers=len(img_layers), num_attention_heads=int(img.get("num_heads", 12)),
-                       num_channels=3, image_size=int(size[0]), patch_size=int(ph), hidden_act=HF_ACT,
-                       layer_norm_eps=LAYER_NORM_EPS, vision_use_head=True)
-  info = dict(image_signature="".join(img_plan.sequence), text_signature="".join(txt_plan.sequence),
-              image_layers=[f"{b}/encoderblock_{j}" for b, j in img_layers],
-              text_layers=[f"{b}/encoderblock_{j}" for b, j in txt_layers])
+  vision_config = dict(
+    hidden_size=d_img,
+    intermediate_size=int(img.get("mlp_dim", 3072)),
+    num_hidden_layers=len(img_layers),
+    num_attention_heads=int(img.get("num_heads", 12)),
+    num_channels=3,
+    image_size=int(size[0]),
+    patch_size=int(ph),
+    hidden_act=HF_ACT,
+    layer_norm_eps=LAYER_NORM_EPS,
+    vision_use_head=True,
+  )
+  info = dict(
+    image_signature="".join(img_plan.sequence),
+    text_signature="".join(txt_plan.sequence),
+    image_layers=[f"{b}/encoderblock_{j}" for b, j in img_layers],
+    text_layers=[f"{b}/encoderblock_{j}" for b, j in txt_layers],
+  )
   return dict(text_config=text_config, vision_config=vision_config, siglip_rins=info), sd
 
 
-def export_hf(params: Mapping[str, Any], model_config: Mapping[str, Any], out_dir: str | os.PathLike, *,
-              image_size: Any = None, text_len: Optional[int] = None, rounds: Rounds = None,
-              pad_token_id: Optional[int] = None, eos_token_id: Optional[int] = None,
-              extra_info: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+def export_hf(
+  params: Mapping[str, Any],
+  model_config: Mapping[str, Any],
+  out_dir: str | os.PathLike,
+  *,
+  image_size: Any = None,
+  text_len: Optional[int] = None,
+  rounds: Rounds = None,
+  pad_token_id: Optional[int] = None,
+  eos_token_id: Optional[int] = None,
+  extra_info: Optional[Mapping[str, Any]] = None,
+) -> pathlib.Path:
   """Writes a transformers SiglipModel folder (config.json + model.safetensors) plus `siglip_rins_export.json`
   (the unrolled layer list and preprocessing notes).  See `to_hf` for the arguments."""
   torch, transformers = _import_hf()
-  config_kw, sd = to_hf(params, model_config, image_size=image_size, text_len=text_len, rounds=rounds,
-                        pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+  config_kw, sd = to_hf(
+    params,
+    model_config,
+    image_size=image_size,
+    text_len=text_len,
+    rounds=rounds,
+    pad_token_id=pad_token_id,
+    eos_token_id=eos_token_id,
+  )
   info = config_kw.pop("siglip_rins")
   config = transformers.SiglipConfig(text_config=config_kw["text_config"], vision_config=config_kw["vision_config"])
   model = transformers.SiglipModel(config).eval()
@@ -227,30 +278,43 @@ def export_hf(params: Mapping[str, Any], model_config: Mapping[str, Any], out_di
   missing, unexpected = model.load_state_dict(state, strict=False)
   missing = [k for k in missing if not k.endswith("position_ids")]
   if missing or unexpected:
-    raise ValueError(f"state dict does not match transformers {transformers.__version__} SiglipModel: "
-                     f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    raise ValueError(
+      f"state dict does not match transformers {transformers.__version__} SiglipModel: "
+      f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+    )
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   model.save_pretrained(str(out), safe_serialization=True)
-  info = dict(info, transformers_version=transformers.__version__,
-              preprocessing="images: resize to image_size (bilinear), values in [-1, 1]; texts: SigLIP-canonicalised, "
-                            "EOS appended, padded to max_position_embeddings (padding='max_length')",
-              **dict(extra_info or {}))
+  info = dict(
+    info,
+    transformers_version=transformers.__version__,
+    preprocessing="images: resize to image_size (bilinear), values in [-1, 1]; texts: SigLIP-canonicalised, "
+    "EOS appended, padded to max_position_embeddings (padding='max_length')",
+    **dict(extra_info or {}),
+  )
   (out / "siglip_rins_export.json").write_text(json.dumps(info, indent=2))
   return out
 
 
-def export_hf_from_exported(model_dir: str | os.PathLike, out_dir: str | os.PathLike, rounds: Rounds = None
-                            ) -> pathlib.Path:
+def export_hf_from_exported(
+  model_dir: str | os.PathLike, out_dir: str | os.PathLike, rounds: Rounds = None
+) -> pathlib.Path:
   """HF export of an exported siglip_rins model folder (see `siglip_rins.export`); copies its tokenizer model."""
   from siglip_rins.export import load_exported
 
   em = load_exported(model_dir)
   tok = em.tokenizer
-  out = export_hf(em.params, em.config["model"], out_dir, image_size=em.image_size, text_len=em.text_len,
-                  rounds=rounds, pad_token_id=None if tok is None else tok.pad_id,
-                  eos_token_id=None if tok is None or tok.eos_id < 0 else tok.eos_id,
-                  extra_info=dict(text=em.config.get("text"), image=em.config.get("image")))
+  out = export_hf(
+    em.params,
+    em.config["model"],
+    out_dir,
+    image_size=em.image_size,
+    text_len=em.text_len,
+    rounds=rounds,
+    pad_token_id=None if tok is None else tok.pad_id,
+    eos_token_id=None if tok is None or tok.eos_id < 0 else tok.eos_id,
+    extra_info=dict(text=em.config.get("text"), image=em.config.get("image")),
+  )
   if tok is not None:
     (pathlib.Path(out) / "tokenizer.model").write_bytes(tok.model_proto)
   return out

@@ -7,6 +7,7 @@ Config keys per model name are listed in `ALLOWED`; unknown keys raise ValueErro
 `recursion` (signature, degree, p_skip, adapters, loop, remat, kv_sharing, layers_per_block) applies to every
 tower; `image.recursion` / `text.recursion` override it per tower.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -23,24 +24,73 @@ from siglip_rins.recursion import RecursionConfig
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _TOWER_KEYS = {"variant", "width", "depth", "mlp_dim", "num_heads", "recursion"}
 ALLOWED = {
-    "two_towers": {"name", "image", "text", "out_dim", "recursion", "dtype", "temperature_init", "bias_init"},
-    "vit": {"name", "variant", "width", "depth", "mlp_dim", "num_heads", "patch_size", "posemb", "pool_type",
-            "num_classes", "head_bias_init", "head_zeroinit", "recursion", "dtype"},
-    "classifier": {"name", "variant", "width", "depth", "mlp_dim", "num_heads", "patch_size", "posemb",
-                   "pool_type", "num_classes", "head_bias_init", "head_zeroinit", "recursion", "dtype"},
-    "text": {"name", "variant", "vocab_size", "width", "depth", "mlp_dim", "num_heads", "pool_type",
-             "num_classes", "recursion", "dtype"},
-    "decoder": {"name", "variant", "vocab_size", "width", "depth", "mlp_dim", "num_heads", "tie_embeddings",
-                "recursion", "dtype"},
+  "two_towers": {"name", "image", "text", "out_dim", "recursion", "dtype", "temperature_init", "bias_init"},
+  "vit": {
+    "name",
+    "variant",
+    "width",
+    "depth",
+    "mlp_dim",
+    "num_heads",
+    "patch_size",
+    "posemb",
+    "pool_type",
+    "num_classes",
+    "head_bias_init",
+    "head_zeroinit",
+    "recursion",
+    "dtype",
+  },
+  "classifier": {
+    "name",
+    "variant",
+    "width",
+    "depth",
+    "mlp_dim",
+    "num_heads",
+    "patch_size",
+    "posemb",
+    "pool_type",
+    "num_classes",
+    "head_bias_init",
+    "head_zeroinit",
+    "recursion",
+    "dtype",
+  },
+  "text": {
+    "name",
+    "variant",
+    "vocab_size",
+    "width",
+    "depth",
+    "mlp_dim",
+    "num_heads",
+    "pool_type",
+    "num_classes",
+    "recursion",
+    "dtype",
+  },
+  "decoder": {
+    "name",
+    "variant",
+    "vocab_size",
+    "width",
+    "depth",
+    "mlp_dim",
+    "num_heads",
+    "tie_embeddings",
+    "recursion",
+    "dtype",
+  },
 }
 IMAGE_KEYS = ALLOWED["vit"] - {"name", "dtype"}
 TEXT_KEYS = ALLOWED["text"] - {"name", "dtype"}
 # Decoder LM shapes of the paper (Sec. 3-4): 300M/600M (emb 1536, mlp 6144), 1B (emb 2048, mlp 8192, 18 blocks).
 LM_VARIANTS = {
-    "lm_mu": dict(width=64, depth=4, mlp_dim=256, num_heads=2),
-    "lm_300m": dict(width=1536, depth=6, mlp_dim=6144, num_heads=12),
-    "lm_600m": dict(width=1536, depth=16, mlp_dim=6144, num_heads=12),
-    "lm_1b": dict(width=2048, depth=18, mlp_dim=8192, num_heads=16),
+  "lm_mu": dict(width=64, depth=4, mlp_dim=256, num_heads=2),
+  "lm_300m": dict(width=1536, depth=6, mlp_dim=6144, num_heads=12),
+  "lm_600m": dict(width=1536, depth=16, mlp_dim=6144, num_heads=12),
+  "lm_1b": dict(width=2048, depth=18, mlp_dim=8192, num_heads=16),
 }
 
 
@@ -165,5 +215,15 @@ def _validate_plans(model) -> None:
       raise ValueError(f"{where}: {e}") from None
 
 
-__all__ = ["build_model", "init_cache", "ViT", "TextTransformer", "TwoTowers", "DecoderLM", "Classifier",
-           "decode_variant", "ALLOWED", "LM_VARIANTS"]
+__all__ = [
+  "build_model",
+  "init_cache",
+  "ViT",
+  "TextTransformer",
+  "TwoTowers",
+  "DecoderLM",
+  "Classifier",
+  "decode_variant",
+  "ALLOWED",
+  "LM_VARIANTS",
+]

@@ -1,5 +1,6 @@
 """ViT image classifier (paper App. E.2.2 / G): a ViT with a linear head whose bias starts at -6.9
 (sigmoid cross-entropy friendly).  apply(images, train, rounds) -> logits [B, num_classes]."""
+
 from __future__ import annotations
 
 import flax.linen as nn

@@ -9,6 +9,7 @@ cache for a maximum length, then each call with `decode=True` takes one token pe
 the recursive block attend to the first round's keys/values, so the cache does not grow with r.
 Parameter tree: Embed_0/embedding, Decoder/{A,B,...}/encoderblock_j/..., Decoder/encoder_norm, head/kernel.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -40,11 +41,9 @@ class DecoderLM(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, positions=None, train: bool = False, rounds=None,
-               decode: bool = False):
+  def __call__(self, tokens, segment_ids=None, positions=None, train: bool = False, rounds=None, decode: bool = False):
     b, t = tokens.shape
-    embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=1.0),
-                     name="Embed_0")
+    embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=1.0), name="Embed_0")
     x = embed(tokens).astype(self.dtype) * jnp.sqrt(self.width).astype(self.dtype)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
@@ -56,7 +55,8 @@ class DecoderLM(nn.Module):
       mask = causal_mask(segment_ids, t)
     layer = LayerConfig(self.width, self.num_heads, self.mlp_dim, self.dtype, rope=True)
     x, _ = RecursiveStack(layer, self.depth, self.recursion, name="Decoder")(
-        x, mask=mask, positions=positions, train=train, rounds=rounds, decode=decode)
+      x, mask=mask, positions=positions, train=train, rounds=rounds, decode=decode
+    )
     if self.tie_embeddings:
       logits = embed.attend(x.astype(jnp.float32))
     else:
@@ -72,8 +72,9 @@ def init_cache(model: DecoderLM, params, batch_size: int, max_len: int, rounds=N
   """
   full = jnp.zeros((batch_size, max_len), jnp.int32)
   positions = jnp.zeros((batch_size, max_len), jnp.int32)
-  _, variables = model.apply({"params": params}, full, positions=positions, decode=True, rounds=rounds,
-                             mutable=["cache"])
+  _, variables = model.apply(
+    {"params": params}, full, positions=positions, decode=True, rounds=rounds, mutable=["cache"]
+  )
   return jax.tree.map(jnp.zeros_like, variables["cache"])
 
 

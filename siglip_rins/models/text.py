@@ -5,6 +5,7 @@ as in SigLIP), final LayerNorm, pooling at the last token ('last', SigLIP with s
 'map'; then a linear head.  Parameter tree: Embed_0/embedding, pos_embedding, Encoder_0/{A,B,...}/...,
 Encoder_0/encoder_norm, head/{kernel,bias} (big_vision names).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -33,8 +34,9 @@ class TextTransformer(nn.Module):
   def __call__(self, tokens, train: bool = False, rounds: Optional[int] = None):
     if self.pool_type not in POOLS:
       raise ValueError(f"unknown text pool_type {self.pool_type!r}; allowed: {POOLS}")
-    x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=1 / self.width ** 0.5),
-                 name="Embed_0")(tokens).astype(self.dtype)
+    x = nn.Embed(
+      self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=1 / self.width**0.5), name="Embed_0"
+    )(tokens).astype(self.dtype)
     x = x + position_embedding(self, "learn", (tokens.shape[1],), self.width, "pos_embedding").astype(self.dtype)
     layer = LayerConfig(self.width, self.num_heads, self.mlp_dim, self.dtype)
     x, info = RecursiveStack(layer, self.depth, self.recursion, name="Encoder_0")(x, train=train, rounds=rounds)

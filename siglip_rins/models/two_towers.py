@@ -5,6 +5,7 @@ apply(images [B,H,W,3] | None, texts [B,L] int32 | None, train=False, rounds=Non
      temperature), out['b'] (the bias), out['rounds/img'], out['rounds/txt'] (rounds that ran).
 `rounds` may be an int (both towers) or a dict {'img': r1, 'txt': r2}.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,8 @@ def _l2_normalize(x, eps=1e-8):
 
 
 class TwoTowers(nn.Module):
-  image: Optional[dict] = None     # kwargs of ViT (recursion given as RecursionConfig)
-  text: Optional[dict] = None      # kwargs of TextTransformer
+  image: Optional[dict] = None  # kwargs of ViT (recursion given as RecursionConfig)
+  text: Optional[dict] = None  # kwargs of TextTransformer
   temperature_init: float = 10.0
   bias_init: float = -10.0
 

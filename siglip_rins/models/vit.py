@@ -4,6 +4,7 @@ image [B, H, W, 3] float in [-1, 1] -> (out [B, num_classes or D] (or tokens [B,
 Parameter tree: embedding/{kernel,bias}, pos_embedding, cls (pool 'tok'), Transformer/{A,B,...}/encoderblock_j/...,
 Transformer/encoder_norm, MAPHead_0/... (pool 'map'), head/{kernel,bias} (when num_classes is set).
 """
+
 from __future__ import annotations
 
 import re
@@ -17,9 +18,16 @@ from siglip_rins.recursion import RecursionConfig, RecursiveStack
 
 # name: (width, depth, mlp_dim, heads).  The lower-case ones are tiny variants for CPU runs and tests.
 VARIANTS = {
-    "mu": (64, 4, 256, 2), "nano": (128, 4, 512, 4), "bench": (256, 6, 1024, 4),
-    "Ti": (192, 12, 768, 3), "S": (384, 12, 1536, 6), "M": (512, 12, 2048, 8), "B": (768, 12, 3072, 12),
-    "L": (1024, 24, 4096, 16), "So400m": (1152, 27, 4304, 16), "H": (1280, 32, 5120, 16),
+  "mu": (64, 4, 256, 2),
+  "nano": (128, 4, 512, 4),
+  "bench": (256, 6, 1024, 4),
+  "Ti": (192, 12, 768, 3),
+  "S": (384, 12, 1536, 6),
+  "M": (512, 12, 2048, 8),
+  "B": (768, 12, 3072, 12),
+  "L": (1024, 24, 4096, 16),
+  "So400m": (1152, 27, 4304, 16),
+  "H": (1280, 32, 5120, 16),
 }
 POOLS = ("map", "gap", "tok", "none")
 
@@ -38,6 +46,7 @@ def decode_variant(variant: str) -> dict:
 
 class ViT(nn.Module):
   """ViT encoder whose depth is a stack of recursive blocks."""
+
   width: int = 768
   depth: int = 12
   mlp_dim: int = 3072
@@ -55,8 +64,9 @@ class ViT(nn.Module):
   def __call__(self, image, train: bool = False, rounds: Optional[int] = None):
     if self.pool_type not in POOLS:
       raise ValueError(f"unknown pool_type {self.pool_type!r}; allowed: {POOLS}")
-    x = nn.Conv(self.width, self.patch_size, strides=self.patch_size, padding="VALID", dtype=self.dtype,
-                name="embedding")(image.astype(self.dtype))
+    x = nn.Conv(
+      self.width, self.patch_size, strides=self.patch_size, padding="VALID", dtype=self.dtype, name="embedding"
+    )(image.astype(self.dtype))
     b, h, w, c = x.shape
     x = x.reshape(b, h * w, c)
     x = x + position_embedding(self, self.posemb, (h, w), c, "pos_embedding").astype(self.dtype)
@@ -75,6 +85,11 @@ class ViT(nn.Module):
     aux["pre_logits"] = x
     if self.num_classes:
       kinit = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
-      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=kinit,
-                   bias_init=nn.initializers.constant(self.head_bias_init), name="head")(x)
+      x = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        kernel_init=kinit,
+        bias_init=nn.initializers.constant(self.head_bias_init),
+        name="head",
+      )(x)
     return x.astype(jnp.float32), aux

@@ -6,6 +6,7 @@ loss.  The trainer (siglip_rins/train.py) is the same for all of them.
     task = get_task(config)        # by config.task.name ('contrastive', 'lm', 'classification')
     loss, metrics = task.loss(model, params, batch, rng)   # inside the jitted step
 """
+
 from __future__ import annotations
 
 from typing import Any

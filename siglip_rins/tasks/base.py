@@ -1,4 +1,5 @@
 """The task interface the trainer calls."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +9,7 @@ import jax
 
 class Task:
   """Subclasses define the batch layout (`batch_keys`), `example_batch`, `input_shapes` and `loss`."""
+
   name = "base"
   batch_keys: tuple[str, ...] = ()
   allowed_task_keys: tuple[str, ...] = ("name",)
@@ -18,8 +20,9 @@ class Task:
     task_cfg = dict(config.task) if "task" in config else {}
     unknown = sorted(set(task_cfg) - set(self.allowed_task_keys))
     if unknown:
-      raise ValueError(f"config.task: unknown key(s) {unknown} for task {self.name!r}; "
-                       f"allowed: {sorted(self.allowed_task_keys)}")
+      raise ValueError(
+        f"config.task: unknown key(s) {unknown} for task {self.name!r}; allowed: {sorted(self.allowed_task_keys)}"
+      )
     self.task_cfg = task_cfg
 
   def example_batch(self, batch_size: int) -> dict:
@@ -41,5 +44,6 @@ class Task:
   def check_batch(self, batch: dict) -> None:
     missing = [k for k in self.batch_keys if k not in batch]
     if missing:
-      raise ValueError(f"task {self.name!r}: batch lacks {missing} (has {sorted(batch)}); "
-                       "check config.input.pp produces them")
+      raise ValueError(
+        f"task {self.name!r}: batch lacks {missing} (has {sorted(batch)}); check config.input.pp produces them"
+      )

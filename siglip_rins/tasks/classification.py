@@ -5,6 +5,7 @@ Loss (config.task.loss): 'sigmoid_xent' (default, with the head bias at -6.9) or
 Mixup (config.mixup = dict(p=0.2)): images and labels are mixed with the batch rolled by one, with a ratio
 drawn from Beta(p, p) per step.
 """
+
 from __future__ import annotations
 
 import jax
@@ -40,8 +41,10 @@ class ClassificationTask(Task):
     self.mixup_p = float(config.get("mixup", {}).get("p", 0.0)) if "mixup" in config else 0.0
 
   def example_batch(self, batch_size):
-    return {"image": np.zeros((batch_size, self.image_size, self.image_size, 3), np.float32),
-            "labels": np.zeros((batch_size, self.num_classes), np.float32)}
+    return {
+      "image": np.zeros((batch_size, self.image_size, self.image_size, 3), np.float32),
+      "labels": np.zeros((batch_size, self.num_classes), np.float32),
+    }
 
   def init_args(self, batch):
     return (batch["image"],)

@@ -4,10 +4,9 @@ Batch: 'image' float32 [B, H, W, 3] in [-1, 1]; 'labels' int32 [B, L] token ids 
 Loss (config.task.loss): 'sigmoid' (default; chunked across devices when the batch axis spans >1 device, equal to
 the global loss), 'sigmoid_global' (always forms the B x B logits), 'softmax' (CLIP).
 """
+
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from siglip_rins import losses
@@ -30,8 +29,10 @@ class ContrastiveTask(Task):
     self.text_len = int(config.input.text_len)
 
   def example_batch(self, batch_size):
-    return {"image": np.zeros((batch_size, self.image_size, self.image_size, 3), np.float32),
-            "labels": np.zeros((batch_size, self.text_len), np.int32)}
+    return {
+      "image": np.zeros((batch_size, self.image_size, self.image_size, 3), np.float32),
+      "labels": np.zeros((batch_size, self.text_len), np.int32),
+    }
 
   def init_args(self, batch):
     return (batch["image"], batch["labels"])
@@ -45,8 +46,7 @@ class ContrastiveTask(Task):
     return int(np.prod([self.mesh.shape[a] for a in ("data", "fsdp") if a in self.mesh.shape]))
 
   def loss(self, model, params, batch, rng):
-    zimg, ztxt, out = model.apply({"params": params}, batch["image"], batch["labels"], train=True,
-                                  rngs={"rins": rng})
+    zimg, ztxt, out = model.apply({"params": params}, batch["image"], batch["labels"], train=True, rngs={"rins": rng})
     t, b = out["t"], out["b"]
     if self.loss_name == "softmax":
       loss = losses.softmax_loss(zimg, ztxt, t)

@@ -4,9 +4,9 @@ Batch: 'tokens' int32 [B, T+1]; optional 'segment_ids' and 'positions' int32 [B,
 Inputs are tokens[:, :-1], targets tokens[:, 1:]; pad (id 0) targets and targets that start a new segment are
 not scored.  Loss = mean next-token cross-entropy over scored tokens (nats).
 """
+
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -15,6 +15,7 @@ and TensorFlow's RE2 use the same Unicode version for the category tables (teste
 Greek, CJK, Arabic and Devanagari text, and on every code point U+0020..U+30FF except U+2C2F, a
 Unicode 14 letter that TensorFlow's older ICU tables do not lowercase).
 """
+
 import unicodedata
 
 ASCII_SYMBOLS_AS_PUNCTUATION = "$+<=>^`|~"
@@ -26,30 +27,30 @@ WHITESPACE_RE2 = r"[\t\n\x0B\f\r \pZ]+"
 
 
 def is_punctuation(char: str) -> bool:
-    """True for one character that canonicalisation deletes."""
-    return unicodedata.category(char).startswith("P") or char in ASCII_SYMBOLS_AS_PUNCTUATION
+  """True for one character that canonicalisation deletes."""
+  return unicodedata.category(char).startswith("P") or char in ASCII_SYMBOLS_AS_PUNCTUATION
 
 
 def is_whitespace(char: str) -> bool:
-    """True for one character that canonicalisation treats as a space."""
-    return char in ASCII_WHITESPACE or unicodedata.category(char).startswith("Z")
+  """True for one character that canonicalisation treats as a space."""
+  return char in ASCII_WHITESPACE or unicodedata.category(char).startswith("Z")
 
 
 def canonicalize(text: str) -> str:
-    """Canonicalises one caption the SigLIP way (see module docstring). Returns a str."""
-    if not isinstance(text, str):
-        raise ValueError(f"canonicalize expects str, got {type(text).__name__}")
-    lowered = text.lower().replace("_", " ")
-    out = []
-    in_space = False
-    for char in lowered:
-        if is_punctuation(char):
-            continue
-        if is_whitespace(char):
-            if not in_space:
-                out.append(" ")
-            in_space = True
-        else:
-            out.append(char)
-            in_space = False
-    return "".join(out).strip(" ")
+  """Canonicalises one caption the SigLIP way (see module docstring). Returns a str."""
+  if not isinstance(text, str):
+    raise ValueError(f"canonicalize expects str, got {type(text).__name__}")
+  lowered = text.lower().replace("_", " ")
+  out = []
+  in_space = False
+  for char in lowered:
+    if is_punctuation(char):
+      continue
+    if is_whitespace(char):
+      if not in_space:
+        out.append(" ")
+      in_space = True
+    else:
+      out.append(char)
+      in_space = False
+  return "".join(out).strip(" ")
