@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Iterable, Mapping, Sequence
+
+from siglip_rins import paths
 
 _REQUIRED = ('dataset', 'model', 'task', 'metrics', 'language', 'rounds')
 
@@ -81,21 +82,17 @@ def markdown_report(records: Sequence[Mapping]) -> str:
   return '\n'.join(lines)
 
 
-def write_report(records: Sequence[Mapping], out_dir: str, merge: bool = True) -> tuple[str, str]:
-  """Writes eval_results.json and eval_report.md into out_dir (created); returns their paths."""
+def write_report(records: Sequence[Mapping], out_dir, merge: bool = True) -> tuple[str, str]:
+  """Writes eval_results.json and eval_report.md into out_dir (created; a local path or e.g. gs://..., through
+  siglip_rins.paths); returns their paths as strings."""
   records = _check(records)
-  os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, 'eval_results.json')
-  md_path = os.path.join(out_dir, 'eval_report.md')
-  if merge and os.path.exists(json_path):
-    with open(json_path, encoding='utf-8') as f:
-      old = _check(json.load(f))
+  out = paths.makedirs(paths.workdir_path(out_dir))
+  json_path = out / 'eval_results.json'
+  md_path = out / 'eval_report.md'
+  if merge and paths.exists(json_path):
+    old = _check(json.loads(paths.read_text(json_path)))
     new_keys = {_key(r) for r in records}
     records = [r for r in old if _key(r) not in new_keys] + records
-  tmp = json_path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(records, f, indent=1, ensure_ascii=False)
-  os.replace(tmp, json_path)
-  with open(md_path, 'w', encoding='utf-8') as f:
-    f.write(markdown_report(records))
-  return json_path, md_path
+  paths.write_text(json_path, json.dumps(records, indent=1, ensure_ascii=False))
+  paths.write_text(md_path, markdown_report(records))
+  return str(json_path), str(md_path)

@@ -26,6 +26,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from siglip_rins import paths
+
 __all__ = ["CheckpointManager", "CheckpointError"]
 
 _STATE = "state"
@@ -52,15 +54,16 @@ class CheckpointManager:
   """Saves / restores ``(state pytree, meta dict)`` per step, keeping the newest ``keep``.
 
   Args:
-    workdir: run directory (local path or e.g. ``gs://...``); checkpoints go to ``<workdir>/checkpoints``.
+    workdir: run directory (local path, made absolute, or e.g. ``gs://...``); checkpoints go to
+      ``<workdir>/checkpoints`` unless ``directory`` is given.
     keep: how many most recent checkpoints to keep (>= 1).
     async_save: write in a background thread; call :meth:`wait` before reading them or exiting.
   """
 
-  def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True, directory: str | None = None):
     if not isinstance(keep, int) or keep < 1:
       raise ValueError(f"keep must be an int >= 1, got {keep!r}")
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = paths.workdir_path(directory) if directory else paths.workdir_path(workdir) / "checkpoints"
     _check_writable(self.directory)
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True
@@ -93,6 +96,10 @@ class CheckpointManager:
     for s in sorted(set(steps) - set(complete)):
       log.warning("Ignoring incomplete checkpoint folder %s", self.step_path(s))
     return complete
+
+  def has_step(self, step: int) -> bool:
+    """Whether a complete checkpoint of ``step`` exists."""
+    return self._is_complete(int(step))
 
   def latest_step(self) -> int | None:
     """Newest complete step, or None when there is none."""

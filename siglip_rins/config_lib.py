@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 import os
 import sys
 from typing import Any, Iterable, Optional
@@ -42,7 +43,9 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
       return bool(value)
     raise ValueError(f"config key {key!r}: expected a boolean, got {value!r}")
   if isinstance(default, int):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if (
+      isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value
+    ):
       raise ValueError(f"config key {key!r}: expected an integer, got {value!r}")
     return int(value)
   if isinstance(default, float):

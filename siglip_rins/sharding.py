@@ -31,6 +31,8 @@ __all__ = [
   "make_mesh",
   "param_shardings",
   "param_partition_specs",
+  "opt_state_shardings",
+  "opt_state_partition_specs",
   "batch_sharding",
   "make_global_batch",
   "DEFAULT_PARAM_RULES",
@@ -212,14 +214,7 @@ def _template_spec(path: str, shape: tuple[int, ...], template: Any, mesh: Mesh)
   return P(*entries)
 
 
-def param_partition_specs(abstract_params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> Any:
-  """Tree of ``PartitionSpec`` for ``abstract_params`` (arrays or ``jax.ShapeDtypeStruct``).
-
-  ``rules``: ``(regex, template)`` pairs over '/'-joined paths (``re.fullmatch``, first match wins); a template
-  is ``'fsdp'`` (largest dim divisible by the fsdp size goes on 'fsdp', else replicated), ``'replicate'``,
-  or a ``PartitionSpec``/tuple (padded with ``None`` to the rank).  Unmatched leaves are replicated.
-  Default: ``[('.*', 'fsdp')]``.
-  """
+def _compile_rules(rules):
   compiled = []
   for i, rule in enumerate(DEFAULT_PARAM_RULES if rules is None else rules):
     if not isinstance(rule, (tuple, list)) or len(rule) != 2:
@@ -228,16 +223,71 @@ def param_partition_specs(abstract_params: Any, mesh: Mesh, rules: Sequence[tupl
       compiled.append((re.compile(rule[0]), rule[1]))
     except (re.error, TypeError) as e:
       raise ValueError(f"param rules[{i}]: invalid regex {rule[0]!r}: {e}") from None
+  return compiled
+
+
+def _rule_spec(compiled, path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+  for regex, template in compiled:
+    if regex.fullmatch(path):
+      return _template_spec(path, shape, template, mesh)
+  return P()
+
+
+def param_partition_specs(abstract_params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> Any:
+  """Tree of ``PartitionSpec`` for ``abstract_params`` (arrays or ``jax.ShapeDtypeStruct``).
+
+  ``rules``: ``(regex, template)`` pairs over '/'-joined paths (``re.fullmatch``, first match wins); a template
+  is ``'fsdp'`` (largest dim divisible by the fsdp size goes on 'fsdp', else replicated), ``'replicate'``,
+  or a ``PartitionSpec``/tuple (padded with ``None`` to the rank).  Unmatched leaves are replicated.
+  Default: ``[('.*', 'fsdp')]``.
+  """
+  compiled = _compile_rules(rules)
+  return jax.tree_util.tree_map_with_path(
+    lambda path, leaf: _rule_spec(compiled, _path_str(path), tuple(np.shape(leaf)), mesh), abstract_params
+  )
+
+
+def opt_state_partition_specs(
+  abstract_opt_state: Any, abstract_params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None
+) -> Any:
+  """Tree of ``PartitionSpec`` for an optimiser state, placed like the parameters it tracks.
+
+  optax states nest the parameter tree under their own keys (Adam's moments live at ``1/mu/img/...``), so the
+  rules are matched against the *parameter* path inside each leaf's path: the longest '/'-suffix that is a
+  parameter path.  A leaf of the parameter's shape (mu, nu, momentum) gets exactly the parameter's spec; one of
+  another shape (e.g. factored second moments) gets the parameter's rule applied to its own shape, replicated
+  when that rule does not fit it; leaves that track no parameter (step counts) are matched on their own path.
+  """
+  compiled = _compile_rules(rules)
+  param_paths = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params):
+    p = _path_str(path)
+    param_paths[p] = (tuple(np.shape(leaf)), _rule_spec(compiled, p, tuple(np.shape(leaf)), mesh))
 
   def spec(path, leaf):
-    p = _path_str(path)
+    parts = _path_str(path).split("/")
     shape = tuple(np.shape(leaf))
-    for regex, template in compiled:
-      if regex.fullmatch(p):
-        return _template_spec(p, shape, template, mesh)
-    return P()
+    for i in range(len(parts)):
+      suffix = "/".join(parts[i:])
+      if suffix in param_paths:
+        param_shape, param_spec = param_paths[suffix]
+        if shape == param_shape:
+          return param_spec
+        try:
+          return _rule_spec(compiled, suffix, shape, mesh)
+        except ValueError:
+          return P()
+    return _rule_spec(compiled, "/".join(parts), shape, mesh)
 
-  return jax.tree_util.tree_map_with_path(spec, abstract_params)
+  return jax.tree_util.tree_map_with_path(spec, abstract_opt_state)
+
+
+def opt_state_shardings(
+  abstract_opt_state: Any, abstract_params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None
+) -> Any:
+  """Tree of ``NamedSharding`` (see :func:`opt_state_partition_specs`)."""
+  specs = opt_state_partition_specs(abstract_opt_state, abstract_params, mesh, rules)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def param_shardings(abstract_params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> Any:

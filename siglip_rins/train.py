@@ -18,12 +18,14 @@ Outputs in the workdir: config.json, metrics.jsonl (one JSON object per log step
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
+import queue
 import signal
 import sys
+import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,7 @@ import numpy as np
 import optax
 
 from siglip_rins import checkpoint as ckpt_lib
-from siglip_rins import config_lib, flops, optim, sharding
+from siglip_rins import config_lib, flops, optim, paths, sharding
 from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
 
@@ -66,6 +68,7 @@ TOP_LEVEL_KEYS = {
   "eval_only",
   "name",
   "async_checkpoint",
+  "checkpoint_dir",
 }
 
 
@@ -90,6 +93,31 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.input.batch_size must be a positive integer, got {bs!r}")
   if "total_epochs" in given and not config.input.get("num_examples"):
     raise ValueError("config.total_epochs needs config.input.num_examples (examples per epoch)")
+  _check_int(config, "seed", 0, 2**32 - 1, default=0)
+  _check_int(config, "log_every", 1, None, default=10)
+  _check_int(config, "ckpt_every", 0, None, default=0)
+  _check_int(config, "keep_ckpts", 1, None, default=3)
+  _check_int(config, "max_bad_steps", 1, None, default=5)
+  for key in ("total_steps", "total_examples"):
+    if config.get(key) is not None:
+      _check_int(config, key, 1, None)
+  if config.get("total_epochs") is not None:
+    epochs = config.total_epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < float("inf"):
+      raise ValueError(f"config.total_epochs must be a positive finite number, got {epochs!r}")
+
+
+def _check_int(config, key: str, lo: int, hi: Optional[int], default=None) -> None:
+  """config[key] must be an integer (an integral float is accepted) in [lo, hi]; the error names key and value."""
+  value = config.get(key, default)
+  if value is None:
+    value = default
+  ok = not isinstance(value, bool) and isinstance(value, (int, float))
+  ok = ok and (isinstance(value, int) or (np.isfinite(value) and float(value).is_integer()))
+  ok = ok and value >= lo and (hi is None or value <= hi)
+  if not ok:
+    allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    raise ValueError(f"config.{key} must be {allowed}, got {value!r}")
 
 
 def total_steps_of(config) -> int:
@@ -103,32 +131,39 @@ def total_steps_of(config) -> int:
 
 # --------------------------------------------------------------------------------------------- writer
 class MetricWriter:
-  """metrics.jsonl (always) and TensorBoard scalars (config.tensorboard, TensorFlow imported lazily)."""
+  """metrics.jsonl (always, through siglip_rins.paths) and TensorBoard scalars (config.tensorboard; TensorFlow
+  imported lazily and writing to `<workdir>/tb` with its own file layer, which understands gs:// too)."""
 
-  def __init__(self, workdir: str, enabled: bool, tensorboard: bool):
+  def __init__(self, workdir, enabled: bool, tensorboard: bool):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = paths.workdir_path(workdir) / "metrics.jsonl"
     self._tb = None
     if enabled and tensorboard:
       try:
         import tensorflow as tf  # only for summaries; the train step never touches TF
 
         self._tf = tf
-        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+        self._tb = tf.summary.create_file_writer(str(paths.workdir_path(workdir) / "tb"))
       except ImportError:
         self._tb = None
 
   def write(self, step: int, metrics: dict) -> None:
-    if not self.enabled:
+    self.write_rows([(step, metrics)])
+
+  def write_rows(self, rows) -> None:
+    """Writes several (step, metrics) rows with one file operation."""
+    if not self.enabled or not rows:
       return
-    row = {"step": int(step), **{k: _to_py(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    lines = []
+    for step, metrics in rows:
+      lines.append({"step": int(step), **{k: _to_py(v) for k, v in metrics.items()}})
+    paths.append_text(self.path, "".join(json.dumps(r) + "\n" for r in lines))
     if self._tb is not None:
       with self._tb.as_default():
-        for k, v in row.items():
-          if isinstance(v, (int, float)) and k != "step":
-            self._tf.summary.scalar(k, v, step=step)
+        for row in lines:
+          for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "step":
+              self._tf.summary.scalar(k, v, step=row["step"])
       self._tb.flush()
 
 
@@ -145,11 +180,16 @@ def _fmt_secs(s: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------- step
-def make_train_step(model, task, tx, schedule_fn, seed: int):
+def make_train_step(model, task, tx, schedule_fn, seed: int, max_bad_steps: Optional[int] = None):
   """Returns step(state, batch) -> (state, metrics).  state = {'params', 'opt_state', 'step'}.
 
   The update is applied only when the loss and gradient norm are finite (lax.cond: no extra passes over the
   parameters); `metrics['finite']` says which happened.
+
+  With `max_bad_steps`, the state also carries 'bad_run' (consecutive non-finite steps, int32, not
+  checkpointed): once it reaches max_bad_steps the step is frozen (no update, 'step' no longer advances,
+  `metrics['frozen']`), so the host can notice the stop at its next check without any step after it having
+  changed the state -- and without reading a flag back every step.
   """
   base_rng = jax.random.PRNGKey(seed)
 
@@ -161,6 +201,10 @@ def make_train_step(model, task, tx, schedule_fn, seed: int):
     )
     gnorm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    frozen = jnp.zeros((), bool)
+    if max_bad_steps is not None:
+      frozen = state["bad_run"] >= max_bad_steps
+    apply_it = finite & ~frozen
 
     def apply(operands):
       params, opt_state, grads = operands
@@ -168,10 +212,16 @@ def make_train_step(model, task, tx, schedule_fn, seed: int):
       return optax.apply_updates(params, updates), opt_state
 
     params, opt_state = jax.lax.cond(
-      finite, apply, lambda o: (o[0], o[1]), (state["params"], state["opt_state"], grads)
+      apply_it, apply, lambda o: (o[0], o[1]), (state["params"], state["opt_state"], grads)
     )
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, lr=schedule_fn(step), finite=finite)
-    return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
+    new = {"params": params, "opt_state": opt_state, "step": step + 1}
+    if max_bad_steps is not None:
+      metrics["frozen"] = frozen
+      new["step"] = jnp.where(frozen, step, step + 1)
+      bad_run = jnp.where(finite, 0, state["bad_run"] + 1)
+      new["bad_run"] = jnp.where(frozen, state["bad_run"], bad_run).astype(jnp.int32)
+    return new, metrics
 
   return step_fn
 
@@ -189,7 +239,7 @@ def init_state(model, task, tx, mesh, config, rng):
   rules = config.get("sharding_rules")
   shardings = {
     "params": sharding.param_shardings(abstract["params"], mesh, rules),
-    "opt_state": sharding.param_shardings(abstract["opt_state"], mesh, rules),
+    "opt_state": sharding.opt_state_shardings(abstract["opt_state"], abstract["params"], mesh, rules),
     "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
   }
   return jax.jit(init_all, out_shardings=shardings)(rng)
@@ -201,18 +251,127 @@ def state_shardings(state):
   return jax.tree.map(lambda x: x.sharding, state)
 
 
-# --------------------------------------------------------------------------------------------- loop
-def train(
-  config: ml_collections.ConfigDict, workdir: str, *, stop_after: Optional[int] = None, verbose: bool = True
-) -> dict:
-  """Trains `config` in `workdir` (resuming if checkpoints exist).  Returns a summary dict.
+CHECKPOINTED = ("params", "opt_state", "step")
 
-  stop_after: stop (as if killed, without a final save) after this many steps of this invocation — for tests
-  and quick looks.
+
+def _saved_part(state) -> dict:
+  """The checkpointed part of the loop state (the loop-only 'bad_run' counter is left out)."""
+  return {k: state[k] for k in CHECKPOINTED}
+
+
+# --------------------------------------------------------------------------------------------- input
+class _Prefetcher:
+  """Fetches local batches, checks them and assembles the global device arrays in a background thread, `depth`
+  batches ahead, so input work and host->device transfers overlap the device's compute.
+
+  `get(should_stop)` waits in short slices and returns None as soon as `should_stop()` is true, so a SIGTERM
+  that arrives while the loop waits for input is honoured within about `poll_s`.  Errors of the producer
+  (e.g. an all-bad dataset) are re-raised in the consumer.
   """
+
+  def __init__(self, produce, depth: int = 2, poll_s: float = 0.2):
+    self._produce = produce
+    self._queue = queue.Queue(maxsize=max(1, depth))
+    self._closed = threading.Event()
+    self._poll_s = poll_s
+    self._thread = threading.Thread(target=self._run, name="input-prefetch", daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    while not self._closed.is_set():
+      try:
+        item = ("ok", self._produce())
+      except BaseException as e:  # handed to the consumer, which raises it
+        item = ("error", e)
+      while not self._closed.is_set():
+        try:
+          self._queue.put(item, timeout=self._poll_s)
+          break
+        except queue.Full:
+          continue
+      if item[0] == "error":
+        return
+
+  def get(self, should_stop=lambda: False):
+    while True:
+      if should_stop():
+        return None
+      try:
+        kind, value = self._queue.get(timeout=self._poll_s)
+      except queue.Empty:
+        continue
+      if kind == "error":
+        raise value
+      return value
+
+  def close(self):
+    self._closed.set()
+    self._thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------------------------- run setup
+@dataclasses.dataclass
+class _Run:
+  """What the loop needs, built once by `_setup` (kept apart from the loop so each piece stays small)."""
+
+  config: ml_collections.ConfigDict
+  workdir: Any  # epath.Path
+  verbose: bool
+  pidx: int
+  pcount: int
+  mesh: Any
+  task: Any
+  model: Any
+  tx: Any
+  schedule_fn: Any
+  total_steps: int
+  global_bs: int
+  flops_per_example: float
+  seed: int
+  ckpt: Any = None
+  writer: Any = None
+  lock: Any = None
+  evals: list = dataclasses.field(default_factory=list)
+
+  def say(self, text: str) -> None:
+    if self.verbose and self.pidx == 0:
+      print(text, flush=True)
+
+  def meta(self, step: int) -> dict:
+    return {
+      "step": int(step),
+      "examples_seen": int(step * self.global_bs),
+      "flops_seen": float(step * self.global_bs * self.flops_per_example),
+    }
+
+
+def _acquire_lock(workdir, pidx: int, pcount: int):
+  """Process 0 takes the workdir lock; every process learns the outcome (so a refused multi-host run stops on
+  all hosts, not only on process 0)."""
+  lock, error = None, None
+  if pidx == 0:
+    try:
+      lock = paths.WorkdirLock(workdir).acquire()
+    except paths.WorkdirLocked as e:
+      error = str(e)
+  if pcount > 1:
+    from jax.experimental import multihost_utils
+
+    refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if int(refused) and error is None:
+      error = f"workdir {workdir} is in use by another trainer (see process 0's error)"
+  if error:
+    raise paths.WorkdirLocked(error)
+  if lock is not None and lock.recovered_from is not None:
+    print(f"took over the workdir lock left by {paths.WorkdirLock.describe(lock.recovered_from)}", flush=True)
+  return lock
+
+
+def _setup(config, workdir, verbose) -> _Run:
   validate_config(config)
   sharding.initialize_distributed()
   pidx, pcount = jax.process_index(), jax.process_count()
+  workdir = paths.workdir_path(workdir)
   mesh = sharding.make_mesh(config.get("mesh"))
   global_bs = int(config.input.batch_size)
   if global_bs % jax.device_count():
@@ -222,130 +381,200 @@ def train(
   total_steps = total_steps_of(config)
   steps_per_epoch = (int(config.input.num_examples) // global_bs) if config.input.get("num_examples") else None
   tx, schedule_fn = optim.make_optimizer(config, total_steps, batch_size=global_bs, steps_per_epoch=steps_per_epoch)
-  flops_per_example = flops.train_flops_per_example(model, task.input_shapes())
-  os.makedirs(workdir, exist_ok=True)
-  ckpt = ckpt_lib.CheckpointManager(
-    workdir, keep=int(config.get("keep_ckpts", 3)), async_save=bool(config.get("async_checkpoint", True))
+  run = _Run(
+    config=config,
+    workdir=workdir,
+    verbose=verbose,
+    pidx=pidx,
+    pcount=pcount,
+    mesh=mesh,
+    task=task,
+    model=model,
+    tx=tx,
+    schedule_fn=schedule_fn,
+    total_steps=total_steps,
+    global_bs=global_bs,
+    flops_per_example=flops.train_flops_per_example(model, task.input_shapes()),
+    seed=int(config.get("seed", 0)),
   )
+  try:
+    paths.makedirs(workdir)
+  except OSError as e:
+    raise OSError(f"cannot create the workdir {workdir}: {e}") from None
+  run.ckpt = ckpt_lib.CheckpointManager(
+    workdir,
+    keep=int(config.get("keep_ckpts", 3)),
+    async_save=bool(config.get("async_checkpoint", True)),
+    directory=config.get("checkpoint_dir") or None,
+  )
+  run.lock = _acquire_lock(workdir, pidx, pcount)
   if pidx == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
-    with open(os.path.join(workdir, "run_info.json"), "w") as f:  # read by siglip_rins.scaling
-      json.dump(run_info(config), f)
-  writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
+    paths.write_text(workdir / "config.json", config_lib.to_json(config))
+    paths.write_text(workdir / "run_info.json", json.dumps(run_info(config)))  # read by siglip_rins.scaling
+  run.writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
+  run.evals = _build_evals(config)
+  return run
 
-  seed = int(config.get("seed", 0))
-  state = init_state(model, task, tx, mesh, config, jax.random.PRNGKey(seed))
-  start = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta = ckpt.restore(latest, target=state)
-    start = int(meta.get("step", latest))
-    if verbose and pidx == 0:
-      print(f"resumed from step {start} in {workdir}", flush=True)
+
+def _restore(run: _Run, state):
+  """Returns (state, start step) from the newest complete checkpoint, or (state, 0)."""
+  latest = run.ckpt.latest_step()
+  if latest is None:
+    return state, 0
+  restored, meta = run.ckpt.restore(latest, target=_saved_part(state))
+  state = dict(state, **restored)
+  start = int(meta.get("step", latest))
+  run.say(f"resumed from step {start} in {run.workdir}")
+  return state, start
+
+
+# --------------------------------------------------------------------------------------------- loop
+class _Guard:
+  """Host side of the non-finite guard: the per-step metrics are kept on device and read back only at check
+  points (log steps, before saves and evals, at the end), where bad steps are logged and the max_bad_steps
+  stop is decided from the exact step sequence."""
+
+  def __init__(self, run: _Run, max_bad: int):
+    self.run, self.max_bad = run, max_bad
+    self.pending = []  # (step, small device metrics) since the last check
+    self.bad_run = 0
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.pending.append((step, {k: metrics[k] for k in ("finite", "frozen", "loss")}))
+
+  def check(self) -> None:
+    """Reads the pending flags (one transfer); raises TrainingStopped at the exact step the run stopped."""
+    if not self.pending:
+      return
+    host = jax.device_get([m for _, m in self.pending])
+    steps = [s for s, _ in self.pending]
+    self.pending = []
+    rows, stopped_at = [], None
+    for step, m in zip(steps, host):
+      if bool(m["frozen"]):
+        break  # steps after the stop changed nothing
+      if bool(m["finite"]):
+        self.bad_run = 0
+        continue
+      self.bad_run += 1
+      rows.append((step, {"bad_step": 1, "train/loss": float(m["loss"])}))
+      self.run.say(f"step {step}: non-finite loss/gradient, update skipped ({self.bad_run} in a row)")
+      if self.bad_run >= self.max_bad:
+        stopped_at = step
+        break
+    self.run.writer.write_rows(rows)
+    if stopped_at is not None:
+      self.run.ckpt.wait()
+      raise TrainingStopped(
+        f"{self.bad_run} consecutive non-finite steps (max_bad_steps={self.max_bad}); stopped at step "
+        f"{stopped_at}, the updates of steps {stopped_at - self.bad_run + 1}..{stopped_at} were not applied; "
+        f"the newest checkpoint is step {self.run.ckpt.latest_step()}"
+      )
+
+
+def train(
+  config: ml_collections.ConfigDict, workdir: str, *, stop_after: Optional[int] = None, verbose: bool = True
+) -> dict:
+  """Trains `config` in `workdir` (resuming if checkpoints exist).  Returns a summary dict.
+
+  stop_after: stop (as if killed, without a final save) after this many steps of this invocation — for tests
+  and quick looks.
+  """
+  run = _setup(config, workdir, verbose)
+  try:
+    return _train(run, stop_after)
+  finally:
+    run.ckpt.wait()
+    if run.lock is not None:
+      run.lock.release()
+
+
+def _train(run: _Run, stop_after: Optional[int]) -> dict:
+  config, total_steps, global_bs = run.config, run.total_steps, run.global_bs
+  max_bad = int(config.get("max_bad_steps", 5))
+  state = init_state(run.model, run.task, run.tx, run.mesh, config, jax.random.PRNGKey(run.seed))
+  state, start = _restore(run, state)
+  last_saved = start if run.ckpt.has_step(start) else None
+  state["bad_run"] = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=state["step"].sharding)()
 
   from siglip_rins.data import pipeline  # the input pipeline is the only TensorFlow user
 
-  local_bs = global_bs // pcount
   it = pipeline.make_train_iterator(
     config.input,
     global_batch_size=global_bs,
-    process_index=pidx,
-    process_count=pcount,
-    seed=seed,
-    start_example=start * local_bs,
+    process_index=run.pidx,
+    process_count=run.pcount,
+    seed=run.seed,
+    start_example=start * (global_bs // run.pcount),
   )
+  keep = set(run.task.batch_keys) | {"segment_ids", "positions"}
+
+  def produce():
+    local = next(it)
+    run.task.check_batch(local)
+    return sharding.make_global_batch({k: v for k, v in local.items() if k in keep}, run.mesh)
+
   state_sh = state_shardings(state)
   step_fn = jax.jit(
-    make_train_step(model, task, tx, schedule_fn, seed),
+    make_train_step(run.model, run.task, run.tx, run.schedule_fn, run.seed, max_bad_steps=max_bad),
     donate_argnums=(0,),
-    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+    in_shardings=(state_sh, sharding.batch_sharding(run.mesh)),
     out_shardings=(state_sh, None),
   )
-  evals = _build_evals(config)
-
+  guard = _Guard(run, max_bad)
   stop = {"signal": None}
   old_handler = None
   if threading_main():
     old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+  def save(step, force=False):
+    nonlocal last_saved
+    if last_saved == step:  # e.g. SIGTERM right after a periodic save, or re-running a finished run
+      return
+    guard.check()  # never commit a step after a max_bad_steps stop
+    run.ckpt.save(step, _saved_part(state), run.meta(step), force=force)
+    last_saved = step
+
   log_every = int(config.get("log_every", 10))
   ckpt_every = int(config.get("ckpt_every", 0) or 0)
-  max_bad = int(config.get("max_bad_steps", 5))
-  peak = config.get("peak_flops_per_device")
-  bad_run, last_metrics, t0, t_log, steps_timed = 0, {}, time.time(), time.time(), 0
-  step = start
-  summary = {"stopped": "finished"}
+  timer = {"t": time.time(), "steps": 0}
+  t0 = time.time()
+  last_metrics, step, summary = {}, start, {"stopped": "finished"}
+  prefetch = _Prefetcher(produce, depth=2) if start < total_steps else None
   try:
     while step < total_steps:
-      if stop["signal"] is not None:
-        ckpt.save(step, state, _meta(step, global_bs, flops_per_example), force=True)
-        ckpt.wait()
-        summary["stopped"] = "sigterm"
-        if verbose and pidx == 0:
-          print(f"SIGTERM: saved step {step}, exiting", flush=True)
-        break
       if stop_after is not None and step - start >= stop_after:
+        guard.check()
         summary["stopped"] = "stop_after"
         break
-      local = next(it)
-      task.check_batch(local)
-      batch = sharding.make_global_batch(
-        {k: v for k, v in local.items() if k in task.batch_keys or k in ("segment_ids", "positions")}, mesh
-      )
+      batch = prefetch.get(lambda: stop["signal"] is not None)
+      if batch is None or stop["signal"] is not None:
+        save(step, force=True)
+        run.ckpt.wait()
+        summary["stopped"] = "sigterm"
+        run.say(f"SIGTERM: saved step {step}, exiting")
+        break
       state, metrics = step_fn(state, batch)
       step += 1
-      steps_timed += 1
-      finite = bool(metrics["finite"])
-      bad_run = 0 if finite else bad_run + 1
-      if not finite:
-        writer.write(step, {"bad_step": 1, "train/loss": float(metrics["loss"])})
-        if verbose and pidx == 0:
-          print(f"step {step}: non-finite loss/gradient, update skipped ({bad_run} in a row)", flush=True)
-        if bad_run >= max_bad:
-          raise TrainingStopped(
-            f"{bad_run} consecutive non-finite steps (max_bad_steps={max_bad}); stopped at "
-            f"step {step}; the last good checkpoint is step {ckpt.latest_step()}"
-          )
+      timer["steps"] += 1
+      guard.add(step, metrics)
       if step % log_every == 0 or step == total_steps:
-        now = time.time()
-        dt = (now - t_log) / max(steps_timed, 1)
-        t_log, steps_timed = now, 0
-        ex_s = global_bs / dt
-        flop_s = ex_s * flops_per_example
-        last_metrics = {f"train/{k}": float(np.asarray(v)) for k, v in metrics.items() if k != "finite"}
-        last_metrics.update(
-          {
-            "examples_seen": step * global_bs,
-            "flops_seen": step * global_bs * flops_per_example,
-            "examples_per_sec": ex_s,
-            "flops_per_sec": flop_s,
-            "step_time": dt,
-            **{f"data/{k}": v for k, v in it.stats().items()},
-          }
-        )
-        if peak:
-          last_metrics["mfu"] = flop_s / (float(peak) * jax.device_count())
-        writer.write(step, last_metrics)
-        if verbose and pidx == 0:
-          eta = dt * (total_steps - step)
-          mfu = f" | MFU {100 * last_metrics['mfu']:.1f}%" if peak else ""
-          print(
-            f"step {step}/{total_steps} | loss {last_metrics['train/loss']:.4f} | {ex_s:.1f} ex/s | "
-            f"{last_metrics['flops_seen']:.3g} FLOPs seen | {flop_s / 1e9:.1f} GFLOP/s{mfu} | "
-            f"ETA {_fmt_secs(eta)}",
-            flush=True,
-          )
+        guard.check()
+        last_metrics = _log_step(run, step, metrics, timer, it)
       if ckpt_every and step % ckpt_every == 0 and step < total_steps:
-        ckpt.save(step, state, _meta(step, global_bs, flops_per_example))
-      for name, ev in evals:
+        save(step)
+      for name, ev in run.evals:
         if ev.every and step % ev.every == 0 and step < total_steps:
-          _run_eval(name, ev, model, state["params"], config, writer, step, workdir, verbose)
+          guard.check()
+          _run_eval(name, ev, run.model, state["params"], config, run.writer, step, run.workdir, run.verbose)
     if summary["stopped"] == "finished":
-      ckpt.save(step, state, _meta(step, global_bs, flops_per_example), force=True)
-      for name, ev in evals:
-        _run_eval(name, ev, model, state["params"], config, writer, step, workdir, verbose)
+      guard.check()
+      save(step, force=True)
+      _final_evals(run, state, step)
   finally:
-    ckpt.wait()
+    if prefetch is not None:
+      prefetch.close()
+    run.ckpt.wait()
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
   summary.update(
@@ -353,11 +582,68 @@ def train(
     total_steps=total_steps,
     seconds=time.time() - t0,
     metrics=last_metrics,
-    flops_per_example=flops_per_example,
+    flops_per_example=run.flops_per_example,
     data=it.stats(),
   )
-  summary["state"] = state
+  summary["state"] = _saved_part(state)
   return summary
+
+
+def _log_step(run: _Run, step: int, metrics: dict, timer: dict, it) -> dict:
+  """Reads the step's metrics (the one host sync of a log step), writes and prints them."""
+  metrics = jax.device_get({k: v for k, v in metrics.items() if k not in ("finite", "frozen")})
+  now = time.time()
+  dt = (now - timer["t"]) / max(timer["steps"], 1)
+  timer["t"], timer["steps"] = now, 0
+  ex_s = run.global_bs / dt
+  flop_s = ex_s * run.flops_per_example
+  out = {f"train/{k}": float(np.asarray(v)) for k, v in metrics.items()}
+  out.update(
+    {
+      "examples_seen": step * run.global_bs,
+      "flops_seen": step * run.global_bs * run.flops_per_example,
+      "examples_per_sec": ex_s,
+      "flops_per_sec": flop_s,
+      "step_time": dt,
+      **{f"data/{k}": v for k, v in it.stats().items()},
+    }
+  )
+  peak = run.config.get("peak_flops_per_device")
+  if peak:
+    out["mfu"] = flop_s / (float(peak) * jax.device_count())
+  run.writer.write(step, out)
+  eta = dt * (run.total_steps - step)
+  mfu = f" | MFU {100 * out['mfu']:.1f}%" if peak else ""
+  run.say(
+    f"step {step}/{run.total_steps} | loss {out['train/loss']:.4f} | {ex_s:.1f} ex/s | "
+    f"{out['flops_seen']:.3g} FLOPs seen | {flop_s / 1e9:.1f} GFLOP/s{mfu} | ETA {_fmt_secs(eta)}"
+  )
+  return out
+
+
+FINAL_EVALS_FILE = "final_evals.json"
+
+
+def _final_evals(run: _Run, state, step: int) -> None:
+  """Runs the evals of the final step that have not run yet (a re-run of a finished run runs only what a
+  crash or kill left out); `<workdir>/final_evals.json` records which have."""
+  if not run.evals:
+    return
+  marker = run.workdir / FINAL_EVALS_FILE
+  done = []
+  if paths.exists(marker):
+    try:
+      record = json.loads(paths.read_text(marker))
+      done = list(record.get("done", [])) if record.get("step") == step else []
+    except ValueError:
+      done = []
+  for name, ev in run.evals:
+    if name in done:
+      continue
+    _run_eval(name, ev, run.model, state["params"], run.config, run.writer, step, run.workdir, run.verbose)
+    done.append(name)
+    if run.pidx == 0:
+      paths.write_text(marker, json.dumps({"step": step, "done": done}))
 
 
 def run_info(config) -> dict:
@@ -375,17 +661,7 @@ def run_info(config) -> dict:
 
 
 def threading_main() -> bool:
-  import threading
-
   return threading.current_thread() is threading.main_thread()
-
-
-def _meta(step, global_bs, flops_per_example) -> dict:
-  return {
-    "step": int(step),
-    "examples_seen": int(step * global_bs),
-    "flops_seen": float(step * global_bs * flops_per_example),
-  }
 
 
 # --------------------------------------------------------------------------------------------- evals
@@ -450,6 +726,7 @@ def _run_eval(name, ev, model, params, config, writer, step, workdir, verbose):
 def add_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", required=True, help="path/to/config.py[:arg,...]")
   p.add_argument("--workdir", required=True, help="run folder (checkpoints, metrics); resumes if it has some")
+  p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def main(argv=None) -> int:
@@ -457,6 +734,22 @@ def main(argv=None) -> int:
   add_args(p)
   args, rest = p.parse_known_args(argv)
   return run_from_args(args, rest)
+
+
+def error_line(e: BaseException) -> str:
+  """One line for a failure: the message of errors this project raises on purpose, else `Type: first line`."""
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else ""
+  if isinstance(e, (ValueError, FileNotFoundError, TrainingStopped, paths.WorkdirLocked, RuntimeError)) and first:
+    return first
+  if isinstance(e, OSError) and e.errno is not None:
+    import errno as errno_lib
+
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno == errno_lib.ENOSPC:
+      return f"no space left on the device{where}: free some space or choose another --workdir"
+    return f"{e.strerror or type(e).__name__}{where}"
+  return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def run_from_args(args, rest) -> int:
@@ -470,8 +763,12 @@ def run_from_args(args, rest) -> int:
     config = config_lib.load_config(args.config)
     config_lib.apply_overrides(config, overrides)
     train(config, args.workdir)
-  except (ValueError, FileNotFoundError, TrainingStopped) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except Exception as e:  # every failure is one line (exit 1); --debug shows the traceback
+    if getattr(args, "debug", False):
+      raise
+    print(f"error: {error_line(e)}", file=sys.stderr)
     return 1
   return 0
 
