@@ -16,6 +16,7 @@ A checkpoint whose files are truncated or corrupt raises :class:`CheckpointError
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -47,7 +48,22 @@ def _check_writable(path: epath.Path) -> None:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise OSError(errno.ENOSPC, f"no space left on the device for the checkpoint directory {path}") from None
     raise PermissionError(f"checkpoint directory {path} is not writable: {e}") from None
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  seen = 0
+  while e is not None and seen < 10:
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "ENOSPC" in str(e):
+      return True
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return False
+
+
+def _state_bytes(state: Any) -> int:
+  return int(sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)))
 
 
 class CheckpointManager:
@@ -127,12 +143,48 @@ class CheckpointManager:
         f"{later} (complete: {[s for s in later if self._is_complete(s)]}); remove them "
         f"to go back to an earlier step"
       )
+    self._check_space(step, state)
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)})
-    return bool(self._manager.save(int(step), args=args, force=force))
+    try:
+      return bool(self._manager.save(int(step), args=args, force=force))
+    except Exception as e:
+      raise self._save_error(step, e) from e
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a save that cannot fit (local file systems), before writing anything: the previous checkpoints
+    stay intact and the failure is reported at this save, once.  In-flight saves are waited for first, so
+    their space is accounted for and their own failure is reported here too."""
+    free = paths.free_bytes(self.directory)
+    if free is None:
+      return
+    self.wait()
+    free = paths.free_bytes(self.directory)
+    needed = int(_state_bytes(state) * 1.05) + (1 << 20)
+    if free is not None and free < needed:
+      raise OSError(
+        errno.ENOSPC,
+        f"no space left on the device for checkpoint step {step} in {self.directory}: it needs about "
+        f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; the newest complete checkpoint is step "
+        f"{self.latest_step()}",
+      )
+
+  def _save_error(self, step, e: BaseException) -> Exception:
+    if _is_disk_full(e):
+      return OSError(
+        errno.ENOSPC,
+        f"no space left on the device while saving checkpoint step {step} in {self.directory}; the newest "
+        f"complete checkpoint is step {self.latest_step()}",
+      )
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {first}")
 
   def wait(self) -> None:
-    """Blocks until in-flight asynchronous saves are committed (and old ones deleted)."""
-    self._manager.wait_until_finished()
+    """Blocks until in-flight asynchronous saves are committed (and old ones deleted); a failed background
+    save raises here (disk full: OSError(ENOSPC); else CheckpointError), with one-line messages."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise self._save_error("in flight", e) from e
 
   def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
     """Restores ``(state, meta)``.

@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
   t = sub.add_parser("train", help="train from a config (big_vision style)")
   t.add_argument("--config", required=True)
   t.add_argument("--workdir", required=True)
+  t.add_argument("--debug", action="store_true", help="show the traceback of an error")
   e = sub.add_parser("eval", help="run a config's evaluators on its latest checkpoint")
   e.add_argument("--config", required=True)
   e.add_argument("--workdir", help="a training run folder (its latest checkpoint is scored)")
@@ -230,8 +231,12 @@ def main(argv=None) -> int:
       "scaling": cmd_scaling,
       "export-hf": cmd_export_hf,
     }[args.command](args)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except Exception as e:  # one line per failure; `train --debug` shows the traceback
+    if getattr(args, "debug", False):
+      raise
+    from siglip_rins.train import error_line
+
+    print(f"error: {error_line(e)}", file=sys.stderr)
     return 1
 
 

@@ -111,6 +111,23 @@ def append_text(path, text: str) -> None:
   path.write_text(old + text, encoding="utf-8")
 
 
+def free_bytes(path) -> Optional[int]:
+  """Free bytes on the local file system holding `path` (its nearest existing parent); None for URIs."""
+  if not is_local(path):
+    return None
+  p = os.fspath(path)
+  while p and not os.path.exists(p):
+    parent = os.path.dirname(p)
+    if parent == p:
+      break
+    p = parent
+  try:
+    st = os.statvfs(p)
+  except OSError:
+    return None
+  return st.f_bavail * st.f_frsize
+
+
 # --------------------------------------------------------------------------------------------- lock
 class WorkdirLocked(RuntimeError):
   """Another live trainer holds the workdir."""

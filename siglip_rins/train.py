@@ -3,16 +3,30 @@
     python -m siglip_rins.train --config configs/siglip_rins.py:runlocal --workdir /tmp/run [--config.lr=3e-4]
 
 What a run does, in order: validate the config (before any work); set up JAX's multi-host runtime, the device
-mesh and parameter shardings; resume from the newest complete checkpoint in the workdir (params, optimiser
-state, step; the RNG is derived from (seed, step) and the input position from the step, so a resumed run
-continues exactly); then loop: global batch -> jitted step -> metrics / evals / checkpoints.
+mesh and parameter shardings; take the workdir lock; resume from the newest complete checkpoint in the workdir
+(params, optimiser state, step; the RNG is derived from (seed, step) and the input position from the step, so a
+resumed run continues exactly); then loop: global batch -> jitted step -> metrics / evals / checkpoints.
+
+Workdir: a local path (made absolute, so a relative one works) or a URI (gs://...); every file goes through
+`siglip_rins.paths`.  A workdir held by a live trainer is refused (one line naming host and pid); the lock of
+a killed trainer is taken over.  Running a finished run again exits 0 after running any final evals it had not
+finished (final_evals.json records them).  A step is saved at most once (SIGTERM right after a periodic save
+just exits).
+
+Throughput: the loop never waits for the device between steps.  A background thread fetches, checks and
+transfers the next batches (`_Prefetcher`), and the per-step flags (finite, loss) stay on device until a check
+point -- a log step, a checkpoint save, an eval or the end -- where they are read back in one transfer.
 
 Reliability: a step whose loss or gradient norm is not finite is not applied (logged as `bad_step`); after
-`max_bad_steps` consecutive bad steps the run stops with its last good checkpoint intact.  SIGTERM (preemption)
-saves a checkpoint and exits cleanly.  Checkpoint saves are atomic (siglip_rins.checkpoint).
+`max_bad_steps` consecutive bad steps the device freezes the state (no later step changes it), the next check
+point raises TrainingStopped naming that exact step, and no checkpoint after it is written.  SIGTERM
+(preemption) saves a checkpoint and exits cleanly, also while the loop waits for input.  Checkpoint saves are
+atomic (siglip_rins.checkpoint).  From the command line every failure is one `error: ...` line and exit code 1
+(`--debug` shows the traceback).
 
-Outputs in the workdir: config.json, metrics.jsonl (one JSON object per log step / eval), TensorBoard events
-(tb/), checkpoints/, eval_results.json + eval_report.md.
+Outputs in the workdir: config.json, run_info.json, metrics.jsonl (one JSON object per log step / eval / bad
+step), TensorBoard events (tb/), checkpoints/ (or config.checkpoint_dir), eval_results.json + eval_report.md,
+final_evals.json, trainer.lock while running.
 """
 
 from __future__ import annotations
@@ -367,11 +381,11 @@ def _acquire_lock(workdir, pidx: int, pcount: int):
   return lock
 
 
-def _setup(config, workdir, verbose) -> _Run:
+def _setup_model(config, verbose: bool = False) -> _Run:
+  """Validates the config, starts the multi-host runtime and builds mesh, task, model and optimiser."""
   validate_config(config)
   sharding.initialize_distributed()
   pidx, pcount = jax.process_index(), jax.process_count()
-  workdir = paths.workdir_path(workdir)
   mesh = sharding.make_mesh(config.get("mesh"))
   global_bs = int(config.input.batch_size)
   if global_bs % jax.device_count():
@@ -383,7 +397,7 @@ def _setup(config, workdir, verbose) -> _Run:
   tx, schedule_fn = optim.make_optimizer(config, total_steps, batch_size=global_bs, steps_per_epoch=steps_per_epoch)
   run = _Run(
     config=config,
-    workdir=workdir,
+    workdir=None,
     verbose=verbose,
     pidx=pidx,
     pcount=pcount,
@@ -397,6 +411,14 @@ def _setup(config, workdir, verbose) -> _Run:
     flops_per_example=flops.train_flops_per_example(model, task.input_shapes()),
     seed=int(config.get("seed", 0)),
   )
+  return run
+
+
+def _setup(config, workdir, verbose) -> _Run:
+  """_setup_model, then the workdir: folder, checkpoint manager, lock, config.json / run_info.json, writer."""
+  run = _setup_model(config, verbose)
+  run.workdir = workdir = paths.workdir_path(workdir)
+  pidx, pcount = run.pidx, run.pcount
   try:
     paths.makedirs(workdir)
   except OSError as e:
@@ -417,15 +439,41 @@ def _setup(config, workdir, verbose) -> _Run:
 
 
 def _restore(run: _Run, state):
-  """Returns (state, start step) from the newest complete checkpoint, or (state, 0)."""
+  """Returns (state, start step, meta) from the newest complete checkpoint, or (state, 0, {})."""
   latest = run.ckpt.latest_step()
   if latest is None:
-    return state, 0
+    return state, 0, {}
   restored, meta = run.ckpt.restore(latest, target=_saved_part(state))
   state = dict(state, **restored)
   start = int(meta.get("step", latest))
   run.say(f"resumed from step {start} in {run.workdir}")
-  return state, start
+  return state, start, meta
+
+
+def _data_position_of_host(run: _Run, meta: dict):
+  """This host's input position saved with the checkpoint (None: resume by skipping examples instead, e.g. a
+  checkpoint from before positions were saved, or a different number of hosts)."""
+  hosts = meta.get("data_position")
+  if not isinstance(hosts, list) or len(hosts) != run.pcount or hosts[run.pidx] is None:
+    return None
+  return hosts[run.pidx]
+
+
+def _gather_positions(run: _Run, position):
+  """Every host's input position (a collective in multi-host runs: called at the same steps on all hosts)."""
+  if run.pcount == 1:
+    return [position]
+  from jax.experimental import multihost_utils
+
+  flat = np.asarray([-1] if position is None else [position["mix"]] + sum(position["components"], []), np.int64)
+  every = np.asarray(multihost_utils.process_allgather(flat))
+  out = []
+  for row in every.reshape(run.pcount, -1).tolist():
+    if row[0] < 0:
+      out.append(None)
+    else:
+      out.append({"mix": row[0], "components": [row[i : i + 2] for i in range(1, len(row), 2)]})
+  return out
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -472,6 +520,50 @@ class _Guard:
       )
 
 
+PREEMPT_SYNC_EVERY = 10  # multi-host: steps between agreements on "some host got SIGTERM" (also every log step)
+
+
+class _Preemption:
+  """SIGTERM (preemption) as one decision for all hosts.
+
+  The handler only sets a per-process flag.  A single process acts on it at the next step boundary, also while
+  it waits for input.  With several processes, the flags are combined with one small all-gather
+  (jax.experimental.multihost_utils) every min(log_every, PREEMPT_SYNC_EVERY) steps -- the same steps on every
+  host -- so a signal received by any host makes every host save the same step and exit 0.  (While a host is
+  blocked in input the others wait for it at that all-gather; a single process is not held up that way.)
+  """
+
+  def __init__(self, run: _Run, log_every: int):
+    self.pcount = run.pcount
+    self.every = max(1, min(log_every, PREEMPT_SYNC_EVERY))
+    self.received = False
+    self._old = None
+    if threading_main():
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    self.received = True
+
+  def waiting_should_stop(self) -> bool:
+    """Whether a wait for input may be abandoned (single process only: hosts must stop at the same step)."""
+    return self.pcount == 1 and self.received
+
+  def agreed(self, step: int) -> bool:
+    """Whether every host stops before `step`'s batch (call at every step, on every host)."""
+    if self.pcount == 1:
+      return self.received
+    if step % self.every:
+      return False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([int(self.received)], np.int32))
+    return bool(np.asarray(flags).any())
+
+  def close(self) -> None:
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
 def train(
   config: ml_collections.ConfigDict, workdir: str, *, stop_after: Optional[int] = None, verbose: bool = True
 ) -> dict:
@@ -484,7 +576,7 @@ def train(
   try:
     return _train(run, stop_after)
   finally:
-    run.ckpt.wait()
+    _finish_saves(run)
     if run.lock is not None:
       run.lock.release()
 
@@ -493,7 +585,7 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
   config, total_steps, global_bs = run.config, run.total_steps, run.global_bs
   max_bad = int(config.get("max_bad_steps", 5))
   state = init_state(run.model, run.task, run.tx, run.mesh, config, jax.random.PRNGKey(run.seed))
-  state, start = _restore(run, state)
+  state, start, meta = _restore(run, state)
   last_saved = start if run.ckpt.has_step(start) else None
   state["bad_run"] = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=state["step"].sharding)()
 
@@ -506,13 +598,16 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
     process_count=run.pcount,
     seed=run.seed,
     start_example=start * (global_bs // run.pcount),
+    start_position=_data_position_of_host(run, meta),
   )
+  data_position = {"now": it.position()}  # after the batch of the last step taken
   keep = set(run.task.batch_keys) | {"segment_ids", "positions"}
 
   def produce():
     local = next(it)
+    position = it.position()
     run.task.check_batch(local)
-    return sharding.make_global_batch({k: v for k, v in local.items() if k in keep}, run.mesh)
+    return position, sharding.make_global_batch({k: v for k, v in local.items() if k in keep}, run.mesh)
 
   state_sh = state_shardings(state)
   step_fn = jax.jit(
@@ -522,17 +617,14 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
     out_shardings=(state_sh, None),
   )
   guard = _Guard(run, max_bad)
-  stop = {"signal": None}
-  old_handler = None
-  if threading_main():
-    old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
 
   def save(step, force=False):
     nonlocal last_saved
     if last_saved == step:  # e.g. SIGTERM right after a periodic save, or re-running a finished run
       return
     guard.check()  # never commit a step after a max_bad_steps stop
-    run.ckpt.save(step, _saved_part(state), run.meta(step), force=force)
+    meta = dict(run.meta(step), data_position=_gather_positions(run, data_position["now"]))
+    run.ckpt.save(step, _saved_part(state), meta, force=force)
     last_saved = step
 
   log_every = int(config.get("log_every", 10))
@@ -541,20 +633,25 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
   t0 = time.time()
   last_metrics, step, summary = {}, start, {"stopped": "finished"}
   prefetch = _Prefetcher(produce, depth=2) if start < total_steps else None
+  preempt = _Preemption(run, log_every)
   try:
     while step < total_steps:
-      if stop_after is not None and step - start >= stop_after:
-        guard.check()
-        summary["stopped"] = "stop_after"
-        break
-      batch = prefetch.get(lambda: stop["signal"] is not None)
-      if batch is None or stop["signal"] is not None:
+      item = None
+      if not preempt.agreed(step):
+        if stop_after is not None and step - start >= stop_after:
+          guard.check()
+          summary["stopped"] = "stop_after"
+          break
+        item = prefetch.get(preempt.waiting_should_stop)
+      if item is None:  # SIGTERM (agreed by all hosts, or while this single process waited for input)
         save(step, force=True)
         run.ckpt.wait()
         summary["stopped"] = "sigterm"
         run.say(f"SIGTERM: saved step {step}, exiting")
         break
+      position, batch = item
       state, metrics = step_fn(state, batch)
+      data_position["now"] = position
       step += 1
       timer["steps"] += 1
       guard.add(step, metrics)
@@ -574,9 +671,8 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
   finally:
     if prefetch is not None:
       prefetch.close()
-    run.ckpt.wait()
-    if old_handler is not None:
-      signal.signal(signal.SIGTERM, old_handler)
+    _finish_saves(run)
+    preempt.close()
   summary.update(
     step=step,
     total_steps=total_steps,
@@ -587,6 +683,17 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
   )
   summary["state"] = _saved_part(state)
   return summary
+
+
+def _finish_saves(run: _Run) -> None:
+  """Waits for in-flight saves; while another error is propagating, a save error must not replace it."""
+  if sys.exc_info()[0] is None:
+    run.ckpt.wait()
+    return
+  try:
+    run.ckpt.wait()
+  except Exception:
+    pass
 
 
 def _log_step(run: _Run, step: int, metrics: dict, timer: dict, it) -> dict:
@@ -737,18 +844,22 @@ def main(argv=None) -> int:
 
 
 def error_line(e: BaseException) -> str:
-  """One line for a failure: the message of errors this project raises on purpose, else `Type: first line`."""
+  """One line for a failure: the message of errors raised on purpose (they name the key / file / value), a
+  plain description of OS errors (disk full, permissions), else `Type: first line`."""
   text = str(e).strip()
   first = text.splitlines()[0] if text else ""
-  if isinstance(e, (ValueError, FileNotFoundError, TrainingStopped, paths.WorkdirLocked, RuntimeError)) and first:
-    return first
   if isinstance(e, OSError) and e.errno is not None:
     import errno as errno_lib
+    import os
 
+    if e.strerror and e.strerror != os.strerror(e.errno):
+      return e.strerror  # our own message, e.g. which checkpoint did not fit
     where = f" ({e.filename})" if e.filename else ""
     if e.errno == errno_lib.ENOSPC:
       return f"no space left on the device{where}: free some space or choose another --workdir"
-    return f"{e.strerror or type(e).__name__}{where}"
+    return f"{e.strerror or first or type(e).__name__}{where}"
+  if isinstance(e, (ValueError, OSError, RuntimeError, KeyError)) and first:
+    return first
   return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 

@@ -5,9 +5,11 @@
 Runs `make_config(DATA_JSONL)` (a small contrastive runlocal config with deterministic, unshuffled data) under
 jax.distributed on 127.0.0.1:PORT with CPU (gloo) collectives; process 0 writes the final parameters (flattened,
 '/'-joined paths) and the last logged loss to OUT_NPZ.  The test imports `make_config` to train the same config
-in one process.
+in one process.  With WORKER_STEPS=N (the preemption test) it trains N steps verbosely and every process prints
+`RESULT {"stopped": ..., "step": ...}`.
 """
 
+import json
 import os
 import sys
 
@@ -67,7 +69,11 @@ def main(argv):
   import numpy as np
   from siglip_rins.train import train
 
-  summary = train(make_config(data_jsonl), workdir, verbose=False)
+  steps = int(os.environ.get("WORKER_STEPS", STEPS))  # the preemption test runs long and sends SIGTERM
+  summary = train(make_config(data_jsonl, steps=steps), workdir, verbose=steps != STEPS)
+  print("RESULT " + json.dumps({"stopped": summary["stopped"], "step": summary["step"]}), flush=True)
+  if steps != STEPS:
+    return 0
   params = flat_params(summary["state"]["params"])
   if jax.process_index() == 0:
     np.savez(out_npz, __loss__=np.float64(summary["metrics"]["train/loss"]), **params)

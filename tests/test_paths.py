@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCANNED = ["siglip_rins/train.py", "siglip_rins/checkpoint.py", "evaluators/report.py"]
 BANNED_NAMES = {"open"}
 BANNED_MODULES = {"os", "os.path", "pathlib", "shutil", "tempfile", "io", "glob"}
-OS_ALLOWED = {"PathLike", "fspath", "environ", "getpid", "getenv"}  # not file access
+OS_ALLOWED = {"PathLike", "fspath", "environ", "getpid", "getenv", "strerror"}  # not file access
 ALLOW = {}  # {(file, line text fragment)} for genuinely local files; none are needed today
 
 

@@ -56,6 +56,25 @@ def test_custom_rules_first_match_wins_and_pad():
   assert specs["txt"]["odd"] == P()
 
 
+def test_rules_place_optimizer_moments_like_their_parameters():
+  """Adam's mu/nu live at paths like `0/mu/img/...`; a rule written for `img/.*` must shard them too."""
+  import optax
+
+  params = _abstract_params()
+  rules = [("img/.*", "fsdp"), ("txt/Embed_0/embedding", (None, ("data", "fsdp")))]  # no catch-all
+  opt = jax.eval_shape(optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)).init, params)
+  mesh = _FakeMesh(4, 2)
+  pspecs = sharding.param_partition_specs(params, mesh, rules)
+  specs = sharding.opt_state_partition_specs(opt, params, mesh, rules)
+  adam = specs[1][0]
+  for moment in (adam.mu, adam.nu):
+    assert moment["img"]["embedding"]["kernel"] == pspecs["img"]["embedding"]["kernel"] == P(None, None, None, "fsdp")
+    assert moment["img"]["pos_embedding"] == P(None, "fsdp", None)
+    assert moment["txt"]["Embed_0"]["embedding"] == P(None, ("data", "fsdp"))
+    assert moment["txt"]["odd"] == P() and moment["t"] == P()  # unmatched parameters stay replicated
+  assert adam.count == P()
+
+
 @pytest.mark.parametrize(
   "rules,match",
   [
@@ -112,6 +131,13 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     sh = sharding.param_shardings(params, mesh)
     arr = jax.device_put(np.ones((6, 8), np.float32), sh["w"]["kernel"])
     out["param_shard_shape"] = list(arr.addressable_shards[0].data.shape)
+    import optax
+    mesh42 = sharding.make_mesh({"data": 4, "fsdp": 2})
+    p = {"img": {"w": jax.ShapeDtypeStruct((6, 8), np.float32)}, "txt": {"w": jax.ShapeDtypeStruct((6, 8), np.float32)}}
+    rules = [("img/.*", (None, "data"))]
+    opt_sh = sharding.opt_state_shardings(jax.eval_shape(optax.adam(1e-3).init, p), p, mesh42, rules)
+    out["mu_nu_specs"] = [str(opt_sh[0].mu["img"]["w"].spec), str(opt_sh[0].nu["img"]["w"].spec),
+                          str(opt_sh[0].mu["txt"]["w"].spec)]
     try:
         sharding.make_global_batch({"x": np.zeros((12, 2))}, mesh)
         out["error"] = None
@@ -136,4 +162,5 @@ def test_mesh_and_global_batch_on_8_devices():
   assert out["roundtrip"] is True
   assert out["shards"] == [[i, 2] for i in range(0, 16, 2)]
   assert out["param_shard_shape"] == [6, 2]  # 8 columns over fsdp=4, replicated over data
+  assert out["mu_nu_specs"] == [str(P(None, "data"))] * 2 + [str(P())]  # 4x2 mesh: moments follow the img rule
   assert out["error"] is not None and "12" in out["error"] and "8 devices" in out["error"]

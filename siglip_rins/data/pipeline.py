@@ -6,9 +6,11 @@ input_cfg (dict or ConfigDict):
   shuffle_buffer_size=1000, cache=False, prefetch=2, max_consecutive_bad=10000 (only used when the
   source size is unknown).
 
-Per component, the stream is: host shard -> [cache] -> (train: shuffle(seed), repeat) -> enumerate ->
-guarded(parse, check, pp) -> count-and-filter; components are mixed by weight; then (train) skip
-start_example, batch, prefetch. Keys starting with '_' are dropped before batching.
+Per component, the train stream is: host shard -> [cache] -> epochs e0, e0+1, ... each shuffled with its own
+seed (seed, host, component, epoch) -> (epoch, position, raw) -> guarded(parse, check, pp) -> count-and-filter;
+components are mixed by a stateless weighted draw per output element; then batch, prefetch.  The eval stream
+is one pass in source order.  Keys starting with '_' are dropped by the pp stage; the train stream adds the
+position keys `_component/_epoch/_pos`, which DataIterator removes from the batches it returns.
 
 Skipped records and how they are counted: every raw record that reaches the guarded stage gets a reason
 code: 0 if its parse, checks and pp all succeed, else the first problem (sources.REASONS: missing field,
@@ -20,12 +22,26 @@ If a component yields no good record in 2 x (its size) consecutive records (or m
 its size is unknown), the iterator raises RuntimeError naming the source instead of spinning forever; an
 eval pass that yields no good record raises too.
 
-Randomness: each raw record gets the seed fold_in(seed_of(seed, process_index, component), index) under
-'_rng' (see ops_common.next_seed), so augmentation depends only on the pipeline seed and the record's
-place in this host's stream. Resuming with start_example=n skips the first n good examples of this
-host's stream (they are still read and preprocessed, so resuming costs about n examples of work) and
-then yields exactly what an uninterrupted run yields from there.
+Randomness: each raw record gets the seed fold_in(fold_in(seed_of(seed, process_index, component), epoch),
+position) under '_rng' (eval: fold_in(seed_of(...), position)), so augmentation depends only on the pipeline
+seed and the record's place in this host's stream.
+
+Resume (choice and reasoning).  `DataIterator.position()` is, after the batches returned so far,
+{'mix': examples drawn from the mixture, 'components': [[epoch, next raw position], ...]}: for each component
+the raw place just after its last *delivered* example.  The trainer saves it per host in the checkpoint's meta
+and passes it back as `start_position`; each component then starts at that epoch (its shuffle is a function of
+the epoch's seed alone) and skips the raw records before the position *before* parse/decode/pp, and the
+mixture's draw j is a function of (seed, j) alone, so it restarts at j = 'mix'.  Bad records cannot break
+this: every good record before the position was delivered (they come in stream order) and every record
+after it was not, so the restarted stream is exactly the rest of the uninterrupted one -- bad records past the
+last delivered example are simply examined again, with the same (index-based) verdict.  The cost is at most
+one epoch of raw reads (no decoding), independent of how far the run was.  tf.data's own iterator
+checkpointing was not used: it stores the shuffle buffers (large) and ties checkpoints to the pipeline graph.
+Packed LM streams (input.pack) resume with `start_example` (skip after preprocessing): a packed row cuts
+documents, so its position is not a record boundary.
 """
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +50,9 @@ from siglip_rins.data import pp as pp_lib
 from siglip_rins.data import sources as sources_lib
 
 ALL_BAD_MESSAGE = "SIGLIP_RINS_ALL_RECORDS_BAD"
+# Per-example stream position (train): which component, and the epoch / raw position of the record in it.
+_COMPONENT, _EPOCH, _POS = "_component", "_epoch", "_pos"
+_POSITION_KEYS = (_COMPONENT, _EPOCH, _POS)
 
 
 def _get(cfg, key, default=None):
@@ -74,26 +93,65 @@ def _public(features: dict) -> dict:
   return {k: v for k, v in features.items() if not k.startswith("_")}
 
 
+def _epoch_stream(source, *, buffer: int, shuffle_seed: int, start) -> tf.data.Dataset:
+  """(epoch, position, raw) for epochs start[0], start[0]+1, ... of the host's raw records, each epoch
+  shuffled with its own seed (derived from shuffle_seed and the epoch), the first start[1] raw records of the
+  first epoch skipped before any parsing."""
+  epoch0, pos0 = int(start[0]), int(start[1])
+  base = source.dataset
+  seed0 = tf.constant(int(shuffle_seed) % (2**31), tf.int64)
+
+  def one_epoch(epoch):
+    ds = base
+    if buffer > 1:
+      ds = ds.shuffle(buffer, seed=seed0 * 1_000_003 + epoch, reshuffle_each_iteration=False)
+    return ds.enumerate().map(lambda pos, raw: (epoch, pos, raw))
+
+  ds = tf.data.Dataset.range(epoch0, 2**62).flat_map(one_epoch)
+  return ds.skip(pos0) if pos0 else ds
+
+
+def _check_not_empty(source) -> None:
+  """An empty source would make the epoch loop spin: refuse it (reads at most one raw record)."""
+  if source.num_records == 0 or (source.num_records is None and not list(source.dataset.take(1))):
+    raise ValueError(f"data source {source.name} has no records (for this host)")
+
+
 def _component_stream(
-  data_cfg, pp_fn, *, train, seed_pair, shuffle_seed, counters, process_index, process_count, input_cfg
+  data_cfg,
+  pp_fn,
+  *,
+  train,
+  seed_pair,
+  shuffle_seed,
+  counters,
+  process_index,
+  process_count,
+  input_cfg,
+  component=0,
+  start=(0, 0),
 ) -> tf.data.Dataset:
   source = sources_lib.build_source(data_cfg, process_index=process_index, process_count=process_count)
-  ds = source.dataset
   if _get(input_cfg, "cache", False):
-    ds = ds.cache()
+    source = dataclasses.replace(source, dataset=source.dataset.cache())
   if train:
+    _check_not_empty(source)
     buffer = int(_get(input_cfg, "shuffle_buffer_size", 1000))
-    if buffer > 1:
-      ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.repeat()
-  ds = ds.enumerate()
+    ds = _epoch_stream(source, buffer=buffer, shuffle_seed=shuffle_seed, start=start)
+  else:
+    ds = source.dataset.enumerate().map(lambda pos, raw: (tf.constant(0, tf.int64), pos, raw))
   base_seed = tf.constant(seed_pair, tf.int32)
 
-  def parse_and_pp(index, raw, placeholder=None):
+  def record_seed(epoch, pos):
+    if not train:  # one pass: the record's place in the file
+      return tf.random.experimental.stateless_fold_in(base_seed, pos)
+    return tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(base_seed, epoch), pos)
+
+  def parse_and_pp(epoch, pos, raw, placeholder=None):
     features = source.parse(raw)
     reason = sources_lib.record_reason(features, source.image_key, source.text_keys)
     features = {k: v for k, v in features.items() if k != sources_lib.REASON_KEY}
-    features["_rng"] = tf.random.experimental.stateless_fold_in(base_seed, index)
+    features["_rng"] = record_seed(epoch, pos)
     if placeholder is None:  # only used to trace the output structure
       return _public(pp_fn(features)), reason
     out = tf.cond(tf.equal(reason, 0), lambda: _public(pp_fn(features)), lambda: placeholder)
@@ -102,11 +160,18 @@ def _component_stream(
   out_spec = ds.map(parse_and_pp).element_spec[0]
   undecodable = sources_lib.REASON_CODE["undecodable"]
 
-  def guarded(index, raw):
+  def guarded(epoch, pos, raw):
     placeholder = _placeholder(out_spec)
-    good = tf.data.Dataset.from_tensors((index, raw)).map(lambda i, r: parse_and_pp(i, r, placeholder)).ignore_errors()
+    good = (
+      tf.data.Dataset.from_tensors((epoch, pos, raw))
+      .map(lambda e, i, r: parse_and_pp(e, i, r, placeholder))
+      .ignore_errors()
+    )
     fallback = tf.data.Dataset.from_tensors((placeholder, tf.constant(undecodable, tf.int32)))
-    return good.concatenate(fallback).take(1)
+    where = tf.data.Dataset.from_tensors((epoch, pos))
+    return tf.data.Dataset.zip((good.concatenate(fallback).take(1), where)).map(
+      lambda out, at: (out[0], out[1], at[0], at[1])
+    )
 
   ds = ds.interleave(
     guarded, cycle_length=tf.data.AUTOTUNE, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
@@ -121,7 +186,7 @@ def _component_stream(
   counters.sources.append(source.name)
   message = f"{ALL_BAD_MESSAGE}: no usable record in {max_bad} consecutive records of {source.name}"
 
-  def count_and_keep(features, reason):
+  def count_and_keep(features, reason, epoch, pos):
     ok = tf.equal(reason, 0)
     counters.examined.assign_add(1)
     counters.skipped.scatter_nd_add(tf.reshape(reason, [1, 1]), tf.ones([1], tf.int64))
@@ -129,11 +194,36 @@ def _component_stream(
     with tf.control_dependencies([tf.debugging.assert_less(bad_run, tf.constant(max_bad, tf.int64), message=message)]):
       return tf.identity(ok)
 
-  ds = ds.filter(count_and_keep).map(lambda features, reason: features)
+  def with_position(features, reason, epoch, pos):
+    if not train:
+      return features
+    at = {_COMPONENT: tf.constant(component, tf.int64), _EPOCH: tf.cast(epoch, tf.int64), _POS: pos}
+    return dict(features, **at)
+
+  ds = ds.filter(count_and_keep).map(with_position)
   return ds, source.name
 
 
-def _stream(input_cfg, *, train, seed, process_index, process_count):
+def _mix_train(streams: list, weights: list, seed_pair, start_index: int) -> tf.data.Dataset:
+  """Weighted choice of a component per output element j, from a stateless draw seeded by (seed, j): the
+  choice sequence restarts exactly at any j (no sampler state to restore)."""
+  if len(streams) == 1:
+    return streams[0]
+  total = float(sum(weights))
+  logits = tf.math.log(tf.constant([[w / total for w in weights]], tf.float32))
+  seed = tf.constant(seed_pair, tf.int32)
+
+  def choose(j):
+    draw = tf.random.stateless_categorical(logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, j))
+    return tf.cast(draw[0, 0], tf.int64)
+
+  choice = tf.data.Dataset.range(int(start_index), 2**62).map(choose)
+  return tf.data.Dataset.choose_from_datasets(streams, choice, stop_on_empty_dataset=False)
+
+
+def _stream(input_cfg, *, train, seed, process_index, process_count, position=None):
+  """The mixed, filtered example stream.  position (train only): {'mix': j, 'components': [[epoch, pos], ...]}
+  to start from (see module docstring)."""
   data_cfg = _get(input_cfg, "data")
   if data_cfg is None:
     raise ValueError("input config needs data=dict(type=...)")
@@ -143,6 +233,11 @@ def _stream(input_cfg, *, train, seed, process_index, process_count):
     components = sources_lib.mixture_components(data_cfg)
   else:
     components = [(1.0, data_cfg, None)]
+  starts = [(0, 0)] * len(components)
+  if position is not None:
+    starts = [tuple(int(x) for x in c) for c in position["components"]]
+    if len(starts) != len(components):
+      raise ValueError(f"data position has {len(starts)} components but the input has {len(components)}")
   streams, names = [], []
   for i, (_, comp_cfg, comp_pp) in enumerate(components):
     pp_string = comp_pp or default_pp
@@ -160,12 +255,19 @@ def _stream(input_cfg, *, train, seed, process_index, process_count):
       process_index=process_index,
       process_count=process_count,
       input_cfg=input_cfg,
+      component=i,
+      start=starts[i],
     )
     streams.append(ds)
     names.append(name)
-  mix_seed = int(sources_lib.default_seed_pair(seed, process_index, 7919)[0])
-  ds = sources_lib.mix_datasets(streams, [w for w, _, _ in components], mix_seed)
-  return ds, counters, names
+  weights = [w for w, _, _ in components]
+  if train:
+    mix_seed = sources_lib.default_seed_pair(seed, process_index, 7919)
+    ds = _mix_train(streams, weights, mix_seed, 0 if position is None else int(position["mix"]))
+  else:
+    mix_seed = int(sources_lib.default_seed_pair(seed, process_index, 7919)[0])
+    ds = sources_lib.mix_datasets(streams, weights, mix_seed)
+  return ds, counters, names, len(components)
 
 
 def _strip_trailing_pad(tokens):
@@ -216,13 +318,22 @@ def _options(ds):
 class DataIterator:
   """Iterator of dicts of numpy arrays with `stats()` (skipped-record counts, see module docstring)."""
 
-  def __init__(self, dataset: tf.data.Dataset, counters: _Counters, source_names: list, *, pad_to: int | None = None):
+  def __init__(
+    self,
+    dataset: tf.data.Dataset,
+    counters: _Counters,
+    source_names: list,
+    *,
+    pad_to: int | None = None,
+    position: dict | None = None,
+  ):
     self.dataset = dataset
     self._iterator = iter(dataset)
     self._counters = counters
     self._names = source_names
     self._pad_to = pad_to
     self._batches = 0
+    self._position = None if position is None else _copy_position(position)
 
   def __iter__(self):
     return self
@@ -241,6 +352,9 @@ class DataIterator:
       raise
     self._batches += 1
     batch = {k: v.numpy() for k, v in batch.items()}
+    at = [batch.pop(k) for k in _POSITION_KEYS if k in batch]
+    if at and self._position is not None:
+      self._advance(*at)
     if self._pad_to is not None:
       batch = _pad_batch(batch, self._pad_to)
     return batch
@@ -248,6 +362,26 @@ class DataIterator:
   def stats(self) -> dict:
     """{'skipped_records': n, 'examined_records': n, 'skipped/<reason>': n, ...} so far."""
     return self._counters.stats()
+
+  def _advance(self, component, epoch, pos) -> None:
+    self._position["mix"] += len(component)
+    for c, e, p in zip(component.tolist(), epoch.tolist(), pos.tolist()):
+      self._position["components"][c] = [e, p + 1]  # in stream order: the last one wins
+
+  def position(self) -> dict | None:
+    """Where the stream stands after the batches returned so far: {'mix': examples drawn, 'components':
+    [[epoch, next raw position], ...]} -- pass it as start_position to resume.  None when unknown (packed
+    streams; after a resume by start_example until every component has been seen)."""
+    if self._position is None or any(c is None for c in self._position["components"]):
+      return None
+    return _copy_position(self._position)
+
+
+def _copy_position(position: dict) -> dict:
+  return {
+    "mix": int(position["mix"]),
+    "components": [None if c is None else [int(c[0]), int(c[1])] for c in position["components"]],
+  }
 
 
 def _pad_batch(batch: dict, size: int) -> dict:
@@ -270,27 +404,45 @@ def make_train_iterator(
   process_count: int = 1,
   seed: int = 0,
   start_example: int = 0,
+  start_position: dict | None = None,
 ) -> DataIterator:
   """Infinite iterator of this host's batches: dicts of numpy arrays with leading dim
-  global_batch_size // process_count. Deterministic given seed; start_example skips that many examples
-  of this host's stream (resume)."""
+  global_batch_size // process_count. Deterministic given seed.
+
+  Resume: start_position (a `DataIterator.position()` saved with the checkpoint) starts every component at
+  its raw record, before any parsing or preprocessing (cost independent of how far the run was); without it,
+  start_example skips that many examples of this host's stream after preprocessing (the fallback, also used
+  for packed streams)."""
   if global_batch_size < 1 or global_batch_size % process_count:
     raise ValueError(
       f"global_batch_size {global_batch_size} must be positive and divisible by process_count {process_count}"
     )
   if start_example < 0:
     raise ValueError(f"start_example must be >= 0, got {start_example}")
-  ds, counters, names = _stream(
-    input_cfg, train=True, seed=seed, process_index=process_index, process_count=process_count
-  )
   pack = _get(input_cfg, "pack")
   if pack:
+    start_position = None  # a packed row spans documents: only the example-level skip is exact
+  ds, counters, names, num_components = _stream(
+    input_cfg,
+    train=True,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    position=start_position,
+  )
+  if pack:
     ds = _packed(ds, pack)
-  if start_example:
+  if start_example and start_position is None:
     ds = ds.skip(start_example)
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
   ds = _options(ds.prefetch(int(_get(input_cfg, "prefetch", 2))))
-  return DataIterator(ds, counters, names)
+  if start_position is not None:
+    initial = start_position
+  elif start_example:  # skipped examples: a component's position is known once one of its records is seen
+    initial = {"mix": start_example, "components": [None] * num_components}
+  else:
+    initial = {"mix": 0, "components": [[0, 0]] * num_components}
+  return DataIterator(ds, counters, names, position=None if pack else initial)
 
 
 def make_eval_iterator(input_cfg, *, batch_size: int, process_index: int = 0, process_count: int = 1) -> DataIterator:
@@ -298,7 +450,7 @@ def make_eval_iterator(input_cfg, *, batch_size: int, process_index: int = 0, pr
   (zeros / b'') and every batch has a bool `_mask` [batch_size] marking real examples."""
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  ds, counters, names = _stream(
+  ds, counters, names, _ = _stream(
     input_cfg, train=False, seed=0, process_index=process_index, process_count=process_count
   )
   ds = _options(ds.batch(batch_size).prefetch(int(_get(input_cfg, "prefetch", 2))))

@@ -1,0 +1,113 @@
+"""Training-loop overhead: examples/s of `siglip_rins.train.train` (real input pipeline, metrics, guard, prefetch)
+divided by the bare jitted step's on the same config in the same process (one fixed device batch, no input,
+no metrics read back except once at the end).  Goal: >= 0.95 on the built-in data runlocal config.
+
+Usage: python -m benchmarks.bench_loop [--config configs/siglip_rins.py:runlocal] [--steps 300] [--log_every 50]
+       [--repeats 2] [--out benchmarks/results_loop.json]
+
+The loop's rate is the median of its logged `examples_per_sec` windows after the first (which holds the
+compile); the bare rate is timed before and after the loop runs and averaged, so slow drift of a shared
+machine's load hits both sides alike.  Prints one JSON object (also written to --out) with the machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bare_rate(config, steps: int) -> float:
+  """Examples/s of the jitted step alone: same model, optimiser, shardings and batch shapes as the loop."""
+  import jax
+
+  from siglip_rins import sharding, train
+  from siglip_rins.data import pipeline
+
+  run = train._setup_model(config)
+  state = train.init_state(run.model, run.task, run.tx, run.mesh, config, jax.random.PRNGKey(0))
+  it = pipeline.make_train_iterator(config.input, global_batch_size=run.global_bs)
+  local = next(it)
+  keep = set(run.task.batch_keys) | {"segment_ids", "positions"}
+  batch = sharding.make_global_batch({k: v for k, v in local.items() if k in keep}, run.mesh)
+  sh = train.state_shardings(state)
+  step = jax.jit(
+    train.make_train_step(run.model, run.task, run.tx, run.schedule_fn, 0),
+    donate_argnums=(0,),
+    in_shardings=(sh, sharding.batch_sharding(run.mesh)),
+    out_shardings=(sh, None),
+  )
+  for _ in range(3):  # compile + warm-up
+    state, m = step(state, batch)
+  jax.block_until_ready(m["loss"])
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = step(state, batch)
+  jax.block_until_ready((state, m))
+  return steps * run.global_bs / (time.perf_counter() - t0)
+
+
+def loop_rate(config, workdir: str) -> tuple[float, list]:
+  from siglip_rins import train
+
+  train.train(config, workdir, verbose=False)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  rates = [r["examples_per_sec"] for r in rows if "examples_per_sec" in r][1:]
+  return statistics.median(rates), rates
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default=os.path.join(ROOT, "configs", "siglip_rins.py:runlocal"))
+  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--log_every", type=int, default=50)
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_loop.json"))
+  args = p.parse_args(argv)
+  sys.path.insert(0, ROOT)
+  from siglip_rins import config_lib
+
+  def config():
+    c = config_lib.load_config(args.config)
+    c.total_examples, c.total_steps, c.total_epochs = None, args.steps, None
+    c.evals = {}
+    config_lib.apply_overrides(c, [f"log_every={args.log_every}", "tensorboard=False", "ckpt_every=0"])
+    return c
+
+  load_before = os.getloadavg()
+  results = []
+  for r in range(args.repeats):
+    bare_a = bare_rate(config(), args.steps // 2)
+    with tempfile.TemporaryDirectory() as work:
+      loop, windows = loop_rate(config(), work)
+    bare_b = bare_rate(config(), args.steps // 2)
+    bare = (bare_a + bare_b) / 2
+    results.append(dict(loop_ex_s=loop, bare_ex_s=bare, bare_before=bare_a, bare_after=bare_b, windows=windows))
+    print(f"repeat {r}: loop {loop:.0f} ex/s, bare {bare:.0f} ex/s, ratio {loop / bare:.3f}", flush=True)
+  ratios = [x["loop_ex_s"] / x["bare_ex_s"] for x in results]
+  out = dict(
+    benchmark="bench_loop",
+    config=args.config,
+    steps=args.steps,
+    log_every=args.log_every,
+    ratio=statistics.median(ratios),
+    ratios=ratios,
+    repeats=results,
+    machine=dict(cpus=os.cpu_count(), loadavg_before=load_before, loadavg_after=os.getloadavg()),
+    devices=__import__("jax").device_count(),
+  )
+  print(json.dumps(out, indent=1))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(out, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
