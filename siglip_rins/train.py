@@ -32,6 +32,7 @@ final_evals.json, trainer.lock while running.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import queue
@@ -83,6 +84,8 @@ TOP_LEVEL_KEYS = {
   "name",
   "async_checkpoint",
   "checkpoint_dir",
+  "loss_spike_factor",
+  "loss_spike_window",
 }
 
 
@@ -112,6 +115,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_int(config, "ckpt_every", 0, None, default=0)
   _check_int(config, "keep_ckpts", 1, None, default=3)
   _check_int(config, "max_bad_steps", 1, None, default=5)
+  _check_int(config, "loss_spike_window", 1, None, default=200)
+  factor = config.get("loss_spike_factor")
+  if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 0):
+    raise ValueError(f"config.loss_spike_factor must be a number >= 0 (0 or None: off, e.g. 3.0), got {factor!r}")
   for key in ("total_steps", "total_examples"):
     if config.get(key) is not None:
       _check_int(config, key, 1, None)
@@ -198,7 +205,8 @@ def make_train_step(model, task, tx, schedule_fn, seed: int, max_bad_steps: Opti
   """Returns step(state, batch) -> (state, metrics).  state = {'params', 'opt_state', 'step'}.
 
   The update is applied only when the loss and gradient norm are finite (lax.cond: no extra passes over the
-  parameters); `metrics['finite']` says which happened.
+  parameters); `metrics['finite']` says which happened.  A skipped step still advances the schedule (see
+  `_advance_schedules`), so `metrics['lr']` = schedule_fn(step) is always the lr of that step's schedule slot.
 
   With `max_bad_steps`, the state also carries 'bad_run' (consecutive non-finite steps, int32, not
   checkpointed): once it reaches max_bad_steps the step is frozen (no update, 'step' no longer advances,
@@ -225,9 +233,12 @@ def make_train_step(model, task, tx, schedule_fn, seed: int, max_bad_steps: Opti
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
 
-    params, opt_state = jax.lax.cond(
-      apply_it, apply, lambda o: (o[0], o[1]), (state["params"], state["opt_state"], grads)
-    )
+    def skip(operands):  # no update, but the schedule moves on with the step (unless the run is frozen)
+      params, opt_state, _ = operands
+      advanced = _advance_schedules(opt_state)
+      return params, jax.tree.map(lambda old, new: jnp.where(frozen, old, new), opt_state, advanced)
+
+    params, opt_state = jax.lax.cond(apply_it, apply, skip, (state["params"], state["opt_state"], grads))
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, lr=schedule_fn(step), finite=finite)
     new = {"params": params, "opt_state": opt_state, "step": step + 1}
     if max_bad_steps is not None:
@@ -238,6 +249,21 @@ def make_train_step(model, task, tx, schedule_fn, seed: int, max_bad_steps: Opti
     return new, metrics
 
   return step_fn
+
+
+def _advance_schedules(opt_state):
+  """Adds one to every schedule counter (optax.ScaleByScheduleState) of an optimiser state.
+
+  A skipped (non-finite) step applies no update, but its step still passes: advancing the schedule counters
+  keeps warm-up / decay / cool-down aligned with `state['step']`, so the logged lr (schedule_fn(step)) is the
+  lr the next applied update uses.  Counters that count *updates* (Adam's bias correction) are left alone.
+  """
+  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  return jax.tree.map(
+    lambda x: optax.ScaleByScheduleState(count=optax.safe_increment(x.count)) if is_sched(x) else x,
+    opt_state,
+    is_leaf=is_sched,
+  )
 
 
 def init_state(model, task, tx, mesh, config, rng):
@@ -486,6 +512,23 @@ class _Guard:
     self.run, self.max_bad = run, max_bad
     self.pending = []  # (step, small device metrics) since the last check
     self.bad_run = 0
+    # optional loss-spike stop (levanter / big_vision style): loss > factor x median of the last `window`
+    # finite losses (once at least min(window, 20) are known) stops the run like max_bad_steps does
+    self.spike_factor = float(run.config.get("loss_spike_factor") or 0)
+    self.history = collections.deque(maxlen=int(run.config.get("loss_spike_window") or 200))
+
+  spike = None
+
+  def _spike(self, step: int, loss: float) -> bool:
+    if self.spike_factor <= 0:
+      return False
+    if len(self.history) >= min(self.history.maxlen, 20):
+      median = float(np.median(self.history))
+      if loss > self.spike_factor * median:
+        self.spike = (step, loss, median)
+        return True
+    self.history.append(loss)
+    return False
 
   def add(self, step: int, metrics: dict) -> None:
     self.pending.append((step, {k: metrics[k] for k in ("finite", "frozen", "loss")}))
@@ -503,6 +546,8 @@ class _Guard:
         break  # steps after the stop changed nothing
       if bool(m["finite"]):
         self.bad_run = 0
+        if self._spike(step, float(m["loss"])):
+          break
         continue
       self.bad_run += 1
       rows.append((step, {"bad_step": 1, "train/loss": float(m["loss"])}))
@@ -511,6 +556,14 @@ class _Guard:
         stopped_at = step
         break
     self.run.writer.write_rows(rows)
+    if self.spike is not None:
+      step, loss, median = self.spike
+      self.run.ckpt.wait()
+      raise TrainingStopped(
+        f"loss spike at step {step}: {loss:.4g} > loss_spike_factor={self.spike_factor:g} x the median "
+        f"{median:.4g} of the last {len(self.history)} losses; the newest checkpoint is step "
+        f"{self.run.ckpt.latest_step()}"
+      )
     if stopped_at is not None:
       self.run.ckpt.wait()
       raise TrainingStopped(

@@ -91,3 +91,84 @@ def test_prefetcher_passes_errors_and_stops_waiting_on_a_signal():
   assert time.time() - t0 < 2
   blocked.set()
   p.close()
+
+
+def test_skipped_step_keeps_the_schedule_on_the_step_and_logs_the_applied_lr():
+  """Warm-up over 4 steps, step 1 non-finite: the updates of steps 0, 2, 3 use lr(0), lr(2), lr(3) -- the
+  schedule does not shift by the skipped step -- and each step's logged lr is the lr its update used."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+
+  from siglip_rins import optim
+
+  class NanAtFlag:  # loss = sum(w * x): gradient 1 per weight; non-finite when the batch says so
+    def loss(self, model, params, batch, rng):
+      loss = jnp.sum(params["w"]) * jnp.where(batch["bad"], jnp.nan, 1.0)
+      return loss, {}
+
+  cfg = ml_collections.ConfigDict(
+    dict(lr=1.0, wd=0.0, optax_name="identity", schedule=dict(decay_type="linear", warmup_steps=4), input={})
+  )
+  tx, schedule_fn = optim.make_optimizer(cfg, 8)
+  step = jax.jit(train_lib.make_train_step(None, NanAtFlag(), tx, schedule_fn, seed=0, max_bad_steps=5))
+  params = {"w": jnp.zeros((2,))}
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  state["bad_run"] = jnp.zeros((), jnp.int32)
+  logged = []
+  for bad in (False, True, False, False):
+    state, metrics = step(state, {"bad": jnp.asarray(bad)})
+    logged.append(float(metrics["lr"]))
+  lrs = [float(schedule_fn(s)) for s in range(4)]
+  assert logged == lrs
+  applied = lrs[0] + lrs[2] + lrs[3]
+  np.testing.assert_allclose(np.asarray(state["params"]["w"]), -applied * np.ones(2), rtol=1e-6)
+  assert lrs[1] != lrs[3]  # the check would not notice a shift otherwise
+
+
+def test_loss_spike_stop_relative_to_the_running_median():
+  import ml_collections
+  import numpy as np
+
+  class Stub:
+    def __init__(self):
+      self.rows = []
+
+    def write_rows(self, rows):
+      self.rows += rows
+
+    def wait(self):
+      pass
+
+    def latest_step(self):
+      return 20
+
+  stub = Stub()
+  run = train_lib._Run(
+    config=ml_collections.ConfigDict(dict(loss_spike_factor=2.0, loss_spike_window=50)),
+    workdir=None,
+    verbose=False,
+    pidx=0,
+    pcount=1,
+    mesh=None,
+    task=None,
+    model=None,
+    tx=None,
+    schedule_fn=None,
+    total_steps=100,
+    global_bs=8,
+    flops_per_example=1.0,
+    seed=0,
+    ckpt=stub,
+    writer=stub,
+  )
+  guard = train_lib._Guard(run, max_bad=5)
+  flags = lambda loss: {"finite": np.bool_(True), "frozen": np.bool_(False), "loss": np.float32(loss)}  # noqa: E731
+  for step in range(1, 31):
+    guard.add(step, flags(1.0 + 0.01 * (step % 3)))
+  guard.check()  # 30 ordinary losses: no stop
+  for step, loss in ((31, 1.5), (32, 2.5), (33, 1.0)):
+    guard.add(step, flags(loss))
+  with pytest.raises(TrainingStopped, match=r"loss spike at step 32: 2\.5 > loss_spike_factor=2 x the median"):
+    guard.check()

@@ -136,3 +136,61 @@ def test_kill_and_resume_with_bad_records_gives_the_uninterrupted_parameters(dat
   b = jax.tree.leaves(resumed["state"]["params"])
   for x, y in zip(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+class SiglipRinsShardedTfds(__import__("tensorflow_datasets").core.GeneratorBasedBuilder):
+  """24 records in 4 TFRecord files, prepared locally (no download)."""
+
+  VERSION = __import__("tensorflow_datasets").core.Version("1.0.0")
+
+  def _info(self):
+    import tensorflow_datasets as tfds
+
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "texts": tfds.features.Text(),
+          "label": tfds.features.ClassLabel(num_classes=100),
+        }
+      ),
+    )
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(24):
+      yield i, {"image": data_fixtures.make_image(8, 10, seed=i), "texts": f"record {i}", "label": i}
+
+
+@pytest.mark.slow
+def test_tfds_files_shuffled_per_seed_and_epoch_and_resume_exact(tmp_path, tok_path):
+  import tensorflow_datasets as tfds
+
+  builder = SiglipRinsShardedTfds(data_dir=str(tmp_path))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=4))
+  assert len(builder.info.splits["train"].file_instructions) == 4
+
+  def cfg():  # no record-level shuffle: the order seen is the file order alone
+    data = dict(type="tfds", name="siglip_rins_sharded_tfds", split="train", data_dir=str(tmp_path))
+    pp = f"decode|resize(8)|value_range(-1, 1)|tokenize(max_len=4, model={tok_path!r})|keep('image', 'label')"
+    return dict(data=data, pp=pp, shuffle_buffer_size=1, prefetch=1)
+
+  def epochs(seed, n_batches=8):
+    it = pipeline.make_train_iterator(cfg(), global_batch_size=6, seed=seed)
+    labels = np.concatenate([b["label"] for b in _take(it, n_batches)])
+    return [labels[i : i + 24].tolist() for i in range(0, len(labels), 24)]
+
+  e_seed0, e_seed1 = epochs(0), epochs(1)
+  assert all(sorted(e) == list(range(24)) for e in e_seed0 + e_seed1)  # each epoch: every record once
+  file_order = lambda e: e[::6]  # noqa: E731 (files of 6 records read whole: their first records)
+  assert file_order(e_seed0[0]) != file_order(e_seed0[1]) or file_order(e_seed0[1]) != file_order(e_seed0[2])
+  assert [file_order(e) for e in e_seed0] != [file_order(e) for e in e_seed1]
+  assert epochs(0) == e_seed0  # deterministic
+  it = pipeline.make_train_iterator(cfg(), global_batch_size=6, seed=0)
+  _take(it, 5)  # into the second epoch
+  resumed = pipeline.make_train_iterator(cfg(), global_batch_size=6, seed=0, start_position=it.position())
+  rest = np.concatenate([b["label"] for b in _take(resumed, 3)]).tolist()
+  assert rest == sum(e_seed0, [])[30:48]

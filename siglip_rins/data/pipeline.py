@@ -103,6 +103,8 @@ def _epoch_stream(source, *, buffer: int, shuffle_seed: int, start) -> tf.data.D
 
   def one_epoch(epoch):
     ds = base
+    if source.files_in_order is not None:  # e.g. TFDS: the epoch's file order from (seed, epoch) too
+      ds = source.files_in_order(seed0 * 1_000_033 + 7 * epoch + 1)
     if buffer > 1:
       ds = ds.shuffle(buffer, seed=seed0 * 1_000_003 + epoch, reshuffle_each_iteration=False)
     return ds.enumerate().map(lambda pos, raw: (epoch, pos, raw))
@@ -133,7 +135,7 @@ def _component_stream(
 ) -> tf.data.Dataset:
   source = sources_lib.build_source(data_cfg, process_index=process_index, process_count=process_count)
   if _get(input_cfg, "cache", False):
-    source = dataclasses.replace(source, dataset=source.dataset.cache())
+    source = dataclasses.replace(source, dataset=source.dataset.cache(), files_in_order=None)
   if train:
     _check_not_empty(source)
     buffer = int(_get(input_cfg, "shuffle_buffer_size", 1000))

@@ -51,6 +51,8 @@ class Source:
 
   name: for messages; dataset: raw elements; parse: raw element -> dict of tensors (may raise on corrupt
   data); num_records: records in this host's shard if known; image_key / text_keys: checked fields.
+  files_in_order: optional (seed int64 tensor) -> the same elements as `dataset`, its files read in an order
+  drawn from the seed (training draws a seed per epoch, see pipeline.py; TFDS sources set it).
   """
 
   name: str
@@ -59,6 +61,7 @@ class Source:
   num_records: int | None
   image_key: str | None
   text_keys: tuple
+  files_in_order: Callable[[Any], tf.data.Dataset] | None = None
 
 
 def _get(cfg, key, default=None):
@@ -337,8 +340,42 @@ def _tfds_source(cfg, process_index, process_count) -> Source:
   except Exception:
     num_records = None
   return Source(
-    name=where, dataset=dataset, parse=dict, num_records=num_records, image_key=image_key, text_keys=text_keys
+    name=where,
+    dataset=dataset,
+    parse=dict,
+    num_records=num_records,
+    image_key=image_key,
+    text_keys=text_keys,
+    files_in_order=_tfds_shuffled_files(builder, split, decoders),
   )
+
+
+def _tfds_shuffled_files(builder, split, decoders):
+  """(seed) -> the split's records with its files (file instructions: file, skip, take) in a seeded order, or
+  None when the files are not plain TFRecords.  The order is a function of the seed alone, so an epoch's file
+  order is the same in a resumed run (tfds' own shuffle_files reshuffles per iteration of one dataset)."""
+  try:
+    if str(getattr(builder.info, "file_format", "tfrecord")).split(".")[-1].lower() != "tfrecord":
+      return None
+    instructions = list(builder.info.splits[split].file_instructions)
+  except Exception:
+    return None
+  if len(instructions) < 2:
+    return None
+  files = tf.constant([str(fi.filename) for fi in instructions])
+  skips = tf.constant([int(fi.skip) for fi in instructions], tf.int64)
+  takes = tf.constant([int(fi.take) if int(fi.take) >= 0 else -1 for fi in instructions], tf.int64)
+  features = builder.info.features
+
+  def read(filename, skip, take):
+    return tf.data.TFRecordDataset(filename).skip(skip).take(take)
+
+  def in_order(seed):
+    order = tf.data.Dataset.from_tensor_slices((files, skips, takes)).shuffle(len(instructions), seed=seed)
+    records = order.flat_map(read)
+    return records.map(lambda raw: features.deserialize_example(raw, decoders=decoders))
+
+  return in_order
 
 
 def default_seed_pair(*ints: int) -> np.ndarray:
