@@ -5,6 +5,7 @@ siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--r
 siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS]
 siglip-rins export   --workdir DIR --out MODEL_DIR
 siglip-rins export-hf --model MODEL_DIR --out HF_DIR [--rounds R]
+siglip-rins import-big-vision --npz F --config FILE:ARGS [--config.k=v] --tokenizer M.model --out MODEL_DIR
 siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
 siglip-rins retrieve --model MODEL_DIR --query TEXT FOLDER
 siglip-rins scaling  RUN_DIR... [--metric NAME] [--out DIR]
@@ -126,6 +127,16 @@ def cmd_export_hf(args) -> int:
   return 0
 
 
+def cmd_import_big_vision(args, rest) -> int:
+  from siglip_rins.interop.big_vision import import_main
+
+  bad = [r for r in rest if not r.startswith("--config.")]
+  if bad:
+    raise ValueError(f"unknown argument(s) {bad} (overrides look like --config.key=value)")
+  overrides = [r[len("--config.") :] for r in rest]
+  return import_main(args.npz, args.config, overrides, args.tokenizer, args.out, res=args.res, text_len=args.text_len)
+
+
 def cmd_export(args) -> int:
   from siglip_rins import export
 
@@ -186,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
   h.add_argument("--model", required=True)
   h.add_argument("--out", required=True)
   h.add_argument("--rounds", type=int, default=None, help="recursion rounds to unroll (default: trained r)")
+  b = sub.add_parser("import-big-vision", help="a big_vision SigLIP .npz -> an exported model folder")
+  b.add_argument("--npz", required=True, help="big_vision checkpoint (.npz, float32 or bfloat16)")
+  b.add_argument("--config", required=True, help="FILE.py:ARGS whose model matches the checkpoint")
+  b.add_argument("--tokenizer", required=True, help="the checkpoint's SentencePiece .model file")
+  b.add_argument("--out", required=True)
+  b.add_argument("--res", type=int, default=None, help="image size (default: the checkpoint's)")
+  b.add_argument("--text-len", type=int, default=None, help="text length (default: the checkpoint's)")
   c = sub.add_parser("classify", help="zero-shot classify images with an exported model")
   c.add_argument("--model", required=True)
   c.add_argument("--labels", required=True, help="comma-separated class names")
@@ -219,6 +237,8 @@ def main(argv=None) -> int:
       from siglip_rins.train import run_from_args
 
       return run_from_args(args, rest)
+    if args.command == "import-big-vision":
+      return cmd_import_big_vision(args, rest)
     if rest:
       parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return {

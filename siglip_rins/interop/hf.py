@@ -30,13 +30,15 @@ training-time setting: evaluation (and the export) runs every round of the chose
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
+import sys
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from siglip_rins.interop import flatten_params
+from siglip_rins.interop import flatten_params, unflatten_params
 
 HF_ACT = "gelu_pytorch_tanh"
 LAYER_NORM_EPS = 1e-6
@@ -52,6 +54,37 @@ def _import_hf():
       f"the Hugging Face export needs torch and transformers (pip install 'siglip_rins[hf]'): {e}"
     ) from None
   return torch, transformers
+
+
+def _check_rounds(rounds: Rounds) -> Rounds:
+  """None, an int >= 1, or {'img': int|None, 'txt': int|None}; anything else -> ValueError."""
+  if rounds is None:
+    return None
+  if isinstance(rounds, Mapping):
+    unknown = sorted(set(rounds) - {"img", "txt"})
+    if unknown:
+      raise ValueError(f"rounds: unknown tower key(s) {unknown}; allowed: ['img', 'txt']")
+    return {k: _check_rounds(v) for k, v in rounds.items()}
+  if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+    raise ValueError(f"rounds must be None or an integer >= 1, got {rounds!r}")
+  return int(rounds)
+
+
+def _image_size(image_kw: Mapping, flat: Mapping[str, np.ndarray], configured) -> tuple[int, int]:
+  """The configured size when its patch grid fits img/pos_embedding, else the square grid times the patch."""
+  ph, pw = image_kw.get("patch_size", (16, 16))
+  pos = flat.get("img/pos_embedding")
+  if pos is None:
+    if configured is None:
+      raise ValueError("cannot tell the image size: give image_size (the model has no learned position embedding)")
+    return configured
+  n = int(pos.shape[1])
+  if configured is not None and (configured[0] // ph) * (configured[1] // pw) == n:
+    return configured
+  g = math.isqrt(n)
+  if g * g != n:
+    raise ValueError(f"img/pos_embedding has {n} positions, not a square grid; give image_size explicitly")
+  return g * ph, g * pw
 
 
 def _plan_layers(kw: dict, rounds: Optional[int], stack: str) -> tuple[list[tuple[str, int]], Any, Any]:
@@ -127,7 +160,7 @@ def to_hf(
   image_size: pixels (int or (H, W), must be square); default: from img/pos_embedding and the patch size.
   text_len: default the length of txt/pos_embedding.
   """
-  from siglip_rins.export import _size_pair, check_rounds, image_size_from_params
+  from siglip_rins.example_spec import size_pair
   from siglip_rins.layers import sincos2d
   from siglip_rins.models import build_model
 
@@ -137,7 +170,7 @@ def to_hf(
   model = build_model(cfg)
   if model.image is None or model.text is None:
     raise ValueError("HF export needs both towers (SiglipModel has an image and a text model)")
-  rounds = check_rounds(rounds)
+  rounds = _check_rounds(rounds)
   r = rounds if isinstance(rounds, Mapping) else {"img": rounds, "txt": rounds}
   flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}
   img, txt = model.image, model.text
@@ -156,7 +189,7 @@ def to_hf(
     problems.append(f"patch size {(ph, pw)} is not square (SiglipVisionConfig.patch_size is one int)")
   if problems:
     raise ValueError("cannot export to transformers SiglipModel exactly: " + "; ".join(problems))
-  size = image_size_from_params(model, flat, None if image_size is None else _size_pair(image_size, "image_size"))
+  size = _image_size(img, flat, None if image_size is None else size_pair(image_size, "image_size"))
   if size[0] != size[1]:
     raise ValueError(f"image size {size} is not square (SiglipVisionConfig.image_size is one int)")
   if text_len is None:
@@ -288,36 +321,253 @@ def export_hf(
   info = dict(
     info,
     transformers_version=transformers.__version__,
-    preprocessing="images: resize to image_size (bilinear), values in [-1, 1]; texts: SigLIP-canonicalised, "
-    "EOS appended, padded to max_position_embeddings (padding='max_length')",
+    preprocessing="pixel_values: float32 [N, 3, image_size, image_size] as the model was trained (see "
+    "preprocessor_config.json); input_ids: padded to max_position_embeddings, no attention mask",
     **dict(extra_info or {}),
   )
   (out / "siglip_rins_export.json").write_text(json.dumps(info, indent=2))
   return out
 
 
-def export_hf_from_exported(
-  model_dir: str | os.PathLike, out_dir: str | os.PathLike, rounds: Rounds = None
-) -> pathlib.Path:
-  """HF export of an exported siglip_rins model folder (see `siglip_rins.export`); copies its tokenizer model."""
-  from siglip_rins.export import load_exported
+# ----------------------------------------------------------------------- exported folder (no export.py)
+EXPORTED_FORMAT = "siglip_rins.exported"
+EXPORTED_VERSIONS = (1, 2)
+PIPELINE_TEXT_LEN = 64  # transformers' zero-shot-image-classification pipeline pads SigLIP texts to 64 tokens
+# siglip_rins resize methods (tf.image.resize) -> PIL resampling codes of transformers image processors.
+PIL_RESAMPLE = {"nearest": 0, "lanczos3": 1, "lanczos5": 1, "bilinear": 2, "bicubic": 3, "area": 4}
 
-  em = load_exported(model_dir)
-  tok = em.tokenizer
-  out = export_hf(
-    em.params,
-    em.config["model"],
-    out_dir,
-    image_size=em.image_size,
-    text_len=em.text_len,
-    rounds=rounds,
-    pad_token_id=None if tok is None else tok.pad_id,
-    eos_token_id=None if tok is None or tok.eos_id < 0 else tok.eos_id,
-    extra_info=dict(text=em.config.get("text"), image=em.config.get("image")),
+
+def example_spec_of(config: Mapping[str, Any], tokenizer_proto: Optional[bytes] = None):
+  """The ExampleSpec of an exported folder's config.json: `config["example_spec"]` (format 2), else built from
+  the format-1 "text" / "image" sections (tokenizer_file, max_len, eos, canonicalize, pad_value; size,
+  resize_method, antialias, value_range); `tokenizer_proto` (the folder's tokenizer.model bytes) resolves
+  pad/eos ids and the vocabulary size there."""
+  import hashlib
+
+  from siglip_rins.example_spec import ExampleSpec, ImageSpec, TextSpec
+
+  if config.get("example_spec"):
+    return ExampleSpec.from_dict(config["example_spec"])
+  text, image = config.get("text"), config.get("image")
+  text_spec = image_spec = None
+  if text:
+    pad, eos_id, vocab, sha = text.get("pad_value"), None, None, None
+    if tokenizer_proto is not None:
+      from siglip_rins.text.tokenizer import Tokenizer
+
+      tok = Tokenizer(tokenizer_proto)
+      pad = tok.pad_id if pad is None else pad
+      eos_id, vocab, sha = tok.eos_id, tok.vocab_size, hashlib.sha256(tokenizer_proto).hexdigest()
+    text_spec = TextSpec(
+      tokenizer=str(text.get("tokenizer_file", "tokenizer.model")),
+      max_len=int(text["max_len"]),
+      eos=str(text.get("eos", "sticky")),
+      pad_value=int(pad if pad is not None else 0),
+      lower=False,
+      canonicalize=bool(text.get("canonicalize", True)),
+      vocab_size=vocab,
+      tokenizer_sha256=sha,
+      eos_id=eos_id,
+    )
+  if image:
+    image_spec = ImageSpec(
+      size=tuple(image["size"]),
+      resize_method=str(image.get("resize_method", "bilinear")),
+      antialias=bool(image.get("antialias", False)),
+      value_range=tuple(image.get("value_range", (-1.0, 1.0))),
+    )
+  return ExampleSpec(image=image_spec, text=text_spec)
+
+
+def read_exported(model_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], Optional[bytes], Any]:
+  """(config, flat float32 params, tokenizer.model bytes or None, ExampleSpec) of an exported model folder, read
+  without importing siglip_rins.export (which imports this module lazily)."""
+  from safetensors.numpy import load_file
+
+  model_dir = pathlib.Path(model_dir)
+  path = model_dir / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: {model_dir} is not an exported siglip_rins model folder")
+  try:
+    config = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(config, dict) or config.get("format") != EXPORTED_FORMAT:
+    raise ValueError(f"{path} is not a siglip_rins exported-model config")
+  version = config.get("format_version")
+  if version not in EXPORTED_VERSIONS:
+    raise ValueError(f"{path}: exported-model format version {version!r}; this export-hf reads {EXPORTED_VERSIONS}")
+  params_path = model_dir / config.get("params_file", "params.safetensors")
+  if not params_path.is_file():
+    raise FileNotFoundError(f"{params_path} not found (the exported folder is incomplete)")
+  try:
+    flat = load_file(str(params_path))
+  except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt files
+    raise ValueError(f"{params_path} is not a readable safetensors file: {e}") from None
+  text = config.get("text") or {}
+  tok_path = model_dir / text.get("tokenizer_file", "tokenizer.model")
+  proto = tok_path.read_bytes() if tok_path.is_file() else None
+  spec = example_spec_of(config, proto)
+  if spec.text is not None and proto is None:
+    raise FileNotFoundError(f"{tok_path} not found (the exported folder is incomplete)")
+  return config, flat, proto, spec
+
+
+def _image_processor_config(image) -> tuple[dict, list[str]]:
+  """preprocessor_config.json (SiglipImageProcessor) for an ImageSpec, and notes on what differs."""
+  from siglip_rins.data import pp as pp_lib  # the parser is pure Python
+
+  notes = []
+  lo, hi = image.value_range
+  cfg = dict(
+    image_processor_type="SiglipImageProcessor",
+    processor_class="SiglipProcessor",
+    do_convert_rgb=True,
+    do_resize=True,
+    size=dict(height=int(image.size[0]), width=int(image.size[1])),
+    resample=PIL_RESAMPLE.get(image.resize_method, 2),
+    do_rescale=True,
+    rescale_factor=1 / 255,
+    do_normalize=True,
+    # (x / 255 - mean) / std maps [0, 1] to [lo, hi]
+    image_mean=[-lo / (hi - lo)] * 3,
+    image_std=[1 / (hi - lo)] * 3,
   )
-  if tok is not None:
-    (pathlib.Path(out) / "tokenizer.model").write_bytes(tok.model_proto)
+  if image.resize_method not in PIL_RESAMPLE:
+    notes.append(f"resize method {image.resize_method!r} has no PIL counterpart; the HF processor resizes bilinear")
+  ops = [op for op in pp_lib.parse(image.pp(decode=False)) if op.name not in ("value_range", "clip_value_range")]
+  names = [op.name for op in ops]
+  if names == ["resize_small", "central_crop"]:
+    small = ops[0].args[0] if ops[0].args else dict(ops[0].kwargs)["smaller_size"]
+    method = ops[0].args[1] if len(ops[0].args) > 1 else dict(ops[0].kwargs).get("method", "area")
+    cfg.update(
+      size=dict(shortest_edge=int(small)),
+      resample=PIL_RESAMPLE.get(method, 2),
+      do_center_crop=True,
+      crop_size=dict(height=int(image.size[0]), width=int(image.size[1])),
+    )
+  elif names != ["resize"]:
+    notes.append(f"image pp {image.eval_pp!r}: the HF processor only resizes to {tuple(image.size)}")
+  if not image.antialias:
+    notes.append(
+      "images: PIL resizing antialiases when it shrinks an image, siglip_rins's tf.image.resize (antialias=False) "
+      "does not; images already at the model's size are not resized by either"
+    )
+  return cfg, notes
+
+
+def _tokenizer_files(text, proto: bytes, text_len: int) -> tuple[dict[str, Any], list[str]]:
+  """tokenizer_config.json and special_tokens_map.json (SiglipTokenizer over spiece.model) for a TextSpec, and
+  notes on the tokenisation differences that remain."""
+  import sentencepiece
+
+  sp = sentencepiece.SentencePieceProcessor()
+  sp.LoadFromSerializedProto(proto)
+  eos_id = int(sp.eos_id())
+  if eos_id < 0:
+    raise ValueError("the tokenizer has no EOS piece; SiglipTokenizer appends one to every text")
+  pieces = dict(eos_token=sp.IdToPiece(eos_id), pad_token=sp.IdToPiece(int(text.pad_value)))
+  pieces["unk_token"] = sp.IdToPiece(int(sp.unk_id())) if sp.unk_id() >= 0 else "<unk>"
+  ids = {name: int(sp.PieceToId(piece)) for name, piece in pieces.items()}
+  lower = bool(text.lower or text.canonicalize)
+  config = dict(
+    tokenizer_class="SiglipTokenizer",
+    processor_class="SiglipProcessor",
+    model_max_length=int(text_len),
+    # The text tower attends to every position (pads included) and pools the last one: no attention mask.
+    model_input_names=["input_ids"],
+    padding_side="right",
+    truncation_side="right",
+    do_lower_case=lower,
+    sp_model_kwargs={},
+    additional_special_tokens=[],
+    added_tokens_decoder={
+      str(ids[name]): dict(content=piece, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+      for name, piece in sorted(pieces.items())
+    },
+    **pieces,
+  )
+  notes = []
+  if text.canonicalize:
+    notes.append(
+      "texts: SiglipTokenizer deletes ASCII punctuation (string.punctuation, '_' included); siglip_rins's "
+      "canonicalisation also deletes Unicode punctuation (e.g. '«»—。') and turns '_' into a space"
+    )
+  else:
+    notes.append(
+      "texts: SiglipTokenizer always deletes ASCII punctuation and collapses whitespace; this model's texts are "
+      "not canonicalised (lower=%s), so captions with punctuation tokenize differently" % bool(text.lower)
+    )
+  if text.eos != "sticky":
+    notes.append(f"texts: SiglipTokenizer appends EOS and keeps it when truncating; this model used eos={text.eos!r}")
+  return dict(config=config, special_tokens_map=pieces), notes
+
+
+def hf_processor_files(spec, tokenizer_proto: Optional[bytes], text_len: Optional[int]) -> tuple[dict, list[str]]:
+  """{file name: JSON object or bytes} that AutoProcessor / AutoTokenizer / pipeline() read next to a
+  SiglipModel, for an ExampleSpec; and the notes on remaining differences (one line each)."""
+  files: dict[str, Any] = {}
+  notes: list[str] = []
+  if spec.image is not None:
+    files["preprocessor_config.json"], more = _image_processor_config(spec.image)
+    notes += more
+  if spec.text is not None and tokenizer_proto is not None:
+    tok, more = _tokenizer_files(spec.text, tokenizer_proto, text_len or spec.text.max_len)
+    files["spiece.model"] = bytes(tokenizer_proto)
+    files["tokenizer.model"] = bytes(tokenizer_proto)
+    files["tokenizer_config.json"] = tok["config"]
+    files["special_tokens_map.json"] = tok["special_tokens_map"]
+    notes += more
+    n = int(text_len or spec.text.max_len)
+    if n < PIPELINE_TEXT_LEN:
+      notes.insert(
+        0,
+        f"note: the model has {n} text positions but transformers' zero-shot-image-classification pipeline pads "
+        f"SigLIP texts to {PIPELINE_TEXT_LEN} tokens and fails on this model; use SiglipModel with AutoProcessor("
+        f"padding='max_length', truncation=True), or export a model with {PIPELINE_TEXT_LEN} text positions",
+      )
+  if spec.image is not None and spec.text is not None:
+    files["processor_config.json"] = dict(processor_class="SiglipProcessor")
+  return files, notes
+
+
+def export_hf_from_exported(
+  model_dir: str | os.PathLike, out_dir: str | os.PathLike, rounds: Rounds = None, log: Any = None
+) -> pathlib.Path:
+  """HF export of an exported siglip_rins model folder: the SiglipModel (`export_hf`) plus the files with which
+  `AutoProcessor`, `AutoTokenizer` and `pipeline("zero-shot-image-classification")` preprocess as the folder's
+  example spec says (`hf_processor_files`).  Remaining differences are printed to `log` (default stderr), one
+  line each, and listed in siglip_rins_export.json."""
+  config, flat, proto, spec = read_exported(model_dir)
+  text_len = None if spec.text is None else int(spec.text.max_len)
+  eos_id = None
+  if spec.text is not None:
+    eos_id = spec.text.eos_id
+    if eos_id is None:
+      from siglip_rins.text.tokenizer import Tokenizer
+
+      eos_id = Tokenizer(proto).eos_id
+  files, notes = hf_processor_files(spec, proto, text_len)
+  out = export_hf(
+    unflatten_params(dict(flat)),
+    config["model"],
+    out_dir,
+    image_size=None if spec.image is None else spec.image.size,
+    text_len=text_len,
+    rounds=rounds,
+    pad_token_id=None if spec.text is None else int(spec.text.pad_value),
+    eos_token_id=None if eos_id is None or eos_id < 0 else int(eos_id),
+    extra_info=dict(example_spec=spec.to_dict(), differences=notes),
+  )
+  for name, content in files.items():
+    path = pathlib.Path(out) / name
+    if isinstance(content, bytes):
+      path.write_bytes(content)
+    else:
+      path.write_text(json.dumps(content, indent=2, sort_keys=True))
+  for line in notes:
+    print(line, file=log or sys.stderr)
   return out
 
 
-__all__ = ["to_hf", "export_hf", "export_hf_from_exported"]
+__all__ = ["to_hf", "export_hf", "export_hf_from_exported", "read_exported", "example_spec_of", "hf_processor_files"]
