@@ -13,7 +13,18 @@ and, with an identical parameter tree, into any RINS model A^rB (only the recurs
 then starts from the pretrained blocks).  Linear adapters, absent from big_vision, are initialised to the identity.
 
 Image position embeddings are resampled (bilinear on the 2-D grid, no antialiasing) when the target resolution
-differs.  Files are read with `np.load(allow_pickle=False)`.
+differs.  bfloat16 checkpoints (stored as 2-byte void '|V2', or ml_dtypes.bfloat16 arrays in memory) convert
+exactly to float32.
+
+Files (`load_npz`) are read without pickle, and hostile ones are refused in one line naming the file and member
+before anything large is allocated or inflated: a .npy renamed .npz, non-.npy members, object arrays, headers or
+zip entries over the per-array limit, and members that compress like a zip bomb.
+
+`import_to_exported` / `siglip-rins import-big-vision --npz F --config FILE.py:ARGS [--config.key=value ...]
+--tokenizer M.model --out MODEL_DIR [--res R] [--text-len L]` writes an exported model folder (for classify,
+retrieve, eval --model, export-hf) whose example spec is big_vision SigLIP's: images
+`decode|resize(R)|value_range(-1, 1)`, texts `tokenize(max_len=L, model=M, eos="sticky", pad_value=<eos id>,
+lower=True)`.
 """
 
 from __future__ import annotations

@@ -25,6 +25,39 @@ last-token text tower; non-square images or patches; KV sharing across rounds (l
 keys/values, which an HF layer cannot); linear adapters that are not exactly the identity for the exported number of
 rounds (HF has no linear map between the last layer and the final LayerNorm).  Stochastic depth (p_skip > 0) is a
 training-time setting: evaluation (and the export) runs every round of the chosen plan.
+
+Preprocessing (`export_hf_from_exported`, command `siglip-rins export-hf`): next to the model it writes, from the
+exported folder's example spec, what `AutoProcessor`, `AutoTokenizer` and `pipeline("zero-shot-image-classification")`
+read:
+  preprocessor_config.json  SiglipImageProcessor: size = the spec's (H, W), resample = PIL code of its resize method
+                            (bilinear 2, bicubic 3, nearest 0), rescale 1/255, normalise to the spec's value range
+                            (mean = -lo / (hi - lo), std = 1 / (hi - lo): 0.5 / 0.5 for [-1, 1]), convert to RGB.
+  spiece.model              the SentencePiece model (also kept as tokenizer.model).
+  tokenizer_config.json     SiglipTokenizer: eos / unk = the model's pieces, pad = the piece of the spec's pad id
+  special_tokens_map.json   ('</s>' for EOS padding), model_max_length = the model's text length,
+                            model_input_names = ['input_ids'] (the text tower attends to every position, pads
+                            included, and pools the last one: an attention mask would move its embeddings; 0.11
+                            to 0.13 on the tests' tiny model), do_lower_case = spec lower or canonicalize.
+  processor_config.json     SiglipProcessor.
+With `processor(text=..., images=..., padding="max_length", truncation=True)` the ids equal siglip_rins's (sticky
+EOS, EOS/pad filled to the model's length) for captions whose punctuation is ASCII and that have no '_'.
+
+What remains different (export-hf prints each as one line and lists them in siglip_rins_export.json):
+  * texts: SiglipTokenizer always deletes ASCII punctuation and collapses whitespace.  siglip_rins's
+    canonicalisation also deletes Unicode punctuation and turns '_' into a space; a spec that does not
+    canonicalise (big_vision imports: lower=True only) keeps punctuation, which SiglipTokenizer drops.
+  * transformers' zero-shot pipeline pads SigLIP texts to 64 tokens (padding="max_length", max_length=64; its
+    tokenizer_kwargs are not passed on), so it only runs models with 64 text positions; export-hf says so.
+  * images that need resizing: PIL antialiases when shrinking, tf.image.resize(antialias=False) (the training
+    pipeline, and load_exported) does not.  Images already at the model's size are not resized, and logits agree
+    to 2e-6.  Measured (PIL backend of transformers 5.23; values in [-1, 1], i.e. 2/255 per uint8 level):
+      smooth synthetic images to 16x16: upscaled from 10x12: max 0.0078 (one level, rounding), mean 0.0013;
+        downscaled from 12x20 .. 64x96: max 0.055-0.094, mean 0.009-0.013; tests' tiny model: logits within 0.021
+        (asserted <= 0.1), same ranking;
+      two 720x477 photos to 224 / 256 / 384: max 0.35-0.54 / 0.38-0.46 / 0.17-0.29, mean 0.028-0.056 /
+        0.023-0.045 / 0.011-0.021;
+      uniform noise (all frequencies) downscaled 40x28 -> 16x16: mean 0.21 (rankings change).
+    For exact parity resize images to the model's size first (e.g. with `siglip_rins.data.preprocess`).
 """
 
 from __future__ import annotations
