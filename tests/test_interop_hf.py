@@ -331,7 +331,7 @@ def test_pipeline_zero_shot_matches_load_exported_with_and_without_resize(tmp_pa
 
 
 def test_exported_tokenizer_follows_the_spec_and_names_the_differences(tmp_path):
-  from siglip_rins.example_spec import ExampleSpec, TextSpec
+  from siglip_rins.example_spec import ExampleSpec, ImageSpec, TextSpec
   from siglip_rins.interop.hf import example_spec_of, hf_processor_files
   from siglip_rins.text.tokenizer import get_tokenizer
 
@@ -354,6 +354,17 @@ def test_exported_tokenizer_follows_the_spec_and_names_the_differences(tmp_path)
   files, notes = hf_processor_files(pad0, tok.model_proto, 8)
   assert files["tokenizer_config.json"]["pad_token"] == "<pad>" and not files["tokenizer_config.json"]["do_lower_case"]
   assert any("eos='yes'" in n for n in notes) and "preprocessor_config.json" not in files
+  # The ImageNet-style evaluation crop (from inception_crop training) maps to shortest_edge + center crop.
+  crop = ExampleSpec(
+    image=ImageSpec(size=(16, 16), eval_pp="decode|resize_small(18)|central_crop((16, 16))|value_range(-1, 1)"),
+    text=None,
+  )
+  ip = hf_processor_files(crop, None, None)[0]["preprocessor_config.json"]
+  assert ip["size"] == {"shortest_edge": 18} and ip["do_center_crop"] and ip["resample"] == 4  # 'area' -> PIL box
+  assert ip["crop_size"] == {"height": 16, "width": 16}
+  processor = transformers.AutoImageProcessor.from_pretrained(_write_json(tmp_path, ip))
+  pixels = processor(images=[np.zeros((20, 30, 3), np.uint8)], return_tensors="np")["pixel_values"]
+  assert pixels.shape == (1, 3, 16, 16)
   # The format-1 sections alone give the same spec fields.
   legacy = {
     "text": dict(tokenizer_file="tokenizer.model", max_len=16, eos="sticky", canonicalize=True, pad_value=None),
@@ -363,6 +374,13 @@ def test_exported_tokenizer_follows_the_spec_and_names_the_differences(tmp_path)
   assert (old.text.max_len, old.text.pad_value, old.text.eos_id, old.text.canonicalize) == (16, tok.pad_id, 1, True)
   assert old.image.size == (16, 16) and old.image.resize_method == "bicubic"
   assert hf_processor_files(old, tok.model_proto, 16)[0]["preprocessor_config.json"]["resample"] == 3
+
+
+def _write_json(folder, content, name="preprocessor_config.json"):
+  import json
+
+  (folder / name).write_text(json.dumps(content))
+  return str(folder)
 
 
 def dataclasses_replace(obj, **kw):

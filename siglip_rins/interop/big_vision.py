@@ -64,9 +64,7 @@ def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
 
-def _npz_members(path: pathlib.Path, max_member_bytes: int, max_total_bytes: int, max_ratio: float):
-  """Checks the zip directory and every member's .npy header of `path` before anything is decompressed.
-  Returns [(ZipInfo, name, shape, fortran_order, dtype)]; ValueError naming the file (and member) otherwise."""
+def _open_npz(path: pathlib.Path) -> zipfile.ZipFile:
   with open(path, "rb") as f:
     magic = f.read(6)
   if magic.startswith(b"\x93NUMPY"):
@@ -77,50 +75,57 @@ def _npz_members(path: pathlib.Path, max_member_bytes: int, max_total_bytes: int
   if not magic.startswith(b"PK"):
     raise ValueError(f"{path} is not an .npz archive (no zip signature)")
   try:
-    zf = zipfile.ZipFile(path)
+    return zipfile.ZipFile(path)
   except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
     raise ValueError(f"{path} is not a readable .npz archive: {_one_line(e)}") from None
-  out, total = [], 0
-  with zf:
-    for info in zf.infolist():
-      member = info.filename
-      where = f"{path}: member {member!r}"
-      if not member.endswith(".npy"):
-        raise ValueError(f"{where} is not a .npy array")
-      if info.file_size > max_member_bytes + _MAX_HEADER:
-        raise ValueError(
-          f"{where} unpacks to {info.file_size:,} bytes, over the {max_member_bytes:,}-byte limit per array"
-        )
-      if info.file_size > _RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
-        raise ValueError(
-          f"{where} unpacks {info.compress_size:,} bytes to {info.file_size:,} (over {max_ratio:g}:1, a zip "
-          f"bomb, not model weights); refused"
-        )
-      try:
-        with zf.open(info) as fp:
-          version = np.lib.format.read_magic(fp)
-          if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=_MAX_HEADER)
-          elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=_MAX_HEADER)
-          else:
-            raise ValueError(f"unsupported .npy format version {version}")
-      except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError) as e:
-        raise ValueError(f"{where} has no readable .npy header: {_one_line(e)}") from None
-      if dtype.hasobject:
-        raise ValueError(f"{where} holds Python objects, which cannot be read without pickle; refused")
-      nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
-      if nbytes > max_member_bytes:
-        raise ValueError(
-          f"{where} claims shape {tuple(shape)} of {dtype} ({nbytes:,} bytes), over the {max_member_bytes:,}-byte "
-          f"limit per array; refused before reading"
-        )
-      if nbytes > info.file_size:
-        raise ValueError(f"{where} claims {nbytes:,} bytes of data but holds {info.file_size:,} (truncated)")
-      total += nbytes
-      if total > max_total_bytes:
-        raise ValueError(f"{path}: arrays add up to more than the {max_total_bytes:,}-byte limit (at {member!r})")
-      out.append((info, member[: -len(".npy")], tuple(shape), fortran, dtype))
+
+
+def _npz_members(path, zf: zipfile.ZipFile, max_member_bytes: int, max_total_bytes: int, max_ratio: float):
+  """Checks the zip directory and every member's .npy header before anything is decompressed.
+  Returns [(ZipInfo, name, shape, fortran_order, dtype)]; ValueError naming the file (and member) otherwise."""
+  out, total, seen = [], 0, set()
+  for info in zf.infolist():
+    member = info.filename
+    where = f"{path}: member {member!r}"
+    if not member.endswith(".npy"):
+      raise ValueError(f"{where} is not a .npy array")
+    if member in seen:
+      raise ValueError(f"{where} appears twice")
+    seen.add(member)
+    if info.file_size > max_member_bytes + _MAX_HEADER:
+      raise ValueError(
+        f"{where} unpacks to {info.file_size:,} bytes, over the {max_member_bytes:,}-byte limit per array"
+      )
+    if info.file_size > _RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+      raise ValueError(
+        f"{where} unpacks {info.compress_size:,} bytes to {info.file_size:,} (over {max_ratio:g}:1, a zip "
+        f"bomb, not model weights); refused"
+      )
+    try:
+      with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+          shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=_MAX_HEADER)
+        elif version == (2, 0):
+          shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=_MAX_HEADER)
+        else:
+          raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError) as e:
+      raise ValueError(f"{where} has no readable .npy header: {_one_line(e)}") from None
+    if dtype.hasobject:
+      raise ValueError(f"{where} holds Python objects, which cannot be read without pickle; refused")
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
+    if nbytes > max_member_bytes:
+      raise ValueError(
+        f"{where} claims shape {tuple(shape)} of {dtype} ({nbytes:,} bytes), over the {max_member_bytes:,}-byte "
+        f"limit per array; refused before reading"
+      )
+    if nbytes > info.file_size:
+      raise ValueError(f"{where} claims {nbytes:,} bytes of data but holds {info.file_size:,} (truncated)")
+    total += nbytes
+    if total > max_total_bytes:
+      raise ValueError(f"{path}: arrays add up to more than the {max_total_bytes:,}-byte limit (at {member!r})")
+    out.append((info, member[: -len(".npy")], tuple(shape), fortran, dtype))
   return out
 
 
@@ -144,16 +149,16 @@ def load_npz(
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"big_vision checkpoint {path} not found")
-  members = _npz_members(path, int(max_member_bytes), int(max_total_bytes), float(max_ratio))
   flat = {}
-  with zipfile.ZipFile(path) as zf:
+  with _open_npz(path) as zf:
+    members = _npz_members(path, zf, int(max_member_bytes), int(max_total_bytes), float(max_ratio))
     for info, name, shape, fortran, dtype in members:
       try:
         with zf.open(info) as fp:
           arr = np.lib.format.read_array(fp, allow_pickle=False, max_header_size=_MAX_HEADER)
       except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise ValueError(f"{path}: member {info.filename!r} cannot be read: {_one_line(e)}") from None
-      if arr.shape != shape or arr.dtype != dtype:
+      if arr.shape != shape or arr.dtype != dtype:  # pragma: no cover (the header was read from the same file)
         raise ValueError(f"{path}: member {info.filename!r} changed while reading")
       flat[name] = arr
   return strip_prefix(flat)
@@ -372,6 +377,8 @@ def import_to_exported(
   if res is None:  # the checkpoint's own resolution
     from siglip_rins.models import build_model
 
+    if "pos_embedding" not in params.get("img", {}):
+      raise ValueError("the image tower has no learned position embedding: give the image size (--res)")
     ph, pw = build_model(dict(model_config)).image.get("patch_size", (16, 16))
     g = math.isqrt(int(params["img"]["pos_embedding"].shape[1]))
     res = (g * ph, g * pw)
