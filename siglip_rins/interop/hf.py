@@ -350,7 +350,14 @@ def export_hf(
     )
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  model.save_pretrained(str(out), safe_serialization=True)
+  # Saving diffs the config against a default SiglipConfig, whose CLIP token ids (49406/49407) fall outside
+  # the default vocabulary: transformers then warns about that default, not about this model.  Silenced.
+  verbosity = transformers.logging.get_verbosity()
+  transformers.logging.set_verbosity_error()
+  try:
+    model.save_pretrained(str(out), safe_serialization=True)
+  finally:
+    transformers.logging.set_verbosity(verbosity)
   info = dict(
     info,
     transformers_version=transformers.__version__,
@@ -555,7 +562,7 @@ def hf_processor_files(spec, tokenizer_proto: Optional[bytes], text_len: Optiona
     if n < PIPELINE_TEXT_LEN:
       notes.insert(
         0,
-        f"note: the model has {n} text positions but transformers' zero-shot-image-classification pipeline pads "
+        f"the model has {n} text positions but transformers' zero-shot-image-classification pipeline pads "
         f"SigLIP texts to {PIPELINE_TEXT_LEN} tokens and fails on this model; use SiglipModel with AutoProcessor("
         f"padding='max_length', truncation=True), or export a model with {PIPELINE_TEXT_LEN} text positions",
       )
@@ -599,7 +606,7 @@ def export_hf_from_exported(
     else:
       path.write_text(json.dumps(content, indent=2, sort_keys=True))
   for line in notes:
-    print(line, file=log or sys.stderr)
+    print(f"note: {line}", file=log or sys.stderr)
   return out
 
 
