@@ -412,3 +412,15 @@ def test_export_and_hf_modules_do_not_import_each_other(module, other):
   assert "siglip_rins.export" not in imported
   top = ast.parse((root / "export.py").read_text()).body
   assert not any(isinstance(n, ast.ImportFrom) and n.module == "siglip_rins.interop.hf" for n in top)
+
+
+def test_cli_export_hf_prints_the_pipeline_note(tmp_path, capsys):
+  from siglip_rins import cli
+
+  exported, _, _ = hf_export(tmp_path, text_len=16)
+  assert cli.main(["export-hf", "--model", str(exported), "--out", str(tmp_path / "cli"), "--rounds", "3"]) == 0
+  err = capsys.readouterr().err
+  assert sum("note: the model has 16 text positions" in line for line in err.splitlines()) == 1
+  config = transformers.SiglipConfig.from_pretrained(str(tmp_path / "cli"))
+  assert config.text_config.num_hidden_layers == 8 and config.text_config.max_position_embeddings == 16
+  assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "cli")).model_max_length == 16
