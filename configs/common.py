@@ -61,6 +61,12 @@ def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0)
   return out
 
 
+def eval_data_dir(name: str) -> str:
+  """Default local folder of an evaluation set: $SIGLIP_RINS_EVAL_DIR (default ~/.cache/siglip_rins/eval)/<name>."""
+  root = os.environ.get("SIGLIP_RINS_EVAL_DIR", os.path.join(os.path.expanduser("~"), ".cache", "siglip_rins", "eval"))
+  return os.path.join(root, name)
+
+
 def demo_text_dir(languages=("en",)) -> str:
   """Writes (once) every built-in demo caption of `languages` as a text corpus; returns the folder holding
   data.jsonl (one {"text": caption} object per line, in shapes.all_captions order; ~29k lines for 'en').

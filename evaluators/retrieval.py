@@ -7,7 +7,7 @@ constant embedding scores 0, not 1).
 
 Config: dict(type='retrieval', data=dict(type='tfds', name='coco_captions', split='test') or
 dict(type='jsonl', path=FOLDER), texts_key='captions/text' (TFDS COCO) or 'texts' (local: str or list),
-image_size=224, crop='resize', batch_size=64, ks=(1, 5, 10), dataset=NAME, limit=None).
+pp_img=None, batch_size=64, ks=(1, 5, 10), dataset=NAME, limit=None).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _ranks_of_best_match(queries: np.ndarray, keys: np.ndarray, match_lists: Seq
 def retrieval_metrics(
   image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray, ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:
-  """image_emb [N, D], text_emb [M, D] (L2-normalised), text_to_image int [M] → {'i2t@K', 't2i@K'} in [0, 1].
+  """image_emb [N, D], text_emb [M, D] (L2-normalised), text_to_image int [M] → {'text_retrieval_recall@K' (image→text), 'image_retrieval_recall@K' (text→image)} in [0, 1] (CLIP_benchmark's names).
 
   Every image needs at least one caption (else ValueError).
   """
@@ -53,9 +53,9 @@ def retrieval_metrics(
   t2i = _ranks_of_best_match(text_emb, image_emb, [np.asarray([i]) for i in text_to_image])
   metrics = {}
   for k in ks:
-    metrics[f'i2t@{k}'] = float((i2t < k).mean())
+    metrics[f'text_retrieval_recall@{k}'] = float((i2t < k).mean())
   for k in ks:
-    metrics[f't2i@{k}'] = float((t2i < k).mean())
+    metrics[f'image_retrieval_recall@{k}'] = float((t2i < k).mean())
   return metrics
 
 
@@ -78,8 +78,7 @@ def collect_embeddings(
     evaluator.data,
     fields=fields,
     image_key=evaluator.image_key,
-    image_size=evaluator.image_size,
-    crop=evaluator.crop,
+    preprocess=common.image_preprocessor(predictor, evaluator.pp_img),
     batch_size=evaluator.batch_size,
     limit=evaluator.limit,
   )
@@ -101,7 +100,7 @@ def collect_embeddings(
 
 @register('retrieval')
 class RetrievalEvaluator:
-  """Image↔text retrieval; one record per rounds value with i2t@K and t2i@K."""
+  """Image↔text retrieval; one record per rounds value with text_retrieval_recall@K and image_retrieval_recall@K."""
 
   task = 'zeroshot_retrieval'
 
@@ -111,12 +110,10 @@ class RetrievalEvaluator:
     data: Mapping,
     texts_key: str = 'texts',
     image_key: str = 'image',
-    image_size: int = 224,
-    crop: str = 'resize',
+    pp_img: str | None = None,
     batch_size: int = common.DEFAULT_BATCH_SIZE,
     ks: Sequence[int] = (1, 5, 10),
     dataset: str | None = None,
-    canonicalize: bool = True,
     limit: int | None = None,
     model: str | None = None,
     language: str = 'en',
@@ -124,11 +121,11 @@ class RetrievalEvaluator:
   ):
     self.name, self.data, self.dataset = name, dict(data), dataset or name
     self.texts_key, self.image_key = texts_key, image_key
-    self.image_size, self.crop, self.batch_size = int(image_size), crop, int(batch_size)
+    self.pp_img, self.batch_size = pp_img, int(batch_size)
     self.ks = tuple(int(k) for k in ks)
     if not self.ks or min(self.ks) < 1:
       raise ValueError(f'ks must be positive integers, got {ks!r}')
-    self.canonicalize, self.limit, self.model, self.language = canonicalize, limit, model, language
+    self.limit, self.model, self.language = limit, model, language
     self.show_progress = show_progress
 
   def run(self, predictor, rounds=None) -> list[dict]:
@@ -138,9 +135,7 @@ class RetrievalEvaluator:
     owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
     records = []
     for r in rounds_list:
-      text_emb = common.embed_texts(
-        predictor, flat, r, batch_size=self.batch_size, canonicalize=self.canonicalize, show_progress=self.show_progress
-      )
+      text_emb = common.embed_texts(predictor, flat, r, batch_size=self.batch_size, show_progress=self.show_progress)
       metrics = retrieval_metrics(image_emb[r], text_emb, owner, self.ks)
       metrics.update(n_images=len(captions), n_texts=len(flat))
       records.append(

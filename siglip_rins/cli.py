@@ -1,7 +1,7 @@
 """`siglip-rins` command line: train, eval, flops, export, classify, retrieve, scaling, demo.
 
 siglip-rins train    --config configs/siglip_rins.py:signature=A^2B --workdir DIR [--config.lr=3e-4]
-siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3] [--out DIR]
+siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3] [--out DIR] [--config.k=v]
 siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS]
 siglip-rins export   --workdir DIR --out MODEL_DIR
 siglip-rins export-hf --model MODEL_DIR --out HF_DIR [--rounds R]
@@ -73,48 +73,82 @@ def cmd_flops(args) -> int:
   return 0
 
 
-def cmd_eval(args) -> int:
-  """Scores a run's latest checkpoint (--workdir) or an exported model (--model) with the config's evals."""
+def config_overrides(rest) -> list[str]:
+  """`--config.key=value` arguments -> ['key=value', ...]; anything else -> ValueError."""
+  out = []
+  for item in rest:
+    if not item.startswith("--config.") or "=" not in item:
+      raise ValueError(f"unknown argument {item!r} (config overrides look like --config.key=value)")
+    out.append(item[len("--config.") :])
+  return out
+
+
+def load_config_with_overrides(spec: str, rest):
+  from siglip_rins import config_lib
+
+  config = config_lib.load_config(spec)
+  config_lib.apply_overrides(config, config_overrides(rest))
+  return config
+
+
+def cmd_eval(args, rest=()) -> int:
+  """Scores a run's latest checkpoint (--workdir) or an exported model (--model) with the config's evals.
+
+  The example spec (pixels and token ids) is the one the run recorded (`<workdir>/example_spec.json`) or the
+  exported model carries; the config (with `--config.key=value` overrides) supplies the evaluators.
+  """
   import jax
-  from siglip_rins import checkpoint as ckpt_lib, config_lib
+  from etils import epath
+
+  from siglip_rins import checkpoint as ckpt_lib, config_lib, example_spec
+  from siglip_rins.evaluation import EvalHook
   from siglip_rins.models import build_model
-  from siglip_rins.predictor import Predictor
   from siglip_rins.tasks import get_task
-  from siglip_rins.train import _build_evals, make_predictor
   from evaluators import report
 
-  config = config_lib.load_config(args.config)
-  if not config.get("evals"):
-    raise ValueError("the config has no evals (config.evals.NAME = dict(type=...))")
   if bool(args.workdir) == bool(args.model):
     raise ValueError("give exactly one of --workdir (a training run) and --model (an exported model folder)")
+  if args.config:
+    config = load_config_with_overrides(args.config, rest)
+  elif args.workdir and (epath.Path(args.workdir) / "config.json").exists():
+    config = config_lib.from_json((epath.Path(args.workdir) / "config.json").read_text())
+    config_lib.apply_overrides(config, config_overrides(rest))
+  else:
+    raise ValueError("give --config FILE.py[:ARGS] (its config.evals are run)")
+  if not config.get("evals"):
+    raise ValueError("the config has no evals (config.evals.NAME = dict(type=...)); add one with --config.evals...")
+  rounds = _rounds(args.rounds) if args.rounds else None
   if args.model:
     from siglip_rins.export import load_exported
 
     m = load_exported(args.model)
-    predictor = Predictor(m.model, m.params, tokenizer=m.tokenizer, text_len=m.text_len, name=str(args.model))
+    model, params, spec = m.model, m.params, m.spec
     step, out_dir = None, args.out or args.model
   else:
+    workdir = epath.Path(args.workdir).absolute()
+    run_cfg_path = workdir / "config.json"
+    if run_cfg_path.exists():  # the model the run trained, not what the config file says today
+      run_config = config_lib.from_json(run_cfg_path.read_text())
+      config.model = run_config.model
+      config.input = run_config.input
+    spec = example_spec.load(workdir)
+    derived = example_spec.finalize(config)
+    if spec is None:
+      spec = derived
     model, task = build_model(config.model), get_task(config)
     example = task.example_batch(1)
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *task.init_args(example))["params"])
-    mgr = ckpt_lib.CheckpointManager(args.workdir, async_save=False)
+    mgr = ckpt_lib.CheckpointManager(str(workdir), async_save=False)
     step = mgr.latest_step()
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {mgr.directory}")
     state, _ = mgr.restore(step)
     params = jax.tree.map(lambda a, s: a, state["params"], abstract)
-    predictor = make_predictor(model, params, config)
-    out_dir = args.out or args.workdir
-  records = []
-  for name, ev in _build_evals(config):
-    rounds = _rounds(args.rounds) if args.rounds else list(config.evals[name].get("rounds", [None]) or [None])
-    for r in rounds:
-      for rec in ev.run(predictor, rounds=r):
-        rec["step"] = step
-        records.append(rec)
-  json_path, md_path = report.write_report(records, out_dir)
-  print(open(md_path).read())
+    out_dir = args.out or str(workdir)
+  hook = EvalHook(config, spec, model, total_steps=1, workdir=None, verbose=False)
+  records = hook.run(step, params, rounds_override=rounds)
+  _, md_path = report.write_report(records, str(out_dir))
+  print(epath.Path(md_path).read_text())
   return 0
 
 
@@ -170,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
   t = sub.add_parser("train", help="train from a config (big_vision style)")
   t.add_argument("--config", required=True)
   t.add_argument("--workdir", required=True)
-  e = sub.add_parser("eval", help="run a config's evaluators on its latest checkpoint")
-  e.add_argument("--config", required=True)
+  e = sub.add_parser(
+    "eval", help="run a config's evaluators on a run's latest checkpoint or an exported model (--config.k=v too)"
+  )
+  e.add_argument("--config", help="FILE.py[:ARGS] whose config.evals run (default: the run's own config.json)")
   e.add_argument("--workdir", help="a training run folder (its latest checkpoint is scored)")
   e.add_argument("--model", help="or an exported model folder (siglip-rins export)")
   e.add_argument("--rounds", help="inference rounds, e.g. 1,2,3 (default: each eval's own)")
@@ -219,6 +255,8 @@ def main(argv=None) -> int:
       from siglip_rins.train import run_from_args
 
       return run_from_args(args, rest)
+    if args.command == "eval":
+      return cmd_eval(args, rest)
     if rest:
       parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return {

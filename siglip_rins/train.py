@@ -32,7 +32,8 @@ import numpy as np
 import optax
 
 from siglip_rins import checkpoint as ckpt_lib
-from siglip_rins import config_lib, flops, optim, sharding
+from siglip_rins import config_lib, example_spec, flops, optim, sharding
+from siglip_rins.evaluation import EvalHook
 from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
 
@@ -211,6 +212,7 @@ def train(
   and quick looks.
   """
   validate_config(config)
+  spec = example_spec.finalize(config)  # derived input/model keys, from the final (overridden) config
   sharding.initialize_distributed()
   pidx, pcount = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.get("mesh"))
@@ -232,6 +234,10 @@ def train(
       f.write(config_lib.to_json(config))
     with open(os.path.join(workdir, "run_info.json"), "w") as f:  # read by siglip_rins.scaling
       json.dump(run_info(config), f)
+    example_spec.save(spec, workdir)  # the one reading of an example: evaluators and export read it
+    warning = example_spec.check_text_pooling(config, spec)
+    if warning and verbose:
+      print(warning, flush=True)
   writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
 
   seed = int(config.get("seed", 0))
@@ -262,7 +268,7 @@ def train(
     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
     out_shardings=(state_sh, None),
   )
-  evals = _build_evals(config)
+  evals = EvalHook(config, spec, model, total_steps, workdir, verbose=verbose)
 
   stop = {"signal": None}
   old_handler = None
@@ -337,13 +343,13 @@ def train(
           )
       if ckpt_every and step % ckpt_every == 0 and step < total_steps:
         ckpt.save(step, state, _meta(step, global_bs, flops_per_example))
-      for name, ev in evals:
-        if ev.every and step % ev.every == 0 and step < total_steps:
-          _run_eval(name, ev, model, state["params"], config, writer, step, workdir, verbose)
+      due = evals.due(step, total_steps) if evals else []
+      if due:
+        evals.run(step, state["params"], names=due, writer=writer)
     if summary["stopped"] == "finished":
       ckpt.save(step, state, _meta(step, global_bs, flops_per_example), force=True)
-      for name, ev in evals:
-        _run_eval(name, ev, model, state["params"], config, writer, step, workdir, verbose)
+      if evals:
+        evals.run(step, state["params"], writer=writer)
   finally:
     ckpt.wait()
     if old_handler is not None:
@@ -386,64 +392,6 @@ def _meta(step, global_bs, flops_per_example) -> dict:
     "examples_seen": int(step * global_bs),
     "flops_seen": float(step * global_bs * flops_per_example),
   }
-
-
-# --------------------------------------------------------------------------------------------- evals
-def _build_evals(config):
-  if not config.get("evals"):
-    return []
-  import evaluators
-
-  out = []
-  for name, cfg in config.evals.items():
-    ev = evaluators.build(name, cfg)
-    ev.every = int(cfg.get("every", 0) or 0)
-    out.append((name, ev))
-  return out
-
-
-def make_predictor(model, params, config):
-  from siglip_rins.predictor import Predictor
-
-  tok = None
-  if config.input.get("tokenizer"):
-    from siglip_rins.text.tokenizer import get_tokenizer
-
-    tok = get_tokenizer(config.input.tokenizer)
-  return Predictor(
-    model,
-    params,
-    tokenizer=tok,
-    text_len=config.input.get("text_len"),
-    batch_size=int(config.get("eval_batch_size", 64) if "eval_batch_size" in config else 64),
-  )
-
-
-def _run_eval(name, ev, model, params, config, writer, step, workdir, verbose):
-  from evaluators import report
-
-  predictor = make_predictor(model, params, config)
-  rounds_list = list(config.evals[name].get("rounds", [None]) or [None])
-  records = []
-  for r in rounds_list:
-    recs = ev.run(predictor, rounds=r)
-    for rec in recs:
-      rec.setdefault("step", step)
-    records.extend(recs)
-  flat = {}
-  for rec in records:
-    suffix = "" if rec.get("rounds") is None else f"@r{rec['rounds']}"
-    lang = f"/{rec['language']}" if rec.get("language") not in (None, "", "en") else ""
-    for k, v in rec["metrics"].items():
-      if isinstance(v, (int, float)):
-        flat[f"eval/{name}/{rec['dataset']}{lang}/{k}{suffix}"] = v
-  writer.write(step, flat)
-  if jax.process_index() == 0:
-    report.write_report(records, workdir)
-  if verbose and jax.process_index() == 0:
-    shown = ", ".join(f"{k.split('/', 2)[-1]}={v:.3f}" for k, v in list(flat.items())[:6])
-    print(f"eval {name} @ step {step}: {shown}", flush=True)
-  return records
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -69,7 +69,7 @@ def test_eval_two_rounds_from_checkpoint_land_in_one_report(run_dir, tmp_path, c
   assert rc == 0
   records = json.load(open(out / "eval_results.json"))
   assert {r["rounds"] for r in records} == {1, 3}
-  zs = {r["rounds"]: r["metrics"]["top1"] for r in records if "top1" in r["metrics"]}
+  zs = {r["rounds"]: r["metrics"]["acc1"] for r in records if "acc1" in r["metrics"]}
   assert set(zs) == {1, 3} and all(0.0 <= v <= 1.0 for v in zs.values())
   md = (out / "eval_report.md").read_text()
   assert "1" in md and "3" in md

@@ -64,8 +64,8 @@ def test_dollar_street_style_accuracy_by_income(tokenizer, tmp_path):
     ),
   )
   (rec,) = ev.run(PlantedPredictor(tokenizer, image_confusion={2: 1, 4: 3}))
-  assert rec['metrics']['top1'] == 0.5
-  assert rec['metrics']['top1/<100'] == 0.0 and rec['metrics']['top1/>=100'] == 1.0
+  assert rec['metrics']['acc1'] == 0.5
+  assert rec['metrics']['acc1/<100'] == 0.0 and rec['metrics']['acc1/>=100'] == 1.0
   with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\]"):
     evaluators.build('d', dict(type='cultural_zeroshot', data={}, class_names=NAMES, bogus=1))
 

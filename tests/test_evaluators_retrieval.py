@@ -39,7 +39,7 @@ def test_perfect_predictor_has_recall_one(tokenizer, tmp_path):
   )
   (rec,) = ev.run(PlantedPredictor(tokenizer))
   assert rec['metrics']['n_images'] == 3 and rec['metrics']['n_texts'] == 6
-  for key in ('i2t@1', 'i2t@5', 'i2t@10', 't2i@1', 't2i@5', 't2i@10'):
+  for key in tuple(f'{d}_retrieval_recall@{k}' for d in ('text', 'image') for k in (1, 5, 10)):
     assert rec['metrics'][key] == 1.0, key
 
 
@@ -55,14 +55,14 @@ def test_planted_confusion_gives_hand_computed_recalls(tokenizer, tmp_path):
   # dog and bird images → rank 1; bird captions tie with all 3 images → rank 2 (ties count against the model).
   (rec,) = ev.run(PlantedPredictor(tokenizer, image_confusion={2: 1}))
   m = rec['metrics']
-  assert m['i2t@1'] == pytest.approx(2 / 3) and m['i2t@5'] == 1.0
-  assert m['t2i@1'] == pytest.approx(2 / 6) and m['t2i@5'] == 1.0
+  assert m['text_retrieval_recall@1'] == pytest.approx(2 / 3) and m['text_retrieval_recall@5'] == 1.0
+  assert m['image_retrieval_recall@1'] == pytest.approx(2 / 6) and m['image_retrieval_recall@5'] == 1.0
 
 
 def test_retrieval_metrics_constant_embeddings_score_zero_at_one():
   img = np.ones((4, 3), np.float32) / np.sqrt(3)
   m = retrieval.retrieval_metrics(img, img[[0, 0, 1, 2, 3]], np.array([0, 0, 1, 2, 3]), ks=(1,))
-  assert m == {'i2t@1': 0.0, 't2i@1': 0.0}
+  assert m == {'text_retrieval_recall@1': 0.0, 'image_retrieval_recall@1': 0.0}
   with pytest.raises(ValueError, match=r'images \[1\] have no caption'):
     retrieval.retrieval_metrics(img[:2], img[:1], np.array([0]))
 
@@ -89,15 +89,15 @@ def test_xm3600_every_language_including_non_latin_scripts(tokenizer, tmp_path):
   by_lang = {r['language']: r['metrics'] for r in recs}
   assert set(by_lang) == set(words) | {'avg'}
   assert by_lang['ja']['n_images'] == 2 and by_lang['en']['n_images'] == 3
-  assert by_lang['ja']['i2t@1'] == 1.0  # the confused bird image is not in the ja gallery
-  assert by_lang['en']['i2t@1'] == pytest.approx(2 / 3)
-  mean = np.mean([by_lang[lg]['t2i@1'] for lg in words])
-  assert by_lang['avg']['t2i@1'] == pytest.approx(mean) and by_lang['avg']['n_languages'] == 5
+  assert by_lang['ja']['text_retrieval_recall@1'] == 1.0  # the confused bird image is not in the ja gallery
+  assert by_lang['en']['text_retrieval_recall@1'] == pytest.approx(2 / 3)
+  mean = np.mean([by_lang[lg]['image_retrieval_recall@1'] for lg in words])
+  assert by_lang['avg']['image_retrieval_recall@1'] == pytest.approx(mean) and by_lang['avg']['n_languages'] == 5
 
   table = xm3600.language_table(recs)
   rows = [line.split('|')[1].strip() for line in table.splitlines()[2:]]
   assert rows == ['el', 'en', 'hi', 'ja', 'ru', 'avg']
-  assert 'i2t@1 (r=2)' in table and '66.7' in table
+  assert 'text_retrieval_recall@1 (r=2)' in table and '66.7' in table
 
   md = report.markdown_report(recs)
   for lg in words:
@@ -120,7 +120,7 @@ def test_xm3600_one_line_per_language_layout(tokenizer, tmp_path):
   )
   recs = ev.run(PlantedPredictor(tokenizer))
   assert [r['language'] for r in recs] == ['ru', 'en', 'avg']
-  assert all(r['metrics']['i2t@1'] == 1.0 and r['metrics']['n_images'] == 2 for r in recs[:2])
+  assert all(r['metrics']['text_retrieval_recall@1'] == 1.0 and r['metrics']['n_images'] == 2 for r in recs[:2])
   assert len(xm3600.XM3600_LANGUAGES) == 36
   bad = evaluators.build(
     'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), image_size=8, languages=['de'], show_progress=False)

@@ -532,7 +532,8 @@ def run_variant(name: str, settings: dict, data: dict, verbose: bool = True) -> 
   """Trains one variant in out/runs/<name>, then scores every checkpoint on the validation documents."""
   from siglip_rins.checkpoint import CheckpointManager
   from siglip_rins.models import build_model
-  from siglip_rins.train import make_predictor, run_info, train
+  from siglip_rins.evaluation import predictor_for_run as make_predictor
+  from siglip_rins.train import run_info, train
 
   config = variant_config(name, settings, data)
   r_trained = int(run_info(config)["rounds"])
