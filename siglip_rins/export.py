@@ -26,14 +26,16 @@ import math
 import os
 import pathlib
 import sys
-from typing import Any, Mapping, Optional, Sequence, TextIO, Union
+from typing import Any, Mapping, Optional, Sequence, TextIO
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from siglip_rins.image_io import list_image_files
+from siglip_rins.example_spec import size_pair as _size_pair
 from siglip_rins.interop import diff_names, flatten_params, unflatten_params
+from siglip_rins.models.shapes import Rounds, check_rounds, image_size_from_params, param_shapes  # noqa: F401
 
 FORMAT_NAME = "siglip_rins.exported"
 FORMAT_VERSION = 2  # 2: config.json carries "example_spec"; format 1 folders still load
@@ -41,8 +43,6 @@ PARAMS_FILE = "params.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 CONFIG_FILE = "config.json"
 DEFAULT_TEXT_LEN = 64
-
-Rounds = Union[None, int, Mapping[str, int]]
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -57,63 +57,6 @@ def _as_plain(obj: Any) -> Any:
   if isinstance(obj, np.generic):
     return obj.item()
   return obj
-
-
-def _size_pair(size, what: str) -> tuple[int, int]:
-  if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-    size = (int(size), int(size))
-  if not (
-    isinstance(size, (list, tuple))
-    and len(size) == 2
-    and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)
-  ):
-    raise ValueError(f"{what} must be a positive int or a pair (height, width), got {size!r}")
-  return int(size[0]), int(size[1])
-
-
-def check_rounds(rounds: Rounds) -> Rounds:
-  """None, an int >= 1, or {'img': int|None, 'txt': int|None}; anything else -> ValueError."""
-  if rounds is None:
-    return None
-  if isinstance(rounds, Mapping):
-    unknown = sorted(set(rounds) - {"img", "txt"})
-    if unknown:
-      raise ValueError(f"rounds: unknown tower key(s) {unknown}; allowed: ['img', 'txt']")
-    return {k: check_rounds(v) for k, v in rounds.items()}
-  if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
-    raise ValueError(f"rounds must be None or an integer >= 1, got {rounds!r}")
-  return int(rounds)
-
-
-def param_shapes(model, image_size: Optional[tuple[int, int]], text_len: Optional[int]) -> dict:
-  """Nested dict of jax.ShapeDtypeStruct of `model`'s params (two_towers) for inputs of these sizes."""
-  images = None if image_size is None else jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
-  texts = None if text_len is None else jax.ShapeDtypeStruct((1, text_len), jnp.int32)
-  variables = jax.eval_shape(lambda i, t: model.init(jax.random.PRNGKey(0), i, t), images, texts)
-  return jax.tree.map(lambda x: x, dict(variables["params"]))
-
-
-def image_size_from_params(
-  model, flat_params: Mapping[str, np.ndarray], configured: Optional[tuple[int, int]]
-) -> Optional[tuple[int, int]]:
-  """Input size the image tower needs: the configured size when its patch grid fits the learned position
-  embedding, else the square grid of `img/pos_embedding` times the patch size; None without an image tower."""
-  image_kw = getattr(model, "image", None)
-  if image_kw is None:
-    return None
-  ph, pw = image_kw.get("patch_size", (16, 16))
-  pos = flat_params.get("img/pos_embedding")
-  if pos is None:  # fixed (sincos2d) position embedding: any size works; the configured one is required
-    if configured is None:
-      raise ValueError("cannot tell the image size: give image_size (the model has no learned position embedding)")
-    return configured
-  n = int(pos.shape[1])
-  if configured is not None and (configured[0] // ph) * (configured[1] // pw) == n:
-    return configured
-  g = math.isqrt(n)
-  if g * g != n:
-    raise ValueError(f"img/pos_embedding has {n} positions, not a square grid; give image_size explicitly")
-  return g * ph, g * pw
 
 
 # ------------------------------------------------------------------------------------------- export

@@ -59,7 +59,6 @@ def test_dollar_street_style_accuracy_by_income(tokenizer, tmp_path):
       templates='bare',
       group_by='income',
       income_edges=[100],
-      image_size=8,
       show_progress=False,
     ),
   )
@@ -102,7 +101,6 @@ def test_fewshot_geoloc_evaluator_mean_and_std_over_seeds(tokenizer, tmp_path):
       target_key='region',
       shots=[1, 2],
       seeds=[0, 1, 2],
-      image_size=8,
       show_progress=False,
     ),
   )

@@ -39,7 +39,6 @@ def test_rounds_land_as_columns_of_one_report(dataset, tmp_path):
       data=dict(type='jsonl', path=dataset),
       class_names=NAMES,
       templates='bare',
-      image_size=8,
       show_progress=False,
     ),
   )
@@ -73,7 +72,6 @@ def test_classifier_top1_and_real(tmp_path):
       type='classification',
       data=dict(type='jsonl', path=folder),
       real_labels_key='real_labels',
-      image_size=8,
       batch_size=3,
       show_progress=False,
     ),

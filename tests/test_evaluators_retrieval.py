@@ -32,7 +32,6 @@ def test_perfect_predictor_has_recall_one(tokenizer, tmp_path):
     dict(
       type='retrieval',
       data=dict(type='jsonl', path=_caption_set(tmp_path / 'r')),
-      image_size=8,
       batch_size=2,
       show_progress=False,
     ),
@@ -47,7 +46,7 @@ def test_planted_confusion_gives_hand_computed_recalls(tokenizer, tmp_path):
   ev = evaluators.build(
     'coco',
     dict(
-      type='retrieval', data=dict(type='jsonl', path=_caption_set(tmp_path / 'r')), image_size=8, show_progress=False
+      type='retrieval', data=dict(type='jsonl', path=_caption_set(tmp_path / 'r')), show_progress=False
     ),
   )
   # The bird image looks like a dog. i2t: cat/dog images rank their captions first; the bird image has its
@@ -82,7 +81,7 @@ def test_xm3600_every_language_including_non_latin_scripts(tokenizer, tmp_path):
     records.append({'image': f'{c}.png', 'texts': texts})
   folder = write_dataset(tmp_path / 'xm', records, {f'{c}.png': c for c in range(3)})
   ev = evaluators.build(
-    'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), image_size=8, show_progress=False)
+    'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), show_progress=False)
   )
   pred = PlantedPredictor(tokenizer, image_confusion={2: 1})
   recs = ev.run(pred, rounds=2)
@@ -115,7 +114,7 @@ def test_xm3600_one_line_per_language_layout(tokenizer, tmp_path):
   ev = evaluators.build(
     'xm',
     dict(
-      type='xm3600', data=dict(type='jsonl', path=folder), image_size=8, languages=['ru', 'en'], show_progress=False
+      type='xm3600', data=dict(type='jsonl', path=folder), languages=['ru', 'en'], show_progress=False
     ),
   )
   recs = ev.run(PlantedPredictor(tokenizer))
@@ -123,7 +122,7 @@ def test_xm3600_one_line_per_language_layout(tokenizer, tmp_path):
   assert all(r['metrics']['text_retrieval_recall@1'] == 1.0 and r['metrics']['n_images'] == 2 for r in recs[:2])
   assert len(xm3600.XM3600_LANGUAGES) == 36
   bad = evaluators.build(
-    'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), image_size=8, languages=['de'], show_progress=False)
+    'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), languages=['de'], show_progress=False)
   )
   with pytest.raises(ValueError, match=r"languages \['de'\] requested but absent"):
     bad.run(PlantedPredictor(tokenizer))

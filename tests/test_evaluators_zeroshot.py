@@ -85,7 +85,6 @@ def test_zeroshot_planted_confusion_gives_hand_computed_accuracy(tokenizer, tmp_
       data=dict(type='jsonl', path=folder),
       class_names=NAMES,
       templates='simple_imagenet',
-      image_size=8,
       batch_size=4,
       show_progress=False,
     ),
@@ -117,7 +116,6 @@ def test_real_masking_excludes_empty_label_sets(tokenizer, tmp_path):
       class_names=NAMES,
       templates='bare',
       real_labels_key='real_labels',
-      image_size=8,
       show_progress=False,
     ),
   )
@@ -139,7 +137,6 @@ def test_class_subset_restricts_predictions(tokenizer, tmp_path):
       class_names=NAMES,
       templates='bare',
       class_subset=[0, 2, 3],
-      image_size=8,
       show_progress=False,
     ),
   )
@@ -169,7 +166,6 @@ def test_unknown_label_is_a_precise_error(tokenizer, tmp_path):
       data=dict(type='jsonl', path=folder),
       class_names=NAMES,
       templates='bare',
-      image_size=8,
       show_progress=False,
     ),
   )
