@@ -6,8 +6,8 @@ English + multilingual mixture, Gemma tokenizer).
   python -m siglip_rins.train --config configs/siglip_rins.py:signature=A^2B --workdir DIR
   python -m siglip_rins.train --config configs/siglip_rins.py:signature=A^3B,p_skip=0.25,runlocal --workdir DIR
 
-Recursive variants train on fewer examples: total_examples is computed by compute matching against the AB
-baseline's budget (`baseline_examples` examples of the baseline at res 256 / text 64).
+Recursive variants train on fewer examples: total_steps is derived at train start (after every override) by
+compute matching against the AB baseline's budget (siglip_rins/budget.py) (`baseline_examples` examples of the baseline at res 256 / text 64).
 Args: variant, txt_variant, signature, degree, p_skip, adapters, loop, remat, res, text_len (default 64; runlocal
 16), vocab (default: the tokenizer's vocabulary), tokenizer (a name such as c4_en / mc4 / gemma / demo, or a .model
 path; default c4_en, gemma for multilingual, demo for runlocal), batch_size, baseline_examples, setting ('paper' |
@@ -88,16 +88,8 @@ def get_config(arg=None):
     recursion=common.recursion(a),
     dtype="float32",
   )
-  shapes_model = dict(c.model, text=dict(c.model["text"], vocab_size=a.vocab or 32_000))  # FLOPs need no vocab
-  baseline_model = dict(shapes_model, recursion=dict(signature="AB"))
-  c.total_examples = common.matched_examples(
-    shapes_model,
-    baseline_model,
-    {"image": (a.res, a.res), "text": a.text_len},
-    {"image": (base_res, base_res), "text": base_len},
-    a.baseline_examples,
-    a.batch_size,
-  )
+  # total_steps is derived from compute_match after every override (siglip_rins/budget.py).
+  c.total_steps = None
   c.compute_match = dict(
     baseline_signature="AB", baseline_examples=a.baseline_examples, baseline_res=base_res, baseline_text_len=base_len
   )

@@ -2,7 +2,7 @@
 
 siglip-rins train    --config configs/siglip_rins.py:signature=A^2B --workdir DIR [--config.lr=3e-4]
 siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3] [--out DIR] [--config.k=v]
-siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS]
+siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS] [--config.k=v]
 siglip-rins export   --workdir DIR --out MODEL_DIR
 siglip-rins export-hf --model MODEL_DIR --out HF_DIR [--rounds R]
 siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
@@ -30,14 +30,17 @@ def _rounds(text: str | None):
   return out
 
 
-def cmd_flops(args) -> int:
-  from siglip_rins import config_lib, flops
+def cmd_flops(args, rest=()) -> int:
+  """Params, FLOPs and the compute-matched budget of the final config (with --config.key=value overrides,
+  which apply to --config, not --baseline)."""
+  from siglip_rins import budget, flops
   from siglip_rins.models import build_model
   from siglip_rins.tasks import get_task
   from siglip_rins.train import total_steps_of
 
-  def describe(spec):
-    config = config_lib.load_config(spec)
+  def describe(spec, overrides=()):
+    config = load_config_with_overrides(spec, overrides)
+    matched = budget.finalize(config)
     model, task = build_model(config.model), get_task(config)
     shapes = task.input_shapes()
     example = task.example_batch(1)
@@ -54,9 +57,10 @@ def cmd_flops(args) -> int:
       train_flops_per_step=per_ex * bs,
       batch_size=bs,
       total_steps=total_steps_of(config),
+      compute_match=matched,
     )
 
-  config, out = describe(args.config)
+  config, out = describe(args.config, rest)
   if args.baseline:
     base_cfg, base = describe(args.baseline)
     base_examples = base["total_steps"] * base["batch_size"]
@@ -257,6 +261,8 @@ def main(argv=None) -> int:
       return run_from_args(args, rest)
     if args.command == "eval":
       return cmd_eval(args, rest)
+    if args.command == "flops":
+      return cmd_flops(args, rest)
     if rest:
       parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return {

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from siglip_rins import checkpoint as ckpt_lib
-from siglip_rins import config_lib, example_spec, flops, optim, sharding
+from siglip_rins import budget, config_lib, example_spec, flops, optim, sharding
 from siglip_rins.evaluation import EvalHook
 from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
@@ -84,8 +84,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if key not in config:
       raise ValueError(f"config: missing required key {key!r}")
   given = [k for k in ("total_steps", "total_examples", "total_epochs") if config.get(k) is not None]
-  if len(given) != 1:
-    raise ValueError(f"config: give exactly one of total_steps / total_examples / total_epochs (got {given})")
+  if len(given) > 1 or (not given and not config.get("compute_match")):
+    raise ValueError(
+      f"config: give exactly one of total_steps / total_examples / total_epochs, or compute_match to derive "
+      f"total_steps (got {given})"
+    )
   bs = config.input.get("batch_size")
   if not isinstance(bs, int) or bs < 1:
     raise ValueError(f"config.input.batch_size must be a positive integer, got {bs!r}")
@@ -213,6 +216,7 @@ def train(
   """
   validate_config(config)
   spec = example_spec.finalize(config)  # derived input/model keys, from the final (overridden) config
+  matched = budget.finalize(config)  # compute matching from the final config: derive or check total steps
   sharding.initialize_distributed()
   pidx, pcount = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.get("mesh"))
@@ -233,11 +237,19 @@ def train(
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
     with open(os.path.join(workdir, "run_info.json"), "w") as f:  # read by siglip_rins.scaling
-      json.dump(run_info(config), f)
+      json.dump(dict(run_info(config), compute_match=matched), f)
     example_spec.save(spec, workdir)  # the one reading of an example: evaluators and export read it
     warning = example_spec.check_text_pooling(config, spec)
     if warning and verbose:
       print(warning, flush=True)
+    if matched and verbose:
+      how = "derived" if matched["derived"] else "checked"
+      print(
+        f"compute-matched ({how}): {total_steps} steps x {global_bs} = {total_steps * global_bs} examples, "
+        f"{matched['flops_budget']:.4g} training FLOPs = the {matched['baseline_signature']} baseline's "
+        f"{matched['baseline_examples']:.4g} examples",
+        flush=True,
+      )
   writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
 
   seed = int(config.get("seed", 0))

@@ -493,6 +493,9 @@ def variant_config(name: str, settings: dict, data: dict):
     f"local_batch_size={settings['batch_size']},local_variant={settings['model']}"
   )
   config = config_lib.load_config(f"{shipped_config('lm_rins.py')}:{arg}")
+  from siglip_rins import budget
+
+  budget.finalize(config)  # the compute-matched total_steps (needed below for the checkpoint cadence)
   # Shared by every variant (never per variant): optimiser peak lr, warm-up, seed, logging.
   config.lr = float(settings["lr"])
   config.schedule.warmup_steps = int(settings["warmup_steps"])
