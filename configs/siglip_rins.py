@@ -129,7 +129,7 @@ def get_config(arg=None):
     every = dict(log_percent=0.1)
     c.evals.imagenet = dict(
       type="zeroshot",
-      data=dict(type="tfds", name="imagenet2012", split="validation"),
+      data=dict(type="tfds", name="imagenet2012", split="validation", data_dir=None),
       class_names="imagenet",
       templates="openai_imagenet_bare",
       dataset="imagenet2012",
@@ -137,7 +137,7 @@ def get_config(arg=None):
     )
     c.evals.coco = dict(
       type="retrieval",
-      data=dict(type="tfds", name="coco_captions", split="test"),
+      data=dict(type="tfds", name="coco_captions", split="test", data_dir=None),
       texts_key="captions/text",
       dataset="coco",
       **every,

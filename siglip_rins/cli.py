@@ -149,8 +149,16 @@ def cmd_eval(args, rest=()) -> int:
     state, _ = mgr.restore(step)
     params = jax.tree.map(lambda a, s: a, state["params"], abstract)
     out_dir = args.out or str(workdir)
-  hook = EvalHook(config, spec, model, total_steps=1, workdir=None, verbose=False)
-  records = hook.run(step, params, rounds_override=rounds)
+  names = None
+  if args.evals:
+    names = [n.strip() for n in args.evals.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(config.evals.keys()))
+    if unknown:
+      raise ValueError(f"--evals: unknown evaluator(s) {unknown}; the config has {sorted(config.evals.keys())}")
+  hook = EvalHook(config, spec, model, total_steps=1, workdir=None, verbose=True)
+  records = hook.run(step, params, names=names, rounds_override=rounds)
+  if not records:
+    raise ValueError("no evaluator produced results (their data is missing: see the lines above)")
   _, md_path = report.write_report(records, str(out_dir))
   print(epath.Path(md_path).read_text())
   return 0
@@ -215,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--workdir", help="a training run folder (its latest checkpoint is scored)")
   e.add_argument("--model", help="or an exported model folder (siglip-rins export)")
   e.add_argument("--rounds", help="inference rounds, e.g. 1,2,3 (default: each eval's own)")
+  e.add_argument("--evals", help="comma list of config.evals names to run (default: all)")
   e.add_argument("--out", help="report folder (default: the workdir)")
   f = sub.add_parser("flops", help="params, FLOPs and compute-matched steps as JSON")
   f.add_argument("--config", required=True)
