@@ -91,7 +91,7 @@ class Predictor:
   def encode_strings(self, texts: Sequence[str]) -> np.ndarray:
     if self.tokenizer is None or self.text_len is None:
       raise ValueError("this predictor has no tokenizer/text_len")
-    return self.tokenizer.encode(list(texts), self.text_len)
+    return self.tokenizer.encode(list(texts), self.text_len, canonicalize=True)
 
   def classify_logits(self, images: np.ndarray, rounds=None) -> np.ndarray:
     """images [N, H, W, 3] -> logits [N, C] (classifier models)."""
