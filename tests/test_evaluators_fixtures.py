@@ -153,5 +153,5 @@ def test_planted_predictor_reads_colours_and_words(tmp_path):
 
   img = ImagePreprocessor(pred.spec)(str(tmp_path / 'x.png'))[None]
   assert pred.image_concepts(img).tolist() == [3]
-  emb = pred.embed_texts(tok.encode(['A photo of a DOG.', 'ψάρι!', 'nothing'], 16), None)
+  emb = pred.embed_texts(tok.encode(['A photo of a DOG.', 'ψάρι!', 'nothing'], 16, canonicalize=True), None)
   assert emb.argmax(1).tolist() == [1, 3, NUM_CONCEPTS]
