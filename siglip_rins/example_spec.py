@@ -124,12 +124,13 @@ class TextSpec:
   vocab_size: Optional[int] = None
   tokenizer_sha256: Optional[str] = None
   eos_id: Optional[int] = None
+  add_bos: bool = False
 
   def pp(self, inkey: str = "texts", outkey: str = "labels", model: Optional[str] = None) -> str:
     """A `tokenize` op string equal to this spec (for pp strings of evaluators)."""
     return (
       f'tokenize(max_len={self.max_len}, model="{model or self.tokenizer}", eos="{self.eos}", '
-      f"pad_value={self.pad_value}, lower={self.lower}, canonicalize={self.canonicalize}, "
+      f"pad_value={self.pad_value}, lower={self.lower}, canonicalize={self.canonicalize}, add_bos={self.add_bos}, "
       f'inkey="{inkey}", outkey="{outkey}")'
     )
 
@@ -245,7 +246,7 @@ def _text_from_op(spec, where: str, require_tokenizer: bool = True) -> TextSpec:
   if "max_len" not in kw:
     raise ValueError(f"{where}: tokenize needs max_len")
   model = kw.get("model", "c4_en")
-  eos = kw.get("eos", "none")
+  eos = kw.get("eos", "sticky")
   lower = bool(kw.get("lower", True))
   canonicalize = bool(kw.get("canonicalize", False))
   from siglip_rins.text.tokenizer import get_tokenizer
@@ -266,9 +267,7 @@ def _text_from_op(spec, where: str, require_tokenizer: bool = True) -> TextSpec:
     )
   pad_value = kw.get("pad_value", "<pad>")
   if isinstance(pad_value, str):
-    pad_id = tok.piece_to_id(pad_value)
-    if pad_id < 0:
-      raise ValueError(f"{where}: tokenize pad_value={pad_value!r} is not a piece of tokenizer {model!r}")
+    pad_id = tok.piece_to_id(pad_value)  # as the tokenize op resolves it (unknown pieces give the unk id)
   elif pad_value is None:
     pad_id = tok.pad_id
   else:
@@ -283,6 +282,7 @@ def _text_from_op(spec, where: str, require_tokenizer: bool = True) -> TextSpec:
     vocab_size=int(tok.vocab_size),
     tokenizer_sha256=hashlib.sha256(tok.model_proto).hexdigest(),
     eos_id=int(tok.eos_id),
+    add_bos=bool(kw.get("add_bos", False)),
   )
 
 

@@ -153,7 +153,7 @@ def test_pooling_warning_names_the_problem():
 def test_cli_run_records_the_spec_and_eval_overrides(tmp_path):
   """A user's path: relative workdir, a config override, the recorded spec, eval with --config.* overrides."""
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  cfg = os.path.join(REPO, "configs", "siglip_rins.py") + ":runlocal,steps=3"
+  cfg = os.path.join(REPO, "configs", "siglip_rins.py") + ":runlocal,steps=8"
   run = [sys.executable, "-m", "siglip_rins.cli"]
   r = subprocess.run(
     run + ["train", "--config", cfg, "--workdir", "wd", "--config.log_every=1"],

@@ -155,11 +155,6 @@ class Tokenizer:
       out[row, : len(ids)] = ids
     return out
 
-  def piece_to_id(self, piece: str) -> int:
-    """The id of a piece such as '<pad>' or '</s>' (-1 when the model does not have it)."""
-    i = int(self._sp.PieceToId(piece))
-    return i if self._sp.IdToPiece(i) == piece else -1
-
   def decode(self, ids) -> str:
     """Text of one row of ids; ids equal to pad_id (after the first token) and EOS end the text."""
     ids = [int(i) for i in ids]
