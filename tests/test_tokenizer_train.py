@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 from siglip_rins.text import train_tokenizer as tt
@@ -158,6 +160,21 @@ def test_bounded_lines_skip_hostile_long_lines():
   data = b"short\n" + b"x" * 100_000 + b"\nok\r\n" + b"y" * 50 + b"\nlast"
   assert list(tt._bounded_lines(io.BytesIO(data), 10)) == [b"short", None, b"ok", None, b"last"]
   assert list(tt._bounded_lines(io.BytesIO(b"z" * 11), 10)) == [None]
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+  lines=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"").rstrip(b"\r")), max_size=8),
+  ending=st.sampled_from([b"\n", b"\r\n"]),
+  final_newline=st.booleans(),
+  limit=st.integers(1, 25),
+)
+def test_bounded_lines_property(lines, ending, final_newline, limit):
+  data = ending.join(lines) + (ending if final_newline and lines else b"")
+  expected = [x if len(x) <= limit else None for x in lines]
+  if lines and not final_newline and lines[-1] == b"":
+    expected = expected[:-1]  # an empty unterminated last line is no line
+  assert list(tt._bounded_lines(io.BytesIO(data), limit)) == expected
 
 
 def test_long_and_bad_lines_are_counted(tmp_path):

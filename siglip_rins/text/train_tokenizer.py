@@ -118,18 +118,16 @@ def _input_files(inputs: Sequence) -> list[tuple[pathlib.Path, str]]:
 
 
 def _bounded_lines(f, limit: int) -> Iterator[bytes | None]:
-  """Lines of a binary file without their line ending; None for a line longer than `limit` bytes (read in
-  chunks and dropped, so memory stays bounded whatever the file holds)."""
+  """Lines of a binary file without their line ending (\n or \r\n); None for a line longer than `limit` bytes
+  (read in chunks and dropped, so memory stays bounded whatever the file holds)."""
   while True:
     line = f.readline(limit + 2)
     if not line:
       return
     if line.endswith(b"\n") or len(line) <= limit:  # a whole line (maybe the last, without newline)
-      line = line.rstrip(b"\n").rstrip(b"\r")
-      if len(line) > limit:
-        yield None
-      else:
-        yield line
+      if line.endswith(b"\n"):
+        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+      yield line if len(line) <= limit else None
       continue
     while not line.endswith(b"\n"):  # too long: skip to the end of the line
       line = f.readline(_CHUNK)
@@ -365,7 +363,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
   """The `siglip-rins tokenizer train` flags."""
   a = parser.add_argument
   a("--input", nargs="+", required=True, metavar="FILE_OR_FOLDER", help="text files, .jsonl files, data.jsonl folders")
-  a("--vocab", type=int, required=True, help="vocabulary size (includes pad/eos/unk and the 256 byte pieces)")
+  a(
+    "--vocab",
+    type=int,
+    required=True,
+    help="vocabulary size (includes pad/eos/unk and, with byte fallback, the 256 byte pieces)",
+  )
   a("--out", required=True, help="the .model file to write")
   a("--model-type", choices=MODEL_TYPES, default="unigram")
   a("--byte-fallback", action=argparse.BooleanOptionalAction, default=True, help="unknown characters as bytes")
