@@ -182,6 +182,12 @@ def test_long_and_bad_lines_are_counted(tmp_path):
   skipped = {}
   got = list(tt.iter_captions([(tmp_path / "t.txt", "text")], tt.DEFAULT_FIELDS, 4096, skipped))
   assert got == ["good line", "日本語"] and skipped == {"too_long": 1, "bad_utf8": 1}
+  (tmp_path / "r.jsonl").write_text(
+    '{"text": "lone \\ud800 surrogate"}\n{"caption": ["x" , "%s"]}\n{"texts": {"en": "fine"}}\n' % ("b" * 5000)
+  )
+  skipped = {}
+  got = list(tt.iter_captions([(tmp_path / "r.jsonl", "jsonl")], tt.DEFAULT_FIELDS, 4096, skipped))
+  assert got == ["x", "fine"] and skipped == {"bad_utf8": 1, "too_long": 1}
 
 
 def test_sample_sentences():

@@ -57,6 +57,8 @@ import re
 import sys
 from typing import Iterator, Sequence
 
+from siglip_rins.data import fields as fields_lib  # pure Python, no TensorFlow
+
 PAD_ID, EOS_ID, UNK_ID, BOS_ID = 0, 1, 2, -1
 PAD_PIECE, EOS_PIECE, UNK_PIECE = "<pad>", "</s>", "<unk>"
 MODEL_TYPES = ("unigram", "bpe")
@@ -137,8 +139,6 @@ def _bounded_lines(f, limit: int) -> Iterator[bytes | None]:
 
 
 def _captions_of_record(record: dict, fields: Sequence[str], skipped: dict) -> list[str]:
-  from siglip_rins.data import fields as fields_lib  # pure Python, no TensorFlow
-
   found, out = False, []
   for field in fields:
     if field not in record:
@@ -196,11 +196,13 @@ def iter_captions(
           text = text.strip()
           if not text:
             continue
-          if len(text.encode("utf-8", errors="surrogatepass")) > max_sentence_bytes:
-            count("too_long")
-            continue
-          if any("\ud800" <= ch <= "\udfff" for ch in text):  # lone surrogates from JSON escapes
+          try:
+            size = len(text.encode("utf-8"))
+          except UnicodeEncodeError:  # lone surrogates from JSON escapes such as "\ud800"
             count("bad_utf8")
+            continue
+          if size > max_sentence_bytes:
+            count("too_long")
             continue
           yield text
 
