@@ -216,6 +216,7 @@ def _text_column(records, key, reasons, *, select, flatten, languages) -> tf.Ten
 def _jsonl_source(cfg, process_index, process_count) -> Source:
   path = _jsonl_file(_get(cfg, "path"))
   image_key = _get(cfg, "image_key", "image")
+  text_field, select, flatten, languages = _text_options(cfg)
   records, reasons = [], []
   with open(path, encoding="utf-8", errors="surrogateescape") as f:
     for line_no, line in enumerate(f):
@@ -233,7 +234,6 @@ def _jsonl_source(cfg, process_index, process_count) -> Source:
         reasons.append(REASON_CODE["bad_json"])
       records.append(record)
   keys = sorted({k for r in records for k in r})
-  text_field, select, flatten, languages = _text_options(cfg)
   text_keys = _get(cfg, "text_keys", None)
   if text_keys:
     text_keys = tuple(text_keys) + ((text_field,) if text_field and text_field not in text_keys else ())
