@@ -9,6 +9,7 @@ siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
 siglip-rins retrieve --model MODEL_DIR --query TEXT FOLDER
 siglip-rins scaling  RUN_DIR... [--metric NAME] [--out DIR]
 siglip-rins demo     [--out DIR] [--steps N] ...
+siglip-rins tokenizer train --input FILES_OR_FOLDERS... --vocab N --out M.model [...]  (siglip_rins/text/train_tokenizer.py)
 """
 
 from __future__ import annotations
@@ -210,6 +211,23 @@ def cmd_demo(args, rest) -> int:
   return runner.main(rest) or 0
 
 
+def cmd_tokenizer(args) -> int:
+  """`siglip-rins tokenizer train ...`: flags and behaviour live in siglip_rins/text/train_tokenizer.py."""
+  from siglip_rins.text import train_tokenizer
+
+  return train_tokenizer.run_from_args(args)
+
+
+def _add_tokenizer_parser(sub) -> None:
+  from siglip_rins.text import train_tokenizer
+
+  tok = sub.add_parser("tokenizer", help="tokenizer tools: `tokenizer train` trains a SentencePiece model")
+  tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+  train_tokenizer.add_arguments(
+    tok_sub.add_parser("train", help="train a SentencePiece model on your captions (text, .jsonl, data.jsonl folders)")
+  )
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="siglip-rins", description="Recursive Inference Scaling (RINS) in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -254,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_parser(
     "demo", help="the compute-matched RINS study on the built-in dataset (flags: see --help)", add_help=False
   )
+  _add_tokenizer_parser(sub)
   return p
 
 
@@ -282,6 +301,7 @@ def main(argv=None) -> int:
       "retrieve": cmd_retrieve,
       "scaling": cmd_scaling,
       "export-hf": cmd_export_hf,
+      "tokenizer": cmd_tokenizer,
     }[args.command](args)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
