@@ -6,7 +6,9 @@ INCORRECT candidates scoring at least as high as the best correct one (ties coun
 constant embedding scores 0, not 1).
 
 Config: dict(type='retrieval', data=dict(type='tfds', name='coco_captions', split='test') or
-dict(type='jsonl', path=FOLDER), texts_key='captions/text' (TFDS COCO) or 'texts' (local: str or list),
+dict(type='jsonl', path=FOLDER), texts_key='captions/text' (TFDS COCO) or 'texts' (local: str or list; 'texts.fr'
+selects one language of a per-language dict, flatten_texts=True pools all of them; a dict, number or null caption
+is skipped and counted as metrics['skipped/<reason>'], the pipeline's rules in siglip_rins/data/fields.py),
 pp_img=None, batch_size=64, ks=(1, 5, 10), dataset=NAME, limit=None).
 """
 
@@ -59,11 +61,21 @@ def retrieval_metrics(
   return metrics
 
 
+def caption_list(value, select: str | None = None, flatten: bool = False):
+  """A caption field → (non-empty list of non-empty strings, None) or (None, reason) by the pipeline's rules
+  (siglip_rins.data.fields: a string or a list of strings; a dict only with `select` or `flatten`)."""
+  from siglip_rins.data import fields
+
+  out = fields.text_values({'t': value}, 't', select=select, flatten=flatten)
+  if fields.is_refused(out):
+    return None, out
+  caps = [c for c in out if c.strip()]
+  return (caps, None) if caps else (None, 'empty_text')
+
+
 def as_caption_list(value) -> list[str]:
-  """A caption field (str or list of str) → non-empty list of non-empty strings."""
-  caps = [value] if isinstance(value, str) else list(value or [])
-  caps = [c for c in caps if isinstance(c, str) and c.strip()]
-  return caps
+  """A caption field (str or list of str) → non-empty list of non-empty strings ([] when refused)."""
+  return caption_list(value)[0] or []
 
 
 def collect_embeddings(
@@ -71,9 +83,17 @@ def collect_embeddings(
 ):
   """Reads the dataset once; returns (image_emb {rounds: [N, D]}, captions per image, extra field lists,
   image refs). Images without captions are skipped."""
-  fields = {'texts': texts_field, **(extra_fields or {})}
+  from siglip_rins.data.fields import split_text_key
+
+  field, select = split_text_key(texts_field) if '/' not in texts_field else (texts_field, None)
+  flatten = bool(getattr(evaluator, 'flatten_texts', False))
+  fields = {'texts': field, **(extra_fields or {})}
   image_emb = {r: [] for r in rounds_list}
   captions, extras, refs = [], {k: [] for k in (extra_fields or {})}, []
+  skipped = getattr(evaluator, 'skipped', None)
+  if skipped is None:
+    skipped = {}
+  skipped.clear()
   batches = common.iterate_batches(
     evaluator.data,
     fields=fields,
@@ -83,11 +103,15 @@ def collect_embeddings(
     limit=evaluator.limit,
   )
   for batch in common.progress(batches, f'{evaluator.name}: {desc}', enabled=evaluator.show_progress):
-    keep = np.array([bool(as_caption_list(t)) for t in batch['texts']], bool)
+    parsed = [caption_list(t, select, flatten) for t in batch['texts']]
+    for _, reason in parsed:
+      if reason is not None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+    keep = np.array([caps is not None for caps, _ in parsed], bool)
     for r in rounds_list:
       image_emb[r].append(common.embed_image_batch(predictor, batch, r)[keep])
     for j in np.flatnonzero(keep):
-      captions.append(as_caption_list(batch['texts'][j]))
+      captions.append(parsed[j][0])
       refs.append(batch['_image_ref'][j])
       for k in extras:
         extras[k].append(batch[k][j])
@@ -118,8 +142,10 @@ class RetrievalEvaluator:
     model: str | None = None,
     language: str = 'en',
     show_progress: bool = True,
+    flatten_texts: bool = False,
   ):
     self.name, self.data, self.dataset = name, dict(data), dataset or name
+    self.flatten_texts, self.skipped = bool(flatten_texts), {}
     self.texts_key, self.image_key = texts_key, image_key
     self.pp_img, self.batch_size = pp_img, int(batch_size)
     self.ks = tuple(int(k) for k in ks)
@@ -138,6 +164,7 @@ class RetrievalEvaluator:
       text_emb = common.embed_texts(predictor, flat, r, batch_size=self.batch_size, show_progress=self.show_progress)
       metrics = retrieval_metrics(image_emb[r], text_emb, owner, self.ks)
       metrics.update(n_images=len(captions), n_texts=len(flat))
+      metrics.update({f'skipped/{k}': v for k, v in sorted(self.skipped.items())})
       records.append(
         common.make_record(
           dataset=self.dataset,
