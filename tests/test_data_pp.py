@@ -549,3 +549,29 @@ def test_tokenize_add_bos(tmp_path):
   np.testing.assert_array_equal(
     out, get_tokenizer(str(model)).encode(["A dog"], 8, lower=True, add_bos=True, pad_value=1)[0]
   )
+
+
+def test_tok_like_big_vision(tok_path):
+  # SigLIP 2's string: lower(key="text")|tok(length=..., model=..., bos="no", eos="sticky", key="text").
+  sp = _sp(tok_path)
+  out = run(f"lower(key='text')|tok(length=8, model={tok_path!r}, bos='no', eos='sticky', key='text')", text="A Dog")
+  np.testing.assert_array_equal(out["text"], _row(sp.EncodeAsIds("a dog") + [1], 8, 0))
+  out = run(f"tok({tok_path!r}, inkey='t', outkey='ids')", t="A Dog")  # eos='no', no length: unpadded
+  np.testing.assert_array_equal(out["ids"], sp.EncodeAsIds("A Dog"))
+  long_ids = sp.EncodeAsIds("a photo of a red car in the street")
+  out = run(f"tok({tok_path!r}, 4, eos='yes', key='t')", t="a photo of a red car in the street")
+  np.testing.assert_array_equal(out["t"], long_ids[:4])
+  out = run(f"tok({tok_path!r}, 5, eos='yes', text='a dog', outkey='c')")
+  np.testing.assert_array_equal(out["c"], _row(sp.EncodeAsIds("a dog") + [1], 5, 0))
+  with pytest.raises(ValueError, match="bos"):
+    pp.get_preprocess_fn(f"tok({tok_path!r}, bos='yes', key='t')")  # the demo model has no BOS
+  with pytest.raises(ValueError, match="single string"):
+    run(f"tok({tok_path!r}, key='t')", t=np.array([b"a", b"b"]))
+
+
+def test_op_modules_do_not_import_the_parser():
+  import subprocess
+
+  code = "import sys, siglip_rins.data.ops_text; print('siglip_rins.data.pp' in sys.modules)"
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+  assert result.stdout.strip().splitlines()[-1] == "False"

@@ -65,7 +65,7 @@ def keyed_op(name: str, indefault: str | None = "image", outdefault: str | None 
 
   def wrap(make):
     def factory(*args, key=None, inkey=indefault, outkey=outdefault, **kwargs):
-      if key is not None:
+      if key not in (None, ""):  # big_vision: `key or inkey`, so an empty key means none
         check_key(name, key)
       src, dst = key or inkey, key or outkey
       check_key(name, src, "key" if key else "inkey (or key)")

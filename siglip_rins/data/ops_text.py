@@ -1,4 +1,5 @@
-"""Text pp ops (big_vision's ops_text): tokenize, lower, coco_captions, strfmt; plus canonicalize (SigLIP).
+"""Text pp ops (big_vision's ops_text): tokenize, lower, coco_captions, strfmt; `tok` (big_vision's
+PaliGemma/SigLIP 2 tokenizer op); plus canonicalize (SigLIP).
 
 Texts are tf.string tensors (a scalar, or a vector [N] of captions). `tokenize` gives the ids of
 `Tokenizer.encode` with the same options (tests check this on multilingual text).
@@ -84,6 +85,64 @@ def get_tokenize(
     )
 
   return tokenize
+
+
+_TOK_EOS = {"no": "none", "yes": "yes", "sticky": "sticky"}
+
+
+@register("tok")
+def get_tok(model, length=None, *, bos="no", eos="no", text=None, key=None, inkey=None, outkey=None):
+  """big_vision's newer tokenizer op (SigLIP 2 / PaliGemma): one string -> int32 ids, no lowercasing.
+
+  bos: 'no' / 'yes'; eos: 'no' / 'yes' / 'sticky' (as `tokenize`); length: pad (with the model's pad id) or
+  truncate to it, or None for the unpadded ids [n]. Reads `inkey or key`, writes `outkey or key`; with
+  `text=` the op writes the ids of that constant string instead (then no inkey).
+  """
+  if eos not in _TOK_EOS:
+    raise ValueError(f"pp op 'tok': eos must be 'no', 'yes' or 'sticky', got {eos!r}")
+  if bos not in ("no", "yes"):
+    raise ValueError(f"pp op 'tok': bos must be 'no' or 'yes', got {bos!r}")
+  if length is not None and (not is_int(length) or length < 1):
+    raise ValueError(f"pp op 'tok': length must be a positive int or None, got {length!r}")
+  out_key, in_key = outkey or key, inkey or key
+  check_key("tok", out_key, "outkey (or key)")
+  try:
+    tokenizer = get_tokenizer(model)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"pp op 'tok': {e}") from None
+  add_bos, add_eos = bos == "yes", eos != "no"
+  if add_bos and tokenizer.bos_id < 0:
+    raise ValueError(f"pp op 'tok': bos='yes' but tokenizer {model!r} has no BOS id")
+  if add_eos and tokenizer.eos_id < 0:
+    raise ValueError(f"pp op 'tok': eos={eos!r} but tokenizer {model!r} has no EOS id")
+  if text is not None:
+    if inkey is not None or not isinstance(text, str):
+      raise ValueError("pp op 'tok': text= must be a string, and excludes inkey")
+    if length is None:
+      ids = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode_ids(text, canonicalize=False)
+      constant = tf.constant(ids + ([tokenizer.eos_id] if add_eos else []), tf.int32)
+    else:
+      constant = tf.constant(tokenizer.encode([text], length, eos=_TOK_EOS[eos], add_bos=add_bos)[0])
+
+    def tok_text(features):
+      return {**features, out_key: constant}
+
+    return tok_text
+  check_key("tok", in_key, "inkey (or key)")
+  tf_ops.tf_sentencepiece(tokenizer)
+
+  def tok(features):
+    features = dict(features)
+    string = tf.convert_to_tensor(require(features, in_key, "tok"))
+    if string.shape.rank != 0:
+      raise ValueError(f"pp op 'tok': can only tokenize a single string, {in_key!r} has rank {string.shape.rank}")
+    if length is None:
+      features[out_key] = tf_ops.token_ids(tokenizer, string, add_bos=add_bos, add_eos=add_eos)
+    else:
+      features[out_key] = tf_ops.tokenize(tokenizer, string, length, eos=_TOK_EOS[eos], add_bos=add_bos)
+    return features
+
+  return tok
 
 
 @keyed_op("lower", indefault="text", outdefault="text")

@@ -72,6 +72,22 @@ def tokenize(
   return tf.ensure_shape(out, strings.shape.concatenate([max_len]))
 
 
+def token_ids(tokenizer, string: tf.Tensor, add_bos: bool = False, add_eos: bool = False) -> tf.Tensor:
+  """Ids of one tf.string scalar, unpadded: int32 [n] (optional BOS first / EOS last), as `Tokenizer.encode_ids`
+  with canonicalize=False plus those tokens."""
+  tokenizer = get_tokenizer(tokenizer)
+  for flag, name, value in ((add_bos, "BOS", tokenizer.bos_id), (add_eos, "EOS", tokenizer.eos_id)):
+    if flag and value < 0:
+      raise ValueError(f"{name} requested but the tokenizer has no {name} id")
+  string = tf.convert_to_tensor(string, dtype=tf.string)
+  if string.shape.rank != 0:
+    raise ValueError(f"token_ids expects one string (a scalar), got rank {string.shape.rank}")
+  ids = tf_sentencepiece(tokenizer).tokenize(string)
+  parts = ([tf.constant([tokenizer.bos_id], tf.int32)] if add_bos else []) + [ids]
+  parts += [tf.constant([tokenizer.eos_id], tf.int32)] if add_eos else []
+  return tf.ensure_shape(tf.concat(parts, axis=0), [None])
+
+
 def _column(n, value: int) -> tf.RaggedTensor:
   """A ragged [n, 1] column filled with `value`."""
   return tf.RaggedTensor.from_tensor(tf.fill(tf.stack([n, tf.constant(1, n.dtype)]), tf.constant(value, tf.int32)))
