@@ -9,9 +9,7 @@ import os
 
 import ml_collections
 
-from siglip_rins import flops
 from siglip_rins.config_lib import parse_arg  # noqa: F401  (re-exported for configs)
-from siglip_rins.models import build_model
 
 
 def recursion(arg) -> dict:
@@ -25,21 +23,6 @@ def recursion(arg) -> dict:
     loop=arg.loop,
     remat=bool(arg.remat),
   )
-
-
-def matched_examples(
-  model_cfg: dict,
-  baseline_model_cfg: dict,
-  input_shapes: dict,
-  baseline_input_shapes: dict,
-  baseline_examples: float,
-  batch_size: int,
-) -> int:
-  """Examples a candidate trains on so its training FLOPs equal the baseline's (paper: compute matching)."""
-  cand = flops.train_flops_per_example(build_model(model_cfg), input_shapes)
-  base = flops.train_flops_per_example(build_model(baseline_model_cfg), baseline_input_shapes)
-  m = flops.matched_budget(cand, base, baseline_examples, batch_size)
-  return int(m["matched_steps"] * batch_size)
 
 
 def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0) -> str:
@@ -59,6 +42,12 @@ def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0)
     except OSError:  # another process won the race
       pass
   return out
+
+
+def eval_data_dir(name: str) -> str:
+  """Default local folder of an evaluation set: $SIGLIP_RINS_EVAL_DIR (default ~/.cache/siglip_rins/eval)/<name>."""
+  root = os.environ.get("SIGLIP_RINS_EVAL_DIR", os.path.join(os.path.expanduser("~"), ".cache", "siglip_rins", "eval"))
+  return os.path.join(root, name)
 
 
 def demo_text_dir(languages=("en",)) -> str:

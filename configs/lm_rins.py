@@ -11,7 +11,8 @@ rsqrt schedule with 5k warm-up and 5k cool-down steps, c4_en SentencePiece vocab
 
 Compute matching: the non-recursive baseline (signature AB, seq_len 1024) trains `baseline_steps` steps; every
 other variant (recursive signatures, stochastic RINS by its *expected* rounds, longer sequences) gets
-total_steps = baseline training FLOPs / its training FLOPs per step (siglip_rins.flops).
+total_steps = baseline training FLOPs / its training FLOPs per step, derived after every override
+(siglip_rins/budget.py).
 
 Data: users prepare the TFDS datasets beforehand (nothing is downloaded at run time): `c4/en` and the Hugging
 Face mirror `huggingface:cerebras__slimpajama_627b` (both have a `text` feature).  Each document is tokenized to
@@ -93,16 +94,8 @@ def get_config(arg=None):
   c.task = dict(name="lm")
   c.model = dict(name="decoder", variant=a.variant, vocab_size=a.vocab, recursion=common.recursion(a), dtype="float32")
 
-  baseline_model = dict(c.model, recursion=dict(signature="AB"))
-  matched = common.matched_examples(
-    c.model,
-    baseline_model,
-    {"tokens": a.seq_len},
-    {"tokens": a.baseline_seq_len},
-    a.baseline_steps * a.batch_size,
-    a.batch_size,
-  )
-  c.total_steps = max(1, matched // a.batch_size)
+  # total_steps is derived from compute_match after every override (siglip_rins/budget.py).
+  c.total_steps = None
   c.compute_match = dict(
     baseline_signature="AB",
     baseline_steps=a.baseline_steps,

@@ -117,8 +117,7 @@ class FewShotGeolocEvaluator:
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     l2_reg: float = 1.0,
     image_key: str = 'image',
-    image_size: int = 224,
-    crop: str = 'resize',
+    pp_img: str | None = None,
     batch_size: int = common.DEFAULT_BATCH_SIZE,
     dataset: str | None = None,
     limit: int | None = None,
@@ -132,7 +131,7 @@ class FewShotGeolocEvaluator:
     self.name, self.data, self.target_key = name, dict(data), target_key
     self.dataset = dataset or f'{name}'
     self.shots, self.seeds, self.l2_reg = tuple(int(k) for k in shots), tuple(seeds), float(l2_reg)
-    self.image_key, self.image_size, self.crop = image_key, int(image_size), crop
+    self.image_key, self.pp_img = image_key, pp_img
     self.batch_size, self.limit, self.model, self.show_progress = int(batch_size), limit, model, show_progress
 
   def run(self, predictor, rounds=None) -> list[dict]:
@@ -143,8 +142,7 @@ class FewShotGeolocEvaluator:
       self.data,
       fields={'target': self.target_key},
       image_key=self.image_key,
-      image_size=self.image_size,
-      crop=self.crop,
+      preprocess=common.image_preprocessor(predictor, self.pp_img),
       batch_size=self.batch_size,
       limit=self.limit,
     )

@@ -2,7 +2,7 @@
 
 Class embedding = L2-normalised mean over templates (and aliases) of L2-normalised text embeddings of
 `template.format(class name)`, tokenised with SigLIP canonicalisation; prediction = argmax of cosine
-similarity (temperature and bias do not change it). Metrics: top-1 / top-5 accuracy, optionally ImageNet ReaL
+similarity (temperature and bias do not change it). Metrics (CLIP_benchmark's names): acc1 / acc5 accuracy, mean_per_class_recall, optionally ImageNet ReaL
 top-1 (correct when the prediction is in the image's ReaL label set; images with an empty set are excluded)
 and top-1 per group (e.g. region or income bucket, see cultural.py).
 
@@ -10,7 +10,7 @@ Config: dict(type='zeroshot', data=dict(type='tfds', name='imagenet2012', split=
 dict(type='jsonl', path=FOLDER), class_names='imagenet'|'cifar100'|'pets'|[names or alias lists]|'file.json',
 templates='openai_imagenet'|'openai_imagenet_bare'|'simple_imagenet'|'cifar100'|'pets'|'bare'|[...],
 label_key='label', real_labels_key=None, class_subset=None|'imagenet_a'|'imagenet_r'|[indices],
-image_size=224, crop='resize'|'central_crop', batch_size=64, dataset=NAME, group_by=None, limit=None).
+pp_img=None (default: the run's example spec), batch_size=64, dataset=NAME, group_by=None, limit=None).
 """
 
 from __future__ import annotations
@@ -93,7 +93,6 @@ def class_embeddings(
   rounds,
   *,
   batch_size: int = common.DEFAULT_BATCH_SIZE,
-  canonicalize: bool = True,
   show_progress: bool = False,
 ) -> np.ndarray:
   """float32 [C, D]: per class, the L2-normalised mean of L2-normalised embeddings of every template × alias."""
@@ -103,9 +102,7 @@ def class_embeddings(
       for t in templates:
         texts.append(common.apply_template(t, alias))
         owner.append(c)
-  emb = common.embed_texts(
-    predictor, texts, rounds, batch_size=batch_size, canonicalize=canonicalize, show_progress=show_progress
-  )
+  emb = common.embed_texts(predictor, texts, rounds, batch_size=batch_size, show_progress=show_progress)
   owner = np.asarray(owner)
   sums = np.zeros((len(class_names), emb.shape[1]), np.float64)
   np.add.at(sums, owner, emb)
@@ -119,6 +116,12 @@ def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
   k = min(k, scores.shape[1])
   top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
   return (top == labels[:, None]).any(axis=1)
+
+
+def mean_per_class_recall(predictions: np.ndarray, labels: np.ndarray) -> float:
+  """CLIP_benchmark's mean_per_class_recall: the mean over classes present in `labels` of their recall."""
+  classes = np.unique(labels)
+  return float(np.mean([(predictions[labels == c] == c).mean() for c in classes]))
 
 
 def real_hits(predictions: np.ndarray, label_sets: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -167,12 +170,10 @@ class ZeroShotEvaluator:
     real_labels_key: str | None = None,
     class_subset=None,
     image_key: str = 'image',
-    image_size: int = 224,
-    crop: str = 'resize',
+    pp_img: str | None = None,
     batch_size: int = common.DEFAULT_BATCH_SIZE,
     dataset: str | None = None,
     group_by: str | None = None,
-    canonicalize: bool = True,
     limit: int | None = None,
     model: str | None = None,
     language: str = 'en',
@@ -190,8 +191,8 @@ class ZeroShotEvaluator:
     if self.class_subset is not None and self.class_subset.max() >= len(self.class_names):
       raise ValueError(f'class_subset index {self.class_subset.max()} >= {len(self.class_names)} classes')
     self.label_key, self.real_labels_key, self.image_key = label_key, real_labels_key, image_key
-    self.image_size, self.crop, self.batch_size = int(image_size), crop, int(batch_size)
-    self.group_by, self.canonicalize, self.limit = group_by, canonicalize, limit
+    self.pp_img, self.batch_size = pp_img, int(batch_size)
+    self.group_by, self.limit = group_by, limit
     self.model, self.language, self.show_progress = model, language, show_progress
     self.options = dict(extra)
 
@@ -225,15 +226,13 @@ class ZeroShotEvaluator:
         self.templates,
         r,
         batch_size=self.batch_size,
-        canonicalize=self.canonicalize,
         show_progress=self.show_progress,
       )
     batches = common.iterate_batches(
       self.data,
       fields=self._fields(),
       image_key=self.image_key,
-      image_size=self.image_size,
-      crop=self.crop,
+      preprocess=common.image_preprocessor(predictor, self.pp_img),
       batch_size=self.batch_size,
       limit=self.limit,
     )
@@ -264,16 +263,17 @@ class ZeroShotEvaluator:
           bad = label_idx[scored_labels < 0][:5].tolist()
           raise ValueError(f'{self.name}: labels {bad} are not in the class subset')
       hits1 = predictions == label_idx
-      metrics['top1'] = hits1.mean()
-      metrics['top5'] = topk_hits(scores, scored_labels, 5).mean()
+      metrics['acc1'] = hits1.mean()
+      metrics['acc5'] = topk_hits(scores, scored_labels, 5).mean()
+      metrics['mean_per_class_recall'] = mean_per_class_recall(predictions, label_idx)
       if self.group_by:
         names = np.array(self.group_names(groups), dtype=object)
         for g in sorted(set(names.tolist())):
-          metrics[f'top1/{g}'] = hits1[names == g].mean()
+          metrics[f'acc1/{g}'] = hits1[names == g].mean()
     if self.real_labels_key:
       reals = [[] if s is None else ([s] if isinstance(s, int) else s) for s in reals]
       hit, valid = real_hits(predictions, reals)
-      metrics['real_top1'] = hit[valid].mean() if valid.any() else float('nan')
+      metrics['real_acc1'] = hit[valid].mean() if valid.any() else float('nan')
       metrics['real_n'] = int(valid.sum())
     return common.make_record(
       dataset=self.dataset,

@@ -124,12 +124,13 @@ class TextSpec:
   vocab_size: Optional[int] = None
   tokenizer_sha256: Optional[str] = None
   eos_id: Optional[int] = None
+  add_bos: bool = False
 
   def pp(self, inkey: str = "texts", outkey: str = "labels", model: Optional[str] = None) -> str:
     """A `tokenize` op string equal to this spec (for pp strings of evaluators)."""
     return (
       f'tokenize(max_len={self.max_len}, model="{model or self.tokenizer}", eos="{self.eos}", '
-      f"pad_value={self.pad_value}, lower={self.lower}, canonicalize={self.canonicalize}, "
+      f"pad_value={self.pad_value}, lower={self.lower}, canonicalize={self.canonicalize}, add_bos={self.add_bos}, "
       f'inkey="{inkey}", outkey="{outkey}")'
     )
 
@@ -141,13 +142,9 @@ class TextSpec:
   def encode(self, texts, tokenizer=None):
     """Strings -> int32 [N, max_len], the ids the pipeline's tokenize op gives (pure Python)."""
     tok = tokenizer or self.get_tokenizer()
+    kw = dict(lower=True) if self.lower else {}
     return tok.encode(
-      list(texts),
-      self.max_len,
-      eos=self.eos,
-      canonicalize=self.canonicalize,
-      pad_value=self.pad_value,
-      lower=self.lower,
+      list(texts), self.max_len, eos=self.eos, canonicalize=self.canonicalize, pad_value=self.pad_value, **kw
     )
 
   def to_dict(self) -> dict:
@@ -244,12 +241,12 @@ def _kwargs(spec, names: tuple) -> dict:
 _TOKENIZE_ARGS = ("max_len", "eos", "model", "lower", "sample_if_multi", "pad_value", "add_bos")
 
 
-def _text_from_op(spec, where: str) -> TextSpec:
+def _text_from_op(spec, where: str, require_tokenizer: bool = True) -> TextSpec:
   kw = _kwargs(spec, _TOKENIZE_ARGS)
   if "max_len" not in kw:
     raise ValueError(f"{where}: tokenize needs max_len")
   model = kw.get("model", "c4_en")
-  eos = kw.get("eos", "none")
+  eos = kw.get("eos", "sticky")
   lower = bool(kw.get("lower", True))
   canonicalize = bool(kw.get("canonicalize", False))
   from siglip_rins.text.tokenizer import get_tokenizer
@@ -257,12 +254,20 @@ def _text_from_op(spec, where: str) -> TextSpec:
   try:
     tok = get_tokenizer(model)
   except FileNotFoundError as e:
-    raise FileNotFoundError(f"{where}: {e}") from None
+    if require_tokenizer:
+      raise FileNotFoundError(f"{where}: {e}") from None
+    pad = kw.get("pad_value")  # shapes only (flops, eval_shape): the tokenizer file is not needed
+    return TextSpec(
+      tokenizer=str(model),
+      max_len=int(kw["max_len"]),
+      eos=str(eos),
+      pad_value=pad if isinstance(pad, int) else 0,
+      lower=lower,
+      canonicalize=canonicalize,
+    )
   pad_value = kw.get("pad_value", "<pad>")
   if isinstance(pad_value, str):
-    pad_id = tok.piece_to_id(pad_value)
-    if pad_id < 0:
-      raise ValueError(f"{where}: tokenize pad_value={pad_value!r} is not a piece of tokenizer {model!r}")
+    pad_id = tok.piece_to_id(pad_value)  # as the tokenize op resolves it (unknown pieces give the unk id)
   elif pad_value is None:
     pad_id = tok.pad_id
   else:
@@ -277,6 +282,7 @@ def _text_from_op(spec, where: str) -> TextSpec:
     vocab_size=int(tok.vocab_size),
     tokenizer_sha256=hashlib.sha256(tok.model_proto).hexdigest(),
     eos_id=int(tok.eos_id),
+    add_bos=bool(kw.get("add_bos", False)),
   )
 
 
@@ -324,13 +330,16 @@ def _eval_image_ops(specs) -> tuple[list[str], dict]:
   return ops, info
 
 
-def from_pp(pp: str, *, eval_image_pp: Optional[str] = None, where: str = "config.input.pp") -> ExampleSpec:
-  """The ExampleSpec of a training pp string (see module docstring)."""
+def from_pp(
+  pp: str, *, eval_image_pp: Optional[str] = None, where: str = "config.input.pp", require_tokenizer: bool = True
+) -> ExampleSpec:
+  """The ExampleSpec of a training pp string (see module docstring).  Without `require_tokenizer`, a tokenizer
+  file that cannot be found leaves the text part's vocab_size unknown (enough for shapes and FLOPs)."""
   specs = _parse(pp)
   text = None
   for spec in specs:
     if spec.name == "tokenize":
-      text = _text_from_op(spec, where)
+      text = _text_from_op(spec, where, require_tokenizer)
       break
   image = None
   has_image = any(s.name == "decode" or (s.name in _SIZE_OPS and _op_key(s) in _IMAGE_KEYS) for s in specs)
@@ -365,13 +374,13 @@ def _input_pp(inp: Mapping) -> Optional[str]:
   return None
 
 
-def from_config(config) -> ExampleSpec:
+def from_config(config, require_tokenizer: bool = True) -> ExampleSpec:
   """The ExampleSpec of a run config (after overrides); see module docstring."""
   inp = config.get("input") or {}
   pp = _input_pp(inp)
   if not pp:
     raise ValueError("config.input.pp is missing: the example spec is read from the training pp string")
-  return from_pp(pp, eval_image_pp=inp.get("eval_image_pp") or None)
+  return from_pp(pp, eval_image_pp=inp.get("eval_image_pp") or None, require_tokenizer=require_tokenizer)
 
 
 def _text_vocab_key(config) -> tuple[Any, str]:
@@ -384,9 +393,12 @@ def _text_vocab_key(config) -> tuple[Any, str]:
   return None, ""
 
 
-def finalize(config) -> ExampleSpec:
-  """Derives the spec and fills the derived input/model keys in place (module docstring).  Returns the spec."""
-  spec = from_config(config)
+def finalize(config, require_tokenizer: bool = True) -> ExampleSpec:
+  """Derives the spec and fills the derived input/model keys in place (module docstring).  Returns the spec.
+
+  require_tokenizer=False (shape-only uses: FLOPs, eval_shape) accepts a tokenizer file that is not on this
+  machine when the model's vocab_size is given."""
+  spec = from_config(config, require_tokenizer)
   inp = config.input
   derived = {}
   if spec.image is not None:
@@ -410,7 +422,12 @@ def finalize(config) -> ExampleSpec:
   node, key = _text_vocab_key(config)
   if spec.text is not None and node is not None:
     table = node.get(key)
-    if table is None:
+    if spec.text.vocab_size is None:
+      if table is None:
+        raise ValueError(
+          f"the model's vocab_size is unset and tokenizer {spec.text.tokenizer!r} is not on this machine to derive it"
+        )
+    elif table is None:
       with node.ignore_type():
         node[key] = spec.text.vocab_size
     elif int(table) != spec.text.vocab_size:
@@ -451,3 +468,84 @@ def load(directory) -> Optional[ExampleSpec]:
   if not path.exists():
     return None
   return ExampleSpec.from_json(path.read_text())
+
+
+def make_spec(
+  image_size=None,
+  tokenizer=None,
+  text_len: Optional[int] = None,
+  *,
+  eos: str = "sticky",
+  pad_value: Optional[int] = None,
+  lower: bool = True,
+  canonicalize: bool = False,
+  resize_method: str = "bilinear",
+) -> ExampleSpec:
+  """A spec with big_vision SigLIP conventions: `decode|resize(size)|value_range(-1, 1)` and
+  `tokenize(max_len, eos="sticky", pad_value=<eos id>, lower=True)` (pad_value defaults to the EOS id).
+
+  tokenizer: a Tokenizer, a name ('demo', 'c4_en', ...) or a .model path; None for a model without text."""
+  image = (
+    None if image_size is None else ImageSpec(size=_size_pair(image_size, "image_size"), resize_method=resize_method)
+  )
+  text = None
+  if tokenizer is not None:
+    from siglip_rins.text.tokenizer import Tokenizer, get_tokenizer
+
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else get_tokenizer(tokenizer)
+    if text_len is None:
+      raise ValueError("make_spec: give text_len with a tokenizer")
+    name = tokenizer if isinstance(tokenizer, str) else (tok.path or "<in-memory>")
+    text = TextSpec(
+      tokenizer=str(name),
+      max_len=int(text_len),
+      eos=eos,
+      pad_value=int(
+        tok.eos_id if pad_value is None and eos != "none" else (tok.pad_id if pad_value is None else pad_value)
+      ),
+      lower=lower,
+      canonicalize=canonicalize,
+      vocab_size=int(tok.vocab_size),
+      tokenizer_sha256=hashlib.sha256(tok.model_proto).hexdigest(),
+      eos_id=int(tok.eos_id),
+    )
+  return ExampleSpec(image=image, text=text)
+
+
+def with_tokenizer_file(spec: ExampleSpec, path: str) -> ExampleSpec:
+  """The spec with its tokenizer replaced by a file path (exported folders carry their own tokenizer.model)."""
+  if spec.text is None:
+    return spec
+  return dataclasses.replace(spec, text=dataclasses.replace(spec.text, tokenizer=str(path)))
+
+
+def from_legacy_sections(
+  text: Optional[Mapping], image: Optional[Mapping], tokenizer_path: Optional[str]
+) -> ExampleSpec:
+  """The spec of a format-1 exported model (its 'text' and 'image' sections)."""
+  image_spec = None
+  if image:
+    image_spec = ImageSpec(
+      size=_size_pair(tuple(image["size"]) if isinstance(image["size"], list) else image["size"], "image.size"),
+      resize_method=image.get("resize_method", "bilinear"),
+      antialias=bool(image.get("antialias", False)),
+      value_range=tuple(image.get("value_range", (-1.0, 1.0))),
+    )
+  text_spec = None
+  if text:
+    from siglip_rins.text.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(tokenizer_path)
+    pad = text.get("pad_value")
+    text_spec = TextSpec(
+      tokenizer=str(tokenizer_path),
+      max_len=int(text["max_len"]),
+      eos=text.get("eos", "sticky"),
+      pad_value=int(tok.pad_id if pad is None else pad),
+      lower=False,
+      canonicalize=bool(text.get("canonicalize", True)),
+      vocab_size=int(tok.vocab_size),
+      tokenizer_sha256=hashlib.sha256(tok.model_proto).hexdigest(),
+      eos_id=int(tok.eos_id),
+    )
+  return ExampleSpec(image=image_spec, text=text_spec)

@@ -5,7 +5,7 @@ All batching goes through fixed-size padded batches so each (function, rounds) c
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,15 +19,16 @@ class Predictor:
 
   Args:
     model: a module from `build_model`; params: its parameter tree.
-    tokenizer: a `siglip_rins.text.Tokenizer` (for evaluators that start from strings); text_len: its max length.
+    spec: the run's `ExampleSpec` (siglip_rins.example_spec): how evaluators read images and tokenize texts.
+    tokenizer: a `siglip_rins.text.Tokenizer` (default: the spec's).
     batch_size: inference batch size (inputs are padded up to it).
   """
 
-  def __init__(
-    self, model, params, tokenizer=None, text_len: Optional[int] = None, batch_size: int = 64, name: str = "model"
-  ):
-    self.model, self.params = model, params
-    self.tokenizer, self.text_len = tokenizer, text_len
+  def __init__(self, model, params, spec=None, tokenizer=None, batch_size: int = 64, name: str = "model"):
+    self.model, self.params, self.spec = model, params, spec
+    text = None if spec is None else spec.text
+    self.tokenizer = tokenizer if tokenizer is not None else (None if text is None else text.get_tokenizer())
+    self.text_len = None if text is None else text.max_len
     self.batch_size = int(batch_size)
     self.name = name
     self._fns: dict[Any, Any] = {}
@@ -89,9 +90,10 @@ class Predictor:
     return self._batched("txt", np.asarray(tokens, np.int32), rounds)
 
   def encode_strings(self, texts: Sequence[str]) -> np.ndarray:
-    if self.tokenizer is None or self.text_len is None:
-      raise ValueError("this predictor has no tokenizer/text_len")
-    return self.tokenizer.encode(list(texts), self.text_len)
+    """Strings -> int32 [N, text_len] as the run's pipeline tokenizes them."""
+    if self.spec is None or self.spec.text is None:
+      raise ValueError("this predictor has no example spec with a text part")
+    return self.spec.text.encode(texts, tokenizer=self.tokenizer)
 
   def classify_logits(self, images: np.ndarray, rounds=None) -> np.ndarray:
     """images [N, H, W, 3] -> logits [N, C] (classifier models)."""

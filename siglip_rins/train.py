@@ -32,7 +32,8 @@ import numpy as np
 import optax
 
 from siglip_rins import checkpoint as ckpt_lib
-from siglip_rins import config_lib, flops, optim, sharding
+from siglip_rins import budget, config_lib, example_spec, flops, optim, sharding
+from siglip_rins.evaluation import EvalHook
 from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
 
@@ -83,8 +84,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if key not in config:
       raise ValueError(f"config: missing required key {key!r}")
   given = [k for k in ("total_steps", "total_examples", "total_epochs") if config.get(k) is not None]
-  if len(given) != 1:
-    raise ValueError(f"config: give exactly one of total_steps / total_examples / total_epochs (got {given})")
+  if len(given) > 1 or (not given and not config.get("compute_match")):
+    raise ValueError(
+      f"config: give exactly one of total_steps / total_examples / total_epochs, or compute_match to derive "
+      f"total_steps (got {given})"
+    )
   bs = config.input.get("batch_size")
   if not isinstance(bs, int) or bs < 1:
     raise ValueError(f"config.input.batch_size must be a positive integer, got {bs!r}")
@@ -211,6 +215,8 @@ def train(
   and quick looks.
   """
   validate_config(config)
+  spec = example_spec.finalize(config)  # derived input/model keys, from the final (overridden) config
+  matched = budget.finalize(config)  # compute matching from the final config: derive or check total steps
   sharding.initialize_distributed()
   pidx, pcount = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.get("mesh"))
@@ -231,7 +237,19 @@ def train(
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
     with open(os.path.join(workdir, "run_info.json"), "w") as f:  # read by siglip_rins.scaling
-      json.dump(run_info(config), f)
+      json.dump(dict(run_info(config), compute_match=matched), f)
+    example_spec.save(spec, workdir)  # the one reading of an example: evaluators and export read it
+    warning = example_spec.check_text_pooling(config, spec)
+    if warning and verbose:
+      print(warning, flush=True)
+    if matched and verbose:
+      how = "derived" if matched["derived"] else "checked"
+      print(
+        f"compute-matched ({how}): {total_steps} steps x {global_bs} = {total_steps * global_bs} examples, "
+        f"{matched['flops_budget']:.4g} training FLOPs = the {matched['baseline_signature']} baseline's "
+        f"{matched['baseline_examples']:.4g} examples",
+        flush=True,
+      )
   writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
 
   seed = int(config.get("seed", 0))
@@ -262,7 +280,7 @@ def train(
     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
     out_shardings=(state_sh, None),
   )
-  evals = _build_evals(config)
+  evals = EvalHook(config, spec, model, total_steps, workdir, verbose=verbose)
 
   stop = {"signal": None}
   old_handler = None
@@ -337,13 +355,13 @@ def train(
           )
       if ckpt_every and step % ckpt_every == 0 and step < total_steps:
         ckpt.save(step, state, _meta(step, global_bs, flops_per_example))
-      for name, ev in evals:
-        if ev.every and step % ev.every == 0 and step < total_steps:
-          _run_eval(name, ev, model, state["params"], config, writer, step, workdir, verbose)
+      due = evals.due(step, total_steps) if evals else []
+      if due:
+        evals.run(step, state["params"], names=due, writer=writer)
     if summary["stopped"] == "finished":
       ckpt.save(step, state, _meta(step, global_bs, flops_per_example), force=True)
-      for name, ev in evals:
-        _run_eval(name, ev, model, state["params"], config, writer, step, workdir, verbose)
+      if evals:
+        evals.run(step, state["params"], writer=writer)
   finally:
     ckpt.wait()
     if old_handler is not None:
@@ -386,64 +404,6 @@ def _meta(step, global_bs, flops_per_example) -> dict:
     "examples_seen": int(step * global_bs),
     "flops_seen": float(step * global_bs * flops_per_example),
   }
-
-
-# --------------------------------------------------------------------------------------------- evals
-def _build_evals(config):
-  if not config.get("evals"):
-    return []
-  import evaluators
-
-  out = []
-  for name, cfg in config.evals.items():
-    ev = evaluators.build(name, cfg)
-    ev.every = int(cfg.get("every", 0) or 0)
-    out.append((name, ev))
-  return out
-
-
-def make_predictor(model, params, config):
-  from siglip_rins.predictor import Predictor
-
-  tok = None
-  if config.input.get("tokenizer"):
-    from siglip_rins.text.tokenizer import get_tokenizer
-
-    tok = get_tokenizer(config.input.tokenizer)
-  return Predictor(
-    model,
-    params,
-    tokenizer=tok,
-    text_len=config.input.get("text_len"),
-    batch_size=int(config.get("eval_batch_size", 64) if "eval_batch_size" in config else 64),
-  )
-
-
-def _run_eval(name, ev, model, params, config, writer, step, workdir, verbose):
-  from evaluators import report
-
-  predictor = make_predictor(model, params, config)
-  rounds_list = list(config.evals[name].get("rounds", [None]) or [None])
-  records = []
-  for r in rounds_list:
-    recs = ev.run(predictor, rounds=r)
-    for rec in recs:
-      rec.setdefault("step", step)
-    records.extend(recs)
-  flat = {}
-  for rec in records:
-    suffix = "" if rec.get("rounds") is None else f"@r{rec['rounds']}"
-    lang = f"/{rec['language']}" if rec.get("language") not in (None, "", "en") else ""
-    for k, v in rec["metrics"].items():
-      if isinstance(v, (int, float)):
-        flat[f"eval/{name}/{rec['dataset']}{lang}/{k}{suffix}"] = v
-  writer.write(step, flat)
-  if jax.process_index() == 0:
-    report.write_report(records, workdir)
-  if verbose and jax.process_index() == 0:
-    shown = ", ".join(f"{k.split('/', 2)[-1]}={v:.3f}" for k, v in list(flat.items())[:6])
-    print(f"eval {name} @ step {step}: {shown}", flush=True)
-  return records
 
 
 # --------------------------------------------------------------------------------------------- CLI

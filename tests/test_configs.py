@@ -22,7 +22,12 @@ SIGNATURES = ["signature=AB", "signature=ABAB", "signature=A^2B", "signature=A^3
 
 
 def _load(name, arg=""):
-  return config_lib.load_config(os.path.join(ROOT, "configs", name) + (f":{arg}" if arg else ""))
+  """A shipped config, finalized as at train start (derived compute-matched total_steps)."""
+  from siglip_rins import budget
+
+  config = config_lib.load_config(os.path.join(ROOT, "configs", name) + (f":{arg}" if arg else ""))
+  budget.finalize(config)
+  return config
 
 
 def _check(config):
@@ -137,9 +142,10 @@ def test_longer_sequence_baselines_are_compute_matched():
   assert lm.total_steps == 200_000 and lm_long.total_steps < lm.total_steps
   assert lm_long.total_steps / lm.total_steps == pytest.approx(_train_flops(lm) / _train_flops(lm_long), rel=1e-4)
   vit, vit336 = _load("vit_rins.py"), _load("vit_rins.py", "res=336")
-  assert vit.total_epochs == pytest.approx(300, rel=1e-5) and vit336.total_epochs < vit.total_epochs
-  assert _load("vit_rins.py", "epochs=1000").total_epochs == pytest.approx(1000, rel=1e-5)
-  assert vit336.total_epochs / vit.total_epochs == pytest.approx(_train_flops(vit) / _train_flops(vit336), rel=1e-6)
+  vit_examples, vit336_examples = _budget_examples(vit), _budget_examples(vit336)
+  assert vit_examples == pytest.approx(300 * vit.input.num_examples, rel=1e-4) and vit336_examples < vit_examples
+  assert _budget_examples(_load("vit_rins.py", "epochs=1000")) == pytest.approx(1000 * vit.input.num_examples, rel=1e-4)
+  assert vit336_examples / vit_examples == pytest.approx(_train_flops(vit) / _train_flops(vit336), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ paper settings
@@ -162,3 +168,24 @@ def test_vit_config_follows_appendix_e22():
   assert c.schedule.decay_type == "cosine" and c.schedule.warmup_steps == 10_000
   assert c.input.pp.startswith("decode|inception_crop(224)|flip_lr|value_range(-1, 1)|onehot(1000")
   assert c.model.variant == "B/16" and c.input.data.name == "imagenet2012"
+
+
+def test_compute_matching_follows_overrides_and_refuses_stale_budgets():
+  """The budget is derived from the final config: an override of the signature gets its own matched budget, and a
+  declared total that does not hold is refused with one line."""
+  from siglip_rins import budget
+
+  base = _load("siglip_rins.py", "runlocal,steps=60")
+  over = config_lib.load_config(os.path.join(ROOT, "configs", "siglip_rins.py") + ":runlocal,steps=60")
+  config_lib.apply_overrides(over, ["model.recursion.signature='A^3B'"])
+  info = budget.finalize(over)
+  direct = _load("siglip_rins.py", "runlocal,steps=60,signature=A^3B")
+  assert info["derived"] and over.total_steps == direct.total_steps < base.total_steps
+  assert over.total_steps * _train_flops(over) <= 60 * _train_flops(base)
+  stale = config_lib.load_config(os.path.join(ROOT, "configs", "siglip_rins.py") + ":runlocal,steps=60")
+  config_lib.apply_overrides(stale, ["model.recursion.signature='A^3B'", "total_steps=60"])
+  with pytest.raises(ValueError, match=r"compute_match does not hold: the config trains 60 steps"):
+    budget.finalize(stale)
+  ok = config_lib.load_config(os.path.join(ROOT, "configs", "siglip_rins.py") + ":runlocal,steps=60")
+  config_lib.apply_overrides(ok, ["total_steps=60", "compute_match=None"])
+  assert budget.finalize(ok) is None and ok.total_steps == 60

@@ -59,13 +59,12 @@ def test_dollar_street_style_accuracy_by_income(tokenizer, tmp_path):
       templates='bare',
       group_by='income',
       income_edges=[100],
-      image_size=8,
       show_progress=False,
     ),
   )
   (rec,) = ev.run(PlantedPredictor(tokenizer, image_confusion={2: 1, 4: 3}))
-  assert rec['metrics']['top1'] == 0.5
-  assert rec['metrics']['top1/<100'] == 0.0 and rec['metrics']['top1/>=100'] == 1.0
+  assert rec['metrics']['acc1'] == 0.5
+  assert rec['metrics']['acc1/<100'] == 0.0 and rec['metrics']['acc1/>=100'] == 1.0
   with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\]"):
     evaluators.build('d', dict(type='cultural_zeroshot', data={}, class_names=NAMES, bogus=1))
 
@@ -102,7 +101,6 @@ def test_fewshot_geoloc_evaluator_mean_and_std_over_seeds(tokenizer, tmp_path):
       target_key='region',
       shots=[1, 2],
       seeds=[0, 1, 2],
-      image_size=8,
       show_progress=False,
     ),
   )

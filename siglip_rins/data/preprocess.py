@@ -19,6 +19,10 @@ import tensorflow as tf
 from siglip_rins.data import pp as pp_lib
 
 
+class ImageReadError(ValueError):
+  """An image that cannot be read (missing, empty, corrupt or not an image); the message names it."""
+
+
 class ImagePreprocessor:
   """Callable: one image -> float32 [H, W, 3] (see module docstring)."""
 
@@ -49,11 +53,21 @@ class ImagePreprocessor:
     self._from_array = tf.function(from_array, input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
 
   def __call__(self, image: Any) -> np.ndarray:
+    where = "image bytes"
     if isinstance(image, (str, os.PathLike)):
+      where = str(image)
+      if not os.path.isfile(image):
+        raise FileNotFoundError(f"{where}: no such file")
       with open(image, "rb") as f:
         image = f.read()
+      if not image:
+        raise ImageReadError(f"{where}: empty file (0 bytes)")
     if isinstance(image, (bytes, bytearray, memoryview)):
-      return self._from_bytes(tf.constant(bytes(image))).numpy()
+      try:
+        return self._from_bytes(tf.constant(bytes(image))).numpy()
+      except tf.errors.OpError as e:
+        msg = str(e.message).strip().splitlines()[0] if getattr(e, "message", None) else type(e).__name__
+        raise ImageReadError(f"{where}: not a decodable image ({msg})") from None
     if hasattr(image, "save") and hasattr(image, "mode"):  # a PIL image: encode losslessly, read like a file
       buf = io.BytesIO()
       image.save(buf, format="PNG")

@@ -493,6 +493,9 @@ def variant_config(name: str, settings: dict, data: dict):
     f"local_batch_size={settings['batch_size']},local_variant={settings['model']}"
   )
   config = config_lib.load_config(f"{shipped_config('lm_rins.py')}:{arg}")
+  from siglip_rins import budget
+
+  budget.finalize(config)  # the compute-matched total_steps (needed below for the checkpoint cadence)
   # Shared by every variant (never per variant): optimiser peak lr, warm-up, seed, logging.
   config.lr = float(settings["lr"])
   config.schedule.warmup_steps = int(settings["warmup_steps"])
@@ -532,7 +535,8 @@ def run_variant(name: str, settings: dict, data: dict, verbose: bool = True) -> 
   """Trains one variant in out/runs/<name>, then scores every checkpoint on the validation documents."""
   from siglip_rins.checkpoint import CheckpointManager
   from siglip_rins.models import build_model
-  from siglip_rins.train import make_predictor, run_info, train
+  from siglip_rins.evaluation import predictor_for_run as make_predictor
+  from siglip_rins.train import run_info, train
 
   config = variant_config(name, settings, data)
   r_trained = int(run_info(config)["rounds"])

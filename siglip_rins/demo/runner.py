@@ -229,7 +229,8 @@ def eval_configs(eval_data: dict, image_size: int) -> dict:
   """config.evals-style dicts for the three evaluators (built with `evaluators.build`)."""
   from siglip_rins.demo import shapes
 
-  common = dict(image_size=image_size, batch_size=EVAL_BATCH, show_progress=False, model="demo")
+  del image_size  # the run's example spec gives the pixels
+  common = dict(batch_size=EVAL_BATCH, show_progress=False, model="demo")
   return {
     # Class embedding = mean over the English one-object captions of the class (all sizes and positions).
     "zeroshot": dict(
@@ -258,7 +259,8 @@ def run_variant(name: str, settings: dict, evals: dict, verbose: bool = True) ->
   """Trains one variant in out/runs/<name> and evaluates it at r = 1..max_rounds. Returns its result dict."""
   import evaluators
   from siglip_rins.models import build_model
-  from siglip_rins.train import make_predictor, train
+  from siglip_rins.evaluation import predictor_for_run as make_predictor
+  from siglip_rins.train import train
 
   config = variant_config(name, settings)
   r_trained = trained_rounds(config)
@@ -319,13 +321,13 @@ def summarise(records: Sequence[dict], rounds: int) -> dict:
       continue
     m = rec["metrics"]
     if rec["dataset"] == "shapes_zeroshot":
-      out["zeroshot_top1"] = m["top1"]
-      out["zeroshot_top1_heldout"] = m.get("top1/heldout")
-      out["zeroshot_top1_seen"] = m.get("top1/seen")
+      out["zeroshot_top1"] = m["acc1"]
+      out["zeroshot_top1_heldout"] = m.get("acc1/heldout")
+      out["zeroshot_top1_seen"] = m.get("acc1/seen")
     elif rec["dataset"] == "shapes_retrieval":
-      out["retrieval_i2t@1"], out["retrieval_t2i@1"] = m["i2t@1"], m["t2i@1"]
+      out["retrieval_i2t@1"], out["retrieval_t2i@1"] = m["text_retrieval_recall@1"], m["image_retrieval_recall@1"]
     elif rec["dataset"] == "shapes_xm3600" and rec["language"] == "avg":
-      out["xm3600_i2t@1"], out["xm3600_t2i@1"] = m["i2t@1"], m["t2i@1"]
+      out["xm3600_i2t@1"], out["xm3600_t2i@1"] = m["text_retrieval_recall@1"], m["image_retrieval_recall@1"]
   return out
 
 
