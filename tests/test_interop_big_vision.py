@@ -378,8 +378,9 @@ def test_import_big_vision_command_writes_an_exported_folder(tmp_path, capsys):
   written = json.loads((out / "config.json").read_text())
   assert written["model"]["recursion"]["signature"] == "A^2B"  # the --config.* override reached the model
   spec = written["example_spec"]
-  assert spec["image"]["eval_pp"] == "decode|resize(16)|value_range(-1, 1)"
+  assert spec["image"]["eval_pp"] == 'decode|resize((16, 16), method="bilinear")|value_range(-1, 1)'
   assert spec["image"]["resize_method"] == "bilinear" and spec["image"]["antialias"] is False
+  assert spec["image"]["value_range"] == [-1.0, 1.0]
   text = spec["text"]
   assert (text["eos"], text["pad_value"], text["eos_id"], text["lower"], text["max_len"]) == ("sticky", 1, 1, True, 6)
   assert text["canonicalize"] is False

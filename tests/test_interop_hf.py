@@ -154,43 +154,18 @@ def test_export_from_exported_folder_copies_tokenizer(tmp_path):
   out = export_hf_from_exported(folder, tmp_path / "hf", rounds=3)
   config = transformers.SiglipConfig.from_pretrained(str(out))
   assert config.text_config.num_hidden_layers == 8 and config.vision_config.image_size == IMAGE_SIZE
-  assert (config.text_config.eos_token_id, config.text_config.pad_token_id) == (tok.eos_id, tok.pad_id)
+  # export_params without a spec uses big_vision's convention: texts padded with EOS.
+  assert (config.text_config.eos_token_id, config.text_config.pad_token_id) == (tok.eos_id, tok.eos_id)
   assert (out / "tokenizer.model").read_bytes() == tok.model_proto
   assert (out / "model.safetensors").is_file()
 
 
 # ------------------------------------------------------------------- AutoProcessor / pipeline() on exports
 def write_exported(folder, cfg, flat, spec, tokenizer):
-  """An exported model folder written by hand (params, tokenizer, config.json with the example spec and the
-  format-1 "text" / "image" sections), independent of export_params' signature."""
-  import json
-  import pathlib
+  """An exported model folder (export_params with the run's example spec)."""
+  from siglip_rins.export import export_params
 
-  from safetensors.numpy import save_file
-
-  from siglip_rins.export import FORMAT_VERSION
-
-  folder = pathlib.Path(folder)
-  folder.mkdir(parents=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(folder / "params.safetensors"))
-  (folder / "tokenizer.model").write_bytes(tokenizer.model_proto)
-  t, i = spec.text, spec.image
-  config = {
-    "format": "siglip_rins.exported",
-    "format_version": FORMAT_VERSION,
-    "model": cfg,
-    "params_file": "params.safetensors",
-    "text": dict(
-      tokenizer_file="tokenizer.model", max_len=t.max_len, eos=t.eos, canonicalize=t.canonicalize, pad_value=t.pad_value
-    ),
-    "image": dict(
-      size=list(i.size), resize_method=i.resize_method, antialias=i.antialias, value_range=list(i.value_range)
-    ),
-    "example_spec": spec.to_dict(),
-    "source": {},
-  }
-  (folder / "config.json").write_text(json.dumps(config))
-  return folder
+  return export_params(unflatten_params(flat), cfg, folder, spec=spec, tokenizer=tokenizer)
 
 
 def demo_spec(text_len, image_size=IMAGE_SIZE):
@@ -370,7 +345,8 @@ def test_exported_tokenizer_follows_the_spec_and_names_the_differences(tmp_path)
     "text": dict(tokenizer_file="tokenizer.model", max_len=16, eos="sticky", canonicalize=True, pad_value=None),
     "image": dict(size=[16, 16], resize_method="bicubic", antialias=False, value_range=[-1, 1]),
   }
-  old = example_spec_of(legacy, tok.model_proto)
+  (tmp_path / "tokenizer.model").write_bytes(tok.model_proto)
+  old = example_spec_of(legacy, tmp_path / "tokenizer.model")
   assert (old.text.max_len, old.text.pad_value, old.text.eos_id, old.text.canonicalize) == (16, tok.pad_id, 1, True)
   assert old.image.size == (16, 16) and old.image.resize_method == "bicubic"
   assert hf_processor_files(old, tok.model_proto, 16)[0]["preprocessor_config.json"]["resample"] == 3

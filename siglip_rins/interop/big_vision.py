@@ -29,7 +29,6 @@ lower=True)`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -249,8 +248,9 @@ def import_big_vision(
   image position embedding is resampled when the grids differ.  Missing or unexpected names, or shape
   mismatches, raise ValueError listing the names.
   """
-  from siglip_rins.export import _size_pair, param_shapes
+  from siglip_rins.example_spec import size_pair as _size_pair
   from siglip_rins.models import build_model
+  from siglip_rins.models.shapes import param_shapes
 
   cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
   if cfg.get("name") != "two_towers":
@@ -311,41 +311,6 @@ def import_big_vision(
 
 
 # ------------------------------------------------------------------------------- exported model folder
-def big_vision_example_spec(tokenizer: Any, image_size: Any, text_len: int):
-  """The ExampleSpec of big_vision SigLIP checkpoints: images `decode|resize(R)|value_range(-1, 1)` (bilinear,
-  no antialias); texts `tokenize(max_len=L, model=<tokenizer>, eos="sticky", pad_value=<eos id>, lower=True)`
-  (EOS-padded, so the pooled last position reads EOS; no canonicalisation)."""
-  import hashlib
-
-  from siglip_rins.example_spec import ExampleSpec, ImageSpec, TextSpec, size_pair
-  from siglip_rins.text.tokenizer import Tokenizer, get_tokenizer
-
-  tok = tokenizer if isinstance(tokenizer, Tokenizer) else get_tokenizer(tokenizer)
-  if tok.eos_id < 0:
-    raise ValueError(f"tokenizer {tok.path or tokenizer!r} has no EOS piece; big_vision SigLIP texts end with EOS")
-  h, w = size_pair(image_size, "image size")
-  resize = f"resize({h})" if h == w else f"resize(({h}, {w}))"
-  image = ImageSpec(
-    size=(h, w),
-    resize_method="bilinear",
-    antialias=False,
-    value_range=(-1.0, 1.0),
-    eval_pp=f"decode|{resize}|value_range(-1, 1)",
-  )
-  text = TextSpec(
-    tokenizer=str(tok.path or tokenizer),
-    max_len=int(text_len),
-    eos="sticky",
-    pad_value=int(tok.eos_id),
-    lower=True,
-    canonicalize=False,
-    vocab_size=int(tok.vocab_size),
-    tokenizer_sha256=hashlib.sha256(tok.model_proto).hexdigest(),
-    eos_id=int(tok.eos_id),
-  )
-  return ExampleSpec(image=image, text=text, train_pp=f"{image.eval_pp}|{text.pp(inkey='texts', outkey='labels')}")
-
-
 def import_to_exported(
   npz: str | os.PathLike,
   model_config: Mapping[str, Any],
@@ -356,13 +321,15 @@ def import_to_exported(
   text_len: Optional[int] = None,
 ) -> pathlib.Path:
   """A big_vision SigLIP `.npz` -> an exported model folder (`siglip_rins.export`) that `classify`, `retrieve`,
-  `eval --model` and `export-hf` read, with the big_vision example spec (`big_vision_example_spec`).
+  `eval --model` and `export-hf` read, with big_vision SigLIP's example spec (`example_spec.make_spec`: images
+  `decode|resize(R)|value_range(-1, 1)`, bilinear without antialias; texts `tokenize(max_len=L, eos="sticky",
+  pad_value=<eos id>, lower=True)`, EOS-padded so the pooled last position reads EOS, not canonicalised).
 
   res: image size R (default: the checkpoint's grid times the patch size; another R resamples the position
   embedding).  text_len: L (default: the checkpoint's; a smaller L keeps the first L text position embeddings,
   a larger one is refused).
   """
-  from siglip_rins import export as export_lib  # lazy: export.py imports this package
+  from siglip_rins import example_spec as es, export as export_lib  # lazy: export.py imports this package
   from siglip_rins.text.tokenizer import Tokenizer
 
   tok = Tokenizer.from_file(tokenizer)
@@ -383,31 +350,9 @@ def import_to_exported(
     g = math.isqrt(int(params["img"]["pos_embedding"].shape[1]))
     res = (g * ph, g * pw)
   length = int(params["txt"]["pos_embedding"].shape[1])
-  spec = big_vision_example_spec(tok, res, length)
+  spec = es.make_spec(image_size=res, tokenizer=tok, text_len=length)
   source = dict(big_vision_npz=str(pathlib.Path(npz).resolve()), tokenizer=str(pathlib.Path(tokenizer).resolve()))
-  import inspect
-
-  if "spec" in inspect.signature(export_lib.export_params).parameters:
-    return export_lib.export_params(params, model_config, out_dir, spec=spec, tokenizer=tok, source=source)
-  # Transition (exported format v1, before export_params takes the spec): legacy sections plus the spec.
-  out = export_lib.export_params(
-    params,
-    model_config,
-    out_dir,
-    tokenizer=tok,
-    text_len=length,
-    eos="sticky",
-    canonicalize=False,
-    pad_value=spec.text.pad_value,
-    image_size=spec.image.size,
-    resize_method="bilinear",
-    source=source,
-  )
-  cfg_path = pathlib.Path(out) / "config.json"
-  cfg = json.loads(cfg_path.read_text())
-  cfg.setdefault("example_spec", spec.to_dict())
-  cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-  return out
+  return export_lib.export_params(params, model_config, out_dir, spec=spec, tokenizer=tok, source=source)
 
 
 def import_main(
@@ -530,7 +475,6 @@ __all__ = [
   "to_big_vision",
   "export_big_vision_npz",
   "to_float32",
-  "big_vision_example_spec",
   "import_to_exported",
   "import_main",
 ]

@@ -63,7 +63,6 @@ What remains different (export-hf prints each as one line and lists them in sigl
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import sys
@@ -87,37 +86,6 @@ def _import_hf():
       f"the Hugging Face export needs torch and transformers (pip install 'siglip_rins[hf]'): {e}"
     ) from None
   return torch, transformers
-
-
-def _check_rounds(rounds: Rounds) -> Rounds:
-  """None, an int >= 1, or {'img': int|None, 'txt': int|None}; anything else -> ValueError."""
-  if rounds is None:
-    return None
-  if isinstance(rounds, Mapping):
-    unknown = sorted(set(rounds) - {"img", "txt"})
-    if unknown:
-      raise ValueError(f"rounds: unknown tower key(s) {unknown}; allowed: ['img', 'txt']")
-    return {k: _check_rounds(v) for k, v in rounds.items()}
-  if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
-    raise ValueError(f"rounds must be None or an integer >= 1, got {rounds!r}")
-  return int(rounds)
-
-
-def _image_size(image_kw: Mapping, flat: Mapping[str, np.ndarray], configured) -> tuple[int, int]:
-  """The configured size when its patch grid fits img/pos_embedding, else the square grid times the patch."""
-  ph, pw = image_kw.get("patch_size", (16, 16))
-  pos = flat.get("img/pos_embedding")
-  if pos is None:
-    if configured is None:
-      raise ValueError("cannot tell the image size: give image_size (the model has no learned position embedding)")
-    return configured
-  n = int(pos.shape[1])
-  if configured is not None and (configured[0] // ph) * (configured[1] // pw) == n:
-    return configured
-  g = math.isqrt(n)
-  if g * g != n:
-    raise ValueError(f"img/pos_embedding has {n} positions, not a square grid; give image_size explicitly")
-  return g * ph, g * pw
 
 
 def _plan_layers(kw: dict, rounds: Optional[int], stack: str) -> tuple[list[tuple[str, int]], Any, Any]:
@@ -195,6 +163,7 @@ def to_hf(
   """
   from siglip_rins.example_spec import size_pair
   from siglip_rins.layers import sincos2d
+  from siglip_rins.models.shapes import check_rounds, image_size_from_params
   from siglip_rins.models import build_model
 
   cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
@@ -203,7 +172,7 @@ def to_hf(
   model = build_model(cfg)
   if model.image is None or model.text is None:
     raise ValueError("HF export needs both towers (SiglipModel has an image and a text model)")
-  rounds = _check_rounds(rounds)
+  rounds = check_rounds(rounds)
   r = rounds if isinstance(rounds, Mapping) else {"img": rounds, "txt": rounds}
   flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}
   img, txt = model.image, model.text
@@ -222,7 +191,7 @@ def to_hf(
     problems.append(f"patch size {(ph, pw)} is not square (SiglipVisionConfig.patch_size is one int)")
   if problems:
     raise ValueError("cannot export to transformers SiglipModel exactly: " + "; ".join(problems))
-  size = _image_size(img, flat, None if image_size is None else size_pair(image_size, "image_size"))
+  size = image_size_from_params(model, flat, None if image_size is None else size_pair(image_size, "image_size"))
   if size[0] != size[1]:
     raise ValueError(f"image size {size} is not square (SiglipVisionConfig.image_size is one int)")
   if text_len is None:
@@ -377,46 +346,15 @@ PIPELINE_TEXT_LEN = 64  # transformers' zero-shot-image-classification pipeline 
 PIL_RESAMPLE = {"nearest": 0, "lanczos3": 1, "lanczos5": 1, "bilinear": 2, "bicubic": 3, "area": 4}
 
 
-def example_spec_of(config: Mapping[str, Any], tokenizer_proto: Optional[bytes] = None):
+def example_spec_of(config: Mapping[str, Any], tokenizer_path: Optional[str | os.PathLike] = None):
   """The ExampleSpec of an exported folder's config.json: `config["example_spec"]` (format 2), else built from
-  the format-1 "text" / "image" sections (tokenizer_file, max_len, eos, canonicalize, pad_value; size,
-  resize_method, antialias, value_range); `tokenizer_proto` (the folder's tokenizer.model bytes) resolves
-  pad/eos ids and the vocabulary size there."""
-  import hashlib
-
-  from siglip_rins.example_spec import ExampleSpec, ImageSpec, TextSpec
+  the format-1 "text" / "image" sections; its tokenizer is the folder's file `tokenizer_path`."""
+  from siglip_rins import example_spec as es
 
   if config.get("example_spec"):
-    return ExampleSpec.from_dict(config["example_spec"])
-  text, image = config.get("text"), config.get("image")
-  text_spec = image_spec = None
-  if text:
-    pad, eos_id, vocab, sha = text.get("pad_value"), None, None, None
-    if tokenizer_proto is not None:
-      from siglip_rins.text.tokenizer import Tokenizer
-
-      tok = Tokenizer(tokenizer_proto)
-      pad = tok.pad_id if pad is None else pad
-      eos_id, vocab, sha = tok.eos_id, tok.vocab_size, hashlib.sha256(tokenizer_proto).hexdigest()
-    text_spec = TextSpec(
-      tokenizer=str(text.get("tokenizer_file", "tokenizer.model")),
-      max_len=int(text["max_len"]),
-      eos=str(text.get("eos", "sticky")),
-      pad_value=int(pad if pad is not None else 0),
-      lower=False,
-      canonicalize=bool(text.get("canonicalize", True)),
-      vocab_size=vocab,
-      tokenizer_sha256=sha,
-      eos_id=eos_id,
-    )
-  if image:
-    image_spec = ImageSpec(
-      size=tuple(image["size"]),
-      resize_method=str(image.get("resize_method", "bilinear")),
-      antialias=bool(image.get("antialias", False)),
-      value_range=tuple(image.get("value_range", (-1.0, 1.0))),
-    )
-  return ExampleSpec(image=image_spec, text=text_spec)
+    spec = es.ExampleSpec.from_dict(config["example_spec"])
+    return spec if tokenizer_path is None else es.with_tokenizer_file(spec, str(tokenizer_path))
+  return es.from_legacy_sections(config.get("text"), config.get("image"), tokenizer_path and str(tokenizer_path))
 
 
 def read_exported(model_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], Optional[bytes], Any]:
@@ -446,10 +384,10 @@ def read_exported(model_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndar
     raise ValueError(f"{params_path} is not a readable safetensors file: {e}") from None
   text = config.get("text") or {}
   tok_path = model_dir / text.get("tokenizer_file", "tokenizer.model")
-  proto = tok_path.read_bytes() if tok_path.is_file() else None
-  spec = example_spec_of(config, proto)
-  if spec.text is not None and proto is None:
+  if (text or (config.get("example_spec") or {}).get("text")) and not tok_path.is_file():
     raise FileNotFoundError(f"{tok_path} not found (the exported folder is incomplete)")
+  proto = tok_path.read_bytes() if tok_path.is_file() else None
+  spec = example_spec_of(config, tok_path if proto is not None else None)
   return config, flat, proto, spec
 
 
