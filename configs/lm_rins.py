@@ -51,7 +51,7 @@ def lm_pp(seq_len: int, tokenizer: str, max_doc_len: int = 0) -> str:
   n = max_doc_len or seq_len + 1
   return (
     f'tokenize(max_len={n}, model="{tokenizer}", eos="yes", inkey="text", outkey="tokens", '
-    f'canonicalize=False)|keep("tokens")'
+    f'lower=False, canonicalize=False)|keep("tokens")'
   )
 
 

@@ -104,7 +104,7 @@ def get_config(arg=None):
     batch_size=a.batch_size,
     shuffle_buffer_size=250_000,
     prefetch=1,
-    pp=f'decode|resize({a.res})|value_range(-1, 1)|choice(inkey="texts")|{text_pp}|keep("image", "labels")',
+    pp=f'decode|resize({a.res})|value_range(-1, 1)|choice(inkey="texts", skip_empty=True)|{text_pp}|keep("image", "labels")',
   )
   if a.setting == "multilingual":
     c.input.data = dict(

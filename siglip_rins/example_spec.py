@@ -38,7 +38,7 @@ from typing import Any, Mapping, Optional
 SPEC_FILE = "example_spec.json"
 SPEC_VERSION = 1
 # Image ops whose first argument (or `size`) sets the model's input size, in the order they may appear.
-_SIZE_OPS = ("resize", "inception_crop", "random_crop", "central_crop")
+_SIZE_OPS = ("resize", "inception_crop", "random_crop", "central_crop", "decode_jpeg_and_inception_crop")
 _RANDOM_OPS = ("flip_lr", "inception_crop", "random_crop", "randaug", "mixup")
 _IMAGE_KEYS = ("image",)
 
@@ -291,31 +291,15 @@ def _eval_image_ops(specs) -> tuple[list[str], dict]:
   ops, info = [], {}
   for spec in specs:
     name = spec.name
-    if name in ("tokenize", "choice", "keep", "drop", "copy", "onehot", "lower", "canonicalize", "flatten"):
+    if name in ("tokenize", "tok", "choice", "keep", "drop", "copy", "onehot", "lower", "canonicalize", "flatten"):
       continue
     if _op_key(spec) not in _IMAGE_KEYS and name != "decode":
       continue
     kw = dict(spec.kwargs)
-    if name == "decode":
-      ops.append(spec.to_string())
-    elif name in ("resize", "resize_small", "resize_long", "central_crop", "value_range", "clip_value_range"):
-      ops.append(spec.to_string())
-      if name == "resize":
-        size = spec.args[0] if spec.args else kw.get("size")
-        info["size"] = _size_pair(size, "pp op 'resize' size")
-        info["resize_method"] = spec.args[1] if len(spec.args) > 1 else kw.get("method", "bilinear")
-        info["antialias"] = bool(spec.args[2] if len(spec.args) > 2 else kw.get("antialias", False))
-      elif name == "central_crop":
-        size = spec.args[0] if spec.args else kw.get("size")
-        if size is not None:
-          info["size"] = _size_pair(size, "pp op 'central_crop' size")
-      elif name == "value_range":
-        lo = spec.args[0] if spec.args else kw.get("vmin", -1)
-        hi = spec.args[1] if len(spec.args) > 1 else kw.get("vmax", 1)
-        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-          info["value_range"] = (float(lo), float(hi))
-    elif name in ("inception_crop", "random_crop"):
-      size = spec.args[0] if spec.args else kw.get("size")
+    if name in ("inception_crop", "random_crop", "decode_jpeg_and_inception_crop"):
+      if name == "decode_jpeg_and_inception_crop":
+        ops.append("decode")
+      size = spec.args[0] if spec.args else kw.get("size", kw.get("crop_size"))
       if size is not None:
         h, w = _size_pair(size, f"pp op {name!r} size")
         # The evaluation counterpart of a random crop (big_vision / ImageNet convention).
@@ -323,10 +307,24 @@ def _eval_image_ops(specs) -> tuple[list[str], dict]:
         ops.append(f"central_crop(({h}, {w}))")
         info["size"] = (h, w)
         info.setdefault("resize_method", kw.get("method", "bilinear"))
-    elif name in _RANDOM_OPS:
       continue
-    else:
-      ops.append(spec.to_string())
+    if name in _RANDOM_OPS:
+      continue
+    ops.append(spec.to_string())
+    if name == "resize":
+      size = spec.args[0] if spec.args else kw.get("size")
+      info["size"] = _size_pair(size, "pp op 'resize' size")
+      info["resize_method"] = spec.args[1] if len(spec.args) > 1 else kw.get("method", "bilinear")
+      info["antialias"] = bool(spec.args[2] if len(spec.args) > 2 else kw.get("antialias", False))
+    elif name == "central_crop":
+      size = spec.args[0] if spec.args else kw.get("crop_size", kw.get("size"))
+      if size is not None:
+        info["size"] = _size_pair(size, "pp op 'central_crop' size")
+    elif name == "value_range":
+      lo = spec.args[0] if spec.args else kw.get("vmin", -1)
+      hi = spec.args[1] if len(spec.args) > 1 else kw.get("vmax", 1)
+      if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+        info["value_range"] = (float(lo), float(hi))
   return ops, info
 
 
@@ -367,6 +365,8 @@ def _input_pp(inp: Mapping) -> Optional[str]:
   pp = inp.get("pp")
   if pp:
     return pp
+  if inp.get("pp_img") or inp.get("pp_txt"):  # big_vision's split form (image ops, then text ops)
+    return "|".join(p for p in (inp.get("pp_img"), inp.get("pp_txt")) if p)
   data = inp.get("data") or {}
   for comp in data.get("sources", []) or []:  # a mixture whose components carry their own pp
     if comp.get("pp"):

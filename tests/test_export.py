@@ -68,7 +68,8 @@ def test_exported_embeddings_equal_training_model(rins_export):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (3, *IMAGE_SIZE, 3), dtype=np.uint8)
   texts = ["a red square", "ein blaues Dreieck", "一只猫"]
-  tokens = TOKENIZER.encode(texts, TEXT_LEN, canonicalize=True)
+  # Without a run's spec, export uses big_vision SigLIP's text convention: ASCII lower, sticky EOS, EOS padding.
+  tokens = TOKENIZER.encode(texts, TEXT_LEN, eos="sticky", pad_value=TOKENIZER.eos_id, lower=True)
   x = images.astype(np.float32) / 127.5 - 1.0
   for rounds in (None, 3):
     ref = jax.jit(lambda p, i, t: model.apply({"params": p}, i, t, rounds=rounds))
@@ -85,8 +86,11 @@ def test_exported_folder_contents(rins_export):
   config = json.loads((out / "config.json").read_text())
   assert config["format_version"] == FORMAT_VERSION
   assert config["text"] == dict(
-    tokenizer_file="tokenizer.model", max_len=TEXT_LEN, eos="sticky", canonicalize=True, pad_value=None
+    tokenizer_file="tokenizer.model", max_len=TEXT_LEN, eos="sticky", canonicalize=False, lower=True, pad_value=1
   )
+  spec = config["example_spec"]
+  assert spec["text"]["tokenizer"] == "tokenizer.model" and spec["text"]["pad_value"] == spec["text"]["eos_id"] == 1
+  assert spec["image"]["eval_pp"].startswith("decode|resize(")
   assert config["image"]["size"] == list(IMAGE_SIZE) and config["image"]["value_range"] == [-1.0, 1.0]
   assert config["model"]["recursion"] == {"signature": "A^2B"}
   assert (out / "tokenizer.model").read_bytes() == TOKENIZER.model_proto
