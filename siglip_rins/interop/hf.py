@@ -48,14 +48,15 @@ What remains different (export-hf prints each as one line and lists them in sigl
     canonicalise (big_vision imports: lower=True only) keeps punctuation, which SiglipTokenizer drops.
   * transformers' zero-shot pipeline pads SigLIP texts to 64 tokens (padding="max_length", max_length=64; its
     tokenizer_kwargs are not passed on), so it only runs models with 64 text positions; export-hf says so.
-  * images that need resizing: PIL antialiases when shrinking, tf.image.resize(antialias=False) (the training
-    pipeline, and load_exported) does not.  Images already at the model's size are not resized, and logits agree
-    to 2e-6.  Measured (PIL backend of transformers 5.23; values in [-1, 1], i.e. 2/255 per uint8 level):
-      smooth synthetic images to 16x16: upscaled from 10x12: max 0.0078 (one level, rounding), mean 0.0013;
-        downscaled from 12x20 .. 64x96: max 0.055-0.094, mean 0.009-0.013; tests' tiny model: logits within 0.021
-        (asserted <= 0.1), same ranking;
-      two 720x477 photos to 224 / 256 / 384: max 0.35-0.54 / 0.38-0.46 / 0.17-0.29, mean 0.028-0.056 /
-        0.023-0.045 / 0.011-0.021;
+  * images that need resizing: PIL antialiases when shrinking and rounds to uint8; the training pipeline's
+    resize (big_vision's: tf.image.resize(antialias=False), truncated to uint8), which load_exported runs too,
+    does neither.  Images already at the model's size are not resized, and logits agree to 2e-6.  Measured (PIL
+    backend of transformers 5.23, siglip_rins.data.preprocess; values in [-1, 1], i.e. 0.0078 per uint8 level):
+      smooth synthetic images to 16x16: upscaled from 10x12: max 0.0078 (one level), mean 0.0043 (truncation vs
+        rounding); downscaled from 12x20 .. 64x96: max 0.055-0.094, mean 0.009-0.013; tests' tiny model: logits
+        within 0.014 (asserted <= 0.1), same ranking;
+      two 720x477 photos to 224 / 256 / 384: max 0.35-0.54 / 0.38-0.45 / 0.17-0.29, mean 0.028-0.057 /
+        0.023-0.046 / 0.012-0.022;
       uniform noise (all frequencies) downscaled 40x28 -> 16x16: mean 0.21 (rankings change).
     For exact parity resize images to the model's size first (e.g. with `siglip_rins.data.preprocess`).
 """
