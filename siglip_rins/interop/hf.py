@@ -425,6 +425,10 @@ def _image_processor_config(image) -> tuple[dict, list[str]]:
       do_center_crop=True,
       crop_size=dict(height=int(image.size[0]), width=int(image.size[1])),
     )
+    notes.append(
+      f"images: resize_small({small}) + central_crop maps to shortest_edge + center crop; the longer side may "
+      f"differ by a pixel (HF truncates it, the pp op rounds)"
+    )
   elif names != ["resize"]:
     notes.append(f"image pp {image.eval_pp!r}: the HF processor only resizes to {tuple(image.size)}")
   if not image.antialias:
@@ -479,6 +483,8 @@ def _tokenizer_files(text, proto: bytes, text_len: int) -> tuple[dict[str, Any],
     )
   if text.eos != "sticky":
     notes.append(f"texts: SiglipTokenizer appends EOS and keeps it when truncating; this model used eos={text.eos!r}")
+  if getattr(text, "add_bos", False):
+    notes.append("texts: this model's texts start with BOS, which SiglipTokenizer does not add")
   return dict(config=config, special_tokens_map=pieces), notes
 
 
