@@ -355,6 +355,7 @@ def get_config(arg=None):
 
 
 def test_import_big_vision_command_writes_an_exported_folder(tmp_path, capsys):
+  import importlib.util
   import json
 
   import jax
@@ -398,6 +399,25 @@ def test_import_big_vision_command_writes_an_exported_folder(tmp_path, capsys):
   np.testing.assert_allclose(em.encode_images(list(images)), zimg, atol=1e-5)
   np.testing.assert_allclose(em.encode_texts(texts), ztxt, atol=1e-5)
   assert em.classify(list(images), ["red square", "blue circle"])[0][0][0] in ("red square", "blue circle")
+  import io
+
+  from PIL import Image
+
+  from siglip_rins.export import retrieve_main
+
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for i, image in enumerate(images):
+    Image.fromarray(image).save(photos / f"{i}.png")
+  listing = io.StringIO()
+  assert retrieve_main(out, "a red square", photos, top_k=2, out=listing) == 0
+  assert len(listing.getvalue().splitlines()) == 2
+  if importlib.util.find_spec("transformers") and importlib.util.find_spec("torch"):  # export-hf reads it too
+    from siglip_rins.interop.hf import export_hf_from_exported
+
+    hf = export_hf_from_exported(out, tmp_path / "hf", log=io.StringIO())
+    tok_cfg = json.loads((hf / "tokenizer_config.json").read_text())
+    assert (tok_cfg["pad_token"], tok_cfg["do_lower_case"], tok_cfg["model_max_length"]) == ("</s>", True, 6)
 
   # A shorter text length keeps the first positions; bad arguments give one line and exit status 1.
   short = tmp_path / "short"
