@@ -400,3 +400,20 @@ def test_cli_export_hf_prints_the_pipeline_note(tmp_path, capsys):
   config = transformers.SiglipConfig.from_pretrained(str(tmp_path / "cli"))
   assert config.text_config.num_hidden_layers == 8 and config.text_config.max_position_embeddings == 16
   assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "cli")).model_max_length == 16
+
+
+@pytest.mark.parametrize(
+  "norm",
+  ["value_range(-1, 1)", "value_range(0, 1)", "vgg_value_range", "clip_value_range", "value_range(-1, 1, 10, 200)"],
+)
+def test_image_processor_normalises_like_the_eval_pp(tmp_path, norm):
+  from siglip_rins.data.preprocess import ImagePreprocessor
+  from siglip_rins.example_spec import ExampleSpec, ImageSpec
+  from siglip_rins.interop.hf import hf_processor_files
+
+  image = ImageSpec(size=(8, 8), eval_pp=f'decode|resize((8, 8), method="bilinear")|{norm}')
+  ip = hf_processor_files(ExampleSpec(image=image, text=None), None, None)[0]["preprocessor_config.json"]
+  processor = transformers.AutoImageProcessor.from_pretrained(_write_json(tmp_path, ip))
+  pixels = np.random.default_rng(7).integers(10, 201, (2, 8, 8, 3), dtype=np.uint8)  # no resize
+  theirs = processor(images=list(pixels), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(theirs, ImagePreprocessor(image).batch(pixels), atol=1e-5)

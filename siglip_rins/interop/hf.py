@@ -30,8 +30,10 @@ Preprocessing (`export_hf_from_exported`, command `siglip-rins export-hf`): next
 exported folder's example spec, what `AutoProcessor`, `AutoTokenizer` and `pipeline("zero-shot-image-classification")`
 read:
   preprocessor_config.json  SiglipImageProcessor: size = the spec's (H, W), resample = PIL code of its resize method
-                            (bilinear 2, bicubic 3, nearest 0), rescale 1/255, normalise to the spec's value range
-                            (mean = -lo / (hi - lo), std = 1 / (hi - lo): 0.5 / 0.5 for [-1, 1]), convert to RGB.
+                            (bilinear 2, bicubic 3, nearest 0, area 4), rescale 1/255, normalise as the eval pp's
+                            value_range / vgg_value_range / clip_value_range (value_range(lo, hi): mean =
+                            -lo / (hi - lo), std = 1 / (hi - lo), 0.5 / 0.5 for [-1, 1]), convert to RGB;
+                            resize_small(s)|central_crop(h, w) becomes shortest_edge s + a center crop.
   spiece.model              the SentencePiece model (also kept as tokenizer.model).
   tokenizer_config.json     SiglipTokenizer: eos / unk = the model's pieces, pad = the piece of the spec's pad id
   special_tokens_map.json   ('</s>' for EOS padding), model_max_length = the model's text length,
@@ -392,12 +394,50 @@ def read_exported(model_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndar
   return config, flat, proto, spec
 
 
+_NORMALIZE_OPS = ("value_range", "vgg_value_range", "clip_value_range")
+# big_vision's vgg_value_range / clip_value_range statistics on the 0..255 scale (siglip_rins.data.ops_image).
+_VGG = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+def _normalization(image) -> tuple[list[float], list[float]]:
+  """image_mean / image_std (on x / 255) equal to the last normalising op of the spec's eval pp (value_range,
+  vgg_value_range, clip_value_range), or to its value_range when the pp has none."""
+  from siglip_rins.data import pp as pp_lib
+
+  def three(v):
+    return [float(x) for x in np.broadcast_to(np.asarray(v, np.float64), (3,))]
+
+  lo, hi = image.value_range
+  mean, std = three(-lo / (hi - lo)), three(1 / (hi - lo))
+  for op in pp_lib.parse(image.pp(decode=False)):
+    kw = dict(op.kwargs)
+    if op.name == "value_range":
+      names = ("vmin", "vmax", "in_min", "in_max")
+      kw.update(zip(names, op.args))
+      vmin, vmax = np.asarray(kw.get("vmin", -1), np.float64), np.asarray(kw.get("vmax", 1), np.float64)
+      in_min, in_max = np.asarray(kw.get("in_min", 0), np.float64), np.asarray(kw.get("in_max", 255), np.float64)
+      # vmin + (255 u - in_min) / (in_max - in_min) * (vmax - vmin) == (u - mean) / std, u = x / 255
+      s = (in_max - in_min) / (255.0 * (vmax - vmin))
+      mean, std = three(in_min / 255.0 - vmin * s), three(s)
+    elif op.name in ("vgg_value_range", "clip_value_range"):
+      m, sd = _VGG if op.name == "vgg_value_range" else _CLIP
+      if op.name == "vgg_value_range":
+        kw.update(zip(("mean", "std"), op.args))
+        if "mean" in kw:
+          m = np.asarray(kw["mean"], np.float64) / 255.0
+        if "std" in kw:
+          sd = np.asarray(kw["std"], np.float64) / 255.0
+      mean, std = three(m), three(sd)
+  return mean, std
+
+
 def _image_processor_config(image) -> tuple[dict, list[str]]:
   """preprocessor_config.json (SiglipImageProcessor) for an ImageSpec, and notes on what differs."""
   from siglip_rins.data import pp as pp_lib  # the parser is pure Python
 
   notes = []
-  lo, hi = image.value_range
+  mean, std = _normalization(image)
   cfg = dict(
     image_processor_type="SiglipImageProcessor",
     processor_class="SiglipProcessor",
@@ -408,13 +448,12 @@ def _image_processor_config(image) -> tuple[dict, list[str]]:
     do_rescale=True,
     rescale_factor=1 / 255,
     do_normalize=True,
-    # (x / 255 - mean) / std maps [0, 1] to [lo, hi]
-    image_mean=[-lo / (hi - lo)] * 3,
-    image_std=[1 / (hi - lo)] * 3,
+    image_mean=mean,
+    image_std=std,
   )
   if image.resize_method not in PIL_RESAMPLE:
     notes.append(f"resize method {image.resize_method!r} has no PIL counterpart; the HF processor resizes bilinear")
-  ops = [op for op in pp_lib.parse(image.pp(decode=False)) if op.name not in ("value_range", "clip_value_range")]
+  ops = [op for op in pp_lib.parse(image.pp(decode=False)) if op.name not in _NORMALIZE_OPS]
   names = [op.name for op in ops]
   if names == ["resize_small", "central_crop"]:
     small = ops[0].args[0] if ops[0].args else dict(ops[0].kwargs)["smaller_size"]
