@@ -29,7 +29,7 @@ def make_config(data_jsonl: str, steps: int = STEPS, global_batch: int = GLOBAL_
   c.input.pp = c.input.pp.replace(
     'choice(inkey="texts", skip_empty=True)', 'choice(inkey="texts", mode="first", skip_empty=True)'
   )
-  c.total_examples = steps * global_batch
+  c.total_steps, c.compute_match = steps, None  # an unmatched run of exactly `steps` steps
   c.schedule = dict(decay_type="rsqrt", warmup_steps=1)
   # plain SGD: updates are linear in the gradients, so float reordering across devices stays ~1e-7 (Adam's
   # g / sqrt(v) would blow it up for parameters with near-zero gradients)

@@ -196,7 +196,9 @@ def test_custom_tokenizer_user_path(tmp_path):
   run = [sys.executable, "-m", "siglip_rins.cli"]
   from siglip_rins.demo import shapes
 
-  (tmp_path / "captions.txt").write_text("\n".join(shapes.all_captions(("en", "ja", "ar"))[:4000]), encoding="utf-8")
+  (tmp_path / "captions.txt").write_text(
+    "\n".join(shapes.all_captions(("en", "ja", "zh", "ru"))[:4000]), encoding="utf-8"
+  )
 
   def cli(*args):
     return subprocess.run(run + list(args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -27,7 +27,10 @@ OVERRIDES = ["ckpt_every=1", "log_every=1", "keep_ckpts=2", "tensorboard=False"]
 def _config():
   c = config_lib.load_config(os.path.join(ROOT, "configs", f"siglip_rins.py:{ARGS}"))
   c = config_lib.apply_overrides(c, OVERRIDES)
-  assert c.total_examples == STEPS * c.input.batch_size  # runlocal: `steps` baseline steps, AB is the baseline
+  from siglip_rins import budget
+
+  budget.finalize(c)
+  assert c.total_steps == STEPS  # runlocal: `steps` baseline steps, AB is the baseline
   return c
 
 
