@@ -118,6 +118,22 @@ def test_initial_lm_loss_is_about_ln_vocab_at_full_width(variant, tie):
   assert 0.5 < float(logits.std()) < 2.0
 
 
+def test_predictor_axis_drives_rounds_or_repeat():
+  """The demos evaluate RAO (ABAB) along repeat-all-over: Predictor(axis='repeat') passes its `rounds` as repeat."""
+  from siglip_rins.predictor import Predictor
+
+  model = _decoder("ABAB", loop="unroll")
+  tokens = _tokens((2, 6))
+  params = random_params(model, tokens)
+  logp = lambda **kw: jax.nn.log_softmax(model.apply({"params": params}, tokens, **kw)[:, :-1])
+  want = lambda **kw: np.take_along_axis(np.asarray(logp(**kw)), np.asarray(tokens)[:, 1:, None], -1)[..., 0]
+  for axis in ("rounds", "repeat"):
+    pred = Predictor(model, params, batch_size=2, axis=axis)
+    for r in (1, 3):
+      np.testing.assert_allclose(pred.lm_logprobs(tokens, rounds=r), want(**{axis: r}), rtol=1e-5, atol=1e-5)
+  assert np.abs(want(repeat=1) - want(rounds=1)).max() > 1e-3  # AB vs ABAB: the axes differ
+
+
 def _cache_bytes_for(r, kv_sharing, b=2, t=8, depth=4):
   model = _decoder(f"A^{r}B", kv_sharing, depth=depth)
   tokens = jnp.zeros((b, t), jnp.int32)
