@@ -26,8 +26,8 @@ seq_len + 1 ids (EOS appended, 0-padded; the LM task scores no pad target).  Seq
 (siglip_rins/data/packing.py) is not applied: the input pipeline has no packing stage yet.
 
 Args: variant (lm_300m | lm_600m | lm_1b | lm_mu), signature, degree, p_skip, adapters, kv_sharing, loop, remat,
-split, layers_per_block, seq_len, batch_size, tokenizer, vocab, baseline_steps, baseline_seq_len, runlocal, steps (runlocal baseline
-steps).  runlocal: the tiny `lm_mu` decoder on the built-in demo captions with the shipped 'demo' tokenizer,
+split (floor | spread | exact), layers_per_block (N or N:M:K), seq_len, batch_size, tokenizer, vocab,
+baseline_steps, baseline_seq_len, runlocal, steps (runlocal baseline steps).  runlocal: the tiny `lm_mu` decoder on the built-in demo captions with the shipped 'demo' tokenizer,
 seq_len 32, batch 32.  Local overrides (runlocal only): corpus (a jsonl folder/file of {"text": ...} lines instead of
 the demo captions), local_tokenizer (name or .model path), local_seq_len, local_batch_size, local_variant
 (siglip_rins/demo/lm_study.py uses them for its Shakespeare study).

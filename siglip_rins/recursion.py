@@ -151,7 +151,7 @@ class BlockPlan:
   @property
   def layers_per_block(self):
     """An int when every unique block has the same depth, else the per-block tuple (aligned with block_names)."""
-    return self.block_layers[0] if len(set(self.block_layers)) == 1 else self.block_layers
+    return self.block_layers[0] if self.uniform else self.block_layers
 
   @property
   def uniform(self) -> bool:
@@ -202,9 +202,9 @@ def split_depth(num_layers: int, n_unique: int, split: str = "floor", what: str 
   """
   if split not in SPLITS:
     raise ValueError(f"recursion.split must be one of {SPLITS}, got {split!r}")
-  if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+  if not isinstance(num_layers, (int, np.integer)) or isinstance(num_layers, bool) or num_layers < 1:
     raise ValueError(f"depth must be an integer >= 1, got {num_layers!r}")
-  base, rem = divmod(num_layers, n_unique)
+  base, rem = divmod(int(num_layers), n_unique)
   if base == 0:
     raise ValueError(f"depth {num_layers} cannot be split into {n_unique} unique blocks{what} (0 layers per block)")
   if split == "exact" and rem:
@@ -293,7 +293,8 @@ def _degree_one(plan: BlockPlan, what: str):
   if plan.degree != 1:
     raise ValueError(
       f"{what} is defined for degree-1 signatures (RINS A^rB, RAO); signature "
-      f"'({compact_signature(plan.letters)})_{plan.degree}' has degree {plan.degree}, whose nesting has no single first block or unit to repeat at inference time"
+      f"'({compact_signature(plan.letters)})_{plan.degree}' has degree {plan.degree}, whose nesting has no single "
+      f"first block or unit to repeat at inference time"
     )
 
 

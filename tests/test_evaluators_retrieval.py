@@ -45,7 +45,9 @@ def test_perfect_predictor_has_recall_one(tokenizer, tmp_path):
 def test_planted_confusion_gives_hand_computed_recalls(tokenizer, tmp_path):
   ev = evaluators.build(
     'coco',
-    dict(type='retrieval', data=dict(type='jsonl', path=_caption_set(tmp_path / 'r')), show_progress=False),
+    dict(
+      type='retrieval', data=dict(type='jsonl', path=_caption_set(tmp_path / 'r')), show_progress=False
+    ),
   )
   # The bird image looks like a dog. i2t: cat/dog images rank their captions first; the bird image has its
   # captions (sim 0) tied with the 4 others → rank 4. t2i: cat captions rank 0; dog captions tie between the
@@ -78,7 +80,9 @@ def test_xm3600_every_language_including_non_latin_scripts(tokenizer, tmp_path):
     texts = {lg: [f'{w[c]} photo', f'the {w[c]}'] for lg, w in words.items() if not (lg == 'ja' and c == 2)}
     records.append({'image': f'{c}.png', 'texts': texts})
   folder = write_dataset(tmp_path / 'xm', records, {f'{c}.png': c for c in range(3)})
-  ev = evaluators.build('xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), show_progress=False))
+  ev = evaluators.build(
+    'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), show_progress=False)
+  )
   pred = PlantedPredictor(tokenizer, image_confusion={2: 1})
   recs = ev.run(pred, rounds=2)
   by_lang = {r['language']: r['metrics'] for r in recs}
@@ -109,7 +113,9 @@ def test_xm3600_one_line_per_language_layout(tokenizer, tmp_path):
   folder = write_dataset(tmp_path / 'xm2', records, {'0.png': 0, '1.png': 1})
   ev = evaluators.build(
     'xm',
-    dict(type='xm3600', data=dict(type='jsonl', path=folder), languages=['ru', 'en'], show_progress=False),
+    dict(
+      type='xm3600', data=dict(type='jsonl', path=folder), languages=['ru', 'en'], show_progress=False
+    ),
   )
   recs = ev.run(PlantedPredictor(tokenizer))
   assert [r['language'] for r in recs] == ['ru', 'en', 'avg']

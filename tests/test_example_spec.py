@@ -127,9 +127,7 @@ def test_runlocal_honours_tokenizer_and_text_len(tmp_path):
   from siglip_rins.text.tokenizer import REPO_TOKENIZER_DIR
 
   path = str(REPO_TOKENIZER_DIR / "demo_multilingual.model")
-  config = config_lib.load_config(
-    os.path.join(REPO, "configs", "siglip_rins.py") + f":runlocal,tokenizer={path},text_len=24"
-  )
+  config = config_lib.load_config(os.path.join(REPO, "configs", "siglip_rins.py") + f":runlocal,tokenizer={path},text_len=24")
   spec = example_spec.finalize(config)
   assert spec.text.tokenizer == path and spec.text.max_len == 24 and config.input.text_len == 24
 

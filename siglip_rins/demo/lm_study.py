@@ -20,8 +20,9 @@ The language-model counterpart of the SigLIP demo (paper Sec. 3-4 in miniature):
                that match its training FLOPs (the config does the matching; steps round down, so a variant is
                below the baseline by less than one of its own steps).
   6. eval      validation log-perplexity (the `lm_ppl` evaluator: nats per token, EOS included) at r = 1 and at
-               the trained r (rounds of A in A^rB; for RAO ABAB the repeats of AB, so its r = 1 is AB), at about --eval-points checkpoints spread over training, so the report has
-               validation loss against training FLOPs.
+               the trained r (rounds of A in A^rB; for RAO ABAB the repeats of AB, so its r = 1 is AB), at
+               about --eval-points checkpoints spread over training, so the report has validation loss against
+               training FLOPs.
 Outputs in --out: lm_report.md, lm_results.json, lm_val_vs_flops.png, runs/<variant>/ (config.json,
 metrics.jsonl, checkpoints).  Prepared data (tokenizer, jsonl) is cached per corpus content and settings in
 $SIGLIP_RINS_DATA_DIR/lm_study/.

@@ -8,8 +8,8 @@ Trains, at matched training compute (paper Sec. 2, Def. 2.1), with identical sha
 Recursive variants train on fewer examples so that steps x batch x training FLOPs per example equals the
 baseline's (`configs/siglip_rins.py` does the matching; steps round down, so a variant is below the baseline by
 less than one of its own steps).  Each trained model is then evaluated at inference rounds r = 1 .. max_rounds
-(r = k runs A^kB for AB and A^rB; for the RAO signature ABAB it is the repeat axis, (AB)^k) on the `eval` split, whose (colour, shape)
-classes include the 6 pairs never seen in training:
+(r = k runs A^kB for AB and A^rB; for the RAO signature ABAB r is the repeat axis, (AB)^k) on the `eval` split,
+whose (colour, shape) classes include the 6 pairs never seen in training:
     zero-shot classification   48-way, English class prompts; top-1 overall and on held-out-pair images
     retrieval                  image <-> caption, captions in all languages pooled; R@1
     per-language retrieval     XM3600-style, one gallery per language; reported at r = 1 and the trained r
