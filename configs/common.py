@@ -13,8 +13,9 @@ from siglip_rins.config_lib import parse_arg  # noqa: F401  (re-exported for con
 
 
 def recursion(arg) -> dict:
-  """The model.recursion section from the common args."""
-  return dict(
+  """The model.recursion section from the common args (`split` and `layers_per_block` only where a config
+  has those args and sets them: see layers_per_block_arg)."""
+  out = dict(
     signature=arg.signature,
     degree=arg.degree,
     p_skip=float(arg.p_skip),
@@ -23,6 +24,30 @@ def recursion(arg) -> dict:
     loop=arg.loop,
     remat=bool(arg.remat),
   )
+  split = getattr(arg, "split", "floor")
+  if split != "floor":
+    out["split"] = split
+  lpb = layers_per_block_arg(getattr(arg, "layers_per_block", ""))
+  if lpb is not None:
+    out["layers_per_block"] = lpb
+  return out
+
+
+def layers_per_block_arg(text) -> "int | list[int] | None":
+  """'' -> None (split the depth), '5' -> 5 (every block), '6:5:5' -> [6, 5, 5] (one per unique block, in order
+  of first use; ':' because the config arg is a comma list)."""
+  if isinstance(text, int) and not isinstance(text, bool):
+    return text
+  text = str(text or "").strip()
+  if not text:
+    return None
+  try:
+    parts = [int(x) for x in text.split(":")]
+  except ValueError:
+    raise ValueError(
+      f"layers_per_block: expected an integer or integers joined by ':' (e.g. 6:5:5), got {text!r}"
+    ) from None
+  return parts[0] if len(parts) == 1 else parts
 
 
 def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0) -> str:

@@ -9,6 +9,13 @@ rsqrt schedule with 5k warm-up and 5k cool-down steps, c4_en SentencePiece vocab
   python -m siglip_rins.train --config configs/lm_rins.py:seq_len=1536 --workdir DIR     # long-sequence baseline
   python -m siglip_rins.train --config configs/lm_rins.py:runlocal --workdir /tmp/lm     # seconds, offline
 
+App. E.1 sweep: signatures whose unique blocks do not divide the depth (e.g. ABBC, AABC, ABCC on the 16 layers of
+lm_600m) use the paper's split by default (split=floor: 16 // 3 = 5 layers per block, one layer dropped);
+split=spread keeps every layer (blocks of 6, 5, 5), layers_per_block=N or N:M:K sets the blocks directly.
+`siglip-rins sweep --depth 16` lists the sweep.
+
+  python -m siglip_rins.train --config configs/lm_rins.py:signature=ABBC,split=spread --workdir DIR
+
 Compute matching: the non-recursive baseline (signature AB, seq_len 1024) trains `baseline_steps` steps; every
 other variant (recursive signatures, stochastic RINS by its *expected* rounds, longer sequences) gets
 total_steps = baseline training FLOPs / its training FLOPs per step, derived after every override
@@ -20,8 +27,8 @@ seq_len + 1 ids (EOS appended, 0-padded; the LM task scores no pad target).  Seq
 (siglip_rins/data/packing.py) is not applied: the input pipeline has no packing stage yet.
 
 Args: variant (lm_300m | lm_600m | lm_1b | lm_mu), signature, degree, p_skip, adapters, kv_sharing, loop, remat,
-seq_len, batch_size, tokenizer, vocab, baseline_steps, baseline_seq_len, runlocal, steps (runlocal baseline
-steps).  runlocal: the tiny `lm_mu` decoder on the built-in demo captions with the shipped 'demo' tokenizer,
+split (floor | spread | exact), layers_per_block (N or N:M:K), seq_len, batch_size, tokenizer, vocab,
+baseline_steps, baseline_seq_len, runlocal, steps (runlocal baseline steps).  runlocal: the tiny `lm_mu` decoder on the built-in demo captions with the shipped 'demo' tokenizer,
 seq_len 32, batch 32.  Local overrides (runlocal only): corpus (a jsonl folder/file of {"text": ...} lines instead of
 the demo captions), local_tokenizer (name or .model path), local_seq_len, local_batch_size, local_variant
 (siglip_rins/demo/lm_study.py uses them for its Shakespeare study).
@@ -66,6 +73,8 @@ def get_config(arg=None):
     kv_sharing=False,
     loop="auto",
     remat=False,
+    split="floor",
+    layers_per_block="",
     seq_len=1024,
     batch_size=1024,
     tokenizer="c4_en",

@@ -3,6 +3,7 @@
 siglip-rins train    --config configs/siglip_rins.py:signature=A^2B --workdir DIR [--config.lr=3e-4]
 siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3] [--out DIR] [--config.k=v]
 siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS] [--config.k=v]
+siglip-rins sweep    --depth L [--degree D] [--split floor|spread] [--variant lm_600m] [--json]
 siglip-rins export   --workdir DIR --out MODEL_DIR
 siglip-rins export-hf --model MODEL_DIR --out HF_DIR [--rounds R]
 siglip-rins import-big-vision --npz F --config FILE:ARGS [--config.k=v] --tokenizer M.model --out MODEL_DIR
@@ -76,6 +77,25 @@ def cmd_flops(args, rest=()) -> int:
       flops_budget=m["flops_budget"],
     )
   print(json.dumps(out, indent=2, default=float))
+  return 0
+
+
+def cmd_sweep(args) -> int:
+  """App. E.1's architecture sweep for a depth: each signature's blocks, layers per block and relative size."""
+  from siglip_rins import flops
+
+  degrees = (args.degree,) if args.degree else (1, 2, 3)
+  rows = flops.sweep_with_params(args.depth, degrees, args.split, args.variant)
+  if args.json:
+    print(json.dumps(rows, indent=2))
+    return 0
+  cols = ["compact", "degree", "unique_blocks", "layers_per_block", "unique_layers", "layers_run", "dropped_layers"]
+  cols += ["param_layers_rel", "compute_rel"] + (["params", "params_rel"] if args.variant else [])
+  cell = lambda v: f"{v:.3f}" if isinstance(v, float) else ":".join(map(str, v)) if isinstance(v, list) else str(v)
+  table = [cols] + [[cell(r[c]) for c in cols] for r in rows]
+  widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+  for row in table:
+    print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
   return 0
 
 
@@ -254,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
   f = sub.add_parser("flops", help="params, FLOPs and compute-matched steps as JSON")
   f.add_argument("--config", required=True)
   f.add_argument("--baseline", help="a baseline config to compute-match against")
+  w = sub.add_parser("sweep", help="App. E.1's signatures for a depth: blocks, layers per block, relative size")
+  w.add_argument("--depth", type=int, help="baseline depth L (default: the --variant's)")
+  w.add_argument("--degree", type=int, choices=(1, 2, 3), help="only this degree (default: 1, 2 and 3)")
+  w.add_argument("--split", default="floor", choices=("floor", "spread"), help="floor: the paper's L // blocks")
+  w.add_argument("--variant", help="an LM variant (e.g. lm_600m): adds parameter counts")
+  w.add_argument("--json", action="store_true", help="JSON instead of a table")
   x = sub.add_parser("export", help="export a trained run to a self-contained model folder")
   x.add_argument("--workdir", required=True)
   x.add_argument("--out", required=True)
@@ -312,6 +338,7 @@ def main(argv=None) -> int:
       parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return {
       "flops": cmd_flops,
+      "sweep": cmd_sweep,
       "eval": cmd_eval,
       "export": cmd_export,
       "classify": cmd_classify,

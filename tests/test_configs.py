@@ -62,8 +62,27 @@ def test_config_loads_for_the_paper_signatures(name, signature, runlocal):
 
 
 def test_a_signature_the_depth_does_not_allow_fails_at_load_naming_it():
-  with pytest.raises(ValueError, match="ABBC"):  # 3 unique blocks do not divide the 16 layers of lm_600m
-    _load("lm_rins.py", "signature=ABBC")
+  with pytest.raises(ValueError, match="ABBC"):  # split=exact: 3 unique blocks do not divide 16 layers
+    _load("lm_rins.py", "signature=ABBC,split=exact")
+  with pytest.raises(ValueError, match=r"cannot be split into 27 unique blocks for signature '\(ABC\)_3'"):
+    _load("lm_rins.py", "signature=(ABC)_3")  # 27 unique blocks > 16 layers: 0 layers per block
+
+
+@pytest.mark.parametrize(
+  "args, blocks",
+  [
+    ("signature=ABBC", (5, 5, 5)),  # App. E.1 (floor): 16 // 3 layers per block, one layer dropped
+    ("signature=ABCC,split=spread", (6, 5, 5)),
+    ("signature=AABC,layers_per_block=4:6:6", (4, 6, 6)),
+    ("signature=AABC,layers_per_block=5", (5, 5, 5)),
+  ],
+)
+def test_lm_600m_trains_the_app_e1_three_block_signatures(args, blocks):
+  """ABBC / AABC / ABCC on the 16 layers of lm_600m (the old code refused them: 3 does not divide 16)."""
+  config = _load("lm_rins.py", args)
+  model = build_model(config.model)
+  assert model.recursion.plan(model.depth).block_layers == blocks
+  assert config.total_steps < config.compute_match.baseline_steps  # compute-matched against the AB baseline
 
 
 # ------------------------------------------------------------------------------------------------ sizes

@@ -129,7 +129,9 @@ def test_plan_builder_raises_only_value_errors(sig, degree, depth, p):
     plan = make_plan(sig, degree, depth, p_skip=p)
   except ValueError:
     return
-  assert plan.layers_per_block * plan.num_unique_blocks == depth
+  # The default split is the paper's (App. E.1): depth // unique layers per block, the remainder dropped.
+  assert plan.num_layers_param == (depth // plan.num_unique_blocks) * plan.num_unique_blocks
+  assert plan.uniform and plan.layers_per_block == depth // plan.num_unique_blocks
 
 
 def test_workdir_that_is_a_file_fails_at_start_naming_it(tmp_path):

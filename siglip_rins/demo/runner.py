@@ -8,8 +8,8 @@ Trains, at matched training compute (paper Sec. 2, Def. 2.1), with identical sha
 Recursive variants train on fewer examples so that steps x batch x training FLOPs per example equals the
 baseline's (`configs/siglip_rins.py` does the matching; steps round down, so a variant is below the baseline by
 less than one of its own steps).  Each trained model is then evaluated at inference rounds r = 1 .. max_rounds
-(r = k runs A^kB; for AB and ABAB it repeats the whole unit k times) on the `eval` split, whose (colour, shape)
-classes include the 6 pairs never seen in training:
+(r = k runs A^kB for AB and A^rB; for the RAO signature ABAB r is the repeat axis, (AB)^k) on the `eval` split,
+whose (colour, shape) classes include the 6 pairs never seen in training:
     zero-shot classification   48-way, English class prompts; top-1 overall and on held-out-pair images
     retrieval                  image <-> caption, captions in all languages pooled; R@1
     per-language retrieval     XM3600-style, one gallery per language; reported at r = 1 and the trained r
@@ -180,14 +180,23 @@ def variant_config(name: str, settings: dict):
   return config
 
 
+def recursion_axis(config) -> str:
+  """The axis the demo's r sweeps for this signature: 'repeat' for RAO (ABAB), else 'rounds' (A^kB)."""
+  from siglip_rins.recursion import RecursionConfig, adapter_axis
+  from siglip_rins.models.vit import decode_variant
+
+  rec = RecursionConfig.from_dict(config.model.recursion.to_dict())
+  return adapter_axis(rec.plan(decode_variant(config.model.image.variant)["depth"]))
+
+
 def trained_rounds(config) -> int:
-  """r of the trained signature (A^rB -> r; ABAB -> 2; AB -> 1)."""
-  from siglip_rins.recursion import RecursionConfig, trained_rounds as plan_rounds
+  """r of the trained signature along its recursion_axis (A^rB -> r; ABAB -> 2 repeats; AB -> 1)."""
+  from siglip_rins.recursion import RecursionConfig, num_adapters
   from siglip_rins.models.vit import decode_variant
 
   rec = RecursionConfig.from_dict(config.model.recursion.to_dict())
   depth = decode_variant(config.model.image.variant)["depth"]
-  return int(plan_rounds(rec.plan(depth)))
+  return int(num_adapters(rec.plan(depth)))
 
 
 # ----------------------------------------------------------------------------------------------- eval data
@@ -278,6 +287,7 @@ def run_variant(name: str, settings: dict, evals: dict, verbose: bool = True) ->
   model = build_model(config.model)
   predictor = make_predictor(model, params, config)
   predictor.batch_size, predictor.name = EVAL_BATCH, name
+  predictor.axis = recursion_axis(config)  # RAO (ABAB) is evaluated along repeat-all-over
   all_rounds = sorted(set(range(1, settings["max_rounds"] + 1)) | {r_trained})
   records = []
   for ev_name, ev_cfg in evals.items():

@@ -8,6 +8,7 @@ big_vision names (flat, '/'-joined; released files prefix them with 'params/'):
 
 siglip_rins splits each stack into unique blocks A, B, ... of `layers_per_block` layers:
   big_vision encoderblock_i  <->  <stack>/<block_names[i // layers_per_block]>/encoderblock_{i % layers_per_block}
+  (blocks of an uneven split, recursion.split='spread', take consecutive layers by their own depths)
 Everything else has the same name.  So a 12-layer checkpoint imports into the 'AB' model (blocks A, B of 6 layers)
 and, with an identical parameter tree, into any RINS model A^rB (only the recursion config differs; the RINS model
 then starts from the pretrained blocks).  Linear adapters, absent from big_vision, are initialised to the identity.
@@ -285,9 +286,11 @@ def import_big_vision(
     m = _LOOP_RE.match(k)
     if m and m.group(1) in plans:
       plan = plans[m.group(1)][0]
-      i, lpb = int(m.group(2)), plan.layers_per_block
-      if i // lpb < len(plan.block_names):
-        k = f"{m.group(1)}/{plan.block_names[i // lpb]}/encoderblock_{i % lpb}/{m.group(3)}"
+      i = int(m.group(2))
+      starts = np.cumsum((0,) + plan.block_layers)  # blocks of an uneven split have their own depths
+      if i < starts[-1]:
+        blk = int(np.searchsorted(starts, i, side="right")) - 1
+        k = f"{m.group(1)}/{plan.block_names[blk]}/encoderblock_{i - starts[blk]}/{m.group(3)}"
     ours[k] = to_float32(k, v)
   for stack, (plan, kw) in plans.items():  # adapters: not in big_vision; identity (their init value)
     if kw["recursion"].adapters:

@@ -97,18 +97,18 @@ def _plan_layers(kw: dict, rounds: Optional[int], stack: str) -> tuple[list[tupl
 
   trained = kw["recursion"].plan(kw.get("depth", 12))
   plan = trained if rounds is None else with_rounds(trained, int(rounds))
-  layers = [(name, j) for name in plan.sequence for j in range(plan.layers_per_block)]
+  layers = [(name, j) for name in plan.sequence for j in range(plan.layers(name))]
   return layers, plan, trained
 
 
 def _check_adapters(flat: Mapping[str, np.ndarray], stack: str, kw: dict, plan, trained) -> None:
-  from siglip_rins.recursion import recursive_run_index, trained_rounds
+  from siglip_rins.recursion import adapter_axis, adapter_index
 
   if not kw["recursion"].adapters:
     return
   kernel, bias = flat[f"{stack}/adapter_kernel"], flat[f"{stack}/adapter_bias"]
-  ran = plan.runs()[recursive_run_index(plan)].count
-  k = min(max(ran, 1), trained_rounds(trained)) - 1
+  ran = plan.repeats if adapter_axis(trained) == "repeat" else plan.runs()[0].count
+  k = adapter_index(trained, plan) - 1
   if not (np.array_equal(kernel[k], np.eye(kernel.shape[-1], dtype=kernel.dtype)) and not np.any(bias[k])):
     raise ValueError(
       f"{stack}: linear adapter {k + 1} (applied after {ran} rounds) is not the identity, and a transformers "
