@@ -379,8 +379,9 @@ def train(
 
 
 def run_info(config) -> dict:
-  """Signature, trained rounds r (of A^rB) and p_skip of the run, for scaling-law tooling."""
-  from siglip_rins.recursion import RecursionConfig, make_plan, trained_rounds
+  """Signature, trained r and p_skip of the run, for scaling-law tooling.  `rounds` is r along the signature's
+  own axis (A^rB: rounds of A; RAO such as ABAB: repeats of the unit), `axis` says which."""
+  from siglip_rins.recursion import RecursionConfig, adapter_axis, make_plan, num_adapters
 
   rc = RecursionConfig.from_dict(dict(config.model.get("recursion", {}) or {}))
   plan = make_plan(rc.signature, rc.degree, layers_per_block=1)
@@ -388,7 +389,8 @@ def run_info(config) -> dict:
     "signature": rc.signature,
     "degree": rc.degree,
     "p_skip": rc.p_skip,
-    "rounds": trained_rounds(plan) if rc.degree == 1 else None,
+    "rounds": num_adapters(plan) if rc.degree == 1 else None,
+    "axis": adapter_axis(plan) if rc.degree == 1 else None,
   }
 
 
