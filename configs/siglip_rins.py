@@ -157,7 +157,7 @@ def get_config(arg=None):
       c.evals[name] = dict(
         type="cultural_zeroshot",
         data=dict(type="jsonl", path=folder),
-        class_names=f"{folder}/class_names.json",
+        class_names="from_data",  # the topics / objects named in the dataset's own labels
         group_by=group,
         dataset=name,
         **every,

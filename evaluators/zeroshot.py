@@ -7,7 +7,8 @@ top-1 (correct when the prediction is in the image's ReaL label set; images with
 and top-1 per group (e.g. region or income bucket, see cultural.py).
 
 Config: dict(type='zeroshot', data=dict(type='tfds', name='imagenet2012', split='validation') or
-dict(type='jsonl', path=FOLDER), class_names='imagenet'|'cifar100'|'pets'|[names or alias lists]|'file.json',
+dict(type='jsonl', path=FOLDER), class_names='imagenet'|'cifar100'|'pets'|[names or alias lists]|'file.json'|
+'from_data' (the dataset's own label names: TFDS ClassLabel names, or the distinct string labels of data.jsonl),
 templates='openai_imagenet'|'openai_imagenet_bare'|'simple_imagenet'|'cifar100'|'pets'|'bare'|[...],
 label_key='label', real_labels_key=None, class_subset=None|'imagenet_a'|'imagenet_r'|[indices],
 pp_img=None (default: the run's example spec), batch_size=64, dataset=NAME, group_by=None, limit=None).
@@ -52,6 +53,33 @@ def resolve_class_names(spec) -> list[list[str]]:
       raise ValueError(f'class {i}: expected a name or a list of alias names, got {entry!r}')
     out.append(aliases)
   return out
+
+
+def class_names_from_data(data, label_key: str = 'label') -> list[list[str]]:
+  """`class_names='from_data'`: the class list from the dataset's own metadata, for sets whose class list no
+  package ships (Dollar Street topics, GeoDE objects): TFDS ClassLabel names in label order, or the sorted distinct
+  string labels of a local data.jsonl.  Integer labels carry no names: give class_names."""
+  data = dict(data)
+  if data.get('type', 'jsonl') == 'tfds':
+    import tensorflow_datasets as tfds
+
+    feature = tfds.builder(data['name'], data_dir=data.get('data_dir')).info.features[label_key]
+    names = getattr(feature, 'names', None)
+    if not names:
+      raise ValueError(f"class_names='from_data': TFDS {data['name']!r} feature {label_key!r} has no class names")
+    return [[str(n)] for n in names]
+  labels = set()
+  for rec in common.read_jsonl(data['path']):
+    value = rec.get(label_key)
+    if isinstance(value, str) and value.strip():
+      labels.add(value.strip())
+    elif value is not None:
+      raise ValueError(
+        f"class_names='from_data' needs string labels in field {label_key!r}; got {value!r}: give class_names"
+      )
+  if not labels:
+    raise ValueError(f"class_names='from_data': no {label_key!r} labels in {data['path']}")
+  return [[name] for name in sorted(labels)]
 
 
 def resolve_templates(spec) -> list[str]:
@@ -185,10 +213,11 @@ class ZeroShotEvaluator:
     if class_names is None:
       raise ValueError(f"evaluator {name!r}: 'class_names' is required (a shipped set name, a list or a JSON file)")
     self.name, self.data, self.dataset = name, dict(data), dataset or name
-    self.class_names = resolve_class_names(class_names)
+    self._from_data = class_names == 'from_data'
+    self.class_names = None if self._from_data else resolve_class_names(class_names)
     self.templates = resolve_templates(templates if templates is not None else self.default_templates)
     self.class_subset = resolve_class_subset(class_subset)
-    if self.class_subset is not None and self.class_subset.max() >= len(self.class_names):
+    if self.class_names and self.class_subset is not None and self.class_subset.max() >= len(self.class_names):
       raise ValueError(f'class_subset index {self.class_subset.max()} >= {len(self.class_names)} classes')
     self.label_key, self.real_labels_key, self.image_key = label_key, real_labels_key, image_key
     self.pp_img, self.batch_size = pp_img, int(batch_size)
@@ -215,6 +244,8 @@ class ZeroShotEvaluator:
 
   def run(self, predictor, rounds=None) -> list[dict]:
     rounds_list = common.as_rounds_list(rounds)
+    if self._from_data and self.class_names is None:
+      self.class_names = class_names_from_data(self.data, self.label_key)
     active_names = self.class_names if self.class_subset is None else [self.class_names[i] for i in self.class_subset]
     scores = {r: [] for r in rounds_list}
     class_emb = {}  # computed once per run, per rounds value
