@@ -22,9 +22,10 @@ total_steps = baseline training FLOPs / its training FLOPs per step, derived aft
 (siglip_rins/budget.py).
 
 Data: users prepare the TFDS datasets beforehand (nothing is downloaded at run time): `c4/en` and the Hugging
-Face mirror `huggingface:cerebras__slimpajama_627b` (both have a `text` feature).  Each document is tokenized to
-seq_len + 1 ids (EOS appended, 0-padded; the LM task scores no pad target).  Sequence packing
-(siglip_rins/data/packing.py) is not applied: the input pipeline has no packing stage yet.
+Face mirror `huggingface:cerebras__slimpajama_627b` (both have a `text` feature).  Sequence packing (the paper's
+"sequence packing", input.pack, siglip_rins/data/pipeline.py): each document is tokenized whole with EOS appended,
+documents are concatenated and cut into rows of seq_len + 1 tokens with segment ids and per-segment positions (a
+document longer than a row continues as a new segment in the next row; attention never crosses documents).
 
 Args: variant (lm_300m | lm_600m | lm_1b | lm_mu), signature, degree, p_skip, adapters, kv_sharing, loop, remat,
 split (floor | spread | exact), layers_per_block (N or N:M:K), seq_len, batch_size, tokenizer, vocab,
@@ -50,11 +51,15 @@ C4 = "c4/en"
 SLIMPAJAMA = "huggingface:cerebras__slimpajama_627b"
 
 
-def lm_pp(seq_len: int, tokenizer: str, max_doc_len: int = 0) -> str:
-  """Document text -> 'tokens' int32 [max_doc_len or seq_len + 1] (EOS appended, 0-padded, no canonicalisation).
+def lm_pp(seq_len: int, tokenizer: str, max_doc_len: int = 0, packed: bool = True) -> str:
+  """Document text -> 'tokens' int32 ids (EOS appended, no lowercasing or canonicalisation).
 
-  With packing (input.pack) documents are tokenized up to `max_doc_len` tokens, stripped of padding and packed
-  into rows of seq_len + 1 (longer documents continue as new segments)."""
+  packed (the paper's setup, input.pack): the whole document, unpadded and untruncated (`tok`, big_vision's
+  newer tokenizer op with no length); the packer concatenates documents and cuts rows of seq_len + 1, a document
+  longer than a row continuing as a new segment in the next, so no tail and no EOS is lost.  Unpacked: padded or
+  truncated to `max_doc_len or seq_len + 1` ids (`tokenize`)."""
+  if packed:
+    return f'tok(model="{tokenizer}", eos="yes", inkey="text", outkey="tokens")|keep("tokens")'
   n = max_doc_len or seq_len + 1
   return (
     f'tokenize(max_len={n}, model="{tokenizer}", eos="yes", inkey="text", outkey="tokens", '
@@ -112,7 +117,7 @@ def get_config(arg=None):
     baseline_seq_len=a.baseline_seq_len,
   )
 
-  pp = lm_pp(a.seq_len, a.tokenizer, max_doc_len=4 * (a.seq_len + 1))
+  pp = lm_pp(a.seq_len, a.tokenizer)
   c.input = dict(
     batch_size=a.batch_size,
     seq_len=a.seq_len,

@@ -339,6 +339,26 @@ def from_pp(
     if spec.name == "tokenize":
       text = _text_from_op(spec, where, require_tokenizer)
       break
+    if spec.name == "tok":  # big_vision's newer op: no lowercasing; `length` None gives unpadded ids (max_len 0)
+      kw = _kwargs(spec, ("model", "length"))
+      eos = {"no": "none", "yes": "yes", "sticky": "sticky"}.get(kw.get("eos", "no"), "none")
+      tokenize = type(spec)(
+        "tokenize",
+        (),
+        tuple(
+          sorted(
+            dict(
+              max_len=int(kw.get("length") or 0),
+              model=kw["model"],
+              eos=eos,
+              lower=False,
+              add_bos=kw.get("bos", "no") == "yes",
+            ).items()
+          )
+        ),
+      )
+      text = _text_from_op(tokenize, where, require_tokenizer)
+      break
   image = None
   has_image = any(s.name == "decode" or (s.name in _SIZE_OPS and _op_key(s) in _IMAGE_KEYS) for s in specs)
   if has_image or eval_image_pp:
@@ -404,7 +424,8 @@ def finalize(config, require_tokenizer: bool = True) -> ExampleSpec:
   if spec.image is not None:
     derived["image_size"] = spec.image.size
   if spec.text is not None:
-    derived["text_len"] = spec.text.max_len
+    if spec.text.max_len:  # 0: unpadded ids (LM documents, packed)
+      derived["text_len"] = spec.text.max_len
     derived["tokenizer"] = spec.text.tokenizer
   for key, value in derived.items():
     given = inp.get(key)

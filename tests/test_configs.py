@@ -177,7 +177,7 @@ def test_lm_config_follows_appendix_e21():
   assert [s["data"]["name"] for s in sources] == ["c4/en", "huggingface:cerebras__slimpajama_627b"]
   assert sources[0]["weight"] == sources[1]["weight"]
   assert c.input.pack.seq_len == 1025  # packed rows of seq_len + 1 ids: inputs and shifted targets
-  assert "max_len=4100" in c.input.pp  # documents are tokenized up to 4 rows long, then packed
+  assert c.input.pp.startswith('tok(model="c4_en", eos="yes"')  # whole documents (no truncation), then packed
 
 
 def test_vit_config_follows_appendix_e22():
