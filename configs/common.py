@@ -9,14 +9,13 @@ import os
 
 import ml_collections
 
-from siglip_rins import flops
 from siglip_rins.config_lib import parse_arg  # noqa: F401  (re-exported for configs)
-from siglip_rins.models import build_model
 
 
 def recursion(arg) -> dict:
-  """The model.recursion section from the common args."""
-  return dict(
+  """The model.recursion section from the common args (`split` and `layers_per_block` only where a config
+  has those args and sets them: see layers_per_block_arg)."""
+  out = dict(
     signature=arg.signature,
     degree=arg.degree,
     p_skip=float(arg.p_skip),
@@ -25,21 +24,30 @@ def recursion(arg) -> dict:
     loop=arg.loop,
     remat=bool(arg.remat),
   )
+  split = getattr(arg, "split", "floor")
+  if split != "floor":
+    out["split"] = split
+  lpb = layers_per_block_arg(getattr(arg, "layers_per_block", ""))
+  if lpb is not None:
+    out["layers_per_block"] = lpb
+  return out
 
 
-def matched_examples(
-  model_cfg: dict,
-  baseline_model_cfg: dict,
-  input_shapes: dict,
-  baseline_input_shapes: dict,
-  baseline_examples: float,
-  batch_size: int,
-) -> int:
-  """Examples a candidate trains on so its training FLOPs equal the baseline's (paper: compute matching)."""
-  cand = flops.train_flops_per_example(build_model(model_cfg), input_shapes)
-  base = flops.train_flops_per_example(build_model(baseline_model_cfg), baseline_input_shapes)
-  m = flops.matched_budget(cand, base, baseline_examples, batch_size)
-  return int(m["matched_steps"] * batch_size)
+def layers_per_block_arg(text) -> "int | list[int] | None":
+  """'' -> None (split the depth), '5' -> 5 (every block), '6:5:5' -> [6, 5, 5] (one per unique block, in order
+  of first use; ':' because the config arg is a comma list)."""
+  if isinstance(text, int) and not isinstance(text, bool):
+    return text
+  text = str(text or "").strip()
+  if not text:
+    return None
+  try:
+    parts = [int(x) for x in text.split(":")]
+  except ValueError:
+    raise ValueError(
+      f"layers_per_block: expected an integer or integers joined by ':' (e.g. 6:5:5), got {text!r}"
+    ) from None
+  return parts[0] if len(parts) == 1 else parts
 
 
 def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0) -> str:
@@ -59,6 +67,12 @@ def demo_data_dir(split: str, num_examples: int, image_size: int, seed: int = 0)
     except OSError:  # another process won the race
       pass
   return out
+
+
+def eval_data_dir(name: str) -> str:
+  """Default local folder of an evaluation set: $SIGLIP_RINS_EVAL_DIR (default ~/.cache/siglip_rins/eval)/<name>."""
+  root = os.environ.get("SIGLIP_RINS_EVAL_DIR", os.path.join(os.path.expanduser("~"), ".cache", "siglip_rins", "eval"))
+  return os.path.join(root, name)
 
 
 def demo_text_dir(languages=("en",)) -> str:

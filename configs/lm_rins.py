@@ -9,18 +9,27 @@ rsqrt schedule with 5k warm-up and 5k cool-down steps, c4_en SentencePiece vocab
   python -m siglip_rins.train --config configs/lm_rins.py:seq_len=1536 --workdir DIR     # long-sequence baseline
   python -m siglip_rins.train --config configs/lm_rins.py:runlocal --workdir /tmp/lm     # seconds, offline
 
+App. E.1 sweep: signatures whose unique blocks do not divide the depth (e.g. ABBC, AABC, ABCC on the 16 layers of
+lm_600m) use the paper's split by default (split=floor: 16 // 3 = 5 layers per block, one layer dropped);
+split=spread keeps every layer (blocks of 6, 5, 5), layers_per_block=N or N:M:K sets the blocks directly.
+`siglip-rins sweep --depth 16` lists the sweep.
+
+  python -m siglip_rins.train --config configs/lm_rins.py:signature=ABBC,split=spread --workdir DIR
+
 Compute matching: the non-recursive baseline (signature AB, seq_len 1024) trains `baseline_steps` steps; every
 other variant (recursive signatures, stochastic RINS by its *expected* rounds, longer sequences) gets
-total_steps = baseline training FLOPs / its training FLOPs per step (siglip_rins.flops).
+total_steps = baseline training FLOPs / its training FLOPs per step, derived after every override
+(siglip_rins/budget.py).
 
 Data: users prepare the TFDS datasets beforehand (nothing is downloaded at run time): `c4/en` and the Hugging
-Face mirror `huggingface:cerebras__slimpajama_627b` (both have a `text` feature).  Each document is tokenized to
-seq_len + 1 ids (EOS appended, 0-padded; the LM task scores no pad target).  Sequence packing
-(siglip_rins/data/packing.py) is not applied: the input pipeline has no packing stage yet.
+Face mirror `huggingface:cerebras__slimpajama_627b` (both have a `text` feature).  Sequence packing (the paper's
+"sequence packing", input.pack, siglip_rins/data/pipeline.py): each document is tokenized whole with EOS appended,
+documents are concatenated and cut into rows of seq_len + 1 tokens with segment ids and per-segment positions (a
+document longer than a row continues as a new segment in the next row; attention never crosses documents).
 
 Args: variant (lm_300m | lm_600m | lm_1b | lm_mu), signature, degree, p_skip, adapters, kv_sharing, loop, remat,
-seq_len, batch_size, tokenizer, vocab, baseline_steps, baseline_seq_len, runlocal, steps (runlocal baseline
-steps).  runlocal: the tiny `lm_mu` decoder on the built-in demo captions with the shipped 'demo' tokenizer,
+split (floor | spread | exact), layers_per_block (N or N:M:K), seq_len, batch_size, tokenizer, vocab,
+baseline_steps, baseline_seq_len, runlocal, steps (runlocal baseline steps).  runlocal: the tiny `lm_mu` decoder on the built-in demo captions with the shipped 'demo' tokenizer,
 seq_len 32, batch 32.  Local overrides (runlocal only): corpus (a jsonl folder/file of {"text": ...} lines instead of
 the demo captions), local_tokenizer (name or .model path), local_seq_len, local_batch_size, local_variant
 (siglip_rins/demo/lm_study.py uses them for its Shakespeare study).
@@ -42,15 +51,19 @@ C4 = "c4/en"
 SLIMPAJAMA = "huggingface:cerebras__slimpajama_627b"
 
 
-def lm_pp(seq_len: int, tokenizer: str, max_doc_len: int = 0) -> str:
-  """Document text -> 'tokens' int32 [max_doc_len or seq_len + 1] (EOS appended, 0-padded, no canonicalisation).
+def lm_pp(seq_len: int, tokenizer: str, max_doc_len: int = 0, packed: bool = True) -> str:
+  """Document text -> 'tokens' int32 ids (EOS appended, no lowercasing or canonicalisation).
 
-  With packing (input.pack) documents are tokenized up to `max_doc_len` tokens, stripped of padding and packed
-  into rows of seq_len + 1 (longer documents continue as new segments)."""
+  packed (the paper's setup, input.pack): the whole document, unpadded and untruncated (`tok`, big_vision's
+  newer tokenizer op with no length); the packer concatenates documents and cuts rows of seq_len + 1, a document
+  longer than a row continuing as a new segment in the next, so no tail and no EOS is lost.  Unpacked: padded or
+  truncated to `max_doc_len or seq_len + 1` ids (`tokenize`)."""
+  if packed:
+    return f'tok(model="{tokenizer}", eos="yes", inkey="text", outkey="tokens")|keep("tokens")'
   n = max_doc_len or seq_len + 1
   return (
     f'tokenize(max_len={n}, model="{tokenizer}", eos="yes", inkey="text", outkey="tokens", '
-    f'canonicalize=False)|keep("tokens")'
+    f'lower=False, canonicalize=False)|keep("tokens")'
   )
 
 
@@ -65,6 +78,8 @@ def get_config(arg=None):
     kv_sharing=False,
     loop="auto",
     remat=False,
+    split="floor",
+    layers_per_block="",
     seq_len=1024,
     batch_size=1024,
     tokenizer="c4_en",
@@ -93,16 +108,8 @@ def get_config(arg=None):
   c.task = dict(name="lm")
   c.model = dict(name="decoder", variant=a.variant, vocab_size=a.vocab, recursion=common.recursion(a), dtype="float32")
 
-  baseline_model = dict(c.model, recursion=dict(signature="AB"))
-  matched = common.matched_examples(
-    c.model,
-    baseline_model,
-    {"tokens": a.seq_len},
-    {"tokens": a.baseline_seq_len},
-    a.baseline_steps * a.batch_size,
-    a.batch_size,
-  )
-  c.total_steps = max(1, matched // a.batch_size)
+  # total_steps is derived from compute_match after every override (siglip_rins/budget.py).
+  c.total_steps = None
   c.compute_match = dict(
     baseline_signature="AB",
     baseline_steps=a.baseline_steps,
@@ -110,7 +117,7 @@ def get_config(arg=None):
     baseline_seq_len=a.baseline_seq_len,
   )
 
-  pp = lm_pp(a.seq_len, a.tokenizer, max_doc_len=4 * (a.seq_len + 1))
+  pp = lm_pp(a.seq_len, a.tokenizer)
   c.input = dict(
     batch_size=a.batch_size,
     seq_len=a.seq_len,

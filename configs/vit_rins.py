@@ -83,17 +83,9 @@ def get_config(arg=None):
     dtype="float32",
   )
 
-  baseline_model = dict(c.model, recursion=dict(signature="AB"))
   baseline_examples = a.epochs * num_examples
-  matched = common.matched_examples(
-    c.model,
-    baseline_model,
-    {"image": (a.res, a.res)},
-    {"image": (a.baseline_res, a.baseline_res)},
-    baseline_examples,
-    a.batch_size,
-  )
-  c.total_epochs = matched / num_examples
+  # total_steps is derived from compute_match after every override (siglip_rins/budget.py).
+  c.total_steps = None
   c.compute_match = dict(
     baseline_signature="AB", baseline_res=a.baseline_res, baseline_epochs=a.epochs, baseline_examples=baseline_examples
   )

@@ -1,12 +1,12 @@
 """Supervised classifier accuracy from `predictor.classify_logits(images, rounds) -> [N, C]`.
 
-Metrics: top1 (and top5) against `label_key`; with `real_labels_key` also ImageNet ReaL top-1 (the prediction
+Metrics (CLIP_benchmark's names): acc1, acc5 and mean_per_class_recall against `label_key`; with `real_labels_key` also ImageNet ReaL top-1 (the prediction
 is in the image's ReaL label set; images with an empty set are excluded, `real_n` counts the rest).
 ImageNet val: TFDS imagenet2012 'validation'; ReaL: TFDS imagenet2012_real 'validation' with
 label_key='original_label', real_labels_key='real_label'; v2: TFDS imagenet_v2 'test'. Local layout: data.jsonl
 lines {"image": ..., "label": int, "real_labels": [int, ...]}.
-Config: dict(type='classification', data=..., label_key='label', real_labels_key=None, image_size=224,
-crop='central_crop', batch_size=64, dataset=NAME).
+Config: dict(type='classification', data=..., label_key='label', real_labels_key=None, pp_img=None,
+batch_size=64, dataset=NAME).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from evaluators import common
 from evaluators.registry import register
-from evaluators.zeroshot import real_hits, topk_hits
+from evaluators.zeroshot import mean_per_class_recall, real_hits, topk_hits
 
 
 @register('classification')
@@ -31,8 +31,7 @@ class ClassificationEvaluator:
     label_key: str | None = 'label',
     real_labels_key: str | None = None,
     image_key: str = 'image',
-    image_size: int = 224,
-    crop: str = 'central_crop',
+    pp_img: str | None = None,
     batch_size: int = common.DEFAULT_BATCH_SIZE,
     dataset: str | None = None,
     limit: int | None = None,
@@ -43,7 +42,7 @@ class ClassificationEvaluator:
       raise ValueError(f'evaluator {name!r}: set label_key and/or real_labels_key')
     self.name, self.data, self.dataset = name, dict(data), dataset or name
     self.label_key, self.real_labels_key, self.image_key = label_key, real_labels_key, image_key
-    self.image_size, self.crop, self.batch_size = int(image_size), crop, int(batch_size)
+    self.pp_img, self.batch_size = pp_img, int(batch_size)
     self.limit, self.model, self.show_progress = limit, model, show_progress
 
   def run(self, predictor, rounds=None) -> list[dict]:
@@ -59,8 +58,7 @@ class ClassificationEvaluator:
       self.data,
       fields=fields,
       image_key=self.image_key,
-      image_size=self.image_size,
-      crop=self.crop,
+      preprocess=common.image_preprocessor(predictor, self.pp_img),
       batch_size=self.batch_size,
       limit=self.limit,
     )
@@ -79,11 +77,12 @@ class ClassificationEvaluator:
       metrics = {'n': len(predictions)}
       if self.label_key:
         y = np.asarray([int(v) for v in labels])
-        metrics['top1'] = float((predictions == y).mean())
-        metrics['top5'] = float(topk_hits(scores, y, 5).mean())
+        metrics['acc1'] = float((predictions == y).mean())
+        metrics['acc5'] = float(topk_hits(scores, y, 5).mean())
+        metrics['mean_per_class_recall'] = mean_per_class_recall(predictions, y)
       if self.real_labels_key:
         hit, valid = real_hits(predictions, [[] if s is None else s for s in reals])
-        metrics['real_top1'] = float(hit[valid].mean()) if valid.any() else float('nan')
+        metrics['real_acc1'] = float(hit[valid].mean()) if valid.any() else float('nan')
         metrics['real_n'] = int(valid.sum())
       records.append(
         common.make_record(

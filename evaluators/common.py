@@ -1,7 +1,8 @@
 """Helpers every evaluator shares: data access, image preprocessing, batched embedding, records.
 
-Data access lives in ONE function, `iterate_batches`, so that it can be switched to
-`siglip_rins.data.pipeline.make_eval_iterator` in one place. It reads either
+Data access lives in ONE function, `iterate_batches`.  Images are read through the run's example spec
+(`image_preprocessor`: the training pipeline's own pp ops on the spec's eval pp), texts are tokenized with the
+spec's text part (`tokenize`), so evaluation sees the pixels and ids training saw.  Records come from either
   * TFDS: `dict(type='tfds', name=..., split=..., data_dir=None)` (TensorFlow is imported lazily, only here), or
   * the documented local layout: `dict(type='jsonl', path=FOLDER_OR_FILE)` where FOLDER holds `data.jsonl`; each
     line is a JSON object; `"image"` is a path relative to the JSONL file; other fields are free
@@ -11,13 +12,11 @@ Model code never imports this module; it is evaluation-side only.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 try:  # tqdm is a dependency of several pinned packages; the bar is optional.
   from tqdm.auto import tqdm as _tqdm
@@ -73,34 +72,22 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- images
-def preprocess_image(image: Any, image_size: int, crop: str = 'resize') -> np.ndarray:
-  """Decodes (path, bytes or uint8 array) and resizes to float32 [image_size, image_size, 3] in [-1, 1].
+def image_preprocessor(predictor, pp_img: str | None = None):
+  """The predictor's image reader: its ExampleSpec's eval pp (or `pp_img`, a big_vision-style override) run
+  through the training pipeline's own pp ops (siglip_rins.data.preprocess); one per pp string, cached."""
+  from siglip_rins.data.preprocess import ImagePreprocessor
 
-  crop='resize': straight resize to the square size; crop='central_crop': resize the short side to
-  size / 0.875, then centre-crop (the ImageNet evaluation convention).
-  """
-  if isinstance(image, (str, os.PathLike)):
-    if not os.path.isfile(image):
-      raise FileNotFoundError(f'image file {str(image)!r} listed in the dataset does not exist')
-    pil = Image.open(image)
-  elif isinstance(image, (bytes, bytearray)):
-    pil = Image.open(io.BytesIO(image))
+  cache = predictor.__dict__.setdefault('_image_preprocessors', {})
+  spec = getattr(predictor, 'spec', None)
+  if pp_img is None:
+    if spec is None or spec.image is None:
+      raise ValueError('the predictor has no example spec with an image part; give pp_img')
+    key = spec.image.eval_pp
   else:
-    pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
-  pil = pil.convert('RGB')
-  if crop == 'resize':
-    pil = pil.resize((image_size, image_size), Image.BILINEAR)
-  elif crop == 'central_crop':
-    short = int(round(image_size / 0.875))
-    w, h = pil.size
-    scale = short / min(w, h)
-    pil = pil.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
-    w, h = pil.size
-    left, top = (w - image_size) // 2, (h - image_size) // 2
-    pil = pil.crop((left, top, left + image_size, top + image_size))
-  else:
-    raise ValueError(f"crop must be 'resize' or 'central_crop', got {crop!r}")
-  return np.asarray(pil, dtype=np.float32) / 127.5 - 1.0
+    key = pp_img
+  if key not in cache:
+    cache[key] = ImagePreprocessor(spec if pp_img is None else pp_img)
+  return cache[key]
 
 
 # ----------------------------------------------------------------------------------------------- data access
@@ -161,8 +148,7 @@ def iterate_batches(
   *,
   fields: Mapping[str, str],
   image_key: str | None = 'image',
-  image_size: int = 224,
-  crop: str = 'resize',
+  preprocess=None,
   batch_size: int = DEFAULT_BATCH_SIZE,
   limit: int | None = None,
 ) -> Iterator[dict]:
@@ -204,7 +190,11 @@ def iterate_batches(
         item[name] = None
     if image_key is not None:
       raw = _get_path(ex, image_key)
-      item['_img'] = preprocess_image(raw, image_size, crop)
+      if preprocess is None:
+        raise ValueError('iterate_batches: give preprocess (common.image_preprocessor(predictor)) to read images')
+      if isinstance(raw, str) and not os.path.isfile(raw):
+        raise FileNotFoundError(f'image file {raw!r} listed in the dataset does not exist')
+      item['_img'] = preprocess(raw)
       item['_ref'] = raw if isinstance(raw, str) else index
     buf.append(item)
     if len(buf) == batch_size:
@@ -227,26 +217,19 @@ def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: b
   return _tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
-def tokenize(
-  predictor, texts: Sequence[str], *, canonicalize: bool = True, eos: str = 'sticky', max_len: int | None = None
-) -> np.ndarray:
-  """Texts → int32 [N, max_len] with the predictor's tokenizer (SigLIP: canonicalised, sticky EOS, len text_len)."""
-  max_len = int(predictor.text_len if max_len is None else max_len)
-  ids = predictor.tokenizer.encode(list(texts), max_len, eos=eos, canonicalize=canonicalize)
-  ids = np.asarray(ids, dtype=np.int32)
-  if ids.shape != (len(texts), max_len):
-    raise ValueError(f'tokenizer returned shape {ids.shape}, expected {(len(texts), max_len)}')
+def tokenize(predictor, texts: Sequence[str]) -> np.ndarray:
+  """Texts → int32 [N, max_len] as the run's pipeline tokenizes them (the predictor's ExampleSpec text part)."""
+  spec = getattr(predictor, 'spec', None)
+  if spec is None or spec.text is None:
+    raise ValueError('the predictor has no example spec with a text part')
+  ids = np.asarray(spec.text.encode(list(texts), tokenizer=predictor.tokenizer), dtype=np.int32)
+  if ids.shape != (len(texts), spec.text.max_len):
+    raise ValueError(f'tokenizer returned shape {ids.shape}, expected {(len(texts), spec.text.max_len)}')
   return ids
 
 
 def embed_texts(
-  predictor,
-  texts: Sequence[str],
-  rounds,
-  *,
-  batch_size: int = DEFAULT_BATCH_SIZE,
-  canonicalize: bool = True,
-  show_progress: bool = False,
+  predictor, texts: Sequence[str], rounds, *, batch_size: int = DEFAULT_BATCH_SIZE, show_progress: bool = False
 ) -> np.ndarray:
   """Texts → float32 [N, D] L2-normalised text embeddings; batches have a constant size (last one padded)."""
   texts = list(texts)
@@ -258,7 +241,7 @@ def embed_texts(
     chunk = texts[start : start + batch_size]
     n = len(chunk)
     chunk = chunk + [chunk[0]] * (batch_size - n)
-    tokens = tokenize(predictor, chunk, canonicalize=canonicalize)
+    tokens = tokenize(predictor, chunk)
     chunks.append(np.asarray(predictor.embed_texts(tokens, rounds), np.float32)[:n])
   return l2_normalize(np.concatenate(chunks))
 

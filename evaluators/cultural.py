@@ -3,11 +3,12 @@
 * `cultural_zeroshot`: zero-shot top-1 (zeroshot.py) plus top-1 per group: `group_by='income'` buckets a
   numeric field into quartiles of the evaluated data (or `income_edges=[...]`, monthly USD, giving
   buckets '<e0', 'e0-e1', ..., '>=en'); `group_by='region'` groups by the field's value.
-* `fewshot_geoloc`: few-shot geolocalisation. Frozen L2-normalised image embeddings; a closed-form
-  L2-regularised least-squares probe W = (XᵀX + λI)⁻¹ XᵀY with X the centred train embeddings [n, D] and Y the
-  centred one-hot targets [n, C]; k ∈ `shots` examples per class (country or region) drawn per seed, tested on
-  the remaining examples of those classes (classes with ≤ k examples are left out); reports mean ± std top-1
-  over seeds.
+* `fewshot_geoloc`: few-shot geolocalisation with big_vision's closed-form probe (fewshot_lsr): frozen
+  L2-normalised image embeddings standardised with the train mean/std, a constant bias feature (100), one-hot
+  targets in {-1, +1}, ridge W = (XᵀX + λI)⁻¹ XᵀY; λ is searched over 2^-10 .. 2^10 by 2-fold cross-validation on
+  the shots (`l2_reg='search'`, the default) or fixed (`l2_reg=1.0`); k ∈ `shots` examples per class (country or
+  region) drawn per seed, tested on the remaining examples of those classes (classes with ≤ k examples are left
+  out); reports mean ± std top-1 over seeds.
 
 Local layout: data.jsonl lines {"image": ..., "label": "<topic or class>", "country": ..., "region": ...,
 "income": <number>} (Dollar Street: 96 topics; GeoDE: 40 objects; GLDv2: landmark names).
@@ -61,26 +62,62 @@ class CulturalZeroShotEvaluator(ZeroShotEvaluator):
 
 
 # ----------------------------------------------------------------------------------------------- probe
+BIAS_CONSTANT = 100.0  # big_vision's constant bias feature: large, so the bias is almost unregularised
+L2_GRID = tuple(2.0**k for k in range(-10, 11, 2))  # the regulariser search grid
+
+
 def fit_ridge_probe(x: np.ndarray, labels: np.ndarray, num_classes: int, l2_reg: float):
-  """x float [n, D], labels int [n] → (W [D, C], x_mean [D], y_mean [C]); W = (XᵀX + λI)⁻¹ XᵀY, centred."""
+  """big_vision's few-shot probe (fewshot_lsr): features standardised with the train mean/std (+1e-5), a
+  constant feature BIAS_CONSTANT appended for the bias, one-hot targets in {-1, +1}, and the ridge solution
+  W = (XᵀX + λI)⁻¹ XᵀY (or Xᵀ(XXᵀ + λI)⁻¹Y when there are fewer points than dimensions).
+  x float [n, D], labels int [n] → (W [D+1, C], mean [D], std [D])."""
   x = np.asarray(x, np.float64)
-  y = np.zeros((len(labels), num_classes))
+  mean, std = x.mean(0), x.std(0) + 1e-5
+  xs = np.pad((x - mean) / std, ((0, 0), (0, 1)), constant_values=BIAS_CONSTANT)
+  y = -np.ones((len(labels), num_classes))
   y[np.arange(len(labels)), labels] = 1.0
-  x_mean, y_mean = x.mean(0), y.mean(0)
-  xc, yc = x - x_mean, y - y_mean
-  gram = xc.T @ xc + l2_reg * np.eye(x.shape[1])
-  w = np.linalg.solve(gram, xc.T @ yc)
-  return w, x_mean, y_mean
+  n, d = xs.shape
+  if n >= d:
+    w = np.linalg.solve(xs.T @ xs + l2_reg * np.eye(d), xs.T @ y)
+  else:
+    w = xs.T @ np.linalg.solve(xs @ xs.T + l2_reg * np.eye(n), y)
+  return w, mean, std
 
 
 def predict_ridge_probe(x: np.ndarray, probe) -> np.ndarray:
   """x [m, D] → predicted class int [m]."""
-  w, x_mean, y_mean = probe
-  return np.argmax((np.asarray(x, np.float64) - x_mean) @ w + y_mean, axis=1)
+  w, mean, std = probe
+  xs = np.pad((np.asarray(x, np.float64) - mean) / std, ((0, 0), (0, 1)), constant_values=BIAS_CONSTANT)
+  return np.argmax(xs @ w, axis=1)
 
 
-def fewshot_accuracy(embeddings: np.ndarray, labels: Sequence, shots: int, seed: int, l2_reg: float) -> float:
-  """Draws `shots` train examples per class (seeded), fits the probe, returns top-1 on the rest (in [0, 1])."""
+def select_l2_reg(x: np.ndarray, labels: np.ndarray, num_classes: int, grid=L2_GRID, folds: int = 2, seed: int = 0):
+  """The regulariser of `grid` with the best mean accuracy in `folds`-fold cross-validation on the few-shot
+  training set itself (the test examples are never looked at); ties → the larger (smoother) λ."""
+  rng = np.random.default_rng(seed)
+  fold_of = np.empty(len(labels), int)
+  for c in np.unique(labels):  # stratified: each class's shots spread over the folds
+    members = rng.permutation(np.flatnonzero(labels == c))
+    fold_of[members] = np.arange(len(members)) % folds
+  if min(np.bincount(fold_of, minlength=folds)) == 0 or len(labels) < 2 * folds:
+    return float(np.median(grid))
+  scores = []
+  for lam in grid:
+    accs = []
+    for f in range(folds):
+      tr, te = fold_of != f, fold_of == f
+      probe = fit_ridge_probe(x[tr], labels[tr], num_classes, lam)
+      accs.append((predict_ridge_probe(x[te], probe) == labels[te]).mean())
+    scores.append(np.mean(accs))
+  best = max(scores)
+  return float(max(lam for lam, sc in zip(grid, scores) if sc >= best - 1e-12))
+
+
+def fewshot_accuracy(
+  embeddings: np.ndarray, labels: Sequence, shots: int, seed: int, l2_reg: float | str = 'search'
+) -> float:
+  """Draws `shots` train examples per class (seeded), fits the probe (l2_reg a number, or 'search': chosen by
+  cross-validation on the shots, see select_l2_reg), returns top-1 on the rest (in [0, 1])."""
   labels = np.asarray(labels)
   classes, inverse = np.unique(labels, return_inverse=True)
   rng = np.random.default_rng(seed)
@@ -98,7 +135,9 @@ def fewshot_accuracy(embeddings: np.ndarray, labels: Sequence, shots: int, seed:
       f'examples; class sizes: {np.bincount(inverse).tolist()}'
     )
   train, test = np.asarray(train), np.asarray(test)
-  probe = fit_ridge_probe(embeddings[train], inverse[train], len(classes), l2_reg)
+  x_tr, y_tr = embeddings[train], inverse[train]
+  lam = select_l2_reg(x_tr, y_tr, len(classes), seed=seed) if l2_reg == 'search' else float(l2_reg)
+  probe = fit_ridge_probe(x_tr, y_tr, len(classes), lam)
   return float((predict_ridge_probe(embeddings[test], probe) == inverse[test]).mean())
 
 
@@ -115,24 +154,24 @@ class FewShotGeolocEvaluator:
     target_key: str = 'country',
     shots: Sequence[int] = (5, 10, 25),
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    l2_reg: float = 1.0,
+    l2_reg: float | str = 'search',
     image_key: str = 'image',
-    image_size: int = 224,
-    crop: str = 'resize',
+    pp_img: str | None = None,
     batch_size: int = common.DEFAULT_BATCH_SIZE,
     dataset: str | None = None,
     limit: int | None = None,
     model: str | None = None,
     show_progress: bool = True,
   ):
-    if l2_reg <= 0:
-      raise ValueError(f'l2_reg must be > 0, got {l2_reg}')
+    if l2_reg != 'search' and (isinstance(l2_reg, bool) or not isinstance(l2_reg, (int, float)) or l2_reg <= 0):
+      raise ValueError(f"l2_reg must be a number > 0 or 'search', got {l2_reg!r}")
     if not shots or min(shots) < 1 or not seeds:
       raise ValueError(f'shots must be positive integers and seeds non-empty, got {shots!r}, {seeds!r}')
     self.name, self.data, self.target_key = name, dict(data), target_key
     self.dataset = dataset or f'{name}'
-    self.shots, self.seeds, self.l2_reg = tuple(int(k) for k in shots), tuple(seeds), float(l2_reg)
-    self.image_key, self.image_size, self.crop = image_key, int(image_size), crop
+    self.shots, self.seeds = tuple(int(k) for k in shots), tuple(seeds)
+    self.l2_reg = l2_reg if l2_reg == 'search' else float(l2_reg)
+    self.image_key, self.pp_img = image_key, pp_img
     self.batch_size, self.limit, self.model, self.show_progress = int(batch_size), limit, model, show_progress
 
   def run(self, predictor, rounds=None) -> list[dict]:
@@ -143,8 +182,7 @@ class FewShotGeolocEvaluator:
       self.data,
       fields={'target': self.target_key},
       image_key=self.image_key,
-      image_size=self.image_size,
-      crop=self.crop,
+      preprocess=common.image_preprocessor(predictor, self.pp_img),
       batch_size=self.batch_size,
       limit=self.limit,
     )

@@ -1,9 +1,12 @@
-"""Zero-shot multiple choice for language models (paper App. C): for every option, the per-token
-log-perplexity (mean −log p, nats) of the option's tokens after the context, under the causal LM; the option
-with the LOWEST score is the answer. Metric: accuracy in [0, 1].
+"""Zero-shot multiple choice for language models (paper App. C): each option is concatenated after the context,
+the per-token log-perplexity (mean −log p, nats) of the whole sequence is taken under the causal mask, and the
+option with the LOWEST score is the answer (App. C: "we evaluate the log-perplexity of each option, applying a
+causal mask, after concatenating the contextual information (if any), followed by the prefix and the answer").
+Metric: accuracy in [0, 1].  `score='full'` (the default) is that protocol; `score='option'` scores only the
+option's tokens (a common variant elsewhere, e.g. lm-eval-harness's acc_norm family), available for comparison.
 
 Context and option are tokenised separately (no canonicalisation, no EOS) and concatenated; a context too long
-for `seq_len` is cut on the left. `score='full'` scores every predicted token of context + option instead.
+for `seq_len` is cut on the left.
 
 Prompt formats (`task`):
   generic       {"context": str, "options": [str, ...], "label": int (0-based)}       — any task
@@ -19,7 +22,7 @@ Prompt formats (`task`):
                 labels file)}; context = "<context> <question>"
   hellaswag     TFDS hellaswag {context, endings, label} or release JSONL {ctx, endings, label}
 Config: dict(type='lm_multichoice', task='piqa', data=dict(type='jsonl', path=FOLDER) or
-dict(type='tfds', name='piqa', split='validation'), seq_len=1024, batch_size=16, score='option').
+dict(type='tfds', name='piqa', split='validation'), seq_len=1024, batch_size=16, score='full').
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def format_example(task: str, example: Mapping) -> tuple[str, list[str], int]:
 
 
 def option_scores(
-  predictor, rows: list[tuple[list[int], list[int]]], rounds, *, seq_len: int, batch_size: int, score: str = 'option'
+  predictor, rows: list[tuple[list[int], list[int]]], rounds, *, seq_len: int, batch_size: int, score: str = 'full'
 ) -> np.ndarray:
   """rows of (context ids, option ids) → float [len(rows)] per-token log-perplexity (lower = more likely)."""
   pad = int(getattr(predictor.tokenizer, 'pad_id', 0))
@@ -144,7 +147,7 @@ class LMMultipleChoiceEvaluator:
     data: Mapping,
     seq_len: int = 1024,
     batch_size: int = 16,
-    score: str = 'option',
+    score: str = 'full',
     dataset: str | None = None,
     limit: int | None = None,
     model: str | None = None,

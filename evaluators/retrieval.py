@@ -6,8 +6,10 @@ INCORRECT candidates scoring at least as high as the best correct one (ties coun
 constant embedding scores 0, not 1).
 
 Config: dict(type='retrieval', data=dict(type='tfds', name='coco_captions', split='test') or
-dict(type='jsonl', path=FOLDER), texts_key='captions/text' (TFDS COCO) or 'texts' (local: str or list),
-image_size=224, crop='resize', batch_size=64, ks=(1, 5, 10), dataset=NAME, limit=None).
+dict(type='jsonl', path=FOLDER), texts_key='captions/text' (TFDS COCO) or 'texts' (local: str or list; 'texts.fr'
+selects one language of a per-language dict, flatten_texts=True pools all of them; a dict, number or null caption
+is skipped and counted as metrics['skipped/<reason>'], the pipeline's rules in siglip_rins/data/fields.py),
+pp_img=None, batch_size=64, ks=(1, 5, 10), dataset=NAME, limit=None).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _ranks_of_best_match(queries: np.ndarray, keys: np.ndarray, match_lists: Seq
 def retrieval_metrics(
   image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray, ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:
-  """image_emb [N, D], text_emb [M, D] (L2-normalised), text_to_image int [M] → {'i2t@K', 't2i@K'} in [0, 1].
+  """image_emb [N, D], text_emb [M, D] (L2-normalised), text_to_image int [M] → {'text_retrieval_recall@K' (image→text), 'image_retrieval_recall@K' (text→image)} in [0, 1] (CLIP_benchmark's names).
 
   Every image needs at least one caption (else ValueError).
   """
@@ -53,17 +55,27 @@ def retrieval_metrics(
   t2i = _ranks_of_best_match(text_emb, image_emb, [np.asarray([i]) for i in text_to_image])
   metrics = {}
   for k in ks:
-    metrics[f'i2t@{k}'] = float((i2t < k).mean())
+    metrics[f'text_retrieval_recall@{k}'] = float((i2t < k).mean())
   for k in ks:
-    metrics[f't2i@{k}'] = float((t2i < k).mean())
+    metrics[f'image_retrieval_recall@{k}'] = float((t2i < k).mean())
   return metrics
 
 
+def caption_list(value, select: str | None = None, flatten: bool = False):
+  """A caption field → (non-empty list of non-empty strings, None) or (None, reason) by the pipeline's rules
+  (siglip_rins.data.fields: a string or a list of strings; a dict only with `select` or `flatten`)."""
+  from siglip_rins.data import fields
+
+  out = fields.text_values({'t': value}, 't', select=select, flatten=flatten)
+  if fields.is_refused(out):
+    return None, out
+  caps = [c for c in out if c.strip()]
+  return (caps, None) if caps else (None, 'empty_text')
+
+
 def as_caption_list(value) -> list[str]:
-  """A caption field (str or list of str) → non-empty list of non-empty strings."""
-  caps = [value] if isinstance(value, str) else list(value or [])
-  caps = [c for c in caps if isinstance(c, str) and c.strip()]
-  return caps
+  """A caption field (str or list of str) → non-empty list of non-empty strings ([] when refused)."""
+  return caption_list(value)[0] or []
 
 
 def collect_embeddings(
@@ -71,24 +83,35 @@ def collect_embeddings(
 ):
   """Reads the dataset once; returns (image_emb {rounds: [N, D]}, captions per image, extra field lists,
   image refs). Images without captions are skipped."""
-  fields = {'texts': texts_field, **(extra_fields or {})}
+  from siglip_rins.data.fields import split_text_key
+
+  field, select = split_text_key(texts_field) if '/' not in texts_field else (texts_field, None)
+  flatten = bool(getattr(evaluator, 'flatten_texts', False))
+  fields = {'texts': field, **(extra_fields or {})}
   image_emb = {r: [] for r in rounds_list}
   captions, extras, refs = [], {k: [] for k in (extra_fields or {})}, []
+  skipped = getattr(evaluator, 'skipped', None)
+  if skipped is None:
+    skipped = {}
+  skipped.clear()
   batches = common.iterate_batches(
     evaluator.data,
     fields=fields,
     image_key=evaluator.image_key,
-    image_size=evaluator.image_size,
-    crop=evaluator.crop,
+    preprocess=common.image_preprocessor(predictor, evaluator.pp_img),
     batch_size=evaluator.batch_size,
     limit=evaluator.limit,
   )
   for batch in common.progress(batches, f'{evaluator.name}: {desc}', enabled=evaluator.show_progress):
-    keep = np.array([bool(as_caption_list(t)) for t in batch['texts']], bool)
+    parsed = [caption_list(t, select, flatten) for t in batch['texts']]
+    for _, reason in parsed:
+      if reason is not None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+    keep = np.array([caps is not None for caps, _ in parsed], bool)
     for r in rounds_list:
       image_emb[r].append(common.embed_image_batch(predictor, batch, r)[keep])
     for j in np.flatnonzero(keep):
-      captions.append(as_caption_list(batch['texts'][j]))
+      captions.append(parsed[j][0])
       refs.append(batch['_image_ref'][j])
       for k in extras:
         extras[k].append(batch[k][j])
@@ -101,7 +124,7 @@ def collect_embeddings(
 
 @register('retrieval')
 class RetrievalEvaluator:
-  """Image↔text retrieval; one record per rounds value with i2t@K and t2i@K."""
+  """Image↔text retrieval; one record per rounds value with text_retrieval_recall@K and image_retrieval_recall@K."""
 
   task = 'zeroshot_retrieval'
 
@@ -111,24 +134,24 @@ class RetrievalEvaluator:
     data: Mapping,
     texts_key: str = 'texts',
     image_key: str = 'image',
-    image_size: int = 224,
-    crop: str = 'resize',
+    pp_img: str | None = None,
     batch_size: int = common.DEFAULT_BATCH_SIZE,
     ks: Sequence[int] = (1, 5, 10),
     dataset: str | None = None,
-    canonicalize: bool = True,
     limit: int | None = None,
     model: str | None = None,
     language: str = 'en',
     show_progress: bool = True,
+    flatten_texts: bool = False,
   ):
     self.name, self.data, self.dataset = name, dict(data), dataset or name
+    self.flatten_texts, self.skipped = bool(flatten_texts), {}
     self.texts_key, self.image_key = texts_key, image_key
-    self.image_size, self.crop, self.batch_size = int(image_size), crop, int(batch_size)
+    self.pp_img, self.batch_size = pp_img, int(batch_size)
     self.ks = tuple(int(k) for k in ks)
     if not self.ks or min(self.ks) < 1:
       raise ValueError(f'ks must be positive integers, got {ks!r}')
-    self.canonicalize, self.limit, self.model, self.language = canonicalize, limit, model, language
+    self.limit, self.model, self.language = limit, model, language
     self.show_progress = show_progress
 
   def run(self, predictor, rounds=None) -> list[dict]:
@@ -138,11 +161,10 @@ class RetrievalEvaluator:
     owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
     records = []
     for r in rounds_list:
-      text_emb = common.embed_texts(
-        predictor, flat, r, batch_size=self.batch_size, canonicalize=self.canonicalize, show_progress=self.show_progress
-      )
+      text_emb = common.embed_texts(predictor, flat, r, batch_size=self.batch_size, show_progress=self.show_progress)
       metrics = retrieval_metrics(image_emb[r], text_emb, owner, self.ks)
       metrics.update(n_images=len(captions), n_texts=len(flat))
+      metrics.update({f'skipped/{k}': v for k, v in sorted(self.skipped.items())})
       records.append(
         common.make_record(
           dataset=self.dataset,

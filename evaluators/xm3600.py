@@ -7,7 +7,7 @@ Local layout (not in TFDS): data.jsonl with either one line per image,
   {"image": "img/x.jpg", "texts": {"en": ["a dog ..."], "de": ["ein Hund ..."], ...}}
 or one line per (image, language): {"image": "img/x.jpg", "language": "de", "texts": ["ein Hund ..."]}.
 Config: dict(type='xm3600', data=dict(type='jsonl', path=FOLDER), texts_key='texts', language_key='language',
-image_size=224, batch_size=64, ks=(1, 5, 10), languages=None (= all present)).
+pp_img=None, batch_size=64, ks=(1, 5, 10), languages=None (= all present)).
 """
 
 from __future__ import annotations
@@ -74,22 +74,20 @@ class XM3600Evaluator:
     texts_key: str = 'texts',
     language_key: str = 'language',
     image_key: str = 'image',
-    image_size: int = 224,
-    crop: str = 'resize',
+    pp_img: str | None = None,
     batch_size: int = common.DEFAULT_BATCH_SIZE,
     ks: Sequence[int] = (1, 5, 10),
     languages: Sequence[str] | None = None,
     dataset: str = 'xm3600',
-    canonicalize: bool = True,
     limit: int | None = None,
     model: str | None = None,
     show_progress: bool = True,
   ):
     self.name, self.data, self.dataset = name, dict(data), dataset
     self.texts_key, self.language_key, self.image_key = texts_key, language_key, image_key
-    self.image_size, self.crop, self.batch_size = int(image_size), crop, int(batch_size)
+    self.pp_img, self.batch_size = pp_img, int(batch_size)
     self.ks, self.languages = tuple(int(k) for k in ks), (list(languages) if languages else None)
-    self.canonicalize, self.limit, self.model, self.show_progress = canonicalize, limit, model, show_progress
+    self.limit, self.model, self.show_progress = limit, model, show_progress
 
   def _read(self, predictor, rounds_list):
     """→ (image_emb {r: [N, D]} over distinct images, {language: [(image index, caption), ...]})."""
@@ -100,8 +98,7 @@ class XM3600Evaluator:
       self.data,
       fields=fields,
       image_key=self.image_key,
-      image_size=self.image_size,
-      crop=self.crop,
+      preprocess=common.image_preprocessor(predictor, self.pp_img),
       batch_size=self.batch_size,
       limit=self.limit,
     )
@@ -142,9 +139,7 @@ class XM3600Evaluator:
         pairs = by_lang[lg]
         images = sorted({i for i, _ in pairs})
         local = {g: k for k, g in enumerate(images)}
-        text_emb = common.embed_texts(
-          predictor, [c for _, c in pairs], r, batch_size=self.batch_size, canonicalize=self.canonicalize
-        )
+        text_emb = common.embed_texts(predictor, [c for _, c in pairs], r, batch_size=self.batch_size)
         metrics = retrieval_metrics(image_emb[r][images], text_emb, np.array([local[i] for i, _ in pairs]), self.ks)
         per_language.append(metrics)
         records.append(
@@ -166,7 +161,10 @@ class XM3600Evaluator:
 
 
 def language_table(
-  records: Sequence[Mapping], metrics: Sequence[str] = ('i2t@1', 't2i@1'), dataset: str = 'xm3600', percent: bool = True
+  records: Sequence[Mapping],
+  metrics: Sequence[str] = ('text_retrieval_recall@1', 'image_retrieval_recall@1'),
+  dataset: str = 'xm3600',
+  percent: bool = True,
 ) -> str:
   """Markdown table like the paper's Table 4: rows = languages (then 'avg'), columns = metric × rounds."""
   recs = [r for r in records if r['dataset'] == dataset]

@@ -2,15 +2,16 @@
 
 Class embedding = L2-normalised mean over templates (and aliases) of L2-normalised text embeddings of
 `template.format(class name)`, tokenised with SigLIP canonicalisation; prediction = argmax of cosine
-similarity (temperature and bias do not change it). Metrics: top-1 / top-5 accuracy, optionally ImageNet ReaL
+similarity (temperature and bias do not change it). Metrics (CLIP_benchmark's names): acc1 / acc5 accuracy, mean_per_class_recall, optionally ImageNet ReaL
 top-1 (correct when the prediction is in the image's ReaL label set; images with an empty set are excluded)
 and top-1 per group (e.g. region or income bucket, see cultural.py).
 
 Config: dict(type='zeroshot', data=dict(type='tfds', name='imagenet2012', split='validation') or
-dict(type='jsonl', path=FOLDER), class_names='imagenet'|'cifar100'|'pets'|[names or alias lists]|'file.json',
+dict(type='jsonl', path=FOLDER), class_names='imagenet'|'cifar100'|'pets'|[names or alias lists]|'file.json'|
+'from_data' (the dataset's own label names: TFDS ClassLabel names, or the distinct string labels of data.jsonl),
 templates='openai_imagenet'|'openai_imagenet_bare'|'simple_imagenet'|'cifar100'|'pets'|'bare'|[...],
 label_key='label', real_labels_key=None, class_subset=None|'imagenet_a'|'imagenet_r'|[indices],
-image_size=224, crop='resize'|'central_crop', batch_size=64, dataset=NAME, group_by=None, limit=None).
+pp_img=None (default: the run's example spec), batch_size=64, dataset=NAME, group_by=None, limit=None).
 """
 
 from __future__ import annotations
@@ -54,6 +55,33 @@ def resolve_class_names(spec) -> list[list[str]]:
   return out
 
 
+def class_names_from_data(data, label_key: str = 'label') -> list[list[str]]:
+  """`class_names='from_data'`: the class list from the dataset's own metadata, for sets whose class list no
+  package ships (Dollar Street topics, GeoDE objects): TFDS ClassLabel names in label order, or the sorted distinct
+  string labels of a local data.jsonl.  Integer labels carry no names: give class_names."""
+  data = dict(data)
+  if data.get('type', 'jsonl') == 'tfds':
+    import tensorflow_datasets as tfds
+
+    feature = tfds.builder(data['name'], data_dir=data.get('data_dir')).info.features[label_key]
+    names = getattr(feature, 'names', None)
+    if not names:
+      raise ValueError(f"class_names='from_data': TFDS {data['name']!r} feature {label_key!r} has no class names")
+    return [[str(n)] for n in names]
+  labels = set()
+  for rec in common.read_jsonl(data['path']):
+    value = rec.get(label_key)
+    if isinstance(value, str) and value.strip():
+      labels.add(value.strip())
+    elif value is not None:
+      raise ValueError(
+        f"class_names='from_data' needs string labels in field {label_key!r}; got {value!r}: give class_names"
+      )
+  if not labels:
+    raise ValueError(f"class_names='from_data': no {label_key!r} labels in {data['path']}")
+  return [[name] for name in sorted(labels)]
+
+
 def resolve_templates(spec) -> list[str]:
   """'openai_imagenet' (80), 'openai_imagenet_bare' (80 + '{}'), 'simple_imagenet' (7), 'cifar100' (18),
   'pets' (1), 'bare' (['{}']) or a list of templates with one '{}' each."""
@@ -93,7 +121,6 @@ def class_embeddings(
   rounds,
   *,
   batch_size: int = common.DEFAULT_BATCH_SIZE,
-  canonicalize: bool = True,
   show_progress: bool = False,
 ) -> np.ndarray:
   """float32 [C, D]: per class, the L2-normalised mean of L2-normalised embeddings of every template × alias."""
@@ -103,9 +130,7 @@ def class_embeddings(
       for t in templates:
         texts.append(common.apply_template(t, alias))
         owner.append(c)
-  emb = common.embed_texts(
-    predictor, texts, rounds, batch_size=batch_size, canonicalize=canonicalize, show_progress=show_progress
-  )
+  emb = common.embed_texts(predictor, texts, rounds, batch_size=batch_size, show_progress=show_progress)
   owner = np.asarray(owner)
   sums = np.zeros((len(class_names), emb.shape[1]), np.float64)
   np.add.at(sums, owner, emb)
@@ -119,6 +144,12 @@ def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
   k = min(k, scores.shape[1])
   top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
   return (top == labels[:, None]).any(axis=1)
+
+
+def mean_per_class_recall(predictions: np.ndarray, labels: np.ndarray) -> float:
+  """CLIP_benchmark's mean_per_class_recall: the mean over classes present in `labels` of their recall."""
+  classes = np.unique(labels)
+  return float(np.mean([(predictions[labels == c] == c).mean() for c in classes]))
 
 
 def real_hits(predictions: np.ndarray, label_sets: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -167,12 +198,10 @@ class ZeroShotEvaluator:
     real_labels_key: str | None = None,
     class_subset=None,
     image_key: str = 'image',
-    image_size: int = 224,
-    crop: str = 'resize',
+    pp_img: str | None = None,
     batch_size: int = common.DEFAULT_BATCH_SIZE,
     dataset: str | None = None,
     group_by: str | None = None,
-    canonicalize: bool = True,
     limit: int | None = None,
     model: str | None = None,
     language: str = 'en',
@@ -184,14 +213,15 @@ class ZeroShotEvaluator:
     if class_names is None:
       raise ValueError(f"evaluator {name!r}: 'class_names' is required (a shipped set name, a list or a JSON file)")
     self.name, self.data, self.dataset = name, dict(data), dataset or name
-    self.class_names = resolve_class_names(class_names)
+    self._from_data = class_names == 'from_data'
+    self.class_names = None if self._from_data else resolve_class_names(class_names)
     self.templates = resolve_templates(templates if templates is not None else self.default_templates)
     self.class_subset = resolve_class_subset(class_subset)
-    if self.class_subset is not None and self.class_subset.max() >= len(self.class_names):
+    if self.class_names and self.class_subset is not None and self.class_subset.max() >= len(self.class_names):
       raise ValueError(f'class_subset index {self.class_subset.max()} >= {len(self.class_names)} classes')
     self.label_key, self.real_labels_key, self.image_key = label_key, real_labels_key, image_key
-    self.image_size, self.crop, self.batch_size = int(image_size), crop, int(batch_size)
-    self.group_by, self.canonicalize, self.limit = group_by, canonicalize, limit
+    self.pp_img, self.batch_size = pp_img, int(batch_size)
+    self.group_by, self.limit = group_by, limit
     self.model, self.language, self.show_progress = model, language, show_progress
     self.options = dict(extra)
 
@@ -214,6 +244,8 @@ class ZeroShotEvaluator:
 
   def run(self, predictor, rounds=None) -> list[dict]:
     rounds_list = common.as_rounds_list(rounds)
+    if self._from_data and self.class_names is None:
+      self.class_names = class_names_from_data(self.data, self.label_key)
     active_names = self.class_names if self.class_subset is None else [self.class_names[i] for i in self.class_subset]
     scores = {r: [] for r in rounds_list}
     class_emb = {}  # computed once per run, per rounds value
@@ -225,15 +257,13 @@ class ZeroShotEvaluator:
         self.templates,
         r,
         batch_size=self.batch_size,
-        canonicalize=self.canonicalize,
         show_progress=self.show_progress,
       )
     batches = common.iterate_batches(
       self.data,
       fields=self._fields(),
       image_key=self.image_key,
-      image_size=self.image_size,
-      crop=self.crop,
+      preprocess=common.image_preprocessor(predictor, self.pp_img),
       batch_size=self.batch_size,
       limit=self.limit,
     )
@@ -264,16 +294,17 @@ class ZeroShotEvaluator:
           bad = label_idx[scored_labels < 0][:5].tolist()
           raise ValueError(f'{self.name}: labels {bad} are not in the class subset')
       hits1 = predictions == label_idx
-      metrics['top1'] = hits1.mean()
-      metrics['top5'] = topk_hits(scores, scored_labels, 5).mean()
+      metrics['acc1'] = hits1.mean()
+      metrics['acc5'] = topk_hits(scores, scored_labels, 5).mean()
+      metrics['mean_per_class_recall'] = mean_per_class_recall(predictions, label_idx)
       if self.group_by:
         names = np.array(self.group_names(groups), dtype=object)
         for g in sorted(set(names.tolist())):
-          metrics[f'top1/{g}'] = hits1[names == g].mean()
+          metrics[f'acc1/{g}'] = hits1[names == g].mean()
     if self.real_labels_key:
       reals = [[] if s is None else ([s] if isinstance(s, int) else s) for s in reals]
       hit, valid = real_hits(predictions, reals)
-      metrics['real_top1'] = hit[valid].mean() if valid.any() else float('nan')
+      metrics['real_acc1'] = hit[valid].mean() if valid.any() else float('nan')
       metrics['real_n'] = int(valid.sum())
     return common.make_record(
       dataset=self.dataset,

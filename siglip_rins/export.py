@@ -1,17 +1,19 @@
 """Self-contained exported SigLIP(-RINS) models: write one from a training run, load it, use it.
 
 Exported folder (`export_model(workdir, out_dir)` or `export_params(...)`):
-  config.json          {"format": "siglip_rins.exported", "format_version": 1, "model": <build_model config>,
-                        "params_file": "params.safetensors",
-                        "text": {"tokenizer_file", "max_len", "eos", "canonicalize", "pad_value"},
+  config.json          {"format": "siglip_rins.exported", "format_version": 2, "model": <build_model config>,
+                        "params_file": "params.safetensors", "example_spec": <ExampleSpec.to_dict()>,
+                        "text": {"tokenizer_file", "max_len", "eos", "lower", "canonicalize", "pad_value"},
                         "image": {"size": [H, W], "resize_method": "bilinear", "antialias": false,
                                   "value_range": [-1, 1]}, "source": {...}}
+                       ("text" and "image" summarise example_spec; format-1 folders have only them)
   params.safetensors   float32 parameters under '/'-joined names ('img/embedding/kernel', 't', ...); no pickle.
   tokenizer.model      the SentencePiece model (copied bytes).
 
-`load_exported(model_dir) -> ExportedModel` runs the JAX model with no TensorFlow: pure-Python SentencePiece
-tokenisation and PIL/numpy image reading; images are resized (bilinear, no antialiasing, like the training
-pipeline's `resize`), rounded to uint8 and scaled to [-1, 1].
+`load_exported(model_dir) -> ExportedModel` runs the JAX model on the run's example spec (config.json
+"example_spec", see siglip_rins/example_spec.py): images go through the spec's eval pp with the training
+pipeline's own pp ops (siglip_rins.data.preprocess: same JPEG decoder, resize and rounding as training), texts
+through the spec's tokenizer settings (pure-Python SentencePiece, the same ids as the pipeline's tokenize op).
 
 CLI entry points (the lead wires them): `classify_main`, `retrieve_main`, `export_main`; `add_cli(subparsers)`
 registers `export`, `classify`, `retrieve` and `export-hf` subcommands.
@@ -24,24 +26,23 @@ import math
 import os
 import pathlib
 import sys
-from typing import Any, Iterable, Mapping, Optional, Sequence, TextIO, Union
+from typing import Any, Mapping, Optional, Sequence, TextIO
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siglip_rins.image_io import list_image_files, read_image, read_images, to_rgb_uint8
+from siglip_rins.image_io import list_image_files
+from siglip_rins.example_spec import size_pair as _size_pair
 from siglip_rins.interop import diff_names, flatten_params, unflatten_params
+from siglip_rins.models.shapes import Rounds, check_rounds, image_size_from_params, param_shapes  # noqa: F401
 
 FORMAT_NAME = "siglip_rins.exported"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json carries "example_spec"; format 1 folders still load
 PARAMS_FILE = "params.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 CONFIG_FILE = "config.json"
-RESIZE_METHODS = ("bilinear", "nearest", "bicubic")
 DEFAULT_TEXT_LEN = 64
-
-Rounds = Union[None, int, Mapping[str, int]]
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -58,176 +59,88 @@ def _as_plain(obj: Any) -> Any:
   return obj
 
 
-def _size_pair(size, what: str) -> tuple[int, int]:
-  if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-    size = (int(size), int(size))
-  if not (
-    isinstance(size, (list, tuple))
-    and len(size) == 2
-    and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)
-  ):
-    raise ValueError(f"{what} must be a positive int or a pair (height, width), got {size!r}")
-  return int(size[0]), int(size[1])
-
-
-def check_rounds(rounds: Rounds) -> Rounds:
-  """None, an int >= 1, or {'img': int|None, 'txt': int|None}; anything else -> ValueError."""
-  if rounds is None:
-    return None
-  if isinstance(rounds, Mapping):
-    unknown = sorted(set(rounds) - {"img", "txt"})
-    if unknown:
-      raise ValueError(f"rounds: unknown tower key(s) {unknown}; allowed: ['img', 'txt']")
-    return {k: check_rounds(v) for k, v in rounds.items()}
-  if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
-    raise ValueError(f"rounds must be None or an integer >= 1, got {rounds!r}")
-  return int(rounds)
-
-
-def param_shapes(model, image_size: Optional[tuple[int, int]], text_len: Optional[int]) -> dict:
-  """Nested dict of jax.ShapeDtypeStruct of `model`'s params (two_towers) for inputs of these sizes."""
-  images = None if image_size is None else jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
-  texts = None if text_len is None else jax.ShapeDtypeStruct((1, text_len), jnp.int32)
-  variables = jax.eval_shape(lambda i, t: model.init(jax.random.PRNGKey(0), i, t), images, texts)
-  return jax.tree.map(lambda x: x, dict(variables["params"]))
-
-
-def image_size_from_params(
-  model, flat_params: Mapping[str, np.ndarray], configured: Optional[tuple[int, int]]
-) -> Optional[tuple[int, int]]:
-  """Input size the image tower needs: the configured size when its patch grid fits the learned position
-  embedding, else the square grid of `img/pos_embedding` times the patch size; None without an image tower."""
-  image_kw = getattr(model, "image", None)
-  if image_kw is None:
-    return None
-  ph, pw = image_kw.get("patch_size", (16, 16))
-  pos = flat_params.get("img/pos_embedding")
-  if pos is None:  # fixed (sincos2d) position embedding: any size works; the configured one is required
-    if configured is None:
-      raise ValueError("cannot tell the image size: give image_size (the model has no learned position embedding)")
-    return configured
-  n = int(pos.shape[1])
-  if configured is not None and (configured[0] // ph) * (configured[1] // pw) == n:
-    return configured
-  g = math.isqrt(n)
-  if g * g != n:
-    raise ValueError(f"img/pos_embedding has {n} positions, not a square grid; give image_size explicitly")
-  return g * ph, g * pw
-
-
-# ----------------------------------------------------------------------------- settings from the run
-def _pp_strings(node: Any) -> Iterable[str]:
-  if isinstance(node, Mapping):
-    for v in node.values():
-      yield from _pp_strings(v)
-  elif isinstance(node, (list, tuple)):
-    for v in node:
-      yield from _pp_strings(v)
-  elif isinstance(node, str) and "(" in node:
-    yield node
-
-
-def settings_from_run_config(config: Mapping[str, Any]) -> dict:
-  """Text and image settings of a training run's config: {'tokenizer', 'max_len', 'eos', 'canonicalize',
-  'pad_value', 'image_size'} (values None when the config does not say).
-
-  Explicit `config.input.{tokenizer, text_len, image_size}` win; otherwise the `tokenize(...)` and
-  `resize(...)` / `inception_crop(...)` / `central_crop(...)` ops of the input pp strings are parsed
-  (literals only, via the pp parser).
-  """
-  from siglip_rins.data import pp as pp_lib  # the parser is pure Python (no TensorFlow)
-
-  inp = dict(config.get("input") or {})
-  out = dict(tokenizer=None, max_len=None, eos="sticky", canonicalize=True, pad_value=None, image_size=None)
-  for pp_string in list(_pp_strings(inp)) + list(_pp_strings(config.get("evals") or {})):
-    try:
-      specs = pp_lib.parse(pp_string)
-    except ValueError:
-      continue
-    for spec in specs:
-      kw = dict(spec.kwargs)
-      if spec.name == "tokenize":
-        names = ("max_len", "model", "eos", "pad_value", "inkey", "outkey", "canonicalize")
-        kw.update(dict(zip(names, spec.args)))
-        if out["max_len"] is None:
-          out.update(
-            max_len=kw.get("max_len"),
-            tokenizer=kw.get("model", "demo"),
-            eos=kw.get("eos", "sticky"),
-            canonicalize=kw.get("canonicalize", True),
-            pad_value=kw.get("pad_value"),
-          )
-      elif spec.name in ("resize", "inception_crop", "central_crop") and out["image_size"] is None:
-        size = spec.args[0] if spec.args else kw.get("size")
-        if size is not None:
-          out["image_size"] = _size_pair(size, f"pp op {spec.name!r} size")
-  for key, name in (("tokenizer", "tokenizer"), ("text_len", "max_len")):
-    if inp.get(key) is not None:
-      out[name] = inp[key]
-  if inp.get("image_size") is not None:
-    out["image_size"] = _size_pair(inp["image_size"], "config.input.image_size")
-  return out
-
-
 # ------------------------------------------------------------------------------------------- export
 def export_params(
   params: Mapping[str, Any],
   model_config: Mapping[str, Any],
   out_dir: str | os.PathLike,
   *,
+  spec: Any = None,
   tokenizer: Any = None,
   text_len: Optional[int] = None,
-  eos: str = "sticky",
-  canonicalize: bool = True,
-  pad_value: Optional[int] = None,
   image_size: Any = None,
-  resize_method: str = "bilinear",
   source: Optional[Mapping[str, Any]] = None,
 ) -> pathlib.Path:
   """Writes an exported model folder from a parameter tree.
 
   params: two_towers parameter tree (`img/...`, `txt/...`, `t`, `b`).  model_config: the `build_model` config.
-  tokenizer: a Tokenizer, a tokenizer name/path (see text.tokenizer.get_tokenizer) or None (a model with no text
-  tower).  text_len: token length L; default: the length of `txt/pos_embedding`.  image_size: int or (H, W) in
-  pixels; default: from `img/pos_embedding` and the patch size.  Returns the folder path.
+  spec: the run's `ExampleSpec` (how images and texts become inputs); without one, big_vision SigLIP conventions
+  (`example_spec.make_spec`) with `tokenizer` (a Tokenizer, name or .model path), `text_len` (default: the length
+  of `txt/pos_embedding`) and `image_size` (default: from `img/pos_embedding` and the patch size).  A given
+  `tokenizer` replaces the spec's tokenizer file.  Returns the folder path.
   """
+  from siglip_rins import example_spec as es
   from siglip_rins.models import build_model
   from siglip_rins.text.tokenizer import Tokenizer, check_encode_args, get_tokenizer
 
   model_config = _as_plain(model_config)
   if model_config.get("name") != "two_towers":
     raise ValueError(f"export supports two_towers (SigLIP) models; this model is {model_config.get('name')!r}")
-  if resize_method not in RESIZE_METHODS:
-    raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
   model = build_model(model_config)
   flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}
-  size = image_size_from_params(model, flat, None if image_size is None else _size_pair(image_size, "image_size"))
-  text_cfg = None
+  configured = None
+  if spec is not None and spec.image is not None:
+    configured = spec.image.size
+  if image_size is not None:
+    configured = _size_pair(image_size, "image_size")
+  size = image_size_from_params(model, flat, configured)
   tok = None
   if model.text is not None:
     if text_len is None:
-      if "txt/pos_embedding" not in flat:
+      if spec is not None and spec.text is not None:
+        text_len = spec.text.max_len
+      elif "txt/pos_embedding" in flat:
+        text_len = int(flat["txt/pos_embedding"].shape[1])
+      else:
         raise ValueError("give text_len: the parameters have no txt/pos_embedding")
-      text_len = int(flat["txt/pos_embedding"].shape[1])
+    if tokenizer is None and spec is not None and spec.text is not None:
+      tokenizer = spec.text.tokenizer
     if tokenizer is None:
       raise ValueError(
         "this model has a text tower: give tokenizer (a name such as 'demo', a .model path or a "
         "Tokenizer) so the exported folder can tokenise texts"
       )
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else get_tokenizer(tokenizer)
-    check_encode_args(text_len, eos, tok.eos_id)
     vocab = model.text.get("vocab_size", 32_000)
     if tok.vocab_size > vocab:
       raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the text tower's vocab_size is {vocab}")
-    text_cfg = dict(
-      tokenizer_file=TOKENIZER_FILE,
-      max_len=int(text_len),
-      eos=eos,
-      canonicalize=bool(canonicalize),
-      pad_value=pad_value,
+  if spec is None:
+    spec = es.make_spec(image_size=size, tokenizer=tok, text_len=text_len)
+  if spec.text is not None and tok is not None:
+    text = spec.text
+    if text.max_len != text_len or text.vocab_size != tok.vocab_size:
+      import dataclasses
+
+      text = dataclasses.replace(text, max_len=int(text_len), vocab_size=int(tok.vocab_size), eos_id=int(tok.eos_id))
+    spec = es.ExampleSpec(image=spec.image, text=text, train_pp=spec.train_pp)
+    check_encode_args(spec.text.max_len, spec.text.eos, tok.eos_id)
+  if model.text is None:
+    spec = es.ExampleSpec(image=spec.image, text=None, train_pp=spec.train_pp)
+  if spec.image is not None and size is not None and tuple(spec.image.size) != tuple(size):
+    import dataclasses
+
+    spec = es.ExampleSpec(
+      image=es.ImageSpec(
+        size=size,
+        resize_method=spec.image.resize_method,
+        antialias=spec.image.antialias,
+        value_range=spec.image.value_range,
+      ),
+      text=spec.text,
+      train_pp=spec.train_pp,
     )
   # Check the parameter tree against the model before writing anything.
-  expected = flatten_params(param_shapes(model, size, text_cfg and text_cfg["max_len"]))
+  expected = flatten_params(param_shapes(model, size, spec.text and spec.text.max_len))
   diff_names(set(expected), set(flat), "parameters do not match the model config")
   bad = [
     f"{k}: {flat[k].shape} != {tuple(expected[k].shape)}"
@@ -248,21 +161,37 @@ def export_params(
     metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
   )
   os.replace(tmp, out / PARAMS_FILE)
+  text_cfg = None
   if tok is not None:
     (out / TOKENIZER_FILE).write_bytes(tok.model_proto)
+    spec = es.with_tokenizer_file(spec, TOKENIZER_FILE)
+    t = spec.text
+    text_cfg = dict(
+      tokenizer_file=TOKENIZER_FILE,
+      max_len=t.max_len,
+      eos=t.eos,
+      canonicalize=t.canonicalize,
+      lower=t.lower,
+      pad_value=t.pad_value,
+    )
+  image_cfg = None
+  if spec.image is not None:
+    i = spec.image
+    image_cfg = dict(
+      size=list(i.size), resize_method=i.resize_method, antialias=i.antialias, value_range=list(i.value_range)
+    )
   config = {
     "format": FORMAT_NAME,
     "format_version": FORMAT_VERSION,
     "model": model_config,
     "params_file": PARAMS_FILE,
-    "text": text_cfg,
-    "image": None
-    if size is None
-    else dict(size=list(size), resize_method=resize_method, antialias=False, value_range=[-1.0, 1.0]),
+    "example_spec": spec.to_dict(),
+    "text": text_cfg,  # summaries of example_spec, for readers of format 1
+    "image": image_cfg,
     "source": _as_plain(dict(source or {})),
   }
   tmp = out / (CONFIG_FILE + ".tmp")
-  tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+  tmp.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False))
   os.replace(tmp, out / CONFIG_FILE)  # config.json last: a folder with it is complete
   return out
 
@@ -294,7 +223,11 @@ def export_model(
     raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
   if not isinstance(run_config, dict) or not isinstance(run_config.get("model"), dict):
     raise ValueError(f"{cfg_path} has no 'model' config dict")
-  settings = settings_from_run_config(run_config)
+  from siglip_rins import config_lib, example_spec as es
+
+  spec = es.load(workdir)
+  if spec is None:  # a run from before example_spec.json: derive it from the run's config
+    spec = es.finalize(config_lib.ConfigDict(run_config))
   mgr = CheckpointManager(workdir, async_save=False)
   try:
     state, meta = mgr.restore(step)
@@ -308,12 +241,10 @@ def export_model(
     params,
     run_config["model"],
     out_dir,
-    tokenizer=tokenizer if tokenizer is not None else (settings["tokenizer"] or "demo"),
-    text_len=text_len if text_len is not None else settings["max_len"],
-    eos=settings["eos"],
-    canonicalize=settings["canonicalize"],
-    pad_value=settings["pad_value"],
-    image_size=image_size if image_size is not None else settings["image_size"],
+    spec=spec,
+    tokenizer=tokenizer,
+    text_len=text_len,
+    image_size=image_size,
     source=dict(workdir=str(workdir.resolve()), step=None if step is None else int(step)),
   )
 
@@ -367,13 +298,15 @@ class ExportedModel:
       flat = load_file(str(params_path))
     except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt files
       raise ValueError(f"{params_path} is not a readable safetensors file: {e}") from None
-    text = self.config.get("text")
-    image = self.config.get("image")
-    self.text_len = None if not text else int(text["max_len"])
-    self.image_size = None if not image else _size_pair(image["size"], "config.image.size")
-    self.resize_method = "bilinear" if not image else image.get("resize_method", "bilinear")
-    if self.resize_method not in RESIZE_METHODS:
-      raise ValueError(f"config.image.resize_method must be one of {RESIZE_METHODS}, got {self.resize_method!r}")
+    from siglip_rins import example_spec as es
+
+    tok_file = self.model_dir / ((self.config.get("text") or {}).get("tokenizer_file") or TOKENIZER_FILE)
+    if self.config.get("example_spec") is not None:
+      self.spec = es.with_tokenizer_file(es.ExampleSpec.from_dict(self.config["example_spec"]), str(tok_file))
+    else:  # format 1
+      self.spec = es.from_legacy_sections(self.config.get("text"), self.config.get("image"), str(tok_file))
+    self.text_len = None if self.spec.text is None else self.spec.text.max_len
+    self.image_size = None if self.spec.image is None else tuple(self.spec.image.size)
     expected = flatten_params(param_shapes(self.model, self.image_size, self.text_len))
     diff_names(set(expected), set(flat), f"{params_path} does not match the model config")
     bad = [k for k in expected if tuple(expected[k].shape) != tuple(flat[k].shape)]
@@ -381,13 +314,11 @@ class ExportedModel:
       raise ValueError(f"{params_path}: shapes differ from the model config for {bad[:20]}")
     self.params = jax.tree.map(jnp.asarray, unflatten_params(flat))
     self.tokenizer = None
-    if text:
+    if self.spec.text is not None:
       from siglip_rins.text.tokenizer import Tokenizer
 
-      self.tokenizer = Tokenizer.from_file(self.model_dir / text.get("tokenizer_file", TOKENIZER_FILE))
-      self.eos = text.get("eos", "sticky")
-      self.canonicalize = bool(text.get("canonicalize", True))
-      self.pad_value = text.get("pad_value")
+      self.tokenizer = Tokenizer.from_file(tok_file)
+    self._image_preprocessor = None
     self.temperature = float(np.exp(np.asarray(flat["t"]).reshape(-1)[0]))
     self.bias = float(np.asarray(flat["b"]).reshape(-1)[0])
     model = self.model
@@ -401,18 +332,15 @@ class ExportedModel:
 
   # ------------------------------------------------------------------------------------ preprocessing
   def preprocess_image(self, image) -> np.ndarray:
-    """A path, PIL image or uint8/float [H, W(, C)] array -> float32 [H', W', 3] in [-1, 1] at `image_size`."""
+    """A path, encoded bytes, PIL image or uint8 [H, W(, C)] array -> float32 [H', W', 3]: the pixels the training
+    pipeline gives (the example spec's eval pp run through the pipeline's own ops)."""
     if self.image_size is None:
       raise ValueError("this model has no image tower")
-    if isinstance(image, (str, os.PathLike)):
-      image = read_image(image)
-    rgb = to_rgb_uint8(image).astype(np.float32)
-    h, w = self.image_size
-    if rgb.shape[:2] != (h, w):
-      method = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}[self.resize_method]
-      rgb = np.asarray(jax.image.resize(rgb, (h, w, 3), method=method, antialias=False))
-      rgb = np.clip(np.rint(rgb), 0.0, 255.0)  # the training pipeline's resize keeps uint8
-    return (rgb / 127.5 - 1.0).astype(np.float32)
+    if self._image_preprocessor is None:
+      from siglip_rins.data.preprocess import ImagePreprocessor
+
+      self._image_preprocessor = ImagePreprocessor(self.spec)
+    return self._image_preprocessor(image)
 
   def preprocess_images(self, images) -> np.ndarray:
     """List of paths / PIL images / arrays, or a float array [N, H, W, 3] already in [-1, 1] at `image_size`
@@ -431,14 +359,12 @@ class ExportedModel:
     return np.stack([self.preprocess_image(im) for im in images])
 
   def tokenize(self, texts: Sequence[str]) -> np.ndarray:
-    """Strings -> int32 [N, text_len] as in training (canonicalised, sticky EOS, padded)."""
+    """Strings -> int32 [N, text_len] as the training pipeline tokenizes them (the example spec)."""
     if self.tokenizer is None:
       raise ValueError("this model has no text tower")
     if isinstance(texts, (str, bytes)):
       raise ValueError("texts must be a list of strings, got a single string")
-    return self.tokenizer.encode(
-      list(texts), self.text_len, eos=self.eos, canonicalize=self.canonicalize, pad_value=self.pad_value
-    )
+    return self.spec.text.encode(list(texts), tokenizer=self.tokenizer)
 
   # ---------------------------------------------------------------------------------------- embeddings
   @staticmethod
@@ -524,14 +450,16 @@ def load_exported(model_dir: str | os.PathLike) -> ExportedModel:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _read_batches(paths: Sequence[pathlib.Path], batch: int, err: TextIO):
-  """Yields lists of (path, uint8 image) of readable files; prints one line to `err` per unreadable file."""
+def _read_batches(model, paths: Sequence[pathlib.Path], batch: int, err: TextIO):
+  """Yields lists of (path, float32 [H, W, 3] model input) of readable files, read as the training pipeline
+  reads them; prints one line to `err` per unreadable file."""
   buf = []
-  for path, image, error in read_images(paths):
-    if error is not None:
-      print(f"skipping {error}", file=err)
+  for path in paths:
+    try:
+      buf.append((path, model.preprocess_image(path)))
+    except (OSError, ValueError) as e:
+      print(f"skipping {e}", file=err)
       continue
-    buf.append((path, image))
     if len(buf) == batch:
       yield buf
       buf = []
@@ -566,8 +494,8 @@ def classify_main(
   model = load_exported(model_dir)
   zc = model.class_embeddings(labels, templates, rounds)
   done = 0
-  for batch in _read_batches([pathlib.Path(p) for p in image_paths], batch_size, err):
-    zi = model.encode_images([im for _, im in batch], rounds)
+  for batch in _read_batches(model, [pathlib.Path(p) for p in image_paths], batch_size, err):
+    zi = model.encode_images(np.stack([im for _, im in batch]), rounds)
     for (path, _), row in zip(batch, model.probabilities(zi, zc)):
       print(str(path), file=out)
       for i in np.argsort(-row, kind="stable")[:top_k]:
@@ -601,8 +529,8 @@ def retrieve_main(
   model = load_exported(model_dir)
   zq = model.encode_texts([query], rounds)[0]
   scored: list[tuple[float, pathlib.Path]] = []
-  for batch in _read_batches(paths, batch_size, err):
-    zi = model.encode_images([im for _, im in batch], rounds)
+  for batch in _read_batches(model, paths, batch_size, err):
+    zi = model.encode_images(np.stack([im for _, im in batch]), rounds)
     scored.extend(zip((zi @ zq).tolist(), (p for p, _ in batch)))
   scored.sort(key=lambda s: -s[0])
   for rank, (cos, path) in enumerate(scored[:top_k], 1):
@@ -672,6 +600,5 @@ __all__ = [
   "retrieve_main",
   "export_main",
   "add_cli",
-  "settings_from_run_config",
   "FORMAT_VERSION",
 ]

@@ -5,7 +5,7 @@ All batching goes through fixed-size padded batches so each (function, rounds) c
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,17 +19,24 @@ class Predictor:
 
   Args:
     model: a module from `build_model`; params: its parameter tree.
-    tokenizer: a `siglip_rins.text.Tokenizer` (for evaluators that start from strings); text_len: its max length.
+    spec: the run's `ExampleSpec` (siglip_rins.example_spec): how evaluators read images and tokenize texts.
+    tokenizer: a `siglip_rins.text.Tokenizer` (default: the spec's).
     batch_size: inference batch size (inputs are padded up to it).
+    axis: which inference-time recursion the methods' `rounds` argument sets: 'rounds' (the first block's
+      leading run, A^kB) or 'repeat' (repeat-all-over of the signature's unit, for RAO signatures such as ABAB;
+      see siglip_rins.recursion.adapter_axis).
   """
 
   def __init__(
-    self, model, params, tokenizer=None, text_len: Optional[int] = None, batch_size: int = 64, name: str = "model"
+    self, model, params, spec=None, tokenizer=None, batch_size: int = 64, name: str = "model", axis: str = "rounds"
   ):
-    self.model, self.params = model, params
-    self.tokenizer, self.text_len = tokenizer, text_len
+    self.model, self.params, self.spec = model, params, spec
+    text = None if spec is None else spec.text
+    self.tokenizer = tokenizer if tokenizer is not None else (None if text is None else text.get_tokenizer())
+    self.text_len = None if text is None else text.max_len
     self.batch_size = int(batch_size)
     self.name = name
+    self.axis = axis
     self._fns: dict[Any, Any] = {}
 
   # ----------------------------------------------------------------------------------------- scalars
@@ -43,19 +50,21 @@ class Predictor:
 
   # ----------------------------------------------------------------------------------------- batching
   def _fn(self, kind: str, rounds):
-    key = (kind, rounds)
+    if self.axis not in ("rounds", "repeat"):
+      raise ValueError(f"Predictor.axis must be 'rounds' or 'repeat', got {self.axis!r}")
+    key = (kind, rounds, self.axis)
     if key not in self._fns:
-      model = self.model
+      model, kw = self.model, {self.axis: rounds}
       if kind == "img":
-        f = lambda p, x: model.apply({"params": p}, x, None, rounds=rounds)[0]
+        f = lambda p, x: model.apply({"params": p}, x, None, **kw)[0]
       elif kind == "txt":
-        f = lambda p, x: model.apply({"params": p}, None, x, rounds=rounds)[1]
+        f = lambda p, x: model.apply({"params": p}, None, x, **kw)[1]
       elif kind == "logits":
-        f = lambda p, x: model.apply({"params": p}, x, rounds=rounds)
+        f = lambda p, x: model.apply({"params": p}, x, **kw)
       elif kind == "lm":
 
         def f(p, x):
-          logits = model.apply({"params": p}, x, rounds=rounds)
+          logits = model.apply({"params": p}, x, **kw)
           logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
           return jnp.take_along_axis(logp, x[:, 1:, None], -1)[..., 0]
       else:
@@ -89,9 +98,10 @@ class Predictor:
     return self._batched("txt", np.asarray(tokens, np.int32), rounds)
 
   def encode_strings(self, texts: Sequence[str]) -> np.ndarray:
-    if self.tokenizer is None or self.text_len is None:
-      raise ValueError("this predictor has no tokenizer/text_len")
-    return self.tokenizer.encode(list(texts), self.text_len)
+    """Strings -> int32 [N, text_len] as the run's pipeline tokenizes them."""
+    if self.spec is None or self.spec.text is None:
+      raise ValueError("this predictor has no example spec with a text part")
+    return self.spec.text.encode(texts, tokenizer=self.tokenizer)
 
   def classify_logits(self, images: np.ndarray, rounds=None) -> np.ndarray:
     """images [N, H, W, 3] -> logits [N, C] (classifier models)."""

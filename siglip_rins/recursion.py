@@ -5,16 +5,26 @@ Vocabulary (paper Sec. 2 and App. A):
   parameters) to its own output.  Both spellings are accepted: ``AAB`` and ``A^2B`` (also ``A^{2}B``).
 * A *degree* d nests the pattern: each block of the signature is itself the signature at degree d-1 with its own
   blocks, so ``(ABB)_2`` runs ``ABB CDD CDD``.  Unique blocks = len(set(signature)) ** degree.
-* A baseline of depth L is split into unique blocks of ``L // unique`` layers each (App. E.1); a model is refused
-  when that is 0 or does not divide L.
+* A baseline of depth L is split into its unique blocks by `recursion.split` (see `split_depth`): 'floor' (the
+  paper's App. E.1 rule and the default: every block gets ``L // unique`` layers, the remainder is dropped),
+  'spread' (all L layers kept, the first ``L % unique`` blocks one layer deeper) or 'exact' (refuse a depth
+  that does not divide).  A split with 0 layers per block is refused.  `layers_per_block` (an int or one int
+  per unique block) overrides the split.  `sweep(L)` lists App. E.1's signatures for a depth.
 * RINS is degree 1 with signature ``A^rB``.  *Stochastic RINS* skips each position of the innermost signature with
   probability given by the skip tuple ``(0, p_s, ..., p_s, 0)`` (first and last never skipped), so for ``A^rB``
   the number of A rounds is ``1 + Binomial(r-1, 1-p_s)``.  Skips are drawn from the ``'rins'`` RNG stream, only
   when ``train=True``; evaluation and ``p_s = 0`` are deterministic.
-* Inference-time rounds: ``rounds=k`` at apply time runs ``A^kB`` (for ``RAO`` signatures such as ``ABAB`` it
-  repeats the whole unit k times) with the same parameters, also for k above the trained r.
-* Linear adapters (paper Sec. 6): ``r_max`` D-by-D maps initialised to the identity; the k-th is applied to the
-  stack output when k rounds ran (k above r_max uses the last).
+* Two inference-time axes, both with the same parameters and also beyond the trained values (degree 1 only):
+  ``rounds=k`` runs the first block's leading run k times and the rest of the signature as trained: ``A^kB``
+  for ``AB`` and ``A^rB``, ``A^kBAB`` for ``ABAB``, ``A^kBB`` for ``ABB`` (`with_rounds`); ``repeat=k`` runs
+  the signature's repeated unit k times, repeat-all-over (RAO): ``(AB)^k`` for ``ABAB`` and ``AB``,
+  ``(AAB)^k`` for ``A^2B`` (`with_repeat`).  ``info['rounds']`` counts the executions of the leading run,
+  ``info['repeats']`` the units run.  Degree > 1 signatures refuse both.
+* Linear adapters (paper Sec. 6): ``num_adapters`` D-by-D maps initialised to the identity; the k-th is applied
+  to the stack output when the count along the signature's `adapter_axis` is k (k above the trained count
+  uses the last).  The axis is 'rounds' (A^rB: r adapters, the r-th after r rounds) except for RAO signatures
+  (a unit of two or more blocks repeated, e.g. ``ABAB``), whose adapters follow ``repeat``.
+* KV sharing applies to the leading run of the first block (A of A^rB).
 
 Execution: runs of one repeated block are executed by ``nn.scan`` over rounds with broadcast (shared) parameters,
 so compile time does not grow with r, or unrolled in Python (``loop='unroll'``).  The default ``loop='auto'``
@@ -33,6 +43,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from siglip_rins.layers import KV, EncoderLayer, LayerConfig
 
@@ -100,6 +111,12 @@ def _block_name(i: int) -> str:
   return chr(ord("A") + i) if i < 26 else f"Z{i}"
 
 
+def _period(letters: str) -> int:
+  """Length of the shortest unit u with letters == u * n ('ABAB' -> 2, 'AAAA' -> 1, 'AAB' -> 3)."""
+  n = len(letters)
+  return next(p for p in range(1, n + 1) if n % p == 0 and letters[:p] * (n // p) == letters)
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
   """`count` consecutive applications of block `name`; position i is skipped with probability skip[i]."""
@@ -111,28 +128,53 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class BlockPlan:
-  """The flat execution plan of (signature, degree) over a depth split into equal unique blocks."""
+  """The flat execution plan of (signature, degree) over a depth split into unique blocks.
+
+  `block_layers[i]` is the depth of unique block `block_names[i]` (all equal for the paper's split; see
+  `split_depth`).  `units` are the lengths (in positions of `sequence`) of the repeated unit of the signature:
+  'ABAB' has units (2, 2) (repeat-all-over of AB), 'A^3B' has (4,), 'AAAA' has (1, 1, 1, 1); degree > 1 plans
+  are one unit.
+  """
 
   letters: str  # expanded top-level signature, e.g. 'AAAB'
   degree: int
-  layers_per_block: int
+  block_layers: tuple[int, ...]  # layers of each unique block, aligned with block_names
   sequence: tuple[str, ...]  # unique block names in execution order, e.g. ('A','B','B','C','D','D',...)
   skip: tuple[float, ...]  # skip probability of each executed position
   block_names: tuple[str, ...]  # unique blocks in order of first use
+  units: tuple[int, ...]  # positions per repeated unit (the repeat / RAO axis); sum == len(sequence)
 
   @property
   def num_unique_blocks(self) -> int:
     return len(self.block_names)
 
   @property
+  def layers_per_block(self):
+    """An int when every unique block has the same depth, else the per-block tuple (aligned with block_names)."""
+    return self.block_layers[0] if self.uniform else self.block_layers
+
+  @property
+  def uniform(self) -> bool:
+    return len(set(self.block_layers)) == 1
+
+  def layers(self, name: str) -> int:
+    """Depth of unique block `name`."""
+    return self.block_layers[self.block_names.index(name)]
+
+  @property
   def num_layers_param(self) -> int:
     """Distinct layers with parameters."""
-    return self.num_unique_blocks * self.layers_per_block
+    return sum(self.block_layers)
 
   @property
   def num_layers_run(self) -> int:
     """Layer applications per forward pass (no skipping)."""
-    return len(self.sequence) * self.layers_per_block
+    return sum(self.layers(n) for n in self.sequence)
+
+  @property
+  def repeats(self) -> int:
+    """How many times the signature's unit runs (the RAO axis): 'ABAB' -> 2, 'A^3B' -> 1."""
+    return len(self.units)
 
   def runs(self) -> list[Run]:
     runs: list[Run] = []
@@ -144,14 +186,67 @@ class BlockPlan:
     return runs
 
 
+SPLITS = ("floor", "spread", "exact")
+
+
+def split_depth(num_layers: int, n_unique: int, split: str = "floor", what: str = "") -> tuple[int, ...]:
+  """Layers of each of `n_unique` unique blocks when a baseline of `num_layers` layers is split.
+
+  * 'floor' (paper App. E.1, the default): every block gets ``num_layers // n_unique`` layers (blocks of equal
+    size, as Sec. 2 defines them); the ``num_layers % n_unique`` remaining layers are dropped, so the model has
+    that many fewer parameter layers than the baseline (the sweep's "similar size").
+  * 'spread': all layers are kept; the first ``num_layers % n_unique`` blocks (in order of first use) get one
+    layer more than the others (parameter count equal to the baseline's; blocks differ by at most one layer).
+  * 'exact': refuse a depth that n_unique does not divide.
+  Every split needs at least one layer per block.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"recursion.split must be one of {SPLITS}, got {split!r}")
+  if not isinstance(num_layers, (int, np.integer)) or isinstance(num_layers, bool) or num_layers < 1:
+    raise ValueError(f"depth must be an integer >= 1, got {num_layers!r}")
+  base, rem = divmod(int(num_layers), n_unique)
+  if base == 0:
+    raise ValueError(f"depth {num_layers} cannot be split into {n_unique} unique blocks{what} (0 layers per block)")
+  if split == "exact" and rem:
+    raise ValueError(
+      f"depth {num_layers} does not divide into {n_unique} unique blocks{what} ({num_layers} % {n_unique} = "
+      f"{rem}); choose a depth that is a multiple of {n_unique}, or recursion.split='floor' (paper App. E.1: "
+      f"{base} layers per block, {rem} dropped) or 'spread' (the first {rem} blocks get {base + 1} layers)"
+    )
+  if split == "spread":
+    return tuple(base + 1 if i < rem else base for i in range(n_unique))
+  return (base,) * n_unique
+
+
+def _block_layers(layers_per_block, n_unique: int) -> tuple[int, ...]:
+  """An int (every block) or a sequence with one depth per unique block (in order of first use)."""
+  if isinstance(layers_per_block, (int, np.integer)) and not isinstance(layers_per_block, bool):
+    out = (int(layers_per_block),) * n_unique
+  elif isinstance(layers_per_block, (list, tuple)):
+    out = tuple(layers_per_block)
+    if len(out) != n_unique or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in out):
+      raise ValueError(
+        f"layers_per_block {list(out)} must list one integer per unique block ({n_unique} blocks, in order of "
+        f"first use)"
+      )
+    out = tuple(int(n) for n in out)
+  else:
+    raise ValueError(f"layers_per_block must be an integer or a list of integers, got {layers_per_block!r}")
+  if min(out) < 1:
+    raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}")
+  return out
+
+
 def make_plan(
   signature: str,
   degree: int = 1,
   num_layers: Optional[int] = None,
-  layers_per_block: Optional[int] = None,
+  layers_per_block=None,
   p_skip: float = 0.0,
+  split: str = "floor",
 ) -> BlockPlan:
-  """Builds the plan; give either the baseline depth `num_layers` or `layers_per_block` directly."""
+  """Builds the plan; give either the baseline depth `num_layers` (split by `split`, see `split_depth`) or
+  `layers_per_block` directly (an int for every block, or one int per unique block in order of first use)."""
   letters, spec_degree = parse_signature(signature)
   if spec_degree:
     if degree not in (1, spec_degree):
@@ -166,20 +261,9 @@ def make_plan(
   if layers_per_block is None:
     if num_layers is None:
       raise ValueError("give num_layers (baseline depth) or layers_per_block")
-    layers_per_block = num_layers // n_unique
-    if layers_per_block == 0:
-      raise ValueError(
-        f"depth {num_layers} cannot be split into {n_unique} unique blocks for signature "
-        f"{signature!r} at degree {degree} (0 layers per block)"
-      )
-    if num_layers % n_unique:
-      raise ValueError(
-        f"depth {num_layers} does not divide into {n_unique} unique blocks for signature "
-        f"{signature!r} at degree {degree} ({num_layers} % {n_unique} = {num_layers % n_unique}); "
-        f"choose a depth that is a multiple of {n_unique}"
-      )
-  elif layers_per_block < 1:
-    raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}")
+    block_layers = split_depth(num_layers, n_unique, split, f" for signature {signature!r} at degree {degree}")
+  else:
+    block_layers = _block_layers(layers_per_block, n_unique)
 
   positions = skip_tuple(letters, p_skip)
   # Nested expansion: a path (c_1, ..., c_d) of top-level letters names one unique block.
@@ -191,63 +275,140 @@ def make_plan(
   for p in paths:
     names.setdefault(p, _block_name(len(names)) if degree > 1 else p[0])
   sequence = tuple(names[p] for p in paths)
-  return BlockPlan(letters, degree, layers_per_block, sequence, tuple(inner_pos), tuple(dict.fromkeys(sequence)))
+  if degree == 1:
+    period = _period(letters)
+    units = (period,) * (len(letters) // period)
+  else:
+    units = (len(sequence),)
+  return BlockPlan(letters, degree, block_layers, sequence, tuple(inner_pos), tuple(dict.fromkeys(sequence)), units)
+
+
+def _check_count(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+  return int(value)
+
+
+def _degree_one(plan: BlockPlan, what: str):
+  if plan.degree != 1:
+    raise ValueError(
+      f"{what} is defined for degree-1 signatures (RINS A^rB, RAO); signature "
+      f"'({compact_signature(plan.letters)})_{plan.degree}' has degree {plan.degree}, whose nesting has no single "
+      f"first block or unit to repeat at inference time"
+    )
+
+
+def _replan(plan: BlockPlan, letters: str, units: tuple[int, ...]) -> BlockPlan:
+  p = max(plan.skip) if plan.skip else 0.0
+  return dataclasses.replace(plan, letters=letters, sequence=tuple(letters), skip=skip_tuple(letters, p), units=units)
 
 
 def with_rounds(plan: BlockPlan, rounds: int) -> BlockPlan:
-  """The plan with the recursive part run `rounds` times (inference-time scaling, same parameters).
+  """The plan with the first block's leading run executed `rounds` times, the rest as trained: rounds=k is
+  A^k followed by what the signature runs after its leading A's ('AB' -> A^kB, 'A^3B' -> A^kB,
+  'ABAB' -> A^kBAB, 'ABB' -> A^kBB).  Same parameters, also for k above the trained r.  Degree 1 only."""
+  rounds = _check_count("rounds", rounds)
+  _degree_one(plan, "rounds (inference-time recursion of the first block)")
+  lead = plan.runs()[0].count
+  letters = plan.letters[0] * rounds + plan.letters[lead:]
+  if plan.units[0] == 1:  # a single repeated block ('AAAA'): every position is a unit
+    units = (1,) * len(letters)
+  else:  # the leading run lies inside the first unit
+    units = (plan.units[0] + rounds - lead,) + plan.units[1:]
+  return _replan(plan, letters, units)
 
-  * RAO signatures (a unit of distinct letters repeated, e.g. 'ABAB'): the unit is repeated `rounds` times.
-  * Otherwise the first run of a repeated block (the A of A^rB; the first block if none repeats) runs `rounds` times.
-  """
-  if not isinstance(rounds, int) or rounds < 1:
-    raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
-  if plan.degree != 1:
-    raise ValueError(f"inference-time rounds are defined for degree 1 (RINS); this plan has degree {plan.degree}")
-  letters = plan.letters
-  unit = "".join(dict.fromkeys(letters))
-  if len(unit) > 1 and len(letters) % len(unit) == 0 and unit * (len(letters) // len(unit)) == letters:
-    new_letters = unit * rounds
-  else:
-    runs = plan.runs()
-    k = next((i for i, r in enumerate(runs) if r.count > 1), 0)
-    new_letters = "".join(r.name * (rounds if i == k else r.count) for i, r in enumerate(runs))
-  p = max(plan.skip) if plan.skip else 0.0
-  return dataclasses.replace(plan, letters=new_letters, sequence=tuple(new_letters), skip=skip_tuple(new_letters, p))
+
+def with_repeat(plan: BlockPlan, repeat: int) -> BlockPlan:
+  """The plan with the signature's repeated unit run `repeat` times (repeat-all-over, RAO): 'ABAB' (unit AB)
+  -> (AB)^k, 'AB' -> (AB)^k, 'A^2B' -> (AAB)^k, 'AAAA' -> A^k.  Degree 1 only."""
+  repeat = _check_count("repeat", repeat)
+  _degree_one(plan, "repeat (repeat-all-over of the signature's unit)")
+  unit = plan.letters[: plan.units[0]]
+  return _replan(plan, unit * repeat, (len(unit),) * repeat)
+
+
+def inference_plan(plan: BlockPlan, rounds: Optional[int] = None, repeat: Optional[int] = None) -> BlockPlan:
+  """The trained plan with inference-time scaling: first `repeat` (the unit), then `rounds` (the first block's
+  leading run).  None keeps the trained value."""
+  if repeat is not None:
+    plan = with_repeat(plan, repeat)
+  if rounds is not None:
+    plan = with_rounds(plan, rounds)
+  return plan
 
 
 def recursive_run_index(plan: BlockPlan) -> int:
-  """Index (in plan.runs()) of the run whose executed count is reported as 'rounds'."""
-  runs = plan.runs()
-  return next((i for i, r in enumerate(runs) if r.count > 1), 0)
+  """Index (in plan.runs()) of the run whose executed count is reported as 'rounds': the leading run."""
+  del plan
+  return 0
 
 
 def trained_rounds(plan: BlockPlan) -> int:
-  """r of A^rB (for RAO: the number of unit repeats)."""
-  unit = "".join(dict.fromkeys(plan.letters))
-  if len(unit) > 1 and plan.letters == unit * (len(plan.letters) // len(unit)):
-    return len(plan.letters) // len(unit)
-  return plan.runs()[recursive_run_index(plan)].count
+  """r of A^rB: executions of the first block's leading run ('A^3B' -> 3, 'AB' -> 1, 'ABAB' -> 1, 'AAAA' -> 4)."""
+  return plan.runs()[0].count
 
 
-def sweep(num_layers: int) -> list[dict]:
-  """App. E.1's architecture sweep for a baseline of `num_layers` layers (the paper's rule: keep when
-  num_layers // unique_blocks > 0).  Each entry: signature, degree, unique_blocks, layers_per_block, exact
-  (True when the split uses all layers, i.e. the parameter count equals the baseline's)."""
+def trained_repeats(plan: BlockPlan) -> int:
+  """Repeats of the signature's unit ('ABAB' -> 2, 'AAAA' -> 4, 'A^3B' -> 1)."""
+  return plan.repeats
+
+
+def adapter_axis(plan: BlockPlan) -> str:
+  """Which count selects the linear adapter: 'repeat' for RAO signatures (a unit of two or more positions run
+  more than once, e.g. 'ABAB'), else 'rounds' (A^rB, and 'AAAA', where both counts agree)."""
+  return "repeat" if plan.repeats > 1 and plan.units[0] > 1 else "rounds"
+
+
+def num_adapters(plan: BlockPlan) -> int:
+  """Adapters of the trained plan: its count along `adapter_axis` (paper Sec. 6: r adapters for A^rB)."""
+  return trained_repeats(plan) if adapter_axis(plan) == "repeat" else trained_rounds(plan)
+
+
+def adapter_index(trained: BlockPlan, ran: BlockPlan) -> int:
+  """1-based adapter applied when the deterministic plan `ran` (the trained plan at some rounds/repeat) runs:
+  its count along the trained plan's axis, capped at num_adapters(trained)."""
+  count = ran.repeats if adapter_axis(trained) == "repeat" else trained_rounds(ran)
+  return min(max(count, 1), num_adapters(trained))
+
+
+def sweep(num_layers: int, degrees: Sequence[int] = (1, 2, 3), split: str = "floor") -> list[dict]:
+  """App. E.1's architecture sweep for a baseline of `num_layers` layers.
+
+  The paper keeps a (signature, degree) when ``num_layers // unique_blocks > 0`` and gives every unique block
+  that many layers ('floor': the remainder is dropped); `split='spread'` keeps all layers instead (earlier
+  blocks one layer deeper).  Each entry: signature, compact, degree, unique_blocks, layers_per_block (int, or a
+  list when uneven), unique_layers (layers with parameters), layers_run (per forward pass), dropped_layers,
+  exact (all baseline layers kept), param_layers_rel (unique_layers / num_layers: the layer-parameter count
+  relative to the baseline) and compute_rel (layers_run / num_layers: forward layer FLOPs relative to it).
+  """
   entries = [("A", 1), ("AA", 1), ("AAA", 1), ("AAAA", 1)]
   for sig in ["ABB", "ABA", "AAB", "ABBC", "AABC", "ABCC", "ABBB", "AAAB", "AABB"]:
     for degree in (1, 2, 3):
       entries.append((sig, degree))
   out = []
   for sig, degree in entries:
+    if degree not in degrees:
+      continue
     n_unique = len(set(sig)) ** degree
-    lpb = num_layers // n_unique
-    if lpb > 0:
-      out.append(
-        dict(
-          signature=sig, degree=degree, unique_blocks=n_unique, layers_per_block=lpb, exact=lpb * n_unique == num_layers
-        )
+    if num_layers // n_unique == 0:
+      continue
+    plan = make_plan(sig, degree, num_layers, split=split)
+    lpb = plan.layers_per_block
+    out.append(
+      dict(
+        signature=sig,
+        compact=compact_signature(sig) if degree == 1 else f"({compact_signature(sig)})_{degree}",
+        degree=degree,
+        unique_blocks=n_unique,
+        layers_per_block=lpb if isinstance(lpb, int) else list(lpb),
+        unique_layers=plan.num_layers_param,
+        layers_run=plan.num_layers_run,
+        dropped_layers=num_layers - plan.num_layers_param,
+        exact=plan.num_layers_param == num_layers,
+        param_layers_rel=plan.num_layers_param / num_layers,
+        compute_rel=plan.num_layers_run / num_layers,
       )
+    )
   return out
 
 
@@ -269,7 +430,10 @@ class RecursionConfig:
   loop: str = "auto"  # 'auto' (unroll runs <= AUTO_UNROLL_MAX rounds, else scan), 'scan', 'unroll'
   remat: bool = False  # rematerialise each round in the backward pass
   kv_sharing: bool = False  # later rounds of the recursive block attend to the first round's keys/values
-  layers_per_block: Optional[int] = None  # overrides the split of the baseline depth (App. E.1 sweep entries)
+  # Overrides the split of the baseline depth: an int (every unique block) or one int per unique block (in order
+  # of first use), e.g. (2, 1, 1) for the 4-layer blocks of an uneven App. E.1 entry.
+  layers_per_block: Optional[Any] = None
+  split: str = "floor"  # how the baseline depth is split when layers_per_block is None: 'floor' | 'spread' | 'exact'
   scan_unroll: int = 1  # loop='scan': rounds unrolled per scan iteration (trades compile time for speed)
 
   def __post_init__(self):
@@ -280,6 +444,10 @@ class RecursionConfig:
       raise ValueError(f"p_skip must be in [0, 1), got {self.p_skip}")
     if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:
       raise ValueError(f"recursion.scan_unroll must be an integer >= 1, got {self.scan_unroll!r}")
+    if self.split not in SPLITS:
+      raise ValueError(f"recursion.split must be one of {SPLITS}, got {self.split!r}")
+    if isinstance(self.layers_per_block, (list, tuple)):  # hashable
+      object.__setattr__(self, "layers_per_block", tuple(self.layers_per_block))
 
   @classmethod
   def from_dict(cls, d: Any) -> "RecursionConfig":
@@ -291,7 +459,7 @@ class RecursionConfig:
     return cls(**d)
 
   def plan(self, num_layers: int) -> BlockPlan:
-    return make_plan(self.signature, self.degree, num_layers, self.layers_per_block, self.p_skip)
+    return make_plan(self.signature, self.degree, num_layers, self.layers_per_block, self.p_skip, self.split)
 
 
 class Block(nn.Module):
@@ -329,8 +497,11 @@ class RecursiveStack(nn.Module):
   """A stack of recursive blocks (+ optional adapters and final LayerNorm `encoder_norm`).
 
   __call__(x [B, T, D], mask=None (broadcastable to [B, H, T, S]), positions=None ([B, T] int, for rotary),
-  train=False, rounds=None, decode=False) -> (y [B, T, D], info) with info['rounds'] the executed rounds of the
-  recursive block (int32 scalar; dynamic under stochastic RINS).
+  train=False, rounds=None, decode=False, repeat=None) -> (y [B, T, D], info).
+  `rounds=k` runs the first block's leading run k times (A^kB; see `with_rounds`); `repeat=k` runs the
+  signature's unit k times (RAO; see `with_repeat`); None keeps the trained signature.
+  info['rounds']: executions of the first block's leading run; info['repeats']: units that ran (a unit counts
+  when any of its positions ran); both int32 scalars, dynamic under stochastic RINS.
   """
 
   layer: LayerConfig
@@ -350,55 +521,55 @@ class RecursiveStack(nn.Module):
     train: bool = False,
     rounds: Optional[int] = None,
     decode: bool = False,
+    repeat: Optional[int] = None,
   ):
     rc = self.recursion
     trained = self.trained_plan()
-    plan = trained if rounds is None or self.is_initializing() else with_rounds(trained, int(rounds))
-    blocks = {n: Block(self.layer, plan.layers_per_block, name=n) for n in trained.block_names}
+    plan = trained if self.is_initializing() else inference_plan(trained, rounds, repeat)
+    blocks = {n: Block(self.layer, trained.layers(n), name=n) for n in trained.block_names}
     stochastic = train and max(plan.skip) > 0 and not self.is_initializing() and not decode
-    rec_index = recursive_run_index(plan)
     rounds_ran = jnp.asarray(0, jnp.int32)
+    ran: list[Array] = []  # per position: 1 if it ran (only tracked under stochastic skipping)
     for i, run in enumerate(plan.runs()):
+      share_kv = rc.kv_sharing and i == 0 and run.count > 1
       keep = None
       if stochastic and max(run.skip) > 0:
         keep = jax.random.bernoulli(self.make_rng("rins"), 1.0 - jnp.asarray(run.skip), (run.count,))
-      x, executed = self._run(
-        blocks[run.name],
-        x,
-        run.count,
-        keep,
-        mask,
-        positions,
-        decode,
-        share_kv=rc.kv_sharing and i == rec_index and run.count > 1,
-      )
-      if i == rec_index:
+        if share_kv:  # the first round always runs: later rounds attend to its keys/values
+          keep = keep.at[0].set(True)
+      x = self._run(blocks[run.name], x, run.count, keep, mask, positions, decode, share_kv)
+      executed = jnp.asarray(run.count, jnp.int32) if keep is None else keep.sum().astype(jnp.int32)
+      if i == 0:
         rounds_ran = executed
+      if stochastic:
+        ran.append(jnp.ones((run.count,), bool) if keep is None else keep)
+    if stochastic:
+      flags, bounds = jnp.concatenate(ran), np.cumsum((0,) + plan.units)
+      repeats_ran = sum(flags[s:e].any().astype(jnp.int32) for s, e in zip(bounds[:-1], bounds[1:]))
+    else:
+      repeats_ran = jnp.asarray(plan.repeats, jnp.int32)
     if rc.adapters:
-      x = self._adapters(x, rounds_ran, trained_rounds(trained))
+      count = repeats_ran if adapter_axis(trained) == "repeat" else rounds_ran
+      x = self._adapters(x, count, num_adapters(trained))
     if self.final_norm:
       x = nn.LayerNorm(epsilon=self.layer.layernorm_eps, dtype=self.layer.dtype, name="encoder_norm")(x)
-    return x, {"rounds": rounds_ran}
+    return x, {"rounds": rounds_ran, "repeats": repeats_ran}
 
   def _run(
     self, block: Block, x, count: int, keep: Optional[Array], mask, positions, decode: bool, share_kv: bool
-  ) -> tuple[Array, Array]:
-    """Applies `block` `count` times.  Returns (x, number of applications that ran)."""
-    executed = jnp.asarray(count, jnp.int32) if keep is None else keep.sum().astype(jnp.int32)
+  ) -> Array:
+    """Applies `block` `count` times (position j only where keep[j], when keep is given)."""
     shared = None
     if share_kv:  # the first round runs (and caches) keys/values; later rounds reuse them
-      if keep is not None:
-        keep = keep.at[0].set(True)
-        executed = keep.sum().astype(jnp.int32)
       x, shared = block(x, mask, positions, None, decode)
       count, keep = count - 1, (None if keep is None else keep[1:])
       decode_rounds = False  # later rounds keep no cache of their own
     else:
       decode_rounds = decode
     if count == 0:
-      return x, executed
+      return x
     if count == 1:
-      return _apply_block(block, x, None if keep is None else keep[0], mask, positions, shared, decode_rounds), executed
+      return _apply_block(block, x, None if keep is None else keep[0], mask, positions, shared, decode_rounds)
     loop = self.recursion.loop
     if loop == "auto":
       loop = "unroll" if count <= AUTO_UNROLL_MAX else "scan"
@@ -406,7 +577,7 @@ class RecursiveStack(nn.Module):
       fn = nn.remat(_apply_block, static_argnums=(6,)) if self.recursion.remat else _apply_block
       for j in range(count):
         x = fn(block, x, None if keep is None else keep[j], mask, positions, shared, decode_rounds)
-      return x, executed
+      return x
 
     def body(mdl, carry, keep_j, mask_, positions_, shared_):
       return _apply_block(mdl, carry, None if keep is None else keep_j, mask_, positions_, shared_, decode_rounds), None
@@ -424,13 +595,14 @@ class RecursiveStack(nn.Module):
     )
     keep_xs = keep if keep is not None else jnp.ones((count,), bool)
     x, _ = scan(block, x, keep_xs, mask, positions, shared)
-    return x, executed
+    return x
 
-  def _adapters(self, x: Array, rounds_ran: Array, r_max: int) -> Array:
-    """Applies adapter k = min(rounds_ran, r_max) (1-based): x @ W_k + b_k.  Identity at init."""
+  def _adapters(self, x: Array, count: Array, r_max: int) -> Array:
+    """Applies adapter k = min(count, r_max) (1-based; count along `adapter_axis`): x @ W_k + b_k.  Identity
+    at init."""
     d = x.shape[-1]
     eye = lambda key, shape, dtype=jnp.float32: jnp.broadcast_to(jnp.eye(d, dtype=dtype), shape)
     kernel = self.param("adapter_kernel", eye, (r_max, d, d))
     bias = self.param("adapter_bias", nn.initializers.zeros, (r_max, d))
-    k = jnp.clip(rounds_ran, 1, r_max) - 1
+    k = jnp.clip(count, 1, r_max) - 1
     return jnp.einsum("btd,de->bte", x, kernel[k].astype(x.dtype)) + bias[k].astype(x.dtype)

@@ -49,7 +49,8 @@ import numpy as np
 import optax
 
 from siglip_rins import checkpoint as ckpt_lib
-from siglip_rins import config_lib, flops, optim, paths, sharding
+from siglip_rins import budget, config_lib, example_spec, flops, optim, paths, sharding
+from siglip_rins.evaluation import EvalHook
 from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
 
@@ -103,8 +104,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if key not in config:
       raise ValueError(f"config: missing required key {key!r}")
   given = [k for k in ("total_steps", "total_examples", "total_epochs") if config.get(k) is not None]
-  if len(given) != 1:
-    raise ValueError(f"config: give exactly one of total_steps / total_examples / total_epochs (got {given})")
+  if len(given) > 1 or (not given and not config.get("compute_match")):
+    raise ValueError(
+      f"config: give exactly one of total_steps / total_examples / total_epochs, or compute_match to derive "
+      f"total_steps (got {given})"
+    )
   bs = config.input.get("batch_size")
   if not isinstance(bs, int) or bs < 1:
     raise ValueError(f"config.input.batch_size must be a positive integer, got {bs!r}")
@@ -371,7 +375,9 @@ class _Run:
   ckpt: Any = None
   writer: Any = None
   lock: Any = None
-  evals: list = dataclasses.field(default_factory=list)
+  evals: Any = None  # EvalHook
+  spec: Any = None  # example_spec.ExampleSpec
+  matched: Any = None  # budget.finalize's compute-matching record (or None)
 
   def say(self, text: str) -> None:
     if self.verbose and self.pidx == 0:
@@ -410,6 +416,8 @@ def _acquire_lock(workdir, pidx: int, pcount: int):
 def _setup_model(config, verbose: bool = False) -> _Run:
   """Validates the config, starts the multi-host runtime and builds mesh, task, model and optimiser."""
   validate_config(config)
+  spec = example_spec.finalize(config)  # derived input/model keys, from the final (overridden) config
+  matched = budget.finalize(config)  # compute matching from the final config: derive or check total steps
   sharding.initialize_distributed()
   pidx, pcount = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.get("mesh"))
@@ -436,6 +444,8 @@ def _setup_model(config, verbose: bool = False) -> _Run:
     global_bs=global_bs,
     flops_per_example=flops.train_flops_per_example(model, task.input_shapes()),
     seed=int(config.get("seed", 0)),
+    spec=spec,
+    matched=matched,
   )
   return run
 
@@ -457,11 +467,30 @@ def _setup(config, workdir, verbose) -> _Run:
   )
   run.lock = _acquire_lock(workdir, pidx, pcount)
   if pidx == 0:
-    paths.write_text(workdir / "config.json", config_lib.to_json(config))
-    paths.write_text(workdir / "run_info.json", json.dumps(run_info(config)))  # read by siglip_rins.scaling
+    _write_run_files(run)
   run.writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
-  run.evals = _build_evals(config)
+  run.evals = EvalHook(config, run.spec, run.model, run.total_steps, workdir, verbose=verbose)
   return run
+
+
+def _write_run_files(run: _Run) -> None:
+  """config.json, run_info.json (read by siglip_rins.scaling) and the example spec (read by evaluators and
+  export), plus the notes a user should see once."""
+  config, workdir, matched = run.config, run.workdir, run.matched
+  paths.write_text(workdir / "config.json", config_lib.to_json(config))
+  paths.write_text(workdir / "run_info.json", json.dumps(dict(run_info(config), compute_match=matched)))
+  example_spec.save(run.spec, workdir)  # the one reading of an example: evaluators and export read it
+  warning = example_spec.check_text_pooling(config, run.spec)
+  if warning:
+    run.say(warning)
+  if matched:
+    how = "derived" if matched["derived"] else "checked"
+    total, bs = run.total_steps, run.global_bs
+    run.say(
+      f"compute-matched ({how}): {total} steps x {bs} = {total * bs} examples, "
+      f"{matched['flops_budget']:.4g} training FLOPs = the {matched['baseline_signature']} baseline's "
+      f"{matched['baseline_examples']:.4g} examples"
+    )
 
 
 def _restore(run: _Run, state):
@@ -713,10 +742,10 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
         last_metrics = _log_step(run, step, metrics, timer, it)
       if ckpt_every and step % ckpt_every == 0 and step < total_steps:
         save(step)
-      for name, ev in run.evals:
-        if ev.every and step % ev.every == 0 and step < total_steps:
-          guard.check()
-          _run_eval(name, ev, run.model, state["params"], config, run.writer, step, run.workdir, run.verbose)
+      due = run.evals.due(step, total_steps) if run.evals else []
+      if due:
+        guard.check()
+        run.evals.run(step, state["params"], names=due, writer=run.writer)
     if summary["stopped"] == "finished":
       guard.check()
       save(step, force=True)
@@ -797,18 +826,19 @@ def _final_evals(run: _Run, state, step: int) -> None:
       done = list(record.get("done", [])) if record.get("step") == step else []
     except ValueError:
       done = []
-  for name, ev in run.evals:
+  for name, _, _, _ in run.evals.evals:
     if name in done:
       continue
-    _run_eval(name, ev, run.model, state["params"], run.config, run.writer, step, run.workdir, run.verbose)
+    run.evals.run(step, state["params"], names=[name], writer=run.writer)
     done.append(name)
     if run.pidx == 0:
       paths.write_text(marker, json.dumps({"step": step, "done": done}))
 
 
 def run_info(config) -> dict:
-  """Signature, trained rounds r (of A^rB) and p_skip of the run, for scaling-law tooling."""
-  from siglip_rins.recursion import RecursionConfig, make_plan, trained_rounds
+  """Signature, trained r and p_skip of the run, for scaling-law tooling.  `rounds` is r along the signature's
+  own axis (A^rB: rounds of A; RAO such as ABAB: repeats of the unit), `axis` says which."""
+  from siglip_rins.recursion import RecursionConfig, adapter_axis, make_plan, num_adapters
 
   rc = RecursionConfig.from_dict(dict(config.model.get("recursion", {}) or {}))
   plan = make_plan(rc.signature, rc.degree, layers_per_block=1)
@@ -816,70 +846,13 @@ def run_info(config) -> dict:
     "signature": rc.signature,
     "degree": rc.degree,
     "p_skip": rc.p_skip,
-    "rounds": trained_rounds(plan) if rc.degree == 1 else None,
+    "rounds": num_adapters(plan) if rc.degree == 1 else None,
+    "axis": adapter_axis(plan) if rc.degree == 1 else None,
   }
 
 
 def threading_main() -> bool:
   return threading.current_thread() is threading.main_thread()
-
-
-# --------------------------------------------------------------------------------------------- evals
-def _build_evals(config):
-  if not config.get("evals"):
-    return []
-  import evaluators
-
-  out = []
-  for name, cfg in config.evals.items():
-    ev = evaluators.build(name, cfg)
-    ev.every = int(cfg.get("every", 0) or 0)
-    out.append((name, ev))
-  return out
-
-
-def make_predictor(model, params, config):
-  from siglip_rins.predictor import Predictor
-
-  tok = None
-  if config.input.get("tokenizer"):
-    from siglip_rins.text.tokenizer import get_tokenizer
-
-    tok = get_tokenizer(config.input.tokenizer)
-  return Predictor(
-    model,
-    params,
-    tokenizer=tok,
-    text_len=config.input.get("text_len"),
-    batch_size=int(config.get("eval_batch_size", 64) if "eval_batch_size" in config else 64),
-  )
-
-
-def _run_eval(name, ev, model, params, config, writer, step, workdir, verbose):
-  from evaluators import report
-
-  predictor = make_predictor(model, params, config)
-  rounds_list = list(config.evals[name].get("rounds", [None]) or [None])
-  records = []
-  for r in rounds_list:
-    recs = ev.run(predictor, rounds=r)
-    for rec in recs:
-      rec.setdefault("step", step)
-    records.extend(recs)
-  flat = {}
-  for rec in records:
-    suffix = "" if rec.get("rounds") is None else f"@r{rec['rounds']}"
-    lang = f"/{rec['language']}" if rec.get("language") not in (None, "", "en") else ""
-    for k, v in rec["metrics"].items():
-      if isinstance(v, (int, float)):
-        flat[f"eval/{name}/{rec['dataset']}{lang}/{k}{suffix}"] = v
-  writer.write(step, flat)
-  if jax.process_index() == 0:
-    report.write_report(records, workdir)
-  if verbose and jax.process_index() == 0:
-    shown = ", ".join(f"{k.split('/', 2)[-1]}={v:.3f}" for k, v in list(flat.items())[:6])
-    print(f"eval {name} @ step {step}: {shown}", flush=True)
-  return records
 
 
 # --------------------------------------------------------------------------------------------- CLI

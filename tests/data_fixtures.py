@@ -8,7 +8,7 @@ Stable API (other areas' tests import these; keep names and meanings):
                       bad=(), extra_fields=None, filename='data.jsonl') -> pathlib.Path of the .jsonl
   write_tfrecord_dataset(root, num_records=8, num_shards=2, image_size=(24, 32), fmt='jpeg', captions=None,
                          labels=None, bad_image_indices=()) -> str glob of the shards
-  write_sentencepiece_model(out_dir, vocab_size=300, name='tiny') -> pathlib.Path of the .model
+  write_sentencepiece_model(out_dir, vocab_size=300, name='tiny', bos_id=-1) -> pathlib.Path of the .model
   tokenizer_path_for_tests(tmp_dir) -> str: the shipped 'demo' model if present, else a tiny trained one
 Bad-record kinds for `bad` (each appends one bad record after the good ones): 'bad_bytes' (not an image),
 'truncated' (first bytes of a JPEG), 'zero_byte' (empty file), 'missing_file' (path that does not exist),
@@ -183,9 +183,9 @@ def write_tfrecord_dataset(
   return str(root / "data-*.tfrecord")
 
 
-def write_sentencepiece_model(out_dir, vocab_size: int = 300, name: str = "tiny") -> pathlib.Path:
-  """Trains a tiny multilingual SentencePiece model (unigram, pad=0, eos=1, unk=2, bos disabled) on
-  canonicalised MULTILINGUAL_TEXTS and a few more sentences; takes well under a second."""
+def write_sentencepiece_model(out_dir, vocab_size: int = 300, name: str = "tiny", bos_id: int = -1) -> pathlib.Path:
+  """Trains a tiny multilingual SentencePiece model (unigram, pad=0, eos=1, unk=2, bos `bos_id`, default
+  disabled) on canonicalised MULTILINGUAL_TEXTS and a few more sentences; takes well under a second."""
   import sentencepiece as spm
   from siglip_rins.text.canonicalize import canonicalize
 
@@ -203,7 +203,7 @@ def write_sentencepiece_model(out_dir, vocab_size: int = 300, name: str = "tiny"
     pad_id=0,
     eos_id=1,
     unk_id=2,
-    bos_id=-1,
+    bos_id=bos_id,
     hard_vocab_limit=False,
     minloglevel=2,
     num_threads=1,

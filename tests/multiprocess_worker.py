@@ -28,8 +28,10 @@ def make_config(data_jsonl: str, steps: int = STEPS, global_batch: int = GLOBAL_
   c.input.batch_size = global_batch
   c.input.data = dict(type="jsonl", path=data_jsonl)
   c.input.shuffle_buffer_size = 1  # no shuffle: the stream is the file order (see the test's data layout)
-  c.input.pp = c.input.pp.replace('choice(inkey="texts")', 'choice(inkey="texts", mode="first")')
-  c.total_examples = steps * global_batch
+  c.input.pp = c.input.pp.replace(
+    'choice(inkey="texts", skip_empty=True)', 'choice(inkey="texts", mode="first", skip_empty=True)'
+  )
+  c.total_steps, c.compute_match = steps, None  # an unmatched run of exactly `steps` steps
   c.schedule = dict(decay_type="rsqrt", warmup_steps=1)
   # plain SGD: updates are linear in the gradients, so float reordering across devices stays ~1e-7 (Adam's
   # g / sqrt(v) would blow it up for parameters with near-zero gradients)

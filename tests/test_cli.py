@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
 def test_train_writes_metrics_checkpoint_and_in_training_evals(run_dir):
   rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
   config = json.load(open(run_dir / "config.json"))
-  total = config["total_examples"] // config["input"]["batch_size"]
+  total = config["total_steps"]  # derived from compute_match at train start
   assert total == int(8 / 1.48)  # A^2B is compute-matched to 8 AB steps (1.48x the FLOPs per step)
   logged = [r["step"] for r in rows if "train/loss" in r]
   assert logged == sorted(set(list(range(4, total + 1, 4)) + [total]))
@@ -69,7 +69,7 @@ def test_eval_two_rounds_from_checkpoint_land_in_one_report(run_dir, tmp_path, c
   assert rc == 0
   records = json.load(open(out / "eval_results.json"))
   assert {r["rounds"] for r in records} == {1, 3}
-  zs = {r["rounds"]: r["metrics"]["top1"] for r in records if "top1" in r["metrics"]}
+  zs = {r["rounds"]: r["metrics"]["acc1"] for r in records if "acc1" in r["metrics"]}
   assert set(zs) == {1, 3} and all(0.0 <= v <= 1.0 for v in zs.values())
   md = (out / "eval_report.md").read_text()
   assert "1" in md and "3" in md

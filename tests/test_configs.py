@@ -22,7 +22,12 @@ SIGNATURES = ["signature=AB", "signature=ABAB", "signature=A^2B", "signature=A^3
 
 
 def _load(name, arg=""):
-  return config_lib.load_config(os.path.join(ROOT, "configs", name) + (f":{arg}" if arg else ""))
+  """A shipped config, finalized as at train start (derived compute-matched total_steps)."""
+  from siglip_rins import budget
+
+  config = config_lib.load_config(os.path.join(ROOT, "configs", name) + (f":{arg}" if arg else ""))
+  budget.finalize(config)
+  return config
 
 
 def _check(config):
@@ -57,8 +62,27 @@ def test_config_loads_for_the_paper_signatures(name, signature, runlocal):
 
 
 def test_a_signature_the_depth_does_not_allow_fails_at_load_naming_it():
-  with pytest.raises(ValueError, match="ABBC"):  # 3 unique blocks do not divide the 16 layers of lm_600m
-    _load("lm_rins.py", "signature=ABBC")
+  with pytest.raises(ValueError, match="ABBC"):  # split=exact: 3 unique blocks do not divide 16 layers
+    _load("lm_rins.py", "signature=ABBC,split=exact")
+  with pytest.raises(ValueError, match=r"cannot be split into 27 unique blocks for signature '\(ABC\)_3'"):
+    _load("lm_rins.py", "signature=(ABC)_3")  # 27 unique blocks > 16 layers: 0 layers per block
+
+
+@pytest.mark.parametrize(
+  "args, blocks",
+  [
+    ("signature=ABBC", (5, 5, 5)),  # App. E.1 (floor): 16 // 3 layers per block, one layer dropped
+    ("signature=ABCC,split=spread", (6, 5, 5)),
+    ("signature=AABC,layers_per_block=4:6:6", (4, 6, 6)),
+    ("signature=AABC,layers_per_block=5", (5, 5, 5)),
+  ],
+)
+def test_lm_600m_trains_the_app_e1_three_block_signatures(args, blocks):
+  """ABBC / AABC / ABCC on the 16 layers of lm_600m (the old code refused them: 3 does not divide 16)."""
+  config = _load("lm_rins.py", args)
+  model = build_model(config.model)
+  assert model.recursion.plan(model.depth).block_layers == blocks
+  assert config.total_steps < config.compute_match.baseline_steps  # compute-matched against the AB baseline
 
 
 # ------------------------------------------------------------------------------------------------ sizes
@@ -137,9 +161,10 @@ def test_longer_sequence_baselines_are_compute_matched():
   assert lm.total_steps == 200_000 and lm_long.total_steps < lm.total_steps
   assert lm_long.total_steps / lm.total_steps == pytest.approx(_train_flops(lm) / _train_flops(lm_long), rel=1e-4)
   vit, vit336 = _load("vit_rins.py"), _load("vit_rins.py", "res=336")
-  assert vit.total_epochs == pytest.approx(300, rel=1e-5) and vit336.total_epochs < vit.total_epochs
-  assert _load("vit_rins.py", "epochs=1000").total_epochs == pytest.approx(1000, rel=1e-5)
-  assert vit336.total_epochs / vit.total_epochs == pytest.approx(_train_flops(vit) / _train_flops(vit336), rel=1e-6)
+  vit_examples, vit336_examples = _budget_examples(vit), _budget_examples(vit336)
+  assert vit_examples == pytest.approx(300 * vit.input.num_examples, rel=1e-4) and vit336_examples < vit_examples
+  assert _budget_examples(_load("vit_rins.py", "epochs=1000")) == pytest.approx(1000 * vit.input.num_examples, rel=1e-4)
+  assert vit336_examples / vit_examples == pytest.approx(_train_flops(vit) / _train_flops(vit336), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ paper settings
@@ -152,7 +177,7 @@ def test_lm_config_follows_appendix_e21():
   assert [s["data"]["name"] for s in sources] == ["c4/en", "huggingface:cerebras__slimpajama_627b"]
   assert sources[0]["weight"] == sources[1]["weight"]
   assert c.input.pack.seq_len == 1025  # packed rows of seq_len + 1 ids: inputs and shifted targets
-  assert "max_len=4100" in c.input.pp  # documents are tokenized up to 4 rows long, then packed
+  assert c.input.pp.startswith('tok(model="c4_en", eos="yes"')  # whole documents (no truncation), then packed
 
 
 def test_vit_config_follows_appendix_e22():
@@ -162,3 +187,24 @@ def test_vit_config_follows_appendix_e22():
   assert c.schedule.decay_type == "cosine" and c.schedule.warmup_steps == 10_000
   assert c.input.pp.startswith("decode|inception_crop(224)|flip_lr|value_range(-1, 1)|onehot(1000")
   assert c.model.variant == "B/16" and c.input.data.name == "imagenet2012"
+
+
+def test_compute_matching_follows_overrides_and_refuses_stale_budgets():
+  """The budget is derived from the final config: an override of the signature gets its own matched budget, and a
+  declared total that does not hold is refused with one line."""
+  from siglip_rins import budget
+
+  base = _load("siglip_rins.py", "runlocal,steps=60")
+  over = config_lib.load_config(os.path.join(ROOT, "configs", "siglip_rins.py") + ":runlocal,steps=60")
+  config_lib.apply_overrides(over, ["model.recursion.signature='A^3B'"])
+  info = budget.finalize(over)
+  direct = _load("siglip_rins.py", "runlocal,steps=60,signature=A^3B")
+  assert info["derived"] and over.total_steps == direct.total_steps < base.total_steps
+  assert over.total_steps * _train_flops(over) <= 60 * _train_flops(base)
+  stale = config_lib.load_config(os.path.join(ROOT, "configs", "siglip_rins.py") + ":runlocal,steps=60")
+  config_lib.apply_overrides(stale, ["model.recursion.signature='A^3B'", "total_steps=60"])
+  with pytest.raises(ValueError, match=r"compute_match does not hold: the config trains 60 steps"):
+    budget.finalize(stale)
+  ok = config_lib.load_config(os.path.join(ROOT, "configs", "siglip_rins.py") + ":runlocal,steps=60")
+  config_lib.apply_overrides(ok, ["total_steps=60", "compute_match=None"])
+  assert budget.finalize(ok) is None and ok.total_steps == 60

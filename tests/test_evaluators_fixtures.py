@@ -81,7 +81,12 @@ class PlantedPredictor:
   name = 'planted'
 
   def __init__(self, tokenizer: Tokenizer, text_len: int = 16, image_confusion=None, logprob_of_token=None):
+    from siglip_rins.example_spec import ExampleSpec, ImageSpec, TextSpec
+
     self.tokenizer, self.text_len = tokenizer, text_len
+    # 8x8 pixels; SigLIP-canonicalised text (the planted words are matched after canonicalisation).
+    text = TextSpec('<in-memory>', text_len, eos='sticky', pad_value=tokenizer.pad_id, canonicalize=True)
+    self.spec = ExampleSpec(image=ImageSpec(size=(8, 8)), text=text)
     self.temperature, self.bias = 10.0, -10.0
     self.image_confusion = dict(image_confusion or {})
     self.piece_to_concept = {}
@@ -144,9 +149,9 @@ def test_planted_predictor_reads_colours_and_words(tmp_path):
   tok = make_tokenizer()
   pred = PlantedPredictor(tok, text_len=16)
   write_image(tmp_path / 'x.png', 3)
-  from evaluators.common import preprocess_image
+  from siglip_rins.data.preprocess import ImagePreprocessor
 
-  img = preprocess_image(str(tmp_path / 'x.png'), 8)[None]
+  img = ImagePreprocessor(pred.spec)(str(tmp_path / 'x.png'))[None]
   assert pred.image_concepts(img).tolist() == [3]
-  emb = pred.embed_texts(tok.encode(['A photo of a DOG.', 'ψάρι!', 'nothing'], 16), None)
+  emb = pred.embed_texts(tok.encode(['A photo of a DOG.', 'ψάρι!', 'nothing'], 16, canonicalize=True), None)
   assert emb.argmax(1).tolist() == [1, 3, NUM_CONCEPTS]

@@ -71,8 +71,21 @@ def test_context_longer_than_seq_len_is_cut_on_the_left(predictor):
     None,
     seq_len=4,
     batch_size=2,
+    score='option',
   )
   np.testing.assert_allclose(scores, [0.75, 1.25])
+
+
+def test_app_c_scores_context_and_answer_by_default(predictor):
+  """App. C: the per-token log-perplexity of context + answer (every predicted token), not of the answer alone."""
+  tok = predictor.tokenizer
+  ctx = tok.encode_ids('horse', canonicalize=False)  # '▁' (.5) 'horse' (5)
+  rows = [(ctx, tok.encode_ids('cat', canonicalize=False)), (ctx, tok.encode_ids('dog', canonicalize=False))]
+  full = lm_multichoice.option_scores(predictor, rows, None, seq_len=16, batch_size=2)
+  # predicted tokens after the first: horse(5), ▁(.5), cat(1) | dog(2)  → mean over 3
+  np.testing.assert_allclose(full, [(5 + 0.5 + 1) / 3, (5 + 0.5 + 2) / 3])
+  only = lm_multichoice.option_scores(predictor, rows, None, seq_len=16, batch_size=2, score='option')
+  np.testing.assert_allclose(only, [(0.5 + 1) / 2, (0.5 + 2) / 2])
 
 
 def test_paper_prompt_formats():

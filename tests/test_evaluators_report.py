@@ -39,7 +39,6 @@ def test_rounds_land_as_columns_of_one_report(dataset, tmp_path):
       data=dict(type='jsonl', path=dataset),
       class_names=NAMES,
       templates='bare',
-      image_size=8,
       show_progress=False,
     ),
   )
@@ -47,11 +46,11 @@ def test_rounds_land_as_columns_of_one_report(dataset, tmp_path):
   report.write_report(ev.run(pred, rounds=[1, 2]), str(out))
   json_path, md_path = report.write_report(ev.run(pred, rounds=3), str(out))  # merged into the same report
   records = json.load(open(json_path))
-  assert sorted((r['rounds'], r['metrics']['top1']) for r in records) == [(1, 0.6), (2, 0.8), (3, 1.0)]
+  assert sorted((r['rounds'], r['metrics']['acc1']) for r in records) == [(1, 0.6), (2, 0.8), (3, 1.0)]
   md = open(md_path).read()
   header = next(line for line in md.splitlines() if line.startswith('| dataset'))
   assert header.split('|')[4:7] == [' r=1 ', ' r=2 ', ' r=3 ']
-  top1_row = next(line for line in md.splitlines() if '| top1 |' in line)
+  top1_row = next(line for line in md.splitlines() if '| acc1 |' in line)
   assert [c.strip() for c in top1_row.split('|')[4:7]] == ['0.6000', '0.8000', '1.0000']
   # Re-running a rounds value replaces its record instead of duplicating it.
   report.write_report(ev.run(RoundsPredictor(make_tokenizer()), rounds=3), str(out))
@@ -73,12 +72,11 @@ def test_classifier_top1_and_real(tmp_path):
       type='classification',
       data=dict(type='jsonl', path=folder),
       real_labels_key='real_labels',
-      image_size=8,
       batch_size=3,
       show_progress=False,
     ),
   )
   (rec,) = ev.run(PlantedPredictor(make_tokenizer(), image_confusion={1: 2}))
-  assert rec['metrics']['top1'] == pytest.approx(3 / 4)  # the dog image is classified as bird
-  assert rec['metrics']['real_n'] == 3 and rec['metrics']['real_top1'] == pytest.approx(2 / 3)
+  assert rec['metrics']['acc1'] == pytest.approx(3 / 4)  # the dog image is classified as bird
+  assert rec['metrics']['real_n'] == 3 and rec['metrics']['real_acc1'] == pytest.approx(2 / 3)
   assert rec['task'] == 'classification'

@@ -32,37 +32,34 @@ def test_perfect_predictor_has_recall_one(tokenizer, tmp_path):
     dict(
       type='retrieval',
       data=dict(type='jsonl', path=_caption_set(tmp_path / 'r')),
-      image_size=8,
       batch_size=2,
       show_progress=False,
     ),
   )
   (rec,) = ev.run(PlantedPredictor(tokenizer))
   assert rec['metrics']['n_images'] == 3 and rec['metrics']['n_texts'] == 6
-  for key in ('i2t@1', 'i2t@5', 'i2t@10', 't2i@1', 't2i@5', 't2i@10'):
+  for key in tuple(f'{d}_retrieval_recall@{k}' for d in ('text', 'image') for k in (1, 5, 10)):
     assert rec['metrics'][key] == 1.0, key
 
 
 def test_planted_confusion_gives_hand_computed_recalls(tokenizer, tmp_path):
   ev = evaluators.build(
     'coco',
-    dict(
-      type='retrieval', data=dict(type='jsonl', path=_caption_set(tmp_path / 'r')), image_size=8, show_progress=False
-    ),
+    dict(type='retrieval', data=dict(type='jsonl', path=_caption_set(tmp_path / 'r')), show_progress=False),
   )
   # The bird image looks like a dog. i2t: cat/dog images rank their captions first; the bird image has its
   # captions (sim 0) tied with the 4 others → rank 4. t2i: cat captions rank 0; dog captions tie between the
   # dog and bird images → rank 1; bird captions tie with all 3 images → rank 2 (ties count against the model).
   (rec,) = ev.run(PlantedPredictor(tokenizer, image_confusion={2: 1}))
   m = rec['metrics']
-  assert m['i2t@1'] == pytest.approx(2 / 3) and m['i2t@5'] == 1.0
-  assert m['t2i@1'] == pytest.approx(2 / 6) and m['t2i@5'] == 1.0
+  assert m['text_retrieval_recall@1'] == pytest.approx(2 / 3) and m['text_retrieval_recall@5'] == 1.0
+  assert m['image_retrieval_recall@1'] == pytest.approx(2 / 6) and m['image_retrieval_recall@5'] == 1.0
 
 
 def test_retrieval_metrics_constant_embeddings_score_zero_at_one():
   img = np.ones((4, 3), np.float32) / np.sqrt(3)
   m = retrieval.retrieval_metrics(img, img[[0, 0, 1, 2, 3]], np.array([0, 0, 1, 2, 3]), ks=(1,))
-  assert m == {'i2t@1': 0.0, 't2i@1': 0.0}
+  assert m == {'text_retrieval_recall@1': 0.0, 'image_retrieval_recall@1': 0.0}
   with pytest.raises(ValueError, match=r'images \[1\] have no caption'):
     retrieval.retrieval_metrics(img[:2], img[:1], np.array([0]))
 
@@ -81,23 +78,21 @@ def test_xm3600_every_language_including_non_latin_scripts(tokenizer, tmp_path):
     texts = {lg: [f'{w[c]} photo', f'the {w[c]}'] for lg, w in words.items() if not (lg == 'ja' and c == 2)}
     records.append({'image': f'{c}.png', 'texts': texts})
   folder = write_dataset(tmp_path / 'xm', records, {f'{c}.png': c for c in range(3)})
-  ev = evaluators.build(
-    'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), image_size=8, show_progress=False)
-  )
+  ev = evaluators.build('xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), show_progress=False))
   pred = PlantedPredictor(tokenizer, image_confusion={2: 1})
   recs = ev.run(pred, rounds=2)
   by_lang = {r['language']: r['metrics'] for r in recs}
   assert set(by_lang) == set(words) | {'avg'}
   assert by_lang['ja']['n_images'] == 2 and by_lang['en']['n_images'] == 3
-  assert by_lang['ja']['i2t@1'] == 1.0  # the confused bird image is not in the ja gallery
-  assert by_lang['en']['i2t@1'] == pytest.approx(2 / 3)
-  mean = np.mean([by_lang[lg]['t2i@1'] for lg in words])
-  assert by_lang['avg']['t2i@1'] == pytest.approx(mean) and by_lang['avg']['n_languages'] == 5
+  assert by_lang['ja']['text_retrieval_recall@1'] == 1.0  # the confused bird image is not in the ja gallery
+  assert by_lang['en']['text_retrieval_recall@1'] == pytest.approx(2 / 3)
+  mean = np.mean([by_lang[lg]['image_retrieval_recall@1'] for lg in words])
+  assert by_lang['avg']['image_retrieval_recall@1'] == pytest.approx(mean) and by_lang['avg']['n_languages'] == 5
 
   table = xm3600.language_table(recs)
   rows = [line.split('|')[1].strip() for line in table.splitlines()[2:]]
   assert rows == ['el', 'en', 'hi', 'ja', 'ru', 'avg']
-  assert 'i2t@1 (r=2)' in table and '66.7' in table
+  assert 'text_retrieval_recall@1 (r=2)' in table and '66.7' in table
 
   md = report.markdown_report(recs)
   for lg in words:
@@ -114,16 +109,14 @@ def test_xm3600_one_line_per_language_layout(tokenizer, tmp_path):
   folder = write_dataset(tmp_path / 'xm2', records, {'0.png': 0, '1.png': 1})
   ev = evaluators.build(
     'xm',
-    dict(
-      type='xm3600', data=dict(type='jsonl', path=folder), image_size=8, languages=['ru', 'en'], show_progress=False
-    ),
+    dict(type='xm3600', data=dict(type='jsonl', path=folder), languages=['ru', 'en'], show_progress=False),
   )
   recs = ev.run(PlantedPredictor(tokenizer))
   assert [r['language'] for r in recs] == ['ru', 'en', 'avg']
-  assert all(r['metrics']['i2t@1'] == 1.0 and r['metrics']['n_images'] == 2 for r in recs[:2])
+  assert all(r['metrics']['text_retrieval_recall@1'] == 1.0 and r['metrics']['n_images'] == 2 for r in recs[:2])
   assert len(xm3600.XM3600_LANGUAGES) == 36
   bad = evaluators.build(
-    'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), image_size=8, languages=['de'], show_progress=False)
+    'xm', dict(type='xm3600', data=dict(type='jsonl', path=folder), languages=['de'], show_progress=False)
   )
   with pytest.raises(ValueError, match=r"languages \['de'\] requested but absent"):
     bad.run(PlantedPredictor(tokenizer))

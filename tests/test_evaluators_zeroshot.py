@@ -85,19 +85,18 @@ def test_zeroshot_planted_confusion_gives_hand_computed_accuracy(tokenizer, tmp_
       data=dict(type='jsonl', path=folder),
       class_names=NAMES,
       templates='simple_imagenet',
-      image_size=8,
       batch_size=4,
       show_progress=False,
     ),
   )
   (rec,) = ev.run(pred)
-  assert rec['metrics']['top1'] == pytest.approx(6 / 10)
+  assert rec['metrics']['acc1'] == pytest.approx(6 / 10)
   assert rec['metrics']['n'] == 10
   assert rec['dataset'] == 'toy' and rec['task'] == 'zeroshot_classification' and rec['rounds'] is None
   # class embeddings once per rounds value: 5 classes x 7 templates = 35 texts = 9 batches of 4
   assert pred.calls['embed_texts'] == 9
   perfect = ev.run(PlantedPredictor(tokenizer), rounds=[1, 2])
-  assert [r['rounds'] for r in perfect] == [1, 2] and all(r['metrics']['top1'] == 1.0 for r in perfect)
+  assert [r['rounds'] for r in perfect] == [1, 2] and all(r['metrics']['acc1'] == 1.0 for r in perfect)
 
 
 def test_real_masking_excludes_empty_label_sets(tokenizer, tmp_path):
@@ -117,14 +116,13 @@ def test_real_masking_excludes_empty_label_sets(tokenizer, tmp_path):
       class_names=NAMES,
       templates='bare',
       real_labels_key='real_labels',
-      image_size=8,
       show_progress=False,
     ),
   )
   (rec,) = ev.run(PlantedPredictor(tokenizer))
   assert rec['metrics']['real_n'] == 3
-  assert rec['metrics']['real_top1'] == pytest.approx(2 / 3)
-  assert rec['metrics']['top1'] == 1.0
+  assert rec['metrics']['real_acc1'] == pytest.approx(2 / 3)
+  assert rec['metrics']['acc1'] == 1.0
 
 
 def test_class_subset_restricts_predictions(tokenizer, tmp_path):
@@ -139,14 +137,13 @@ def test_class_subset_restricts_predictions(tokenizer, tmp_path):
       class_names=NAMES,
       templates='bare',
       class_subset=[0, 2, 3],
-      image_size=8,
       show_progress=False,
     ),
   )
   (rec,) = ev.run(PlantedPredictor(tokenizer))
-  assert rec['metrics']['top1'] == 1.0
+  assert rec['metrics']['acc1'] == 1.0
   (rec,) = ev.run(PlantedPredictor(tokenizer, image_confusion={2: 1}))
-  assert rec['metrics']['top1'] == pytest.approx(2 / 3)
+  assert rec['metrics']['acc1'] == pytest.approx(2 / 3)
 
 
 def test_missing_dataset_names_expected_file(tokenizer, tmp_path):
@@ -169,7 +166,6 @@ def test_unknown_label_is_a_precise_error(tokenizer, tmp_path):
       data=dict(type='jsonl', path=folder),
       class_names=NAMES,
       templates='bare',
-      image_size=8,
       show_progress=False,
     ),
   )

@@ -24,7 +24,6 @@ from siglip_rins.export import (
   load_exported,
   param_shapes,
   retrieve_main,
-  settings_from_run_config,
 )
 from siglip_rins.interop import flatten_params, unflatten_params
 from siglip_rins.models import build_model
@@ -69,7 +68,8 @@ def test_exported_embeddings_equal_training_model(rins_export):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (3, *IMAGE_SIZE, 3), dtype=np.uint8)
   texts = ["a red square", "ein blaues Dreieck", "一只猫"]
-  tokens = TOKENIZER.encode(texts, TEXT_LEN)
+  # Without a run's spec, export uses big_vision SigLIP's text convention: ASCII lower, sticky EOS, EOS padding.
+  tokens = TOKENIZER.encode(texts, TEXT_LEN, eos="sticky", pad_value=TOKENIZER.eos_id, lower=True)
   x = images.astype(np.float32) / 127.5 - 1.0
   for rounds in (None, 3):
     ref = jax.jit(lambda p, i, t: model.apply({"params": p}, i, t, rounds=rounds))
@@ -86,8 +86,11 @@ def test_exported_folder_contents(rins_export):
   config = json.loads((out / "config.json").read_text())
   assert config["format_version"] == FORMAT_VERSION
   assert config["text"] == dict(
-    tokenizer_file="tokenizer.model", max_len=TEXT_LEN, eos="sticky", canonicalize=True, pad_value=None
+    tokenizer_file="tokenizer.model", max_len=TEXT_LEN, eos="sticky", canonicalize=False, lower=True, pad_value=1
   )
+  spec = config["example_spec"]
+  assert spec["text"]["tokenizer"] == "tokenizer.model" and spec["text"]["pad_value"] == spec["text"]["eos_id"] == 1
+  assert spec["image"]["eval_pp"].startswith("decode|resize(")
   assert config["image"]["size"] == list(IMAGE_SIZE) and config["image"]["value_range"] == [-1.0, 1.0]
   assert config["model"]["recursion"] == {"signature": "A^2B"}
   assert (out / "tokenizer.model").read_bytes() == TOKENIZER.model_proto
@@ -153,11 +156,15 @@ def test_export_model_from_training_workdir(tmp_path):
     export_model(tmp_path / "not_a_run", tmp_path / "x")
 
 
-def test_settings_from_run_config_reads_pp_and_explicit_keys():
-  s = settings_from_run_config(dict(input=dict(pp="decode|inception_crop(224)|tokenize(16, 'c4_en', eos='yes')")))
-  assert (s["max_len"], s["tokenizer"], s["eos"], s["image_size"]) == (16, "c4_en", "yes", (224, 224))
-  s = settings_from_run_config(dict(input=dict(pp="resize((32, 48))", text_len=64, tokenizer="mc4")))
-  assert (s["max_len"], s["tokenizer"], s["image_size"]) == (64, "mc4", (32, 48))
+def test_example_spec_reads_the_training_pp():
+  from siglip_rins.example_spec import from_pp
+
+  s = from_pp("decode|inception_crop(224)|flip_lr|value_range(-1, 1)|tokenize(16, 'yes', 'demo')")
+  assert (s.text.max_len, s.text.tokenizer, s.text.eos, s.image.size) == (16, "demo", "yes", (224, 224))
+  # The eval counterpart of a random crop: resize_small(size / 0.875) then a central crop; flips are dropped.
+  assert s.image.eval_pp == "decode|resize_small(256)|central_crop((224, 224))|value_range(-1, 1)"
+  s = from_pp('decode|resize((32, 48))|tokenize(max_len=8, model="demo", eos="sticky", pad_value=1)')
+  assert (s.text.max_len, s.text.pad_value, s.text.eos_id, s.image.size) == (8, 1, 1, (32, 48))
 
 
 # ------------------------------------------------------------------------ planted model: known answers

@@ -73,6 +73,60 @@ def test_decoder_flops_match_xla(kv_sharing):
   assert abs(xla / analytic - 1) < 0.05, (xla, analytic)
 
 
+@pytest.mark.parametrize(
+  "recursion",
+  [
+    dict(signature="AB^2C", split="spread"),  # 5 layers -> blocks of 2, 2, 1; B (2 layers) runs twice
+    dict(signature="A^2BC", split="spread"),  # the deeper block A runs twice
+    dict(signature="AB^2C"),  # the paper's floor split: 1 layer per block, 2 layers dropped
+    dict(signature="ABC", layers_per_block=[1, 3, 2], kv_sharing=True),
+  ],
+)
+def test_decoder_flops_match_xla_for_uneven_splits(recursion):
+  model = build_model(
+    dict(
+      name="decoder",
+      width=128,
+      depth=5,
+      mlp_dim=512,
+      num_heads=4,
+      vocab_size=256,
+      recursion=dict(loop="unroll", **recursion),
+    )
+  )
+  b, t = 2, 32
+  plan = model.recursion.plan(model.depth)
+  analytic = flops.model_flops(model, {"tokens": t})["forward"]
+  per_layer = flops.layer_flops(t, t, 128, 512)
+  assert analytic == pytest.approx(plan.num_layers_run * per_layer + 2 * t * 128 * 256)
+  xla = _xla_forward_flops(model, jnp.zeros((b, t), jnp.int32))
+  assert abs(xla / (b * analytic) - 1) < 0.05, (xla, b * analytic)
+
+
+def test_flops_of_rounds_and_repeat():
+  kw = dict(name="decoder", width=128, depth=4, mlp_dim=512, num_heads=4, vocab_size=256)
+  model = lambda sig: build_model(dict(kw, recursion=dict(signature=sig, loop="unroll", layers_per_block=2)))
+  f = lambda m, **r: flops.model_flops(m, {"tokens": 16}, **r)["forward"]
+  assert f(model("ABAB"), rounds=2) == f(model("ABCDE"))  # AABAB: 5 block applications
+  assert f(model("ABAB"), repeat=3) == f(model("ABABAB")) == f(model("AB"), repeat=3)
+  assert f(model("A^3B"), rounds=1) == f(model("AB"))
+  xla = _xla_forward_flops(model("ABAB"), jnp.zeros((2, 16), jnp.int32), rounds=2)
+  assert abs(xla / (2 * f(model("ABAB"), rounds=2)) - 1) < 0.05
+
+
+def test_sweep_parameter_counts_match_the_models():
+  rows = flops.sweep_with_params(10, degrees=(1,), split="spread", variant="lm_mu", vocab_size=64)
+  floor = flops.sweep_with_params(10, degrees=(1,), variant="lm_mu", vocab_size=64)
+  tokens = (jnp.zeros((1, 4), jnp.int32),)
+  for row in (rows[4], rows[7], floor[7]):  # ABB (5, 5), ABBC spread (4, 3, 3), ABBC floor (3, 3, 3)
+    lpb = row["layers_per_block"]
+    rec = dict(signature=row["signature"], layers_per_block=lpb)
+    model = build_model(dict(name="decoder", variant="lm_mu", depth=10, vocab_size=64, recursion=rec))
+    assert flops.count_params(model, tokens) == row["params"], row
+  assert rows[7]["params_rel"] == 1.0 and floor[7]["params_rel"] < 1.0
+  assert [r["layers_per_block"] for r in (rows[7], floor[7])] == [[4, 3, 3], 3]
+
+
 def test_scan_is_undercounted_by_xla_but_not_analytically():
   """XLA counts a scan body once; the analytic count (the same for both loop forms) is what training costs."""
   images = jnp.zeros((2, 16, 16, 3))

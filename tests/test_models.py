@@ -64,6 +64,76 @@ def test_incremental_decoding_reproduces_full_sequence_logits(signature, kv_shar
   assert np.abs(np.asarray(changed[:, -1] - full[:, -1])).max() > 1e-4
 
 
+@pytest.mark.parametrize("signature", ["AB", "A^2B"])
+def test_decoding_without_positions_counts_the_cache(signature):
+  """decode=True without `positions` takes each token at the number of tokens decoded so far (the old code
+  silently used position 0 at every step)."""
+  model = _decoder(signature)
+  b, t = 2, 5
+  tokens = _tokens((b, t))
+  params = random_params(model, tokens)
+  full = model.apply({"params": params}, tokens)
+  cache = init_cache(model, params, b, t)
+  step = jax.jit(lambda c, tok: model.apply({"params": params, "cache": c}, tok, decode=True, mutable=["cache"]))
+  steps = []
+  for i in range(t):
+    logits, mutated = step(cache, tokens[:, i : i + 1])
+    cache = mutated["cache"]
+    steps.append(logits)
+    assert int(cache["decode_index"]) == i + 1
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full), rtol=1e-4, atol=1e-4)
+  # Position 0 at every step (the old behaviour) gives different logits: positions matter.
+  step_at_0 = jax.jit(
+    lambda c, tok: model.apply(
+      {"params": params, "cache": c}, tok, positions=jnp.zeros((b, 1), jnp.int32), decode=True, mutable=["cache"]
+    )
+  )
+  cache, wrong = init_cache(model, params, b, t), []
+  for i in range(t):
+    logits, mutated = step_at_0(cache, tokens[:, i : i + 1])
+    cache = mutated["cache"]
+    wrong.append(logits)
+  assert np.abs(np.concatenate(wrong, axis=1) - np.asarray(full)).max() > 1e-3
+
+
+@pytest.mark.parametrize("variant, tie", [("lm_300m", True), ("lm_600m", False), ("lm_1b", True), ("lm_1b", False)])
+def test_initial_lm_loss_is_about_ln_vocab_at_full_width(variant, tie):
+  """At the paper's widths (1536 for lm_300m / lm_600m, 2048 for lm_1b; vocabulary 32k) the initial next-token
+  cross-entropy is within 1 nat of ln V, tied or untied (the old N(0, 1) * sqrt(D) embedding with a tied
+  x @ E^T output started lm_300m at ~1,500 nats).  A real init of the variant's layer shape, 2 layers deep
+  (the final LayerNorm makes the logit scale independent of depth), on a short random sequence."""
+  from siglip_rins.models import LM_VARIANTS
+
+  model = build_model(dict(name="decoder", variant=variant, depth=2, tie_embeddings=tie, vocab_size=32_000))
+  assert model.width == LM_VARIANTS[variant]["width"] and model.mlp_dim == LM_VARIANTS[variant]["mlp_dim"]
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, 32_000)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens[:, :-1])["params"]
+  assert ("head" in params) != tie
+  embedding = np.asarray(params["Embed_0"]["embedding"])
+  assert abs(np.linalg.norm(embedding, axis=1).mean() - 1) < 0.05  # the residual stream starts at unit norm
+  del embedding
+  logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, tokens[:, :-1])
+  loss = float(-jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1).mean())
+  assert abs(loss - np.log(32_000)) < 1.0, loss
+  assert 0.5 < float(logits.std()) < 2.0
+
+
+def test_predictor_axis_drives_rounds_or_repeat():
+  """The demos evaluate RAO (ABAB) along repeat-all-over: Predictor(axis='repeat') passes its `rounds` as repeat."""
+  from siglip_rins.predictor import Predictor
+
+  model = _decoder("ABAB", loop="unroll")
+  tokens = _tokens((2, 6))
+  params = random_params(model, tokens)
+  logp = lambda **kw: jax.nn.log_softmax(model.apply({"params": params}, tokens, **kw)[:, :-1])
+  want = lambda **kw: np.take_along_axis(np.asarray(logp(**kw)), np.asarray(tokens)[:, 1:, None], -1)[..., 0]
+  for axis in ("rounds", "repeat"):
+    pred = Predictor(model, params, batch_size=2, axis=axis)
+    for r in (1, 3):
+      np.testing.assert_allclose(pred.lm_logprobs(tokens, rounds=r), want(**{axis: r}), rtol=1e-5, atol=1e-5)
+  assert np.abs(want(repeat=1) - want(rounds=1)).max() > 1e-3  # AB vs ABAB: the axes differ
+
+
 def _cache_bytes_for(r, kv_sharing, b=2, t=8, depth=4):
   model = _decoder(f"A^{r}B", kv_sharing, depth=depth)
   tokens = jnp.zeros((b, t), jnp.int32)

@@ -22,7 +22,7 @@ def _cfg(tmp_path, seq_len=16):
     data=dict(type="jsonl", path=str(_corpus(tmp_path))),
     shuffle_buffer_size=8,
     pp=f'tokenize(max_len=64, model="{model}", eos="yes", inkey="text", outkey="tokens", '
-    f'canonicalize=False)|keep("tokens")',
+    f'lower=False, canonicalize=False)|keep("tokens")',
     pack=dict(seq_len=seq_len, key="tokens"),
   )
 

@@ -18,12 +18,20 @@ from siglip_rins.models import build_model
 from siglip_rins.recursion import (
   RecursionConfig,
   RecursiveStack,
+  adapter_axis,
+  adapter_index,
   compact_signature,
+  inference_plan,
   make_plan,
+  num_adapters,
   parse_signature,
   sample_rounds,
   skip_tuple,
+  split_depth,
   sweep,
+  trained_repeats,
+  trained_rounds,
+  with_repeat,
   with_rounds,
 )
 
@@ -104,7 +112,7 @@ def test_compact_signature_round_trips():
     (lambda: parse_signature("A-B"), r"invalid character '-' at position 1"),
     (lambda: parse_signature("(AB)_0"), "degree must be >= 1, got 0"),
     (lambda: make_plan("AB", degree=0, num_layers=4), r"degree must be an integer >= 1, got 0"),
-    (lambda: make_plan("ABC", num_layers=4), r"depth 4 does not divide into 3 unique blocks"),
+    (lambda: make_plan("ABC", num_layers=4, split="exact"), r"depth 4 does not divide into 3 unique blocks"),
     (lambda: make_plan("(AB)_3", num_layers=4), r"depth 4 cannot be split into 8 unique blocks"),
     (lambda: make_plan("AAB", num_layers=4, p_skip=1.0), r"p_skip must be in \[0, 1\), got 1.0"),
     (lambda: make_plan("AAB", num_layers=4, p_skip=-0.1), r"p_skip must be in \[0, 1\), got -0.1"),
@@ -123,7 +131,8 @@ def test_bad_input_raises_value_error_naming_problem(call, match):
   "cfg, match",
   [
     (dict(name="vit", variant="mu/4", recursion=dict(signature="")), "model.recursion: signature is empty"),
-    (dict(name="vit", variant="mu/4", recursion=dict(signature="ABC")), "depth 4 does not divide"),
+    (dict(name="vit", variant="mu/4", recursion=dict(signature="ABC", split="exact")), "depth 4 does not divide"),
+    (dict(name="vit", variant="mu/4", recursion=dict(signature="ABCDE")), "depth 4 cannot be split into 5"),
     (dict(name="vit", variant="mu/4", recursion=dict(signature="A^2B", p_skip=1.0)), r"p_skip must be in \[0, 1\)"),
     (
       dict(name="two_towers", image=dict(variant="mu/4", recursion=dict(signature="a-b")), text=None),
@@ -153,11 +162,120 @@ def test_skip_tuple_and_runs_of_stochastic_rins():
   assert runs[0].skip == (0.0, 0.25, 0.25, 0.25)
 
 
-def test_with_rounds_rins_and_rao():
-  rins = make_plan("A^2B", num_layers=4)
-  assert [("".join(with_rounds(rins, k).sequence)) for k in (1, 3)] == ["AB", "AAAB"]
-  rao = make_plan("ABAB", num_layers=4)
-  assert "".join(with_rounds(rao, 3).sequence) == "ABABAB"
+@pytest.mark.parametrize(
+  "signature, rounds, repeat",
+  [
+    # rounds=k: the first block's leading run k times, the rest as trained (A^kB for every A^rB).
+    ("AB", {1: "AB", 2: "AAB", 3: "AAAB"}, {1: "AB", 2: "ABAB", 3: "ABABAB"}),
+    ("A^3B", {1: "AB", 2: "AAB", 4: "AAAAB"}, {1: "AAAB", 2: "AAABAAAB"}),
+    ("ABAB", {1: "ABAB", 2: "AABAB", 3: "AAABAB"}, {1: "AB", 2: "ABAB", 3: "ABABAB"}),
+    ("ABB", {1: "ABB", 3: "AAABB"}, {2: "ABBABB"}),
+    ("AAAA", {1: "A", 2: "AA", 5: "AAAAA"}, {1: "A", 3: "AAA"}),
+  ],
+)
+def test_rounds_run_the_leading_block_and_repeat_the_unit(signature, rounds, repeat):
+  # Old behaviour (the bug): rounds=k on ABAB (and on AB, whose unit AB "repeats") ran the unit k times.
+  plan = make_plan(signature, num_layers=4)
+  for k, want in rounds.items():
+    got = with_rounds(plan, k)
+    assert "".join(got.sequence) == want and trained_rounds(got) == k
+  for k, want in repeat.items():
+    got = with_repeat(plan, k)
+    assert "".join(got.sequence) == want and got.repeats == k
+  assert "".join(inference_plan(plan).sequence) == plan.letters
+  # Both axes compose: the unit is repeated, then the leading run of the first unit takes `rounds`.
+  assert "".join(inference_plan(make_plan("ABAB", num_layers=4), rounds=2, repeat=3).sequence) == "AABABAB"
+
+
+def test_trained_counts_and_adapter_axis():
+  expected = {  # signature: (trained rounds, trained repeats, adapter axis, adapters)
+    "AB": (1, 1, "rounds", 1),
+    "A^2B": (2, 1, "rounds", 2),
+    "A^3B": (3, 1, "rounds", 3),
+    "ABAB": (1, 2, "repeat", 2),
+    "ABABAB": (1, 3, "repeat", 3),
+    "AAAA": (4, 4, "rounds", 4),
+    "ABB": (1, 1, "rounds", 1),
+  }
+  for sig, (r, rep, axis, n) in expected.items():
+    plan = make_plan(sig, num_layers=4)
+    assert (trained_rounds(plan), trained_repeats(plan), adapter_axis(plan), num_adapters(plan)) == (r, rep, axis, n)
+    assert adapter_index(plan, plan) == n  # the trained signature uses the last adapter
+  abab = make_plan("ABAB", num_layers=4)
+  assert [adapter_index(abab, with_repeat(abab, k)) for k in (1, 2, 3)] == [1, 2, 2]
+  assert adapter_index(abab, with_rounds(abab, 3)) == 2  # rounds do not change the unit count
+  a3b = make_plan("A^3B", num_layers=4)
+  assert [adapter_index(a3b, with_rounds(a3b, k)) for k in (1, 2, 3, 5)] == [1, 2, 3, 3]
+
+
+def _adapter_used(stack, params, x, **kw):
+  """(info, 1-based index of the adapter whose affine map explains the output) for random adapters."""
+  plain = _stack(stack.recursion.signature, depth=stack.num_layers, final_norm=False, loop="unroll")
+  y, info = stack.apply({"params": params}, x, **kw)
+  base, _ = plain.apply({"params": _without_adapters(params)}, x, **kw)
+  kern, bias = params["adapter_kernel"], params["adapter_bias"]
+  errors = [float(np.abs(np.asarray(y - (base @ kern[j] + bias[j]))).max()) for j in range(kern.shape[0])]
+  (used,) = [j + 1 for j, e in enumerate(errors) if e < 1e-4]
+  return {k: int(v) for k, v in info.items()}, used
+
+
+@pytest.mark.parametrize(
+  "signature, calls",
+  [
+    # (apply kwargs, info rounds, info repeats, adapter)
+    ("AB", [({}, 1, 1, 1), (dict(rounds=3), 3, 1, 1), (dict(repeat=2), 1, 2, 1)]),
+    ("A^3B", [({}, 3, 1, 3), (dict(rounds=1), 1, 1, 1), (dict(rounds=2), 2, 1, 2), (dict(repeat=2), 3, 2, 3)]),
+    # Old behaviour (the bug): ABAB reported rounds 1 with 2 adapters, so the trained model used adapter 1.
+    ("ABAB", [({}, 1, 2, 2), (dict(repeat=1), 1, 1, 1), (dict(rounds=2), 2, 2, 2), (dict(repeat=3), 1, 3, 2)]),
+  ],
+)
+def test_info_and_adapter_choice_for_each_signature(signature, calls):
+  x = _x()
+  stack = _stack(signature, depth=2, adapters=True, final_norm=False, loop="unroll")
+  params = random_params(stack, x)
+  n = num_adapters(stack.trained_plan())
+  assert params["adapter_kernel"].shape == (n, 16, 16)
+  params = dict(
+    params,
+    adapter_kernel=jax.random.normal(jax.random.PRNGKey(7), (n, 16, 16)),
+    adapter_bias=jax.random.normal(jax.random.PRNGKey(8), (n, 16)),
+  )
+  for kw, rounds, repeats, adapter in calls:
+    info, used = _adapter_used(stack, params, x, **kw)
+    assert (info["rounds"], info["repeats"], used) == (rounds, repeats, adapter), (kw, info, used)
+
+
+def test_rounds_and_repeat_reuse_parameters_of_abab():
+  x = _x()
+  abab = _stack("ABAB", depth=2, loop="unroll")
+  params = random_params(abab, x)
+  distinct = lambda order: _stack("".join(chr(ord("A") + i) for i in range(len(order))), layers_per_block=1)
+  for kw, order in [(dict(rounds=2), "AABAB"), (dict(repeat=3), "ABABAB"), (dict(repeat=1), "AB"), ({}, "ABAB")]:
+    want = distinct(order).apply({"params": _copy_blocks(params, order)}, x)[0]
+    _close(abab.apply({"params": params}, x, **kw)[0], want)
+
+
+def test_stochastic_repeats_count_units_that_ran():
+  stack = _stack("ABABAB", depth=2, p_skip=0.5)  # skips (0, p, p, p, p, 0): the middle unit may vanish
+  x = _x()
+  params = random_params(stack, x)
+  fn = jax.jit(jax.vmap(lambda k: stack.apply({"params": params}, x, train=True, rngs={"rins": k})[1]))
+  info = fn(jax.random.split(jax.random.PRNGKey(0), 64))
+  assert set(np.asarray(info["repeats"]).tolist()) == {2, 3}
+  assert (np.asarray(info["rounds"]) == 1).all()
+
+
+@pytest.mark.parametrize("kw", [dict(rounds=2), dict(repeat=2)])
+def test_degree_two_refuses_inference_rounds(kw):
+  plan = make_plan("(ABB)_2", num_layers=4)
+  call = (lambda: with_rounds(plan, 2)) if "rounds" in kw else (lambda: with_repeat(plan, 2))
+  with pytest.raises(ValueError, match=r"degree-1 signatures .*'\(AB\^2\)_2' has degree 2"):
+    call()
+  stack = _stack("(ABB)_2", depth=4)
+  params = random_params(stack, _x())
+  with pytest.raises(ValueError, match="degree 2"):
+    stack.apply({"params": params}, _x(), **kw)
+  stack.apply({"params": params}, _x())  # the trained nesting itself runs
 
 
 def _sweep_by_rules(num_layers):
@@ -187,6 +305,96 @@ def test_sweep_matches_app_e1_rules_for_12_layers():
     assert plan.num_unique_blocks == e["unique_blocks"]  # the engine builds as many blocks as the rule
     assert e["exact"] == (plan.num_layers_param == 12)
   assert sweep(2) == [e for e in sweep(2) if e["unique_blocks"] <= 2]
+
+
+def _spread_by_rules(num_layers, unique_blocks):
+  """The documented 'spread' split, written independently: all layers kept, earlier blocks get the extra ones."""
+  sizes = [0] * unique_blocks
+  for i in range(num_layers):
+    sizes[i % unique_blocks] += 1
+  return sizes
+
+
+def test_split_depth_rules():
+  assert split_depth(12, 3) == (4, 4, 4) == split_depth(12, 3, "spread") == split_depth(12, 3, "exact")
+  assert split_depth(10, 3) == (3, 3, 3)  # the paper's App. E.1 rule: 10 // 3 layers each, one dropped
+  assert split_depth(10, 3, "spread") == (4, 3, 3)
+  assert split_depth(16, 9, "spread") == (2,) * 7 + (1, 1)
+  with pytest.raises(ValueError, match=r"depth 10 does not divide into 3 unique blocks .*split='floor'"):
+    split_depth(10, 3, "exact")
+  with pytest.raises(ValueError, match=r"depth 2 cannot be split into 3 unique blocks"):
+    split_depth(2, 3, "spread")
+  with pytest.raises(ValueError, match=r"recursion.split must be one of"):
+    RecursionConfig("AB", split="even")
+
+
+@pytest.mark.parametrize("split", ["floor", "spread"])
+def test_sweep_for_an_indivisible_depth(split):
+  got = sweep(10, split=split)
+  rules = _sweep_by_rules(10)
+  assert [(e["signature"], e["degree"], e["unique_blocks"]) for e in got] == [r[:3] for r in rules]
+  # 4 + 6 two-letter signatures x 3 degrees (2, 4, 8 <= 10) + 3 three-letter x 2 degrees (3, 9 <= 10 < 27)
+  assert len(got) == 28
+  for e, (sig, degree, n, floor_lpb) in zip(got, rules):
+    sizes = [floor_lpb] * n if split == "floor" else _spread_by_rules(10, n)
+    assert e["layers_per_block"] == (sizes[0] if len(set(sizes)) == 1 else sizes)
+    assert e["unique_layers"] == sum(sizes) and e["dropped_layers"] == 10 - sum(sizes)
+    assert e["exact"] == (sum(sizes) == 10) and e["param_layers_rel"] == sum(sizes) / 10
+    plan = make_plan(sig, degree, num_layers=10, split=split)
+    assert e["layers_run"] == sum(plan.layers(b) for b in plan.sequence) == round(e["compute_rel"] * 10)
+  by_sig = {(e["signature"], e["degree"]): e for e in got}
+  if split == "floor":
+    assert by_sig[("ABBC", 1)]["layers_per_block"] == 3 and by_sig[("ABBC", 1)]["dropped_layers"] == 1
+    assert by_sig[("ABB", 2)]["layers_per_block"] == 2 and by_sig[("ABB", 2)]["dropped_layers"] == 2
+  else:
+    assert by_sig[("ABBC", 1)]["layers_per_block"] == [4, 3, 3] and by_sig[("ABBC", 1)]["layers_run"] == 13
+    assert by_sig[("AABC", 1)]["layers_run"] == 14  # the deeper block A runs twice
+  assert [e["degree"] for e in sweep(10, degrees=(2,))] == [2] * 9
+
+
+def test_uneven_split_runs_its_layers_in_order():
+  """ABC over 5 layers, spread: blocks of 2, 2, 1 layers, equal to one 5-layer block with the same layers."""
+  x = _x()
+  uneven = _stack("ABC", depth=5, split="spread", loop="unroll")
+  assert uneven.trained_plan().block_layers == (2, 2, 1)
+  params = random_params(uneven, x)
+  assert {k: sorted(v) for k, v in params.items() if k != "encoder_norm"} == {
+    "A": ["encoderblock_0", "encoderblock_1"],
+    "B": ["encoderblock_0", "encoderblock_1"],
+    "C": ["encoderblock_0"],
+  }
+  layers = [params[b][f"encoderblock_{j}"] for b, n in (("A", 2), ("B", 2), ("C", 1)) for j in range(n)]
+  flat = {"A": {f"encoderblock_{i}": p for i, p in enumerate(layers)}, "encoder_norm": params["encoder_norm"]}
+  _close(uneven.apply({"params": params}, x)[0], _stack("A", layers_per_block=5).apply({"params": flat}, x)[0])
+  # The same blocks from an explicit per-block list, and the paper's floor split (one layer dropped).
+  listed = _stack("ABC", layers_per_block=[2, 2, 1], loop="unroll")
+  _close(listed.apply({"params": params}, x)[0], uneven.apply({"params": params}, x)[0])
+  assert _stack("ABC", depth=5).trained_plan().block_layers == (1, 1, 1)
+  with pytest.raises(ValueError, match=r"one integer per unique block \(3 blocks"):
+    _stack("ABC", layers_per_block=[2, 2]).trained_plan()
+
+
+@pytest.mark.parametrize("split, lpb, params_layers", [("floor", None, 9), ("spread", None, 10), (None, [2, 3, 5], 10)])
+def test_indivisible_decoder_config_builds_and_runs(split, lpb, params_layers):
+  rec = dict(signature="AB^2C")
+  if split:
+    rec["split"] = split
+  if lpb:
+    rec["layers_per_block"] = lpb
+  kw = dict(name="decoder", vocab_size=32, width=16, depth=10, mlp_dim=32, num_heads=2)
+  model = build_model(dict(kw, recursion=rec))
+  tokens = jnp.arange(8, dtype=jnp.int32).reshape(2, 4)
+  params = random_params(model, tokens)
+  logits = jax.jit(lambda p, t: model.apply({"params": p}, t))(params, tokens)
+  assert logits.shape == (2, 4, 32) and np.isfinite(np.asarray(logits)).all()
+  per_layer = flops.count_params(build_model(dict(kw, depth=2)), (tokens,)) - flops.count_params(
+    build_model(dict(kw, depth=1, recursion=dict(signature="A"))), (tokens,)
+  )
+  base = flops.count_params(build_model(kw), (tokens,))
+  assert flops.count_params(model, (tokens,)) == base - (10 - params_layers) * per_layer
+  if lpb is None:  # the sweep's parameter count (two shape-only builds) agrees with the model's own
+    (entry,) = [e for e in sweep(10, degrees=(1,), split=split) if e["signature"] == "ABBC"]
+    assert entry["unique_layers"] == params_layers
 
 
 def test_equal_parameter_counts_across_signatures():

@@ -27,7 +27,10 @@ OVERRIDES = ["ckpt_every=1", "log_every=1", "keep_ckpts=2", "tensorboard=False"]
 def _config():
   c = config_lib.load_config(os.path.join(ROOT, "configs", f"siglip_rins.py:{ARGS}"))
   c = config_lib.apply_overrides(c, OVERRIDES)
-  assert c.total_examples == STEPS * c.input.batch_size  # runlocal: `steps` baseline steps, AB is the baseline
+  from siglip_rins import budget
+
+  budget.finalize(c)
+  assert c.total_steps == STEPS  # runlocal: `steps` baseline steps, AB is the baseline
   return c
 
 
@@ -126,7 +129,9 @@ def test_plan_builder_raises_only_value_errors(sig, degree, depth, p):
     plan = make_plan(sig, degree, depth, p_skip=p)
   except ValueError:
     return
-  assert plan.layers_per_block * plan.num_unique_blocks == depth
+  # The default split is the paper's (App. E.1): depth // unique layers per block, the remainder dropped.
+  assert plan.num_layers_param == (depth // plan.num_unique_blocks) * plan.num_unique_blocks
+  assert plan.uniform and plan.layers_per_block == depth // plan.num_unique_blocks
 
 
 def test_workdir_that_is_a_file_fails_at_start_naming_it(tmp_path):

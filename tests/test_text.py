@@ -10,7 +10,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import data_fixtures  # noqa: E402
 
 from siglip_rins.text import canonicalize, get_tokenizer  # noqa: E402
-from siglip_rins.text.tokenizer import Tokenizer, resolve_tokenizer_path  # noqa: E402
+from siglip_rins.text.tokenizer import Tokenizer, ascii_lower, resolve_tokenizer_path  # noqa: E402
 
 tf = pytest.importorskip("tensorflow")
 from siglip_rins.text import tf_ops  # noqa: E402
@@ -78,9 +78,77 @@ def test_python_and_tf_tokenization_identical(tokenizer, max_len, eos):
   np.testing.assert_array_equal(scalar, tokenizer.encode([texts[2]], max_len, eos=eos)[0])
 
 
+LONG_CAPTION = "A very long caption: " + " ".join(["the quick brown fox jumps over the lazy dog"] * 6)
+IDENTITY_TEXTS = data_fixtures.MULTILINGUAL_TEXTS + [
+  "قطة سوداء تنام على الأريكة.",  # Arabic
+  "猫がソファで寝ています。カタカナ、ひらがな！",  # Japanese
+  "ÀÉÎ ÕÜ Straße İstanbul ΣΑΣ",  # non-ASCII capitals (ASCII-only lower keeps them)
+  LONG_CAPTION,
+  "",
+]
+# (lower, canonicalize, add_bos, pad_value): every option the tokenize op passes on.
+OPTION_SETS = [
+  (False, False, False, None),
+  (True, False, False, "<pad>"),
+  (True, True, False, 1),
+  (False, True, False, "</s>"),
+  (True, False, True, "<pad>"),
+  (False, True, True, -3),
+]
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tmp_path_factory):
+  path = data_fixtures.write_sentencepiece_model(tmp_path_factory.mktemp("sp_bos"), vocab_size=300, bos_id=3)
+  return get_tokenizer(str(path))
+
+
+@pytest.mark.parametrize("eos", ["none", "yes", "sticky"])
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_python_and_tf_identical_every_option(tokenizer, bos_tokenizer, eos, options):
+  lower, canon, add_bos, pad_value = options
+  tok = bos_tokenizer if add_bos else tokenizer
+  kw = dict(eos=eos, canonicalize=canon, lower=lower, add_bos=add_bos, pad_value=pad_value)
+  for max_len in (3, 16):
+    py_ids = tok.encode(IDENTITY_TEXTS, max_len, **kw)
+    tf_ids = tf_ops.tokenize(tok, tf.constant(IDENTITY_TEXTS), max_len, **kw).numpy()
+    np.testing.assert_array_equal(py_ids, tf_ids)
+  long_ids = tok.encode_ids(LONG_CAPTION, canonicalize=canon, lower=lower)
+  assert len(long_ids) > 16  # the long caption is truncated in every mode
+  grid = tf_ops.tokenize(tok, tf.constant([IDENTITY_TEXTS[:2], IDENTITY_TEXTS[2:4]]), 8, **kw).numpy()
+  np.testing.assert_array_equal(grid.reshape(4, 8), tok.encode(IDENTITY_TEXTS[:4], 8, **kw))
+
+
+def test_add_bos_and_pad_pieces(bos_tokenizer):
+  tok = bos_tokenizer
+  assert tok.bos_id == 3 and tok.piece_to_id("<pad>") == 0 and tok.piece_to_id("</s>") == 1
+  ids = tok.encode_ids("a dog", canonicalize=False)
+  row = tok.encode(["a dog"], len(ids) + 4, eos="sticky", add_bos=True, pad_value="</s>")[0]
+  assert list(row) == [3] + ids + [1, 1, 1]
+  row = tok.encode(["a dog"], 2, eos="sticky", add_bos=True)[0]
+  assert list(row) == [3, 1]
+  with pytest.raises(ValueError, match="pad_value"):
+    tok.encode(["a"], 4, pad_value=1.5)
+
+
+def test_ascii_lower_python_equals_tf_per_codepoint():
+  chars = "".join(chr(c) for c in range(0x20, 0x3100) if not 0xD800 <= c < 0xE000)
+  got = tf.strings.lower(tf.constant(chars)).numpy().decode("utf-8")
+  assert got == ascii_lower(chars)
+  assert ascii_lower("ABC Àé ΣΑΣ İ") == "abc Àé ΣΑΣ İ"
+
+
+def test_encode_defaults_are_the_plain_tokenization(tokenizer):
+  # Tokenizer.encode defaults: no lowercasing, no canonicalisation, sticky EOS, the model's pad id.
+  text = "Two Dogs, running!"
+  ids = tokenizer.encode_ids(text, canonicalize=False)
+  row = tokenizer.encode([text], len(ids) + 2)[0]
+  assert list(row) == ids + [tokenizer.eos_id, tokenizer.pad_id]
+
+
 def test_eos_semantics(tokenizer):
   text = data_fixtures.MULTILINGUAL_TEXTS[1]
-  ids = tokenizer.encode_ids(text)
+  ids = tokenizer.encode_ids(text, canonicalize=False)
   assert len(ids) > 4 and tokenizer.eos_id not in ids
   long_len = len(ids) + 3
   none = tokenizer.encode([text], long_len, eos="none")[0]
@@ -94,7 +162,7 @@ def test_eos_semantics(tokenizer):
   assert list(sticky) == ids[: short - 1] + [tokenizer.eos_id]
   padded = tokenizer.encode([text], long_len, eos="none", pad_value=-7)[0]
   assert list(padded[len(ids) :]) == [-7] * 3
-  assert tokenizer.decode(tokenizer.encode([text], 64)[0]) == canonicalize(text)
+  assert tokenizer.decode(tokenizer.encode([text], 64, canonicalize=True)[0]) == canonicalize(text)
 
 
 def test_encode_rejects_bad_arguments(tokenizer):

@@ -143,7 +143,7 @@ def _valid_config():
   [
     (lambda c: c.__setitem__("learning_rate", 1e-3), "learning_rate"),
     (lambda c: c.__delitem__("model"), "model"),
-    (lambda c: c.__setitem__("total_examples", 1000), "total_examples"),
+    (lambda c: (c.__setitem__("total_examples", 1000), c.__setitem__("total_steps", 10)), "total_examples"),
     (lambda c: c.input.__setitem__("batch_size", 0), "batch_size"),
   ],
 )

@@ -4,10 +4,14 @@ Grammar: a pp string is ops separated by top-level '|' (a '|' inside brackets or
 argument). Each op is `name` or `name(arg, ..., key=arg, ...)` where every arg is a Python literal
 (numbers, strings, tuples, lists, dicts, True/False/None), checked with `ast.literal_eval`.
 
-Op factories register with `@register('name')`; a factory takes the op's arguments and returns
-`fn(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]`. `get_preprocess_fn(pp)` parses, builds every
-op (so bad arguments fail at build time), and returns one function applying them in order.
-Any problem -> ValueError naming the op and what is wrong.
+Strings mean what they mean in big_vision: empty segments (`decode||resize(8)`, a trailing '|') are
+skipped, and an empty (or None) pp string is the identity. Ops with big_vision's names take big_vision's
+arguments and defaults (see the op modules).
+
+Op factories register with `@registry.register('name')` (`siglip_rins.data.registry`, re-exported here as
+`register`); a factory takes the op's arguments and returns `fn(features: dict[str, tf.Tensor]) -> dict`.
+`get_preprocess_fn(pp)` parses, builds every op (so bad arguments fail at build time), and returns one
+function applying them in order. Any problem -> ValueError naming the op and what is wrong.
 """
 
 import ast
@@ -15,7 +19,9 @@ import dataclasses
 import inspect
 from typing import Any, Callable
 
-_REGISTRY: dict[str, Callable[..., Callable[[dict], dict]]] = {}
+from siglip_rins.data import registry
+
+register = registry.register
 _MAX_PP_LENGTH = 100_000
 _OPENERS, _CLOSERS = "([{", ")]}"
 
@@ -33,23 +39,9 @@ class OpSpec:
     return f"{self.name}({', '.join(parts)})" if parts else self.name
 
 
-def register(name: str):
-  """Decorator registering an op factory under `name` (re-registering a name is an error)."""
-  if not name.isidentifier():
-    raise ValueError(f"pp op name {name!r} is not an identifier")
-
-  def wrap(factory):
-    if name in _REGISTRY and _REGISTRY[name] is not factory:
-      raise ValueError(f"pp op {name!r} is already registered")
-    _REGISTRY[name] = factory
-    return factory
-
-  return wrap
-
-
 def registered_ops() -> list[str]:
   _ensure_ops_loaded()
-  return sorted(_REGISTRY)
+  return registry.names()
 
 
 def split_top_level(pp: str) -> list[str]:
@@ -131,15 +123,17 @@ def parse_op(text: str) -> OpSpec:
   return OpSpec(name, tuple(args), tuple(sorted(kwargs.items())))
 
 
-def parse(pp: str) -> list[OpSpec]:
-  """Parses a whole pp string into OpSpecs (syntax only; ops are not looked up)."""
+def parse(pp: str | None) -> list[OpSpec]:
+  """Parses a whole pp string into OpSpecs (syntax only; ops are not looked up).
+
+  As in big_vision, empty segments are skipped and an empty or None string gives no ops."""
+  if pp is None:
+    return []
   if not isinstance(pp, str):
     raise ValueError(f"pp must be a string, got {type(pp).__name__}")
   if len(pp) > _MAX_PP_LENGTH:
     raise ValueError(f"pp string longer than {_MAX_PP_LENGTH} characters")
-  if not pp.strip():
-    raise ValueError("empty pp string")
-  return [parse_op(part) for part in split_top_level(pp)]
+  return [parse_op(part) for part in split_top_level(pp) if part.strip()]
 
 
 def to_string(specs: list[OpSpec]) -> str:
@@ -155,9 +149,7 @@ def _ensure_ops_loaded():
 def build_op(spec: OpSpec) -> Callable[[dict], dict]:
   """Instantiates one op; ValueError naming the op for unknown names or bad arguments."""
   _ensure_ops_loaded()
-  if spec.name not in _REGISTRY:
-    raise ValueError(f"unknown pp op {spec.name!r}; known ops: {', '.join(sorted(_REGISTRY))}")
-  factory = _REGISTRY[spec.name]
+  factory = registry.lookup(spec.name)
   kwargs = dict(spec.kwargs)
   try:
     inspect.signature(factory).bind(*spec.args, **kwargs)
@@ -172,8 +164,8 @@ def build_op(spec: OpSpec) -> Callable[[dict], dict]:
     raise ValueError(msg) from None
 
 
-def get_preprocess_fn(pp: str) -> Callable[[dict], dict]:
-  """Parses `pp` and returns `fn(features: dict) -> dict` applying its ops in order."""
+def get_preprocess_fn(pp: str | None) -> Callable[[dict], dict]:
+  """Parses `pp` and returns `fn(features: dict) -> dict` applying its ops in order (identity if none)."""
   ops = [build_op(spec) for spec in parse(pp)]
 
   def preprocess(features: dict) -> dict:

@@ -3,6 +3,12 @@
 `build_source(data_cfg, process_index=0, process_count=1) -> Source`, `data_cfg.type` in:
   * 'jsonl'    path (a .jsonl file, or a folder holding data.jsonl); `"image"` is a path relative to the
                file; other fields become features of the same name (str, list of str, int, float).
+               Caption fields (`text_keys`) are read by `fields.text_values`: a string or a list of strings;
+               a dict, number, bool or null refuses the record (skipped/text_is_dict, text_not_string,
+               text_is_null) unless `text_key='texts.fr'` selects a key inside a dict field (the feature
+               keeps the top-level name, 'texts'; records without it: skipped/missing_language) or
+               `flatten_texts=True` turns a dict language -> str|list into the list of all its strings
+               (`languages=[...]` restricts it). See docs/data_layout.md.
   * 'tfrecord' files (a glob or list of globs) and optional `features` {name: kind}, kind in 'bytes'
                (scalar string), 'strings' (list of strings), 'int', 'ints', 'float', 'floats'.
                Default: {'image': 'bytes', 'texts': 'strings', 'label': 'int'}.
@@ -14,8 +20,8 @@ else every process_count-th record (`Dataset.shard`); jsonl slices its records; 
 
 Validity: `Source.parse` turns a raw element into features; `record_reason(features, source)` gives 0 for
 a good record or a code from REASONS (1-based). Image key: `image_key` (default 'image' when present);
-text keys: `text_keys` (default those of 'texts', 'caption', 'text' that the source has). A record whose
-image is empty, or whose texts are all empty or not valid UTF-8, is bad.
+text keys: `text_keys` (default: the field of `text_key` if given, else those of 'texts', 'caption', 'text'
+that the source has). A record whose image is empty, or whose texts are all empty or not valid UTF-8, is bad.
 """
 
 import dataclasses
@@ -29,6 +35,8 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from siglip_rins.data import fields as fields_lib
+
 REASONS = (
   "missing_field",
   "missing_image_file",
@@ -37,6 +45,10 @@ REASONS = (
   "bad_utf8_text",
   "bad_json",
   "undecodable",
+  "text_is_dict",
+  "text_not_string",
+  "text_is_null",
+  "missing_language",
 )
 REASON_CODE = {name: i + 1 for i, name in enumerate(REASONS)}
 REASON_KEY = "_reason"  # int32 scalar a loader may attach (0 = fine)
@@ -168,9 +180,46 @@ def _utf8(text: str) -> bytes:
   return text.encode("utf-8", errors="surrogatepass")  # lone surrogates -> invalid UTF-8 -> counted
 
 
+def _text_options(cfg):
+  """(field of text_key or None, key path selected inside it or None, flatten_texts, languages or None)."""
+  text_key, flatten, languages = _get(cfg, "text_key"), bool(_get(cfg, "flatten_texts", False)), _get(cfg, "languages")
+  field, select = fields_lib.split_text_key(text_key) if text_key else (None, None)
+  if isinstance(languages, str):
+    languages = [languages]
+  if languages is not None:
+    languages = [str(x) for x in languages]
+    if not flatten:
+      raise ValueError("jsonl source: languages= restricts flatten_texts=True; set it (or use text_key='texts.fr')")
+  if select and flatten:
+    raise ValueError(f"jsonl source: give text_key={text_key!r} (select one key) or flatten_texts=True, not both")
+  return field, select, flatten, languages
+
+
+def _text_column(records, key, reasons, *, select, flatten, languages) -> tf.Tensor:
+  """The caption column `key` (fields.text_values per record; refusals recorded in `reasons`): a string
+  [N] when every kept value is a single string, else a ragged list of strings [N, None]."""
+  values, scalar = [], True
+  for i, record in enumerate(records):
+    out = fields_lib.text_values(record, key, select=select, flatten=flatten, languages=languages)
+    if fields_lib.is_refused(out):
+      reasons[i] = reasons[i] or REASON_CODE[out]
+      values.append([])
+      continue
+    raw = record[key]
+    for part in select.split(".") if select else ():
+      raw = raw[part]
+    scalar = scalar and isinstance(raw, str)
+    values.append(out)
+  if scalar:
+    return tf.constant([_utf8(v[0]) if v else b"" for v in values], tf.string)
+  lists = [[_utf8(x) for x in v] for v in values]
+  return tf.ragged.constant(lists, dtype=tf.string, ragged_rank=1, inner_shape=())
+
+
 def _jsonl_source(cfg, process_index, process_count) -> Source:
   path = _jsonl_file(_get(cfg, "path"))
   image_key = _get(cfg, "image_key", "image")
+  text_field, select, flatten, languages = _text_options(cfg)
   records, reasons = [], []
   with open(path, encoding="utf-8", errors="surrogateescape") as f:
     for line_no, line in enumerate(f):
@@ -188,7 +237,13 @@ def _jsonl_source(cfg, process_index, process_count) -> Source:
         reasons.append(REASON_CODE["bad_json"])
       records.append(record)
   keys = sorted({k for r in records for k in r})
-  text_keys = tuple(_get(cfg, "text_keys", None) or [k for k in DEFAULT_TEXT_KEYS if k in keys])
+  text_keys = _get(cfg, "text_keys", None)
+  if text_keys:
+    text_keys = tuple(text_keys) + ((text_field,) if text_field and text_field not in text_keys else ())
+  else:
+    text_keys = (text_field,) if text_field else tuple(k for k in DEFAULT_TEXT_KEYS if k in keys)
+  if records:
+    keys = sorted(set(keys) | set(text_keys))
   has_image = image_key in keys
   columns = {}
   for key in keys:
@@ -208,11 +263,12 @@ def _jsonl_source(cfg, process_index, process_count) -> Source:
           paths.append(str(full))
       columns["_image_path"] = tf.constant([_utf8(p) for p in paths], tf.string)
       continue
-    kind = _column_kind(values)
     if key in text_keys:
-      for i, v in enumerate(values):
-        if v is None:
-          reasons[i] = reasons[i] or REASON_CODE["missing_field"]
+      columns[key] = _text_column(
+        records, key, reasons, select=select if key == text_field else None, flatten=flatten, languages=languages
+      )
+      continue
+    kind = _column_kind(values)
     if kind == "strings":
       lists = [[_utf8(_to_text(x)) for x in (v if isinstance(v, list) else ([] if v is None else [v]))] for v in values]
       columns[key] = tf.ragged.constant(lists, dtype=tf.string, ragged_rank=1, inner_shape=())

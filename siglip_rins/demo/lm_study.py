@@ -20,8 +20,9 @@ The language-model counterpart of the SigLIP demo (paper Sec. 3-4 in miniature):
                that match its training FLOPs (the config does the matching; steps round down, so a variant is
                below the baseline by less than one of its own steps).
   6. eval      validation log-perplexity (the `lm_ppl` evaluator: nats per token, EOS included) at r = 1 and at
-               the trained r, at about --eval-points checkpoints spread over training, so the report has
-               validation loss against training FLOPs.
+               the trained r (rounds of A in A^rB; for RAO ABAB the repeats of AB, so its r = 1 is AB), at
+               about --eval-points checkpoints spread over training, so the report has validation loss against
+               training FLOPs.
 Outputs in --out: lm_report.md, lm_results.json, lm_val_vs_flops.png, runs/<variant>/ (config.json,
 metrics.jsonl, checkpoints).  Prepared data (tokenizer, jsonl) is cached per corpus content and settings in
 $SIGLIP_RINS_DATA_DIR/lm_study/.
@@ -493,6 +494,9 @@ def variant_config(name: str, settings: dict, data: dict):
     f"local_batch_size={settings['batch_size']},local_variant={settings['model']}"
   )
   config = config_lib.load_config(f"{shipped_config('lm_rins.py')}:{arg}")
+  from siglip_rins import budget
+
+  budget.finalize(config)  # the compute-matched total_steps (needed below for the checkpoint cadence)
   # Shared by every variant (never per variant): optimiser peak lr, warm-up, seed, logging.
   config.lr = float(settings["lr"])
   config.schedule.warmup_steps = int(settings["warmup_steps"])
@@ -532,10 +536,14 @@ def run_variant(name: str, settings: dict, data: dict, verbose: bool = True) -> 
   """Trains one variant in out/runs/<name>, then scores every checkpoint on the validation documents."""
   from siglip_rins.checkpoint import CheckpointManager
   from siglip_rins.models import build_model
-  from siglip_rins.train import make_predictor, run_info, train
+  from siglip_rins.evaluation import predictor_for_run as make_predictor
+  from siglip_rins.recursion import adapter_axis, num_adapters
+  from siglip_rins.train import train
 
   config = variant_config(name, settings, data)
-  r_trained = int(run_info(config)["rounds"])
+  trained_plan = (lambda m: m.recursion.plan(m.depth))(build_model(config.model))
+  # r is counted along the signature's recursion axis: A^rB -> r rounds; RAO ABAB -> 2 repeats of AB.
+  axis, r_trained = adapter_axis(trained_plan), int(num_adapters(trained_plan))
   workdir = os.path.join(settings["out"], "runs", name)
   if os.path.isdir(workdir):  # a fresh run every time (train() would otherwise resume the old one)
     shutil.rmtree(workdir)
@@ -548,7 +556,7 @@ def run_variant(name: str, settings: dict, data: dict, verbose: bool = True) -> 
   t1 = time.time()
   rounds = sorted({1, r_trained})
   predictor = make_predictor(build_model(config.model), summary["state"]["params"], config)
-  predictor.batch_size, predictor.name = EVAL_BATCH, name
+  predictor.batch_size, predictor.name, predictor.axis = EVAL_BATCH, name, axis
   evaluator = val_evaluator(settings, data, name)
   manager = CheckpointManager(workdir, keep=int(config.keep_ckpts))
   val_curve = []

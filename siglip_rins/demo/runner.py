@@ -8,8 +8,8 @@ Trains, at matched training compute (paper Sec. 2, Def. 2.1), with identical sha
 Recursive variants train on fewer examples so that steps x batch x training FLOPs per example equals the
 baseline's (`configs/siglip_rins.py` does the matching; steps round down, so a variant is below the baseline by
 less than one of its own steps).  Each trained model is then evaluated at inference rounds r = 1 .. max_rounds
-(r = k runs A^kB; for AB and ABAB it repeats the whole unit k times) on the `eval` split, whose (colour, shape)
-classes include the 6 pairs never seen in training:
+(r = k runs A^kB for AB and A^rB; for the RAO signature ABAB r is the repeat axis, (AB)^k) on the `eval` split,
+whose (colour, shape) classes include the 6 pairs never seen in training:
     zero-shot classification   48-way, English class prompts; top-1 overall and on held-out-pair images
     retrieval                  image <-> caption, captions in all languages pooled; R@1
     per-language retrieval     XM3600-style, one gallery per language; reported at r = 1 and the trained r
@@ -180,14 +180,23 @@ def variant_config(name: str, settings: dict):
   return config
 
 
+def recursion_axis(config) -> str:
+  """The axis the demo's r sweeps for this signature: 'repeat' for RAO (ABAB), else 'rounds' (A^kB)."""
+  from siglip_rins.recursion import RecursionConfig, adapter_axis
+  from siglip_rins.models.vit import decode_variant
+
+  rec = RecursionConfig.from_dict(config.model.recursion.to_dict())
+  return adapter_axis(rec.plan(decode_variant(config.model.image.variant)["depth"]))
+
+
 def trained_rounds(config) -> int:
-  """r of the trained signature (A^rB -> r; ABAB -> 2; AB -> 1)."""
-  from siglip_rins.recursion import RecursionConfig, trained_rounds as plan_rounds
+  """r of the trained signature along its recursion_axis (A^rB -> r; ABAB -> 2 repeats; AB -> 1)."""
+  from siglip_rins.recursion import RecursionConfig, num_adapters
   from siglip_rins.models.vit import decode_variant
 
   rec = RecursionConfig.from_dict(config.model.recursion.to_dict())
   depth = decode_variant(config.model.image.variant)["depth"]
-  return int(plan_rounds(rec.plan(depth)))
+  return int(num_adapters(rec.plan(depth)))
 
 
 # ----------------------------------------------------------------------------------------------- eval data
@@ -229,7 +238,8 @@ def eval_configs(eval_data: dict, image_size: int) -> dict:
   """config.evals-style dicts for the three evaluators (built with `evaluators.build`)."""
   from siglip_rins.demo import shapes
 
-  common = dict(image_size=image_size, batch_size=EVAL_BATCH, show_progress=False, model="demo")
+  del image_size  # the run's example spec gives the pixels
+  common = dict(batch_size=EVAL_BATCH, show_progress=False, model="demo")
   return {
     # Class embedding = mean over the English one-object captions of the class (all sizes and positions).
     "zeroshot": dict(
@@ -258,7 +268,8 @@ def run_variant(name: str, settings: dict, evals: dict, verbose: bool = True) ->
   """Trains one variant in out/runs/<name> and evaluates it at r = 1..max_rounds. Returns its result dict."""
   import evaluators
   from siglip_rins.models import build_model
-  from siglip_rins.train import make_predictor, train
+  from siglip_rins.evaluation import predictor_for_run as make_predictor
+  from siglip_rins.train import train
 
   config = variant_config(name, settings)
   r_trained = trained_rounds(config)
@@ -276,6 +287,7 @@ def run_variant(name: str, settings: dict, evals: dict, verbose: bool = True) ->
   model = build_model(config.model)
   predictor = make_predictor(model, params, config)
   predictor.batch_size, predictor.name = EVAL_BATCH, name
+  predictor.axis = recursion_axis(config)  # RAO (ABAB) is evaluated along repeat-all-over
   all_rounds = sorted(set(range(1, settings["max_rounds"] + 1)) | {r_trained})
   records = []
   for ev_name, ev_cfg in evals.items():
@@ -319,13 +331,13 @@ def summarise(records: Sequence[dict], rounds: int) -> dict:
       continue
     m = rec["metrics"]
     if rec["dataset"] == "shapes_zeroshot":
-      out["zeroshot_top1"] = m["top1"]
-      out["zeroshot_top1_heldout"] = m.get("top1/heldout")
-      out["zeroshot_top1_seen"] = m.get("top1/seen")
+      out["zeroshot_top1"] = m["acc1"]
+      out["zeroshot_top1_heldout"] = m.get("acc1/heldout")
+      out["zeroshot_top1_seen"] = m.get("acc1/seen")
     elif rec["dataset"] == "shapes_retrieval":
-      out["retrieval_i2t@1"], out["retrieval_t2i@1"] = m["i2t@1"], m["t2i@1"]
+      out["retrieval_i2t@1"], out["retrieval_t2i@1"] = m["text_retrieval_recall@1"], m["image_retrieval_recall@1"]
     elif rec["dataset"] == "shapes_xm3600" and rec["language"] == "avg":
-      out["xm3600_i2t@1"], out["xm3600_t2i@1"] = m["i2t@1"], m["t2i@1"]
+      out["xm3600_i2t@1"], out["xm3600_t2i@1"] = m["text_retrieval_recall@1"], m["image_retrieval_recall@1"]
   return out
 
 

@@ -8,19 +8,34 @@ big_vision names (flat, '/'-joined; released files prefix them with 'params/'):
 
 siglip_rins splits each stack into unique blocks A, B, ... of `layers_per_block` layers:
   big_vision encoderblock_i  <->  <stack>/<block_names[i // layers_per_block]>/encoderblock_{i % layers_per_block}
+  (blocks of an uneven split, recursion.split='spread', take consecutive layers by their own depths)
 Everything else has the same name.  So a 12-layer checkpoint imports into the 'AB' model (blocks A, B of 6 layers)
 and, with an identical parameter tree, into any RINS model A^rB (only the recursion config differs; the RINS model
 then starts from the pretrained blocks).  Linear adapters, absent from big_vision, are initialised to the identity.
 
 Image position embeddings are resampled (bilinear on the 2-D grid, no antialiasing) when the target resolution
-differs.  Files are read with `np.load(allow_pickle=False)`.
+differs.  bfloat16 checkpoints (stored as 2-byte void '|V2', or ml_dtypes.bfloat16 arrays in memory) convert
+exactly to float32.
+
+Files (`load_npz`) are read without pickle, and hostile ones are refused in one line naming the file and member
+before anything large is allocated or inflated: a .npy renamed .npz, non-.npy members, object arrays, headers or
+zip entries over the per-array limit, and members that compress like a zip bomb.
+
+`import_to_exported` / `siglip-rins import-big-vision --npz F --config FILE.py:ARGS [--config.key=value ...]
+--tokenizer M.model --out MODEL_DIR [--res R] [--text-len L]` writes an exported model folder (for classify,
+retrieve, eval --model, export-hf) whose example spec is big_vision SigLIP's: images
+`decode|resize(R)|value_range(-1, 1)`, texts `tokenize(max_len=L, model=M, eos="sticky", pad_value=<eos id>,
+lower=True)`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import re
+import zipfile
+import zlib
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -36,19 +51,131 @@ _OURS_RE = re.compile(r"^(img/Transformer|txt/Encoder_0)/([A-Z]|Z\d+)/encoderblo
 
 
 # ------------------------------------------------------------------------------------------- reading
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a big_vision .npz -> {name: array} with a leading 'params/' stripped.  No pickle."""
+# Limits of `load_npz` (see its docstring).  The largest array of a released big_vision SigLIP checkpoint is the
+# text embedding table (256k pieces x 1152 float32: 1.2 GB).
+MAX_MEMBER_BYTES = 4 << 30
+MAX_TOTAL_BYTES = 64 << 30
+MAX_RATIO = 100
+_RATIO_MIN_BYTES = 64 << 20
+_MAX_HEADER = 1 << 16
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def _open_npz(path: pathlib.Path) -> zipfile.ZipFile:
+  with open(path, "rb") as f:
+    magic = f.read(6)
+  if magic.startswith(b"\x93NUMPY"):
+    raise ValueError(
+      f"{path} is a single .npy array, not an .npz archive of named arrays (big_vision checkpoints are written "
+      f"with np.savez)"
+    )
+  if not magic.startswith(b"PK"):
+    raise ValueError(f"{path} is not an .npz archive (no zip signature)")
+  try:
+    return zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    raise ValueError(f"{path} is not a readable .npz archive: {_one_line(e)}") from None
+
+
+def _npz_members(path, zf: zipfile.ZipFile, max_member_bytes: int, max_total_bytes: int, max_ratio: float):
+  """Checks the zip directory and every member's .npy header before anything is decompressed.
+  Returns [(ZipInfo, name, shape, fortran_order, dtype)]; ValueError naming the file (and member) otherwise."""
+  out, total, seen = [], 0, set()
+  for info in zf.infolist():
+    member = info.filename
+    where = f"{path}: member {member!r}"
+    if not member.endswith(".npy"):
+      raise ValueError(f"{where} is not a .npy array")
+    if member in seen:
+      raise ValueError(f"{where} appears twice")
+    seen.add(member)
+    if info.file_size > max_member_bytes + _MAX_HEADER:
+      raise ValueError(
+        f"{where} unpacks to {info.file_size:,} bytes, over the {max_member_bytes:,}-byte limit per array"
+      )
+    if info.file_size > _RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+      raise ValueError(
+        f"{where} unpacks {info.compress_size:,} bytes to {info.file_size:,} (over {max_ratio:g}:1, a zip "
+        f"bomb, not model weights); refused"
+      )
+    try:
+      with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+          shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=_MAX_HEADER)
+        elif version == (2, 0):
+          shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=_MAX_HEADER)
+        else:
+          raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError) as e:
+      raise ValueError(f"{where} has no readable .npy header: {_one_line(e)}") from None
+    if dtype.hasobject:
+      raise ValueError(f"{where} holds Python objects, which cannot be read without pickle; refused")
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
+    if nbytes > max_member_bytes:
+      raise ValueError(
+        f"{where} claims shape {tuple(shape)} of {dtype} ({nbytes:,} bytes), over the {max_member_bytes:,}-byte "
+        f"limit per array; refused before reading"
+      )
+    if nbytes > info.file_size:
+      raise ValueError(f"{where} claims {nbytes:,} bytes of data but holds {info.file_size:,} (truncated)")
+    total += nbytes
+    if total > max_total_bytes:
+      raise ValueError(f"{path}: arrays add up to more than the {max_total_bytes:,}-byte limit (at {member!r})")
+    out.append((info, member[: -len(".npy")], tuple(shape), fortran, dtype))
+  return out
+
+
+def load_npz(
+  path: str | os.PathLike,
+  *,
+  max_member_bytes: int = MAX_MEMBER_BYTES,
+  max_total_bytes: int = MAX_TOTAL_BYTES,
+  max_ratio: float = MAX_RATIO,
+) -> dict[str, np.ndarray]:
+  """Reads a big_vision .npz -> {name: array} with a leading 'params/' stripped.  No pickle.
+
+  Hostile files are refused with one line naming the file (and member) before anything large is allocated or
+  decompressed: a single .npy renamed .npz; members that are not .npy arrays, hold Python objects, or whose
+  zip entry (uncompressed size) or .npy header (shape x itemsize) exceed `max_member_bytes` (default 4 GiB);
+  all arrays together over `max_total_bytes` (64 GiB); members over 64 MiB that compress better than
+  `max_ratio`:1 (100; float weights barely compress, a zip bomb of zeros does ~1000:1).  bfloat16 arrays (stored
+  by big_vision / ml_dtypes as 2-byte void, '|V2') come back as they are stored; `import_big_vision` converts
+  them to float32.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"big_vision checkpoint {path} not found")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      flat = {k: np.asarray(data[k]) for k in data.files}
-  except ValueError as e:  # object arrays need pickle: refuse
-    raise ValueError(f"{path}: cannot read without pickle ({e})") from None
-  except (OSError, EOFError) as e:
-    raise ValueError(f"{path} is not a readable .npz file: {e}") from None
+  flat = {}
+  with _open_npz(path) as zf:
+    members = _npz_members(path, zf, int(max_member_bytes), int(max_total_bytes), float(max_ratio))
+    for info, name, shape, fortran, dtype in members:
+      try:
+        with zf.open(info) as fp:
+          arr = np.lib.format.read_array(fp, allow_pickle=False, max_header_size=_MAX_HEADER)
+      except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{path}: member {info.filename!r} cannot be read: {_one_line(e)}") from None
+      if arr.shape != shape or arr.dtype != dtype:  # pragma: no cover (the header was read from the same file)
+        raise ValueError(f"{path}: member {info.filename!r} changed while reading")
+      flat[name] = arr
   return strip_prefix(flat)
+
+
+def to_float32(name: str, value: Any) -> np.ndarray:
+  """An array of a checkpoint -> float32.  bfloat16 comes as ml_dtypes.bfloat16 or as 2-byte void ('|V2', how
+  np.save stores it): its 16 bits are the top half of a float32 (exact).  Other non-numeric dtypes -> ValueError."""
+  arr = np.asarray(value)
+  if arr.dtype == np.float32:
+    return arr
+  if arr.dtype.kind == "V" and arr.dtype.itemsize == 2 and arr.dtype.fields is None:
+    bits = arr.view(np.uint16).astype(np.uint32) << np.uint32(16)
+    return bits.view(np.float32)
+  if arr.dtype.name == "bfloat16" or arr.dtype.kind in "fiub":
+    return arr.astype(np.float32)
+  raise ValueError(f"parameter {name!r} has dtype {arr.dtype} ({arr.dtype.descr}), not a number array")
 
 
 def strip_prefix(flat: Mapping[str, np.ndarray], prefix: str = "params/") -> dict[str, np.ndarray]:
@@ -122,8 +249,9 @@ def import_big_vision(
   image position embedding is resampled when the grids differ.  Missing or unexpected names, or shape
   mismatches, raise ValueError listing the names.
   """
-  from siglip_rins.export import _size_pair, param_shapes
+  from siglip_rins.example_spec import size_pair as _size_pair
   from siglip_rins.models import build_model
+  from siglip_rins.models.shapes import param_shapes
 
   cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
   if cfg.get("name") != "two_towers":
@@ -158,10 +286,12 @@ def import_big_vision(
     m = _LOOP_RE.match(k)
     if m and m.group(1) in plans:
       plan = plans[m.group(1)][0]
-      i, lpb = int(m.group(2)), plan.layers_per_block
-      if i // lpb < len(plan.block_names):
-        k = f"{m.group(1)}/{plan.block_names[i // lpb]}/encoderblock_{i % lpb}/{m.group(3)}"
-    ours[k] = np.asarray(v)
+      i = int(m.group(2))
+      starts = np.cumsum((0,) + plan.block_layers)  # blocks of an uneven split have their own depths
+      if i < starts[-1]:
+        blk = int(np.searchsorted(starts, i, side="right")) - 1
+        k = f"{m.group(1)}/{plan.block_names[blk]}/encoderblock_{i - starts[blk]}/{m.group(3)}"
+    ours[k] = to_float32(k, v)
   for stack, (plan, kw) in plans.items():  # adapters: not in big_vision; identity (their init value)
     if kw["recursion"].adapters:
       shape_k = expected[f"{stack}/adapter_kernel"].shape
@@ -180,7 +310,76 @@ def import_big_vision(
   ]
   if bad:
     raise ValueError(f"big_vision checkpoint shapes do not match the model config: {bad[:20]}")
-  return unflatten_params({k: v if v.dtype == np.float32 else v.astype(np.float32) for k, v in ours.items()})
+  return unflatten_params(ours)
+
+
+# ------------------------------------------------------------------------------- exported model folder
+def import_to_exported(
+  npz: str | os.PathLike,
+  model_config: Mapping[str, Any],
+  tokenizer: str | os.PathLike,
+  out_dir: str | os.PathLike,
+  *,
+  res: Any = None,
+  text_len: Optional[int] = None,
+) -> pathlib.Path:
+  """A big_vision SigLIP `.npz` -> an exported model folder (`siglip_rins.export`) that `classify`, `retrieve`,
+  `eval --model` and `export-hf` read, with big_vision SigLIP's example spec (`example_spec.make_spec`: images
+  `decode|resize(R)|value_range(-1, 1)`, bilinear without antialias; texts `tokenize(max_len=L, eos="sticky",
+  pad_value=<eos id>, lower=True)`, EOS-padded so the pooled last position reads EOS, not canonicalised).
+
+  res: image size R (default: the checkpoint's grid times the patch size; another R resamples the position
+  embedding).  text_len: L (default: the checkpoint's; a smaller L keeps the first L text position embeddings,
+  a larger one is refused).
+  """
+  from siglip_rins import example_spec as es, export as export_lib  # lazy: export.py imports this package
+  from siglip_rins.text.tokenizer import Tokenizer
+
+  tok = Tokenizer.from_file(tokenizer)
+  flat = scan_to_loop(load_npz(npz))
+  if "txt/pos_embedding" in flat:
+    stored = int(flat["txt/pos_embedding"].shape[1])
+    if text_len is not None:
+      if isinstance(text_len, bool) or not isinstance(text_len, int) or not 1 <= text_len <= stored:
+        raise ValueError(f"text length must be an integer in 1..{stored} (the checkpoint's), got {text_len!r}")
+      flat["txt/pos_embedding"] = flat["txt/pos_embedding"][:, :text_len]
+  params = import_big_vision(flat, model_config, image_size=res)
+  if res is None:  # the checkpoint's own resolution
+    from siglip_rins.models import build_model
+
+    if "pos_embedding" not in params.get("img", {}):
+      raise ValueError("the image tower has no learned position embedding: give the image size (--res)")
+    ph, pw = build_model(dict(model_config)).image.get("patch_size", (16, 16))
+    g = math.isqrt(int(params["img"]["pos_embedding"].shape[1]))
+    res = (g * ph, g * pw)
+  length = int(params["txt"]["pos_embedding"].shape[1])
+  spec = es.make_spec(image_size=res, tokenizer=tok, text_len=length)
+  source = dict(big_vision_npz=str(pathlib.Path(npz).resolve()), tokenizer=str(pathlib.Path(tokenizer).resolve()))
+  return export_lib.export_params(params, model_config, out_dir, spec=spec, tokenizer=tok, source=source)
+
+
+def import_main(
+  npz: str,
+  config: str,
+  overrides: list[str],
+  tokenizer: str,
+  out_dir: str,
+  *,
+  res: Optional[int] = None,
+  text_len: Optional[int] = None,
+) -> int:
+  """`siglip-rins import-big-vision`: the model of `--config FILE.py:ARGS` (after `--config.key=value`
+  overrides) filled from a big_vision `.npz`, written as an exported model folder.  Prints one line."""
+  from siglip_rins import config_lib
+
+  cfg = config_lib.load_config(config)
+  config_lib.apply_overrides(cfg, overrides)
+  if cfg.get("model") is None:
+    raise ValueError(f"{config}: the config has no model section")
+  model_config = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
+  out = import_to_exported(npz, model_config, tokenizer, out_dir, res=res, text_len=text_len)
+  print(f"imported {npz} -> exported model folder {out}")
+  return 0
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -278,4 +477,7 @@ __all__ = [
   "import_big_vision",
   "to_big_vision",
   "export_big_vision_npz",
+  "to_float32",
+  "import_to_exported",
+  "import_main",
 ]

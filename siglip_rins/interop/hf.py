@@ -25,6 +25,42 @@ last-token text tower; non-square images or patches; KV sharing across rounds (l
 keys/values, which an HF layer cannot); linear adapters that are not exactly the identity for the exported number of
 rounds (HF has no linear map between the last layer and the final LayerNorm).  Stochastic depth (p_skip > 0) is a
 training-time setting: evaluation (and the export) runs every round of the chosen plan.
+
+Preprocessing (`export_hf_from_exported`, command `siglip-rins export-hf`): next to the model it writes, from the
+exported folder's example spec, what `AutoProcessor`, `AutoTokenizer` and `pipeline("zero-shot-image-classification")`
+read:
+  preprocessor_config.json  SiglipImageProcessor: size = the spec's (H, W), resample = PIL code of its resize method
+                            (bilinear 2, bicubic 3, nearest 0, area 4), rescale 1/255, normalise as the eval pp's
+                            value_range / vgg_value_range / clip_value_range (value_range(lo, hi): mean =
+                            -lo / (hi - lo), std = 1 / (hi - lo), 0.5 / 0.5 for [-1, 1]), convert to RGB;
+                            resize_small(s)|central_crop(h, w) becomes shortest_edge s + a center crop.
+  spiece.model              the SentencePiece model (also kept as tokenizer.model).
+  tokenizer_config.json     SiglipTokenizer: eos / unk = the model's pieces, pad = the piece of the spec's pad id
+  special_tokens_map.json   ('</s>' for EOS padding), model_max_length = the model's text length,
+                            model_input_names = ['input_ids'] (the text tower attends to every position, pads
+                            included, and pools the last one: an attention mask would move its embeddings; 0.11
+                            to 0.13 on the tests' tiny model), do_lower_case = spec lower or canonicalize.
+  processor_config.json     SiglipProcessor.
+With `processor(text=..., images=..., padding="max_length", truncation=True)` the ids equal siglip_rins's (sticky
+EOS, EOS/pad filled to the model's length) for captions whose punctuation is ASCII and that have no '_'.
+
+What remains different (export-hf prints each as one line and lists them in siglip_rins_export.json):
+  * texts: SiglipTokenizer always deletes ASCII punctuation and collapses whitespace.  siglip_rins's
+    canonicalisation also deletes Unicode punctuation and turns '_' into a space; a spec that does not
+    canonicalise (big_vision imports: lower=True only) keeps punctuation, which SiglipTokenizer drops.
+  * transformers' zero-shot pipeline pads SigLIP texts to 64 tokens (padding="max_length", max_length=64; its
+    tokenizer_kwargs are not passed on), so it only runs models with 64 text positions; export-hf says so.
+  * images that need resizing: PIL antialiases when shrinking and rounds to uint8; the training pipeline's
+    resize (big_vision's: tf.image.resize(antialias=False), truncated to uint8), which load_exported runs too,
+    does neither.  Images already at the model's size are not resized, and logits agree to 2e-6.  Measured (PIL
+    backend of transformers 5.23, siglip_rins.data.preprocess; values in [-1, 1], i.e. 0.0078 per uint8 level):
+      smooth synthetic images to 16x16: upscaled from 10x12: max 0.0078 (one level), mean 0.0043 (truncation vs
+        rounding); downscaled from 12x20 .. 64x96: max 0.055-0.094, mean 0.009-0.013; tests' tiny model: logits
+        within 0.014 (asserted <= 0.1), same ranking;
+      two 720x477 photos to 224 / 256 / 384: max 0.35-0.54 / 0.38-0.45 / 0.17-0.29, mean 0.028-0.057 /
+        0.023-0.046 / 0.012-0.022;
+      uniform noise (all frequencies) downscaled 40x28 -> 16x16: mean 0.21 (rankings change).
+    For exact parity resize images to the model's size first (e.g. with `siglip_rins.data.preprocess`).
 """
 
 from __future__ import annotations
@@ -32,11 +68,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from siglip_rins.interop import flatten_params
+from siglip_rins.interop import flatten_params, unflatten_params
 
 HF_ACT = "gelu_pytorch_tanh"
 LAYER_NORM_EPS = 1e-6
@@ -60,18 +97,18 @@ def _plan_layers(kw: dict, rounds: Optional[int], stack: str) -> tuple[list[tupl
 
   trained = kw["recursion"].plan(kw.get("depth", 12))
   plan = trained if rounds is None else with_rounds(trained, int(rounds))
-  layers = [(name, j) for name in plan.sequence for j in range(plan.layers_per_block)]
+  layers = [(name, j) for name in plan.sequence for j in range(plan.layers(name))]
   return layers, plan, trained
 
 
 def _check_adapters(flat: Mapping[str, np.ndarray], stack: str, kw: dict, plan, trained) -> None:
-  from siglip_rins.recursion import recursive_run_index, trained_rounds
+  from siglip_rins.recursion import adapter_axis, adapter_index
 
   if not kw["recursion"].adapters:
     return
   kernel, bias = flat[f"{stack}/adapter_kernel"], flat[f"{stack}/adapter_bias"]
-  ran = plan.runs()[recursive_run_index(plan)].count
-  k = min(max(ran, 1), trained_rounds(trained)) - 1
+  ran = plan.repeats if adapter_axis(trained) == "repeat" else plan.runs()[0].count
+  k = adapter_index(trained, plan) - 1
   if not (np.array_equal(kernel[k], np.eye(kernel.shape[-1], dtype=kernel.dtype)) and not np.any(bias[k])):
     raise ValueError(
       f"{stack}: linear adapter {k + 1} (applied after {ran} rounds) is not the identity, and a transformers "
@@ -127,8 +164,9 @@ def to_hf(
   image_size: pixels (int or (H, W), must be square); default: from img/pos_embedding and the patch size.
   text_len: default the length of txt/pos_embedding.
   """
-  from siglip_rins.export import _size_pair, check_rounds, image_size_from_params
+  from siglip_rins.example_spec import size_pair
   from siglip_rins.layers import sincos2d
+  from siglip_rins.models.shapes import check_rounds, image_size_from_params
   from siglip_rins.models import build_model
 
   cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
@@ -156,7 +194,7 @@ def to_hf(
     problems.append(f"patch size {(ph, pw)} is not square (SiglipVisionConfig.patch_size is one int)")
   if problems:
     raise ValueError("cannot export to transformers SiglipModel exactly: " + "; ".join(problems))
-  size = image_size_from_params(model, flat, None if image_size is None else _size_pair(image_size, "image_size"))
+  size = image_size_from_params(model, flat, None if image_size is None else size_pair(image_size, "image_size"))
   if size[0] != size[1]:
     raise ValueError(f"image size {size} is not square (SiglipVisionConfig.image_size is one int)")
   if text_len is None:
@@ -284,40 +322,276 @@ def export_hf(
     )
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  model.save_pretrained(str(out), safe_serialization=True)
+  # Saving diffs the config against a default SiglipConfig, whose CLIP token ids (49406/49407) fall outside
+  # the default vocabulary: transformers then warns about that default, not about this model.  Silenced.
+  verbosity = transformers.logging.get_verbosity()
+  transformers.logging.set_verbosity_error()
+  try:
+    model.save_pretrained(str(out), safe_serialization=True)
+  finally:
+    transformers.logging.set_verbosity(verbosity)
   info = dict(
     info,
     transformers_version=transformers.__version__,
-    preprocessing="images: resize to image_size (bilinear), values in [-1, 1]; texts: SigLIP-canonicalised, "
-    "EOS appended, padded to max_position_embeddings (padding='max_length')",
+    preprocessing="pixel_values: float32 [N, 3, image_size, image_size] as the model was trained (see "
+    "preprocessor_config.json); input_ids: padded to max_position_embeddings, no attention mask",
     **dict(extra_info or {}),
   )
   (out / "siglip_rins_export.json").write_text(json.dumps(info, indent=2))
   return out
 
 
-def export_hf_from_exported(
-  model_dir: str | os.PathLike, out_dir: str | os.PathLike, rounds: Rounds = None
-) -> pathlib.Path:
-  """HF export of an exported siglip_rins model folder (see `siglip_rins.export`); copies its tokenizer model."""
-  from siglip_rins.export import load_exported
+# ----------------------------------------------------------------------- exported folder (no export.py)
+EXPORTED_FORMAT = "siglip_rins.exported"
+EXPORTED_VERSIONS = (1, 2)
+PIPELINE_TEXT_LEN = 64  # transformers' zero-shot-image-classification pipeline pads SigLIP texts to 64 tokens
+# siglip_rins resize methods (tf.image.resize) -> PIL resampling codes of transformers image processors.
+PIL_RESAMPLE = {"nearest": 0, "lanczos3": 1, "lanczos5": 1, "bilinear": 2, "bicubic": 3, "area": 4}
 
-  em = load_exported(model_dir)
-  tok = em.tokenizer
-  out = export_hf(
-    em.params,
-    em.config["model"],
-    out_dir,
-    image_size=em.image_size,
-    text_len=em.text_len,
-    rounds=rounds,
-    pad_token_id=None if tok is None else tok.pad_id,
-    eos_token_id=None if tok is None or tok.eos_id < 0 else tok.eos_id,
-    extra_info=dict(text=em.config.get("text"), image=em.config.get("image")),
+
+def example_spec_of(config: Mapping[str, Any], tokenizer_path: Optional[str | os.PathLike] = None):
+  """The ExampleSpec of an exported folder's config.json: `config["example_spec"]` (format 2), else built from
+  the format-1 "text" / "image" sections; its tokenizer is the folder's file `tokenizer_path`."""
+  from siglip_rins import example_spec as es
+
+  if config.get("example_spec"):
+    spec = es.ExampleSpec.from_dict(config["example_spec"])
+    return spec if tokenizer_path is None else es.with_tokenizer_file(spec, str(tokenizer_path))
+  return es.from_legacy_sections(config.get("text"), config.get("image"), tokenizer_path and str(tokenizer_path))
+
+
+def read_exported(model_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], Optional[bytes], Any]:
+  """(config, flat float32 params, tokenizer.model bytes or None, ExampleSpec) of an exported model folder, read
+  without importing siglip_rins.export (which imports this module lazily)."""
+  from safetensors.numpy import load_file
+
+  model_dir = pathlib.Path(model_dir)
+  path = model_dir / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: {model_dir} is not an exported siglip_rins model folder")
+  try:
+    config = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(config, dict) or config.get("format") != EXPORTED_FORMAT:
+    raise ValueError(f"{path} is not a siglip_rins exported-model config")
+  version = config.get("format_version")
+  if version not in EXPORTED_VERSIONS:
+    raise ValueError(f"{path}: exported-model format version {version!r}; this export-hf reads {EXPORTED_VERSIONS}")
+  params_path = model_dir / config.get("params_file", "params.safetensors")
+  if not params_path.is_file():
+    raise FileNotFoundError(f"{params_path} not found (the exported folder is incomplete)")
+  try:
+    flat = load_file(str(params_path))
+  except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt files
+    raise ValueError(f"{params_path} is not a readable safetensors file: {e}") from None
+  text = config.get("text") or {}
+  tok_path = model_dir / text.get("tokenizer_file", "tokenizer.model")
+  if (text or (config.get("example_spec") or {}).get("text")) and not tok_path.is_file():
+    raise FileNotFoundError(f"{tok_path} not found (the exported folder is incomplete)")
+  proto = tok_path.read_bytes() if tok_path.is_file() else None
+  spec = example_spec_of(config, tok_path if proto is not None else None)
+  return config, flat, proto, spec
+
+
+_NORMALIZE_OPS = ("value_range", "vgg_value_range", "clip_value_range")
+# big_vision's vgg_value_range / clip_value_range statistics on the 0..255 scale (siglip_rins.data.ops_image).
+_VGG = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+def _normalization(image) -> tuple[list[float], list[float]]:
+  """image_mean / image_std (on x / 255) equal to the last normalising op of the spec's eval pp (value_range,
+  vgg_value_range, clip_value_range), or to its value_range when the pp has none."""
+  from siglip_rins.data import pp as pp_lib
+
+  def three(v):
+    return [float(x) for x in np.broadcast_to(np.asarray(v, np.float64), (3,))]
+
+  lo, hi = image.value_range
+  mean, std = three(-lo / (hi - lo)), three(1 / (hi - lo))
+  for op in pp_lib.parse(image.pp(decode=False)):
+    kw = dict(op.kwargs)
+    if op.name == "value_range":
+      names = ("vmin", "vmax", "in_min", "in_max")
+      kw.update(zip(names, op.args))
+      vmin, vmax = np.asarray(kw.get("vmin", -1), np.float64), np.asarray(kw.get("vmax", 1), np.float64)
+      in_min, in_max = np.asarray(kw.get("in_min", 0), np.float64), np.asarray(kw.get("in_max", 255), np.float64)
+      # vmin + (255 u - in_min) / (in_max - in_min) * (vmax - vmin) == (u - mean) / std, u = x / 255
+      s = (in_max - in_min) / (255.0 * (vmax - vmin))
+      mean, std = three(in_min / 255.0 - vmin * s), three(s)
+    elif op.name in ("vgg_value_range", "clip_value_range"):
+      m, sd = _VGG if op.name == "vgg_value_range" else _CLIP
+      if op.name == "vgg_value_range":
+        kw.update(zip(("mean", "std"), op.args))
+        if "mean" in kw:
+          m = np.asarray(kw["mean"], np.float64) / 255.0
+        if "std" in kw:
+          sd = np.asarray(kw["std"], np.float64) / 255.0
+      mean, std = three(m), three(sd)
+  return mean, std
+
+
+def _image_processor_config(image) -> tuple[dict, list[str]]:
+  """preprocessor_config.json (SiglipImageProcessor) for an ImageSpec, and notes on what differs."""
+  from siglip_rins.data import pp as pp_lib  # the parser is pure Python
+
+  notes = []
+  mean, std = _normalization(image)
+  cfg = dict(
+    image_processor_type="SiglipImageProcessor",
+    processor_class="SiglipProcessor",
+    do_convert_rgb=True,
+    do_resize=True,
+    size=dict(height=int(image.size[0]), width=int(image.size[1])),
+    resample=PIL_RESAMPLE.get(image.resize_method, 2),
+    do_rescale=True,
+    rescale_factor=1 / 255,
+    do_normalize=True,
+    image_mean=mean,
+    image_std=std,
   )
-  if tok is not None:
-    (pathlib.Path(out) / "tokenizer.model").write_bytes(tok.model_proto)
+  if image.resize_method not in PIL_RESAMPLE:
+    notes.append(f"resize method {image.resize_method!r} has no PIL counterpart; the HF processor resizes bilinear")
+  ops = [op for op in pp_lib.parse(image.pp(decode=False)) if op.name not in _NORMALIZE_OPS]
+  names = [op.name for op in ops]
+  if names == ["resize_small", "central_crop"]:
+    small = ops[0].args[0] if ops[0].args else dict(ops[0].kwargs)["smaller_size"]
+    method = ops[0].args[1] if len(ops[0].args) > 1 else dict(ops[0].kwargs).get("method", "area")
+    cfg.update(
+      size=dict(shortest_edge=int(small)),
+      resample=PIL_RESAMPLE.get(method, 2),
+      do_center_crop=True,
+      crop_size=dict(height=int(image.size[0]), width=int(image.size[1])),
+    )
+    notes.append(
+      f"images: resize_small({small}) + central_crop maps to shortest_edge + center crop; the longer side may "
+      f"differ by a pixel (HF truncates it, the pp op rounds)"
+    )
+  elif names != ["resize"]:
+    notes.append(f"image pp {image.eval_pp!r}: the HF processor only resizes to {tuple(image.size)}")
+  if not image.antialias:
+    notes.append(
+      "images: PIL resizing antialiases when it shrinks an image, siglip_rins's tf.image.resize (antialias=False) "
+      "does not; images already at the model's size are not resized by either"
+    )
+  return cfg, notes
+
+
+def _tokenizer_files(text, proto: bytes, text_len: int) -> tuple[dict[str, Any], list[str]]:
+  """tokenizer_config.json and special_tokens_map.json (SiglipTokenizer over spiece.model) for a TextSpec, and
+  notes on the tokenisation differences that remain."""
+  import sentencepiece
+
+  sp = sentencepiece.SentencePieceProcessor()
+  sp.LoadFromSerializedProto(proto)
+  eos_id = int(sp.eos_id())
+  if eos_id < 0:
+    raise ValueError("the tokenizer has no EOS piece; SiglipTokenizer appends one to every text")
+  pieces = dict(eos_token=sp.IdToPiece(eos_id), pad_token=sp.IdToPiece(int(text.pad_value)))
+  pieces["unk_token"] = sp.IdToPiece(int(sp.unk_id())) if sp.unk_id() >= 0 else "<unk>"
+  ids = {name: int(sp.PieceToId(piece)) for name, piece in pieces.items()}
+  lower = bool(text.lower or text.canonicalize)
+  config = dict(
+    tokenizer_class="SiglipTokenizer",
+    processor_class="SiglipProcessor",
+    model_max_length=int(text_len),
+    # The text tower attends to every position (pads included) and pools the last one: no attention mask.
+    model_input_names=["input_ids"],
+    padding_side="right",
+    truncation_side="right",
+    do_lower_case=lower,
+    sp_model_kwargs={},
+    additional_special_tokens=[],
+    added_tokens_decoder={
+      str(ids[name]): dict(content=piece, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+      for name, piece in sorted(pieces.items())
+    },
+    **pieces,
+  )
+  notes = []
+  if text.canonicalize:
+    notes.append(
+      "texts: SiglipTokenizer deletes ASCII punctuation (string.punctuation, '_' included); siglip_rins's "
+      "canonicalisation also deletes Unicode punctuation (e.g. '«»—。') and turns '_' into a space"
+    )
+  else:
+    notes.append(
+      "texts: SiglipTokenizer always deletes ASCII punctuation and collapses whitespace; this model's texts are "
+      "not canonicalised (lower=%s), so captions with punctuation tokenize differently" % bool(text.lower)
+    )
+  if text.eos != "sticky":
+    notes.append(f"texts: SiglipTokenizer appends EOS and keeps it when truncating; this model used eos={text.eos!r}")
+  if getattr(text, "add_bos", False):
+    notes.append("texts: this model's texts start with BOS, which SiglipTokenizer does not add")
+  return dict(config=config, special_tokens_map=pieces), notes
+
+
+def hf_processor_files(spec, tokenizer_proto: Optional[bytes], text_len: Optional[int]) -> tuple[dict, list[str]]:
+  """{file name: JSON object or bytes} that AutoProcessor / AutoTokenizer / pipeline() read next to a
+  SiglipModel, for an ExampleSpec; and the notes on remaining differences (one line each)."""
+  files: dict[str, Any] = {}
+  notes: list[str] = []
+  if spec.image is not None:
+    files["preprocessor_config.json"], more = _image_processor_config(spec.image)
+    notes += more
+  if spec.text is not None and tokenizer_proto is not None:
+    tok, more = _tokenizer_files(spec.text, tokenizer_proto, text_len or spec.text.max_len)
+    files["spiece.model"] = bytes(tokenizer_proto)
+    files["tokenizer.model"] = bytes(tokenizer_proto)
+    files["tokenizer_config.json"] = tok["config"]
+    files["special_tokens_map.json"] = tok["special_tokens_map"]
+    notes += more
+    n = int(text_len or spec.text.max_len)
+    if n < PIPELINE_TEXT_LEN:
+      notes.insert(
+        0,
+        f"the model has {n} text positions but transformers' zero-shot-image-classification pipeline pads "
+        f"SigLIP texts to {PIPELINE_TEXT_LEN} tokens and fails on this model; use SiglipModel with AutoProcessor("
+        f"padding='max_length', truncation=True), or export a model with {PIPELINE_TEXT_LEN} text positions",
+      )
+  if spec.image is not None and spec.text is not None:
+    files["processor_config.json"] = dict(processor_class="SiglipProcessor")
+  return files, notes
+
+
+def export_hf_from_exported(
+  model_dir: str | os.PathLike, out_dir: str | os.PathLike, rounds: Rounds = None, log: Any = None
+) -> pathlib.Path:
+  """HF export of an exported siglip_rins model folder: the SiglipModel (`export_hf`) plus the files with which
+  `AutoProcessor`, `AutoTokenizer` and `pipeline("zero-shot-image-classification")` preprocess as the folder's
+  example spec says (`hf_processor_files`).  Remaining differences are printed to `log` (default stderr), one
+  line each, and listed in siglip_rins_export.json."""
+  config, flat, proto, spec = read_exported(model_dir)
+  text_len = None if spec.text is None else int(spec.text.max_len)
+  eos_id = None
+  if spec.text is not None:
+    eos_id = spec.text.eos_id
+    if eos_id is None:
+      from siglip_rins.text.tokenizer import Tokenizer
+
+      eos_id = Tokenizer(proto).eos_id
+  files, notes = hf_processor_files(spec, proto, text_len)
+  out = export_hf(
+    unflatten_params(dict(flat)),
+    config["model"],
+    out_dir,
+    image_size=None if spec.image is None else spec.image.size,
+    text_len=text_len,
+    rounds=rounds,
+    pad_token_id=None if spec.text is None else int(spec.text.pad_value),
+    eos_token_id=None if eos_id is None or eos_id < 0 else int(eos_id),
+    extra_info=dict(example_spec=spec.to_dict(), differences=notes),
+  )
+  for name, content in files.items():
+    path = pathlib.Path(out) / name
+    if isinstance(content, bytes):
+      path.write_bytes(content)
+    else:
+      path.write_text(json.dumps(content, indent=2, sort_keys=True))
+  for line in notes:
+    print(f"note: {line}", file=log or sys.stderr)
   return out
 
 
-__all__ = ["to_hf", "export_hf", "export_hf_from_exported"]
+__all__ = ["to_hf", "export_hf", "export_hf_from_exported", "read_exported", "example_spec_of", "hf_processor_files"]

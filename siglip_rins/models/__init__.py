@@ -4,8 +4,9 @@
                              out_dim=(None, 768), recursion=dict(signature='A^2B')))
 
 Config keys per model name are listed in `ALLOWED`; unknown keys raise ValueError naming the key.
-`recursion` (signature, degree, p_skip, adapters, loop, remat, kv_sharing, layers_per_block) applies to every
-tower; `image.recursion` / `text.recursion` override it per tower.
+`recursion` (signature, degree, p_skip, adapters, loop, remat, kv_sharing, layers_per_block (an int or one int
+per unique block), split ('floor' | 'spread' | 'exact'), scan_unroll) applies to every tower; `image.recursion` /
+`text.recursion` override it per tower.
 """
 
 from __future__ import annotations

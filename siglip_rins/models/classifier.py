@@ -12,6 +12,6 @@ class Classifier(nn.Module):
   vit: dict
 
   @nn.compact
-  def __call__(self, images, train: bool = False, rounds=None):
-    logits, _ = ViT(**self.vit, name="img")(images, train=train, rounds=rounds)
+  def __call__(self, images, train: bool = False, rounds=None, repeat=None):
+    logits, _ = ViT(**self.vit, name="img")(images, train=train, rounds=rounds, repeat=repeat)
     return logits

@@ -31,7 +31,7 @@ class TextTransformer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False, rounds: Optional[int] = None):
+  def __call__(self, tokens, train: bool = False, rounds: Optional[int] = None, repeat: Optional[int] = None):
     if self.pool_type not in POOLS:
       raise ValueError(f"unknown text pool_type {self.pool_type!r}; allowed: {POOLS}")
     x = nn.Embed(
@@ -39,7 +39,9 @@ class TextTransformer(nn.Module):
     )(tokens).astype(self.dtype)
     x = x + position_embedding(self, "learn", (tokens.shape[1],), self.width, "pos_embedding").astype(self.dtype)
     layer = LayerConfig(self.width, self.num_heads, self.mlp_dim, self.dtype)
-    x, info = RecursiveStack(layer, self.depth, self.recursion, name="Encoder_0")(x, train=train, rounds=rounds)
+    x, info = RecursiveStack(layer, self.depth, self.recursion, name="Encoder_0")(
+      x, train=train, rounds=rounds, repeat=repeat
+    )
     aux = {"encoded": x, "rounds": info["rounds"]}
     if self.pool_type == "last":
       x = x[:, -1]

@@ -1,9 +1,10 @@
 """SigLIP two-tower model: image tower `img`, text tower `txt`, learnable log-temperature `t` and bias `b`.
 
-apply(images [B,H,W,3] | None, texts [B,L] int32 | None, train=False, rounds=None)
+apply(images [B,H,W,3] | None, texts [B,L] int32 | None, train=False, rounds=None, repeat=None)
   -> (zimg [B, D] | None, ztxt [B, D] | None, out) with L2-normalised embeddings, out['t'] = exp(t) (the
      temperature), out['b'] (the bias), out['rounds/img'], out['rounds/txt'] (rounds that ran).
-`rounds` may be an int (both towers) or a dict {'img': r1, 'txt': r2}.
+`rounds` (A^kB: the first block's leading run) and `repeat` (repeat-all-over of the signature's unit) may each be
+an int (both towers) or a dict {'img': r1, 'txt': r2}; see siglip_rins.recursion.
 """
 
 from __future__ import annotations
@@ -34,20 +35,28 @@ class TwoTowers(nn.Module):
     self.t = self.param("t", nn.initializers.constant(math.log(self.temperature_init)), (1,), jnp.float32)
     self.b = self.param("b", nn.initializers.constant(self.bias_init), (1,), jnp.float32)
 
-  def __call__(self, images=None, texts=None, train: bool = False, rounds: Union[None, int, dict] = None):
+  def __call__(
+    self,
+    images=None,
+    texts=None,
+    train: bool = False,
+    rounds: Union[None, int, dict] = None,
+    repeat: Union[None, int, dict] = None,
+  ):
     r = rounds if isinstance(rounds, dict) else {"img": rounds, "txt": rounds}
+    rep = repeat if isinstance(repeat, dict) else {"img": repeat, "txt": repeat}
     out: dict[str, Any] = {}
     zimg = ztxt = None
     if images is not None:
       if self.img is None:
         raise ValueError("this model has no image tower")
-      zimg, aux = self.img(images, train=train, rounds=r.get("img"))
+      zimg, aux = self.img(images, train=train, rounds=r.get("img"), repeat=rep.get("img"))
       out["rounds/img"] = aux["rounds"]
       zimg = _l2_normalize(zimg)
     if texts is not None:
       if self.txt is None:
         raise ValueError("this model has no text tower")
-      ztxt, aux = self.txt(texts, train=train, rounds=r.get("txt"))
+      ztxt, aux = self.txt(texts, train=train, rounds=r.get("txt"), repeat=rep.get("txt"))
       out["rounds/txt"] = aux["rounds"]
       ztxt = _l2_normalize(ztxt)
     out["t"] = jnp.exp(self.t[0])

@@ -61,7 +61,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, image, train: bool = False, rounds: Optional[int] = None):
+  def __call__(self, image, train: bool = False, rounds: Optional[int] = None, repeat: Optional[int] = None):
     if self.pool_type not in POOLS:
       raise ValueError(f"unknown pool_type {self.pool_type!r}; allowed: {POOLS}")
     x = nn.Conv(
@@ -74,7 +74,9 @@ class ViT(nn.Module):
       cls = self.param("cls", nn.initializers.zeros, (1, 1, c), jnp.float32)
       x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)).astype(self.dtype), x], axis=1)
     layer = LayerConfig(self.width, self.num_heads, self.mlp_dim, self.dtype)
-    x, info = RecursiveStack(layer, self.depth, self.recursion, name="Transformer")(x, train=train, rounds=rounds)
+    x, info = RecursiveStack(layer, self.depth, self.recursion, name="Transformer")(
+      x, train=train, rounds=rounds, repeat=repeat
+    )
     aux = {"encoded": x, "rounds": info["rounds"]}
     if self.pool_type == "map":
       x = MAPHead(self.num_heads, self.mlp_dim, self.dtype, name="MAPHead_0")(x)

@@ -23,6 +23,9 @@ def get_task(config: Any, mesh=None) -> Task:
   name = config.task.name if "task" in config and "name" in config.task else None
   if name not in TASKS:
     raise ValueError(f"config.task.name: unknown task {name!r}; allowed: {sorted(TASKS)}")
+  from siglip_rins import example_spec
+
+  example_spec.finalize(config, require_tokenizer=False)  # derived input sizes and vocab, after all overrides
   return TASKS[name](config, mesh)
 
 

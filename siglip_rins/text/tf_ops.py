@@ -36,37 +36,69 @@ def tokenize(
   strings: tf.Tensor,
   max_len: int,
   eos: str = "sticky",
-  pad_value: int | None = None,
-  canonicalize: bool = True,
+  pad_value: int | str | None = None,
+  canonicalize: bool = False,
+  lower: bool = False,
+  add_bos: bool = False,
 ) -> tf.Tensor:
-  """Tokenizes a tf.string scalar -> int32 [max_len], or vector [N] -> int32 [N, max_len].
+  """Tokenizes a tf.string tensor of shape S -> int32 S + [max_len] (a scalar gives [max_len]).
 
-  `tokenizer` is a `Tokenizer` or a name/path for `get_tokenizer`. EOS/padding semantics of
-  `Tokenizer.encode`.
+  `tokenizer` is a `Tokenizer` or a name/path for `get_tokenizer`. Options, EOS and padding as
+  `Tokenizer.encode`, which gives the same ids: `lower` (ASCII, tf.strings.lower) then `canonicalize`,
+  optional BOS, EOS per `eos`, padding with `pad_value` (None -> pad_id, an int, or a piece like '<pad>').
   """
   tokenizer = get_tokenizer(tokenizer)
   check_encode_args(max_len, eos, tokenizer.eos_id)
-  pad = tokenizer.pad_id if pad_value is None else int(pad_value)
+  if add_bos and tokenizer.bos_id < 0:
+    raise ValueError("add_bos requested but the tokenizer has no BOS id")
+  pad = tokenizer.resolve_pad(pad_value)
   strings = tf.convert_to_tensor(strings, dtype=tf.string)
-  is_scalar = strings.shape.rank == 0
-  if strings.shape.rank not in (0, 1):
-    raise ValueError(f"tokenize expects a scalar or vector of strings, got rank {strings.shape.rank}")
-  batch = strings[None] if is_scalar else strings
+  if strings.shape.rank is None:
+    raise ValueError("tokenize expects strings of known rank")
+  batch = tf.reshape(strings, [-1])
+  if lower:
+    batch = tf.strings.lower(batch)
   if canonicalize:
     batch = canonicalize_tf(batch)
   ids = tf_sentencepiece(tokenizer).tokenize(batch)  # RaggedTensor int32 [N, None]
+  if add_bos:
+    ids = tf.concat([_column(ids.nrows(), tokenizer.bos_id), ids], axis=1)
   ids = _eos_and_pad(ids, max_len, eos, tokenizer.eos_id, pad)
-  return ids[0] if is_scalar else ids
+  if strings.shape.rank == 1:
+    return ids
+  if strings.shape.is_fully_defined():
+    return tf.reshape(ids, strings.shape.as_list() + [max_len])
+  out = tf.reshape(ids, tf.concat([tf.shape(strings), [max_len]], axis=0))
+  return tf.ensure_shape(out, strings.shape.concatenate([max_len]))
+
+
+def token_ids(tokenizer, string: tf.Tensor, add_bos: bool = False, add_eos: bool = False) -> tf.Tensor:
+  """Ids of one tf.string scalar, unpadded: int32 [n] (optional BOS first / EOS last), as `Tokenizer.encode_ids`
+  with canonicalize=False plus those tokens."""
+  tokenizer = get_tokenizer(tokenizer)
+  for flag, name, value in ((add_bos, "BOS", tokenizer.bos_id), (add_eos, "EOS", tokenizer.eos_id)):
+    if flag and value < 0:
+      raise ValueError(f"{name} requested but the tokenizer has no {name} id")
+  string = tf.convert_to_tensor(string, dtype=tf.string)
+  if string.shape.rank != 0:
+    raise ValueError(f"token_ids expects one string (a scalar), got rank {string.shape.rank}")
+  ids = tf_sentencepiece(tokenizer).tokenize(string)
+  parts = ([tf.constant([tokenizer.bos_id], tf.int32)] if add_bos else []) + [ids]
+  parts += [tf.constant([tokenizer.eos_id], tf.int32)] if add_eos else []
+  return tf.ensure_shape(tf.concat(parts, axis=0), [None])
+
+
+def _column(n, value: int) -> tf.RaggedTensor:
+  """A ragged [n, 1] column filled with `value`."""
+  return tf.RaggedTensor.from_tensor(tf.fill(tf.stack([n, tf.constant(1, n.dtype)]), tf.constant(value, tf.int32)))
 
 
 def _eos_and_pad(ids: tf.RaggedTensor, max_len: int, eos: str, eos_id: int, pad: int) -> tf.Tensor:
   """TF version of `tokenizer.apply_eos` followed by padding to int32 [N, max_len]."""
-  n = ids.nrows()
   if eos == "sticky":
     ids = ids[:, : max_len - 1]
   if eos in ("yes", "sticky"):
-    eos_col = tf.fill(tf.stack([n, tf.constant(1, n.dtype)]), tf.constant(eos_id, tf.int32))
-    ids = tf.concat([ids, tf.RaggedTensor.from_tensor(eos_col)], axis=1)
+    ids = tf.concat([ids, _column(ids.nrows(), eos_id)], axis=1)
   ids = ids[:, :max_len]
   dense = ids.to_tensor(default_value=pad, shape=[None, max_len])
   return tf.ensure_shape(dense, [None, max_len])

@@ -24,6 +24,7 @@ SHIPPED_MODELS = {"demo": "demo_multilingual.model"}
 ENV_DIR = "SIGLIP_RINS_TOKENIZER_DIR"
 EOS_MODES = ("none", "yes", "sticky")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _env_name(name: str) -> str:
@@ -66,8 +67,8 @@ def resolve_tokenizer_path(name_or_path: str) -> pathlib.Path:
 class Tokenizer:
   """A SentencePiece model. `encode` gives int32 [N, max_len] ids; see `encode` for EOS and padding.
 
-  Attributes: `path` (str or None), `model_proto` (bytes, the serialized model), `vocab_size`, `eos_id`
-  (-1 if the model has none), `pad_id` (the model's pad id, or 0 if it defines none).
+  Attributes: `path` (str or None), `model_proto` (bytes, the serialized model), `vocab_size`, `eos_id` and
+  `bos_id` (-1 if the model has none), `pad_id` (the model's pad id, or 0 if it defines none).
   """
 
   def __init__(self, model_proto: bytes, path: str | None = None):
@@ -83,6 +84,7 @@ class Tokenizer:
       raise ValueError(f"{where} is not a SentencePiece model (empty vocabulary)")
     self.vocab_size = int(self._sp.GetPieceSize())
     self.eos_id = int(self._sp.eos_id())
+    self.bos_id = int(self._sp.bos_id())
     self.pad_id = int(self._sp.pad_id()) if self._sp.pad_id() >= 0 else 0
 
   @classmethod
@@ -92,8 +94,26 @@ class Tokenizer:
       raise FileNotFoundError(f"tokenizer model file {str(path)!r} does not exist")
     return cls(path.read_bytes(), path=str(path))
 
-  def encode_ids(self, text: str, canonicalize: bool = True) -> list[int]:
-    """Token ids of one string, no EOS, no padding."""
+  def piece_to_id(self, piece: str) -> int:
+    """Id of a vocabulary piece such as '<pad>' (the unknown-piece id if the model lacks it), as
+    tensorflow_text's `string_to_id` gives it."""
+    return int(self._sp.PieceToId(piece))
+
+  def resolve_pad(self, pad_value: int | str | None) -> int:
+    """The padding id for `pad_value`: None -> `pad_id`; an int -> itself; a piece (e.g. '<pad>') -> its id."""
+    if pad_value is None:
+      return self.pad_id
+    if isinstance(pad_value, str):
+      return self.piece_to_id(pad_value)
+    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, np.integer)):
+      raise ValueError(f"pad_value must be an int, a piece such as '<pad>', or None, got {pad_value!r}")
+    return int(pad_value)
+
+  def encode_ids(self, text: str, canonicalize: bool = True, lower: bool = False) -> list[int]:
+    """Token ids of one string, no BOS/EOS, no padding. `lower` (ASCII only, as tf.strings.lower) is
+    applied before `canonicalize` (SigLIP canonicalisation, which lowercases all of Unicode)."""
+    if lower:
+      text = ascii_lower(text)
     if canonicalize:
       text = canonicalize_text(text)
     return list(self._sp.EncodeAsIds(text))
@@ -103,24 +123,34 @@ class Tokenizer:
     texts: Sequence[str],
     max_len: int,
     eos: str = "sticky",
-    canonicalize: bool = True,
-    pad_value: int | None = None,
+    canonicalize: bool = False,
+    pad_value: int | str | None = None,
+    *,
+    lower: bool = False,
+    add_bos: bool = False,
   ) -> np.ndarray:
-    """Tokenizes strings to int32 [N, max_len].
+    """Tokenizes strings to int32 [N, max_len]; the same ids as the `tokenize` pp op with the same options.
 
+    lower: ASCII-only lowercasing (tf.strings.lower; other characters keep their case).
+    canonicalize: SigLIP canonicalisation (Unicode lowercase, punctuation deleted; `siglip_rins.text.canonicalize`).
+    add_bos: start with the model's BOS id.
     eos: 'none' no EOS; 'yes' append EOS, then truncate to max_len (the EOS may be cut off);
-    'sticky' append EOS and, when truncating, keep it as the last token. Shorter rows are padded with
-    `pad_value` (default `pad_id`).
+    'sticky' append EOS and, when truncating, keep it as the last token.
+    pad_value: shorter rows are padded with it: None -> `pad_id`; an int; or a piece such as '<pad>'.
     """
     if isinstance(texts, (str, bytes)):
       raise ValueError("Tokenizer.encode expects a sequence of strings, got a single string")
     check_encode_args(max_len, eos, self.eos_id)
-    pad = self.pad_id if pad_value is None else int(pad_value)
+    if add_bos and self.bos_id < 0:
+      raise ValueError("add_bos requested but the tokenizer has no BOS id")
+    pad = self.resolve_pad(pad_value)
     out = np.full((len(texts), max_len), pad, dtype=np.int32)
     for row, text in enumerate(texts):
       if isinstance(text, bytes):
         text = text.decode("utf-8")
-      ids = self.encode_ids(text, canonicalize=canonicalize)
+      ids = self.encode_ids(text, canonicalize=canonicalize, lower=lower)
+      if add_bos:
+        ids = [self.bos_id] + ids
       ids = apply_eos(ids, max_len, eos, self.eos_id)
       out[row, : len(ids)] = ids
     return out
@@ -139,6 +169,11 @@ class Tokenizer:
 
   def __repr__(self):
     return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
+
+
+def ascii_lower(text: str) -> str:
+  """Lowercases A-Z only, like tf.strings.lower without an encoding (big_vision's `lower`)."""
+  return text.translate(_ASCII_LOWER)
 
 
 def check_encode_args(max_len, eos: str, eos_id: int):

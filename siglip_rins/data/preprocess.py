@@ -1,0 +1,92 @@
+"""Images outside tf.data read exactly as the training pipeline reads them.
+
+`ImagePreprocessor(spec_or_pp)` runs a pp string (by default an `ExampleSpec`'s `image.eval_pp`) through the
+pipeline's own ops (`siglip_rins.data.pp`) on one image at a time: encoded bytes, a file path, a PIL image or a
+uint8 [H, W(, C)] array in, float32 [H', W', 3] out.  Evaluators, exported models (`load_exported`, `classify`,
+`retrieve`) and the demo use it, so every stage sees the pixels training saw (same JPEG decoder, same resize,
+same rounding).  Decoded arrays skip the pp's `decode` op.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from siglip_rins.data import pp as pp_lib
+
+
+class ImageReadError(ValueError):
+  """An image that cannot be read (missing, empty, corrupt or not an image); the message names it."""
+
+
+class ImagePreprocessor:
+  """Callable: one image -> float32 [H, W, 3] (see module docstring)."""
+
+  def __init__(self, spec_or_pp: Any, key: str = "image"):
+    image_spec = getattr(spec_or_pp, "image", spec_or_pp)
+    if isinstance(image_spec, str):
+      pp_bytes = image_spec
+      pp_array = "|".join(
+        p for p in pp_lib.split_top_level(image_spec) if p.strip() and not p.strip().startswith("decode")
+      )
+    elif image_spec is not None and hasattr(image_spec, "pp"):
+      pp_bytes, pp_array = image_spec.pp(decode=True), image_spec.pp(decode=False)
+      key = getattr(image_spec, "key", key)
+    else:
+      raise ValueError("ImagePreprocessor needs an ExampleSpec with an image part, an ImageSpec or a pp string")
+    self.pp = pp_bytes
+    self.key = key
+    fn_bytes = pp_lib.get_preprocess_fn(pp_bytes)
+    fn_array = pp_lib.get_preprocess_fn(pp_array) if pp_array else (lambda f: f)
+
+    def from_bytes(data):
+      return tf.cast(fn_bytes({key: data})[key], tf.float32)
+
+    def from_array(image):
+      return tf.cast(fn_array({key: image})[key], tf.float32)
+
+    self._from_bytes = tf.function(from_bytes, input_signature=[tf.TensorSpec([], tf.string)])
+    self._from_array = tf.function(from_array, input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+
+  def __call__(self, image: Any) -> np.ndarray:
+    where = "image bytes"
+    if isinstance(image, (str, os.PathLike)):
+      where = str(image)
+      if not os.path.isfile(image):
+        raise FileNotFoundError(f"{where}: no such file")
+      with open(image, "rb") as f:
+        image = f.read()
+      if not image:
+        raise ImageReadError(f"{where}: empty file (0 bytes)")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+      try:
+        return self._from_bytes(tf.constant(bytes(image))).numpy()
+      except tf.errors.OpError as e:
+        msg = str(e.message).strip().splitlines()[0] if getattr(e, "message", None) else type(e).__name__
+        raise ImageReadError(f"{where}: not a decodable image ({msg})") from None
+    if hasattr(image, "save") and hasattr(image, "mode"):  # a PIL image: encode losslessly, read like a file
+      buf = io.BytesIO()
+      image.save(buf, format="PNG")
+      return self._from_bytes(tf.constant(buf.getvalue())).numpy()
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+      raise ValueError(f"image arrays must be uint8 [H, W(, C)], got {arr.dtype} {arr.shape}")
+    if arr.ndim == 2:
+      arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+      raise ValueError(f"image arrays must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {arr.shape}")
+    if arr.shape[-1] == 1:
+      arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+      arr = arr[..., :3]
+    return self._from_array(tf.constant(arr)).numpy()
+
+  def batch(self, images) -> np.ndarray:
+    out = [self(im) for im in images]
+    if not out:
+      raise ValueError("no images given")
+    return np.stack(out)

@@ -1,0 +1,37 @@
+"""The registry of pp op factories: `register` and `lookup`, nothing else.
+
+Op modules (`ops_common`, `ops_image`, `ops_text`) import only this module to register their ops, so they
+never import `pp.py`; `pp.py` imports this module and loads the op modules (which fills the registry).
+"""
+
+from typing import Callable
+
+OpFactory = Callable[..., Callable[[dict], dict]]
+
+_REGISTRY: dict[str, OpFactory] = {}
+
+
+def register(name: str):
+  """Decorator registering an op factory under `name` (re-registering a name is an error)."""
+  if not isinstance(name, str) or not name.isidentifier():
+    raise ValueError(f"pp op name {name!r} is not an identifier")
+
+  def wrap(factory: OpFactory) -> OpFactory:
+    if name in _REGISTRY and _REGISTRY[name] is not factory:
+      raise ValueError(f"pp op {name!r} is already registered")
+    _REGISTRY[name] = factory
+    return factory
+
+  return wrap
+
+
+def lookup(name: str) -> OpFactory:
+  """The factory registered under `name`; ValueError listing the known ops otherwise."""
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown pp op {name!r}; known ops: {', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  """Sorted names of the ops registered so far (pp.registered_ops() loads every op module first)."""
+  return sorted(_REGISTRY)
