@@ -22,6 +22,7 @@ token).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -208,8 +209,12 @@ class WorkdirLock:
         fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
         return False
-      with os.fdopen(fd, "w") as f:
-        f.write(self._payload())
+      try:
+        with os.fdopen(fd, "w") as f:
+          f.write(self._payload())
+      except OSError:
+        os.unlink(os.fspath(self.path))  # no half-written lock left behind (e.g. disk full)
+        raise
       return True
     if self.path.exists():
       return False
@@ -219,6 +224,16 @@ class WorkdirLock:
     return holder.get("token") == self.token
 
   def acquire(self) -> "WorkdirLock":
+    try:
+      return self._acquire()
+    except OSError as e:
+      if isinstance(e, WorkdirLocked) or e.errno is None:
+        raise
+      if e.errno == errno.ENOSPC:
+        raise OSError(errno.ENOSPC, f"no space left on the device for the workdir lock {self.path}") from None
+      raise OSError(e.errno, f"cannot write the workdir lock {self.path}: {e.strerror}") from None
+
+  def _acquire(self) -> "WorkdirLock":
     self.path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
       if self._create_exclusive():

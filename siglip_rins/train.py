@@ -459,17 +459,23 @@ def _setup(config, workdir, verbose) -> _Run:
     paths.makedirs(workdir)
   except OSError as e:
     raise OSError(f"cannot create the workdir {workdir}: {e}") from None
-  run.ckpt = ckpt_lib.CheckpointManager(
-    workdir,
-    keep=int(config.get("keep_ckpts", 3)),
-    async_save=bool(config.get("async_checkpoint", True)),
-    directory=config.get("checkpoint_dir") or None,
-  )
+  # the lock first: a refused trainer must not touch the workdir (orbax's manager cleans temporary folders)
   run.lock = _acquire_lock(workdir, pidx, pcount)
-  if pidx == 0:
-    _write_run_files(run)
-  run.writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
-  run.evals = EvalHook(config, run.spec, run.model, run.total_steps, workdir, verbose=verbose)
+  try:
+    run.ckpt = ckpt_lib.CheckpointManager(
+      workdir,
+      keep=int(config.get("keep_ckpts", 3)),
+      async_save=bool(config.get("async_checkpoint", True)),
+      directory=config.get("checkpoint_dir") or None,
+    )
+    if pidx == 0:
+      _write_run_files(run)
+    run.writer = MetricWriter(workdir, enabled=pidx == 0, tensorboard=bool(config.get("tensorboard", True)))
+    run.evals = EvalHook(config, run.spec, run.model, run.total_steps, workdir, verbose=verbose)
+  except BaseException:
+    if run.lock is not None:
+      run.lock.release()
+    raise
   return run
 
 
