@@ -7,7 +7,11 @@ Usage: python -m benchmarks.bench_loop [--config configs/siglip_rins.py:runlocal
 
 The loop's rate is the median of its logged `examples_per_sec` windows after the first (which holds the
 compile); the bare rate is timed before and after the loop runs and averaged, so slow drift of a shared
-machine's load hits both sides alike.  Prints one JSON object (also written to --out) with the machine load.
+machine's load hits both sides alike.  Each repeat runs in a fresh process (bare, loop, loop with a fixed
+input batch, bare); the reported ratios are medians over repeats.  `ratio` includes the real input pipeline,
+which on a CPU-only machine decodes on the same cores the step computes on; `ratio_fixed_input` replaces the
+data iterator by one fixed host batch (still fetched, checked and transferred by the prefetch thread every
+step) and so measures the loop's own overhead.  Prints one JSON object (also written to --out) with the machine load.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,10 +58,38 @@ def bare_rate(config, steps: int) -> float:
   return steps * run.global_bs / (time.perf_counter() - t0)
 
 
-def loop_rate(config, workdir: str) -> tuple[float, list]:
-  from siglip_rins import train
+class _FixedInput:
+  """Stands in for the data iterator: the same host batch every step (no decoding), so the loop's own
+  machinery -- prefetch thread, host->device transfer, metric handling -- is what is measured."""
 
-  train.train(config, workdir, verbose=False)
+  def __init__(self, batch):
+    self.batch = batch
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return dict(self.batch)
+
+  def stats(self):
+    return {}
+
+  def position(self):
+    return None
+
+
+def loop_rate(config, workdir: str, fixed_input: bool = False) -> tuple[float, list]:
+  from siglip_rins import train
+  from siglip_rins.data import pipeline
+
+  original = pipeline.make_train_iterator
+  if fixed_input:
+    first = next(original(config.input, global_batch_size=int(config.input.batch_size)))
+    pipeline.make_train_iterator = lambda *a, **k: _FixedInput(first)
+  try:
+    train.train(config, workdir, verbose=False)
+  finally:
+    pipeline.make_train_iterator = original
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   rates = [r["examples_per_sec"] for r in rows if "examples_per_sec" in r][1:]
   return statistics.median(rates), rates
@@ -69,6 +102,7 @@ def main(argv=None):
   p.add_argument("--log_every", type=int, default=50)
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_loop.json"))
+  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   sys.path.insert(0, ROOT)
   from siglip_rins import config_lib
@@ -76,21 +110,48 @@ def main(argv=None):
   def config():
     c = config_lib.load_config(args.config)
     c.total_examples, c.total_steps, c.total_epochs = None, args.steps, None
+    if "compute_match" in c:
+      c.compute_match = None  # a fixed number of steps, not the compute-matched budget
     c.evals = {}
     config_lib.apply_overrides(c, [f"log_every={args.log_every}", "tensorboard=False", "ckpt_every=0"])
     return c
 
   load_before = os.getloadavg()
-  results = []
-  for r in range(args.repeats):
+  if args.worker:  # one repeat: bare, loop, bare, in this process
     bare_a = bare_rate(config(), args.steps // 2)
     with tempfile.TemporaryDirectory() as work:
       loop, windows = loop_rate(config(), work)
+    with tempfile.TemporaryDirectory() as work:
+      loop_fixed, windows_fixed = loop_rate(config(), work, fixed_input=True)
     bare_b = bare_rate(config(), args.steps // 2)
     bare = (bare_a + bare_b) / 2
-    results.append(dict(loop_ex_s=loop, bare_ex_s=bare, bare_before=bare_a, bare_after=bare_b, windows=windows))
-    print(f"repeat {r}: loop {loop:.0f} ex/s, bare {bare:.0f} ex/s, ratio {loop / bare:.3f}", flush=True)
+    one = dict(
+      loop_ex_s=loop,
+      loop_fixed_input_ex_s=loop_fixed,
+      bare_ex_s=bare,
+      bare_before=bare_a,
+      bare_after=bare_b,
+      windows=windows,
+      windows_fixed_input=windows_fixed,
+    )
+    print("RESULT " + json.dumps(one), flush=True)
+    return 0
+  results = []
+  for r in range(args.repeats):  # each repeat in a fresh process: nothing carried over between repeats
+    cmd = [sys.executable, "-m", "benchmarks.bench_loop", "--worker", "--config", args.config]
+    cmd += ["--steps", str(args.steps), "--log_every", str(args.log_every)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    one = json.loads([line for line in out.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
+    one["loadavg_after"] = os.getloadavg()
+    results.append(one)
+    print(
+      f"repeat {r}: loop {one['loop_ex_s']:.0f} ex/s, loop with fixed input {one['loop_fixed_input_ex_s']:.0f} "
+      f"ex/s, bare {one['bare_ex_s']:.0f} ex/s, ratios {one['loop_ex_s'] / one['bare_ex_s']:.3f} / "
+      f"{one['loop_fixed_input_ex_s'] / one['bare_ex_s']:.3f}",
+      flush=True,
+    )
   ratios = [x["loop_ex_s"] / x["bare_ex_s"] for x in results]
+  fixed_ratios = [x["loop_fixed_input_ex_s"] / x["bare_ex_s"] for x in results]
   out = dict(
     benchmark="bench_loop",
     config=args.config,
@@ -98,6 +159,8 @@ def main(argv=None):
     log_every=args.log_every,
     ratio=statistics.median(ratios),
     ratios=ratios,
+    ratio_fixed_input=statistics.median(fixed_ratios),
+    ratios_fixed_input=fixed_ratios,
     repeats=results,
     machine=dict(cpus=os.cpu_count(), loadavg_before=load_before, loadavg_after=os.getloadavg()),
     devices=__import__("jax").device_count(),
