@@ -67,7 +67,7 @@ def _errors(stderr):
 # ------------------------------------------------------------------------------------------------ relative workdir
 @pytest.mark.slow
 def test_relative_workdir_trains_exports_and_reruns_finished_run(tmp_path):
-  """A relative --workdir trains, saves and exports; running the finished run again exits 0 without training
+  """A relative --workdir trains, saves, exports and evaluates; running the finished run again exits 0 without training
   and runs only the final evals that are missing (here: one, as if killed during the final evals)."""
   out = _cli(["train", "--config", f"{CONFIG}:runlocal,steps=6"] + SMALL + ["--workdir", "run"], cwd=tmp_path)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
@@ -79,6 +79,9 @@ def test_relative_workdir_trains_exports_and_reruns_finished_run(tmp_path):
   exp = _cli(["export", "--workdir", "run", "--out", "model"], cwd=tmp_path)
   assert exp.returncode == 0, exp.stderr[-3000:]
   assert (tmp_path / "model" / "config.json").exists()
+  ev = _cli(["eval", "--workdir", "run", "--evals", "zeroshot", "--out", "report"], cwd=tmp_path)
+  assert ev.returncode == 0 and "corrupt" not in ev.stderr, ev.stderr[-3000:]
+  assert (tmp_path / "report" / "eval_results.json").exists()
 
   # a final eval lost (e.g. killed during the evals) is run by the next invocation
   (tmp_path / "run" / "final_evals.json").write_text(json.dumps({"step": 6, "done": ["retrieval"]}))
