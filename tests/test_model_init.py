@@ -161,3 +161,29 @@ def test_posemb_is_resampled_and_mismatches_are_listed_one_per_line(source, tmp_
   assert any("initialised fresh (2): txt/head/bias, txt/head/kernel" in line for line in lines)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     model_init.detect_kind(tmp_path / "missing")
+
+
+def test_rinsify_recipe_arms_are_compute_matched():
+  """configs/rinsify.py: the AB continuation and A^3B (stochastic, adapters) from the same checkpoint, at equal
+  training FLOPs (total_steps derived from compute_match)."""
+  from siglip_rins import budget
+  from siglip_rins.train import validate_config
+
+  arms = {}
+  for arm in ("continue", "rins"):
+    c = config_lib.load_config(
+      os.path.join(ROOT, "configs", f"rinsify.py:init=/ckpt/ab.npz,arm={arm},runlocal,steps=40")
+    )
+    validate_config(c)
+    example_spec.finalize(c)
+    arms[arm] = (c, budget.finalize(c))
+  (cont, m_cont), (rins, m_rins) = arms["continue"], arms["rins"]
+  assert cont.model.recursion.signature == "AB" and cont.total_steps == 40
+  assert rins.model.recursion.signature == "A^3B" and rins.model.recursion.adapters
+  assert rins.model.recursion.p_skip == 0.5
+  assert cont.model_init == rins.model_init == "/ckpt/ab.npz"
+  assert m_rins["flops_budget"] == m_cont["flops_budget"]
+  spent = [c.total_steps * c.input.batch_size * m["train_flops_per_example"] for c, m in arms.values()]
+  assert rins.total_steps < cont.total_steps and abs(spent[1] - spent[0]) <= m_rins["train_flops_per_example"] * 32
+  with pytest.raises(ValueError, match="init=PATH"):
+    config_lib.load_config(os.path.join(ROOT, "configs", "rinsify.py:arm=rins,runlocal"))
