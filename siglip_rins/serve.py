@@ -48,9 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
-from werkzeug.wrappers import Request, Response
 
 CALIBRATION_LABELS = 8
 CALIBRATION_REPEATS = 3
@@ -513,7 +510,9 @@ class Service:
 
 
 # ----------------------------------------------------------------------------------------------- HTTP
-def _json(obj: Any, status: int = 200) -> Response:
+def _json(obj: Any, status: int = 200):
+  from werkzeug.wrappers import Response
+
   return Response(json.dumps(obj, ensure_ascii=False), status=status, mimetype="application/json")
 
 
@@ -521,6 +520,8 @@ class App:
   """The WSGI application around a Service."""
 
   def __init__(self, service: Service):
+    from werkzeug.routing import Map, Rule  # HTTP libraries load only when serving
+
     self.service = service
     self.url_map = Map(
       [
@@ -532,7 +533,7 @@ class App:
       ]
     )
 
-  def _body(self, request: Request) -> dict:
+  def _body(self, request) -> dict:
     if request.content_length is not None and request.content_length > self.service.limits.max_body_bytes:
       raise BadRequest(
         f"request body of {request.content_length} bytes; the limit is {self.service.limits.max_body_bytes}", 413
@@ -549,7 +550,10 @@ class App:
       raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
     return body
 
-  def dispatch(self, request: Request) -> Response:
+  def dispatch(self, request):
+    from werkzeug.exceptions import HTTPException
+    from werkzeug.wrappers import Response
+
     t0 = time.perf_counter()
     try:
       endpoint, _ = self.url_map.bind_to_environ(request.environ).match()
@@ -573,6 +577,8 @@ class App:
       return _json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
   def __call__(self, environ, start_response):
+    from werkzeug.wrappers import Request
+
     return self.dispatch(Request(environ))(environ, start_response)
 
 
