@@ -187,3 +187,43 @@ def test_rinsify_recipe_arms_are_compute_matched():
   assert rins.total_steps < cont.total_steps and abs(spent[1] - spent[0]) <= m_rins["train_flops_per_example"] * 32
   with pytest.raises(ValueError, match="init=PATH"):
     config_lib.load_config(os.path.join(ROOT, "configs", "rinsify.py:arm=rins,runlocal"))
+
+
+SHARDED_CHECK = r"""
+import sys
+import jax, numpy as np
+from siglip_rins import config_lib, example_spec, model_init, sharding
+from siglip_rins.interop import flatten_params
+from siglip_rins.models import build_model
+from siglip_rins.models.shapes import param_shapes
+from siglip_rins.optim import _path_str
+
+c = config_lib.apply_overrides(
+  config_lib.load_config(sys.argv[1] + "/configs/siglip_rins.py:runlocal"), ["model_init=" + sys.argv[2]]
+)
+c.model.image.depth = c.model.text.depth = 2
+spec = example_spec.finalize(c)
+mesh = sharding.make_mesh(dict(data=2, fsdp=2))
+abstract = param_shapes(build_model(c.model), spec.image.size, spec.text.max_len)
+shardings = sharding.param_shardings(abstract, mesh)
+params = jax.jit(lambda: jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), abstract), out_shardings=shardings)()
+new = model_init.apply(c, params, log=None)
+src = dict(np.load(sys.argv[2]))
+leaves = jax.tree_util.tree_flatten_with_path(new)[0]
+assert all(x.sharding == y.sharding for x, y in zip(jax.tree.leaves(new), jax.tree.leaves(params)))
+assert any(len(x.sharding.device_set) == 4 and not x.is_fully_replicated for x in jax.tree.leaves(new))
+np.testing.assert_array_equal(np.asarray(new["txt"]["Embed_0"]["embedding"]), src["params/txt/Embed_0/embedding"])
+print("SHARDED_OK", len(leaves))
+"""
+
+
+def test_model_init_keeps_fsdp_shardings(source):
+  """On a 2x2 ('data', 'fsdp') mesh of 4 CPU devices the loaded parameters keep the initialised shardings."""
+  import subprocess
+  import sys
+
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-c", SHARDED_CHECK, ROOT, str(source[3])], env=env, capture_output=True, text=True, timeout=120
+  )
+  assert "SHARDED_OK" in proc.stdout, proc.stderr[-3000:]
