@@ -168,11 +168,29 @@ def _hf_to_big_vision(sd: Mapping[str, np.ndarray], hf_config: Mapping[str, Any]
 
 
 def _blocks_from_stack(flat: Mapping[str, np.ndarray], model) -> dict[str, np.ndarray]:
-  """big_vision layer names (encoderblock_i) -> this model's blocks, in order (interop.big_vision's rule);
-  layers beyond the model's unique layers keep their names (reported as unused)."""
+  """big_vision layer names (encoderblock_i) -> this model's blocks, in order (interop.big_vision's rule).  A
+  stack whose layer count differs from the layers the model's unique blocks hold is refused, one line per stack
+  (the layers would land in the wrong blocks)."""
   from siglip_rins.interop.big_vision import _tower_plans
 
   plans = _tower_plans(model)
+  depth: dict[str, int] = {}
+  for k in flat:
+    m = _BV_LOOP_RE.match(k)
+    if m:
+      depth[m.group(1)] = max(depth.get(m.group(1), 0), int(m.group(2)) + 1)
+  bad = [
+    f"{stack}: the source has {n} layers, the model's unique blocks {list(plans[stack][0].block_names)} hold "
+    f"{sum(plans[stack][0].block_layers)}"
+    for stack, n in sorted(depth.items())
+    if stack in plans and n != sum(plans[stack][0].block_layers)
+  ]
+  if bad:
+    raise ValueError(
+      "model_init: the source's layer stack does not fit this model's blocks (a Hugging Face folder written by "
+      "export-hf from a RINS model holds the recursion unrolled: start from the exported siglip_rins folder "
+      "instead):\n  " + "\n  ".join(bad)
+    )
   out = {}
   for k, v in flat.items():
     m = _BV_LOOP_RE.match(k)
@@ -180,9 +198,8 @@ def _blocks_from_stack(flat: Mapping[str, np.ndarray], model) -> dict[str, np.nd
       plan = plans[m.group(1)][0]
       i = int(m.group(2))
       starts = np.cumsum((0,) + tuple(plan.block_layers))
-      if i < starts[-1]:
-        blk = int(np.searchsorted(starts, i, side="right")) - 1
-        k = f"{m.group(1)}/{plan.block_names[blk]}/encoderblock_{i - starts[blk]}/{m.group(3)}"
+      blk = int(np.searchsorted(starts, i, side="right")) - 1
+      k = f"{m.group(1)}/{plan.block_names[blk]}/encoderblock_{i - starts[blk]}/{m.group(3)}"
     out[k] = v
   return out
 

@@ -159,6 +159,20 @@ def test_posemb_is_resampled_and_mismatches_are_listed_one_per_line(source, tmp_
   lines = []
   model_init.apply(config, params, log=lines.append)
   assert any("initialised fresh (2): txt/head/bias, txt/head/kernel" in line for line in lines)
+  # a stack that does not fit the model's blocks (3 unique blocks of 2 layers: 6 layers, the source has 2)
+  config = _config(overrides=[f"model_init={npz}"])
+  config.model.image.depth = config.model.text.depth = 6
+  config.model.recursion.signature = "ABC"
+  example_spec.finalize(config)
+  params = jax.tree.map(
+    lambda s: np.zeros(s.shape, s.dtype), param_shapes(build_model(config.model), (32, 32), config.input.text_len)
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"\n  img/Transformer: the source has 2 layers, the model's unique blocks "
+    r"\['A', 'B', 'C'\] hold 6\n  txt/Encoder_0: ",
+  ):
+    model_init.apply(config, params, log=None)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     model_init.detect_kind(tmp_path / "missing")
 

@@ -467,8 +467,20 @@ def test_page_classifies_in_headless_chromium(server, reference, tmp_path):
       )
       info = cdp.js("document.getElementById('info').textContent")
       shot = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
+      # URL parameters run the same path without clicks (labels, r, an image as a data URL, run=1)
+      from urllib.parse import urlencode
+
+      query = urlencode(
+        {"labels": ",".join(labels), "rounds": 1, "image": "data:image/png;base64," + b64(image.read_bytes()), "run": 1}
+      )
+      cdp.call("Page.navigate", url=f"{url}/?{query}")
+      cdp.wait_for("location.search.includes('run=1') && document.body.dataset.state === 'done'", timeout=60)
+      auto = cdp.js("[...document.querySelectorAll('.rank')].map(r => r.querySelector('.label').textContent)")
+      auto_info = cdp.js("document.getElementById('info').textContent")
     finally:
       cdp.close()
+  want1 = reference.classify([image.read_bytes()], labels, rounds=1)[0]
+  assert auto == [label for label, _ in want1] and auto_info.startswith("r = 1 "), (auto, auto_info)
   want = reference.classify([image.read_bytes()], labels, rounds=3)[0]
   assert [r["label"] for r in rows] == [label for label, _ in want]
   np.testing.assert_allclose([r["prob"] for r in rows], [p for _, p in want], atol=1e-4)
