@@ -13,8 +13,9 @@ only: a resumed run restores its own checkpoint and never reads `model_init` aga
 * The source is read into siglip_rins parameter names.  big_vision and Hugging Face stacks are a plain list of
   layers (`encoderblock_i`, `encoder.layers.i`) and map onto this model's unique blocks A, B, ... in order, as
   `interop.big_vision.import_big_vision` does: a 12-layer AB checkpoint fills blocks A (layers 0-5) and B (6-11)
-  of an AB model and, with the identical tree, of any A^rB model (RINS-ify).  Exported folders and workdirs
-  already carry siglip_rins names.
+  of an AB model and, with the identical tree, of any A^rB model (RINS-ify); a stack whose layer count differs
+  from the layers of the model's unique blocks is refused.  Exported folders and workdirs already carry
+  siglip_rins names.
 * Each of this model's parameters is taken from the source when the name exists there with the same shape;
   `img/pos_embedding` is resampled (bilinear on the 2-D grid, `resample_posemb`) when the resolution differs and
   `txt/pos_embedding` keeps its first positions when the text is shorter.  Everything else (linear adapters, a new
