@@ -241,3 +241,26 @@ def test_model_init_keeps_fsdp_shardings(source):
     [sys.executable, "-c", SHARDED_CHECK, ROOT, str(source[3])], env=env, capture_output=True, text=True, timeout=120
   )
   assert "SHARDED_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_exported_folder_and_workdir_sources(source, tmp_path):
+  """The other two kinds carry siglip_rins names: every parameter comes back exactly."""
+  from siglip_rins.checkpoint import CheckpointManager
+
+  flat, model_cfg, spec, _ = source
+  exported = export_params(unflatten_params(flat), model_cfg, tmp_path / "exported", spec=spec)
+  workdir = tmp_path / "run"
+  with CheckpointManager(workdir, async_save=False) as mgr:
+    mgr.save(3, dict(params=unflatten_params(flat), opt_state={}, step=np.int32(3)), {})
+  (workdir / "config.json").write_text('{"model": {"name": "two_towers"}}')
+  for path, kind in ((exported, "exported"), (workdir, "workdir")):
+    assert model_init.detect_kind(path) == kind
+    config = _config(overrides=[f"model_init={path}"])
+    example_spec.finalize(config)
+    params = jax.tree.map(
+      lambda s: np.zeros(s.shape, s.dtype), param_shapes(build_model(config.model), (32, 32), config.input.text_len)
+    )
+    lines = []
+    got = flatten_params(model_init.apply(config, params, log=lines.append))
+    assert lines == [f"model_init: {len(flat)} of {len(flat)} parameters from {path} ({kind})"]
+    _assert_equal_to_source(got, flat)
