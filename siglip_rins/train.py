@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from siglip_rins import checkpoint as ckpt_lib
-from siglip_rins import budget, config_lib, example_spec, flops, optim, sharding
+from siglip_rins import budget, config_lib, example_spec, flops, model_init, optim, sharding
 from siglip_rins.evaluation import EvalHook
 from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
@@ -67,6 +67,8 @@ TOP_LEVEL_KEYS = {
   "eval_only",
   "name",
   "async_checkpoint",
+  "model_init",
+  "frozen",
 }
 
 
@@ -261,6 +263,8 @@ def train(
     start = int(meta.get("step", latest))
     if verbose and pidx == 0:
       print(f"resumed from step {start} in {workdir}", flush=True)
+  else:  # a fresh run may start from another model (config.model_init); a resumed run never re-reads it
+    state["params"] = model_init.apply(config, state["params"], log=print if verbose and pidx == 0 else None)
 
   from siglip_rins.data import pipeline  # the input pipeline is the only TensorFlow user
 
