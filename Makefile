@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut 
 STAMP_HF := $(VENV)/.installed-hf-$(shell cat requirements-hf.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint fmt venv venv-hf bench clean
+.PHONY: demo test lint fmt sysdeps venv venv-hf bench clean
 
 venv: $(STAMP)
 
@@ -39,7 +39,11 @@ fmt: venv
 	$(VENV)/bin/ruff format --quiet .
 	$(VENV)/bin/ruff check --quiet --fix .
 
-test: venv venv-hf lint
+# System packages the suite drives as a user would: Debian's chromium (the serve page test). Installed when missing.
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: venv venv-hf lint sysdeps
 	$(PY) -m pytest -q -n 2 --durations=15 tests $(PYTEST_ARGS)
 
 bench: venv

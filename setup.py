@@ -32,6 +32,8 @@ setup(
     "data": ["tensorflow==2.21.0", "tensorflow-text==2.21.1", "sentencepiece==0.2.3", "tensorflow-datasets==4.9.10"],
     # Hugging Face export / interop tests (torch 2.13.0 CPU installs from a local file here).
     "hf": ["torch==2.13.0", "transformers==5.23.0"],
+    # `siglip-rins serve` (siglip_rins/serve.py).
+    "serve": ["werkzeug==3.1.9", "waitress==3.0.2"],
     "test": ["pytest", "pytest-xdist", "hypothesis"],
   },
   entry_points={"console_scripts": ["siglip-rins=siglip_rins.cli:main"]},

@@ -140,6 +140,8 @@ def get_config(arg=None):
     c.schedule = common.schedule("rsqrt", warmup_steps=5000, cooldown_steps=5000)  # Sec. 5; timescale: default
   c.log_every, c.ckpt_every, c.keep_ckpts = 100, 1000, 3
   c.mesh = dict(data=-1, fsdp=1)
+  c.model_init = None  # start from a checkpoint: .npz / exported / HF / workdir (siglip_rins/model_init.py)
+  c.frozen = None  # regexes of parameters kept fixed, e.g. [r"img/.*"]
   c.evals = {}
   if not a.runlocal:
     # big_vision SigLIP-style evaluators, each pointed at its data by one override, e.g.

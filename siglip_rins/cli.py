@@ -9,6 +9,7 @@ siglip-rins export-hf --model MODEL_DIR --out HF_DIR [--rounds R]
 siglip-rins import-big-vision --npz F --config FILE:ARGS [--config.k=v] --tokenizer M.model --out MODEL_DIR
 siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
 siglip-rins retrieve --model MODEL_DIR --query TEXT FOLDER
+siglip-rins serve    --model MODEL_DIR [--host 127.0.0.1 --port 8080 --index FOLDER --max-rounds R]
 siglip-rins scaling  RUN_DIR... [--metric NAME] [--out DIR]
 siglip-rins demo     [--out DIR] [--steps N] ...
 siglip-rins tokenizer train --input FILES_OR_FOLDERS... --vocab N --out M.model [...]  (siglip_rins/text/train_tokenizer.py)
@@ -224,6 +225,23 @@ def cmd_retrieve(args) -> int:
   return export.retrieve_main(args.model, args.query, args.folder, top_k=args.top_k, rounds=args.rounds) or 0
 
 
+def cmd_serve(args) -> int:
+  """`siglip-rins serve`: HTTP API + page for an exported model (siglip_rins/serve.py)."""
+  from siglip_rins import serve
+
+  return serve.serve_main(
+    args.model,
+    args.host,
+    args.port,
+    index=args.index,
+    max_rounds=args.max_rounds,
+    max_batch=args.max_batch,
+    threads=args.threads,
+    max_pixels=args.max_pixels,
+    warmup=args.warmup,
+  )
+
+
 def cmd_scaling(args) -> int:
   from siglip_rins import scaling
 
@@ -307,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--top-k", type=int, default=10)
   r.add_argument("--rounds", type=int, default=None)
   r.add_argument("folder")
+  from siglip_rins import serve
+
+  serve.add_arguments(sub.add_parser("serve", help="HTTP API and web page for an exported model (rounds per request)"))
   s = sub.add_parser("scaling", help="fit power laws to run folders' eval curves")
   s.add_argument("run_dirs", nargs="+")
   s.add_argument("--metric")
@@ -345,6 +366,7 @@ def main(argv=None) -> int:
       "classify": cmd_classify,
       "retrieve": cmd_retrieve,
       "scaling": cmd_scaling,
+      "serve": cmd_serve,
       "export-hf": cmd_export_hf,
       "tokenizer": cmd_tokenizer,
     }[args.command](args)

@@ -40,6 +40,8 @@ Config keys (``ml_collections.ConfigDict`` or ``dict``; unknown keys inside ``op
   LayerNorm scales, embeddings, positional embeddings, ``t`` or ``b``).
 * ``lr_mults``: same form; no match -> 1.  Multiplies the ``lr * u`` term only (``lr_mult=0`` with
   ``wd_mult=0`` freezes a parameter).
+* ``frozen``: a regex or list of regexes (``re.fullmatch`` on the path): those parameters' gradients (before
+  clipping and the optimiser) and updates (after weight decay) are exactly zero, so they never change.
 """
 
 from __future__ import annotations
@@ -259,6 +261,19 @@ def _scale_by_multiplier(multiplier) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _zero_frozen(frozen) -> optax.GradientTransformation:
+  """Sets the leaves whose path fullmatches one of the `frozen` regexes to exactly zero."""
+  rules = [(r, 0.0) for r in ([frozen] if isinstance(frozen, str) else list(frozen))]
+  _compile_rules(rules, "frozen")
+
+  def update_fn(updates, state, params=None):
+    del params
+    keep = path_mults(updates, rules, 1.0, "frozen")
+    return jax.tree.map(lambda u, k: u if k else jnp.zeros_like(u), updates, keep), state
+
+  return optax.GradientTransformation(lambda params: _EmptyState(), update_fn)
+
+
 def _optax_kwargs(optax_cfg: dict) -> dict:
   kwargs = dict(optax_cfg)
   for key in ("mu_dtype", "nu_dtype", "dtype"):
@@ -315,7 +330,8 @@ def make_optimizer(
   _compile_rules(wd_rules, "wd_mults")
   _compile_rules(lr_rules, "lr_mults")
 
-  chain = []
+  frozen = _get(cfg, "frozen", None) or ()
+  chain = [_zero_frozen(frozen)] if frozen else []
   if clip:
     chain.append(optax.clip_by_global_norm(float(clip)))
   chain.append(base_tx)
@@ -323,6 +339,8 @@ def make_optimizer(
   if wd:
     chain.append(_add_decoupled_weight_decay(float(wd), wd_rules))
   chain.append(_scale_by_multiplier(multiplier))
+  if frozen:
+    chain.append(_zero_frozen(frozen))
   tx = optax.chain(*chain)
 
   def schedule_fn(step):

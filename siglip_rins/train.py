@@ -49,7 +49,7 @@ import numpy as np
 import optax
 
 from siglip_rins import checkpoint as ckpt_lib
-from siglip_rins import budget, config_lib, example_spec, flops, optim, paths, sharding
+from siglip_rins import budget, config_lib, example_spec, flops, model_init, optim, paths, sharding
 from siglip_rins.evaluation import EvalHook
 from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
@@ -87,6 +87,8 @@ TOP_LEVEL_KEYS = {
   "checkpoint_dir",
   "loss_spike_factor",
   "loss_spike_window",
+  "model_init",
+  "frozen",
 }
 
 
@@ -502,7 +504,9 @@ def _write_run_files(run: _Run) -> None:
 def _restore(run: _Run, state):
   """Returns (state, start step, meta) from the newest complete checkpoint, or (state, 0, {})."""
   latest = run.ckpt.latest_step()
-  if latest is None:
+  if latest is None:  # a fresh run may start from another model (config.model_init); a resumed one never re-reads it
+    log = print if run.verbose and run.pidx == 0 else None
+    state["params"] = model_init.apply(run.config, state["params"], log=log)
     return state, 0, {}
   restored, meta = run.ckpt.restore(latest, target=_saved_part(state))
   state = dict(state, **restored)
