@@ -203,13 +203,13 @@ def test_custom_tokenizer_user_path(tmp_path):
   def cli(*args):
     return subprocess.run(run + list(args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
-  r = cli("tokenizer", "train", "--input", "captions.txt", "--vocab", "600", "--out", "tok/mine.model")
+  r = cli("tokenizer", "train", "--input", "captions.txt", "--vocab", "300", "--out", "tok/mine.model")
   assert r.returncode == 0, r.stderr[-2000:]
   cfg = os.path.join(REPO, "configs", "siglip_rins.py") + ":runlocal,steps=8,tokenizer=tok/mine.model,text_len=20"
   r = cli("train", "--config", cfg, "--workdir", "run", "--config.schedule.warmup_steps=1", "--config.evals={}")
   assert r.returncode == 0, r.stderr[-3000:]
   config = json.loads((tmp_path / "run" / "config.json").read_text())
-  assert config["model"]["text"]["vocab_size"] == 600 and config["input"]["text_len"] == 20
+  assert config["model"]["text"]["vocab_size"] == 300 and config["input"]["text_len"] == 20
   r = cli("export", "--workdir", "run", "--out", "model")
   assert r.returncode == 0, r.stderr[-2000:]
   Image.fromarray(_textured(40, 60, 5)).save(tmp_path / "x.png")
@@ -220,5 +220,5 @@ def test_custom_tokenizer_user_path(tmp_path):
   mine = Tokenizer.from_file(tmp_path / "tok" / "mine.model")
   assert (tmp_path / "model" / "tokenizer.model").read_bytes() == mine.model_proto
   r = cli("train", "--config", cfg, "--workdir", "run2", "--config.model.text.vocab_size=1000")
-  assert r.returncode == 1 and "600 pieces" in r.stderr and "vocab_size=1000" in r.stderr
+  assert r.returncode == 1 and "300 pieces" in r.stderr and "vocab_size=1000" in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1, r.stderr
