@@ -4,7 +4,9 @@ project's jitted JAX training step, measured in one run with the two frameworks 
 Usage (driver, the project's interpreter):
   python -m benchmarks.bench_openclip [--rounds 4] [--steps_per_round 2] [--no_compile] [--python PY] [--out r.json]
 Worker (started by the driver; open_clip's own environment, see benchmarks/README.md):
-  /tmp/bench-venv/bin/python benchmarks/bench_openclip.py --worker
+  /tmp/bench-venv/bin/python benchmarks/bench_openclip.py --worker [--modes eager compile autocast]
+  (mode 'autocast': eager with `torch.autocast("cpu", dtype=torch.bfloat16)` around forward + loss; used by
+  benchmarks/bench_precision.py)
 
 The open_clip model matches the bench config as closely as open_clip allows: vision VisionTransformer (width 256,
 6 layers, 4 heads, mlp_ratio 4, patch 8, image 64, learned positions, no ln_pre, attentional pooler with 1 query
@@ -94,7 +96,14 @@ def _worker_main(batch: int, modes: list[str]) -> None:
       out = model(images, texts)
       return loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
 
-    fwd = torch.compile(loss_of) if mode == "compile" else loss_of
+    if mode == "autocast":  # open_clip's mixed precision: bf16 autocast around the forward pass (and the loss)
+
+      def fwd(loss_of=loss_of):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+          return loss_of()
+
+    else:
+      fwd = torch.compile(loss_of) if mode == "compile" else loss_of
 
     def step(opt=opt, fwd=fwd):
       opt.zero_grad(set_to_none=True)

@@ -552,7 +552,7 @@ class RecursiveStack(nn.Module):
       count = repeats_ran if adapter_axis(trained) == "repeat" else rounds_ran
       x = self._adapters(x, count, num_adapters(trained))
     if self.final_norm:
-      x = nn.LayerNorm(epsilon=self.layer.layernorm_eps, dtype=self.layer.dtype, name="encoder_norm")(x)
+      x = nn.LayerNorm(epsilon=self.layer.layernorm_eps, dtype=jnp.float32, name="encoder_norm")(x)
     return x, {"rounds": rounds_ran, "repeats": repeats_ran}
 
   def _run(
@@ -605,4 +605,4 @@ class RecursiveStack(nn.Module):
     kernel = self.param("adapter_kernel", eye, (r_max, d, d))
     bias = self.param("adapter_bias", nn.initializers.zeros, (r_max, d))
     k = jnp.clip(count, 1, r_max) - 1
-    return jnp.einsum("btd,de->bte", x, kernel[k].astype(x.dtype)) + bias[k].astype(x.dtype)
+    return self.layer.policy.einsum("btd,de->bte", x, kernel[k].astype(x.dtype)) + bias[k].astype(x.dtype)
