@@ -98,6 +98,9 @@ def measure_speed(rounds: int, steps_per_round: int, batch: int, python: str) ->
       )
       for p, t in t_ours.items()
     },
+    "batch": batch,
+    "rounds": rounds,
+    "steps_per_round": steps_per_round,
     "flops_per_step": flops,
     "params": ours["float32"].params,
     "matmul_peak_gflop_per_s": {dt: U.median(v) / 1e9 for dt, v in peaks.items()},

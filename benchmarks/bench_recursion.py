@@ -8,8 +8,12 @@ report puts step(r)/step(1) beside flops(r)/flops(1) and compile(r)/compile(1).
 
 Targets (issue): compile(8) <= 1.25 x compile(1); step(r)/step(1) within 5% of flops(r)/flops(1).
 
-Usage: python -m benchmarks.bench_recursion [--batch 64] [--rounds 1 2 ... 8] [--loops scan unroll]
-       [--repeats 3] [--remat] [--out result.json]
+Usage: python -m benchmarks.bench_recursion [--batch 32] [--rounds 1 2 4 8] [--loops unroll scan scan_dots]
+       [--repeats 2] [--remat] [--precision float32|bfloat16] [--out result.json]
+       (defaults: ~3 min on an idle 2-core machine; the full table of RESULTS.md:
+        --batch 64 --rounds 1 2 3 4 6 8 --loops scan unroll scan_u2 scan_dots --repeats 3, ~15 min)
+Loop forms (LOOP_FORMS): unroll, scan, auto, scan_u2 (scan_unroll=2), scan_dots / scan_dots_nb / scan_remat
+(scan with recursion.remat = 'dots' / 'dots_no_batch' / True), unroll_dots.
 """
 
 from __future__ import annotations
@@ -30,19 +34,22 @@ LOOP_FORMS = {
   "auto": dict(loop="auto"),
   "scan": dict(loop="scan"),
   "unroll": dict(loop="unroll"),
-  "scan_u2": dict(loop="scan", scan_unroll=2),
-}  # scan over pairs of unrolled rounds
+  "scan_u2": dict(loop="scan", scan_unroll=2),  # scan over pairs of unrolled rounds
+  # scan whose backward keeps only the matmul outputs of each round (LayerNorm/GELU/softmax recomputed): fewer
+  # and smaller stacked residuals (the scan's overhead on XLA:CPU) for a little elementwise recompute
+  "scan_dots": dict(loop="scan", remat="dots"),
+  # the same keeping only unbatched matmul outputs (projections, MLP); attention recomputed
+  "scan_dots_nb": dict(loop="scan", remat="dots_no_batch"),
+  "scan_remat": dict(loop="scan", remat=True),  # only the carry saved: the round's forward runs twice
+  "unroll_dots": dict(loop="unroll", remat="dots"),
+}
 
 
-def image_tower(r: int, loop: str, remat: bool):
+def image_tower(r: int, loop: str, remat: bool, precision: str = "float32"):
+  rec = dict(signature=f"A^{r}B", remat=remat)
+  rec.update(LOOP_FORMS[loop])
   return build_model(
-    dict(
-      name="vit",
-      variant="bench/8",
-      posemb="learn",
-      pool_type="map",
-      recursion=dict(signature=f"A^{r}B", remat=remat, **LOOP_FORMS[loop]),
-    )
+    dict(name="vit", variant="bench/8", posemb="learn", pool_type="map", precision=precision, recursion=rec)
   )
 
 
@@ -59,16 +66,17 @@ def make_train_step(model, optimizer):
   return step
 
 
-def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bool) -> dict:
+def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bool, precision: str = "float32") -> dict:
+  context_start = U.context()
   images = jax.random.uniform(jax.random.PRNGKey(0), (batch, 64, 64, 3), minval=-1, maxval=1)
   optimizer = optax.adam(1e-4)
   # A^rB has the same parameters for every r (depth 6 -> two blocks of 3), so one init serves all.
-  params = jax.jit(image_tower(1, "unroll", False).init)(jax.random.PRNGKey(0), images[:1])["params"]
+  params = jax.jit(image_tower(1, "unroll", False, precision).init)(jax.random.PRNGKey(0), images[:1])["params"]
   opt_state = optimizer.init(params)
   rows = []
   for loop in loops:
     for r in rounds:
-      model = image_tower(r, loop, remat)
+      model = image_tower(r, loop, remat, precision)
       compiled, compile_s = U.compile_seconds(jax.jit(make_train_step(model, optimizer)), params, opt_state, images)
       times = U.time_calls(lambda: compiled(params, opt_state, images), warmup=1, repeats=repeats)
       timing = dict(median_s=U.median(times), times_s=[round(t, 4) for t in times])
@@ -112,27 +120,32 @@ def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bo
     benchmark="recursion",
     model="bench image tower (ViT 64x64/8, width 256, A=3 layers, B=3 layers)",
     batch=batch,
-    dtype="float32",
+    dtype=precision,
+    precision=precision,
     remat=remat,
     repeats=repeats,
     rows=rows,
     summary=summary,
+    context_start=context_start,
+    context_end=U.context(),
     machine=U.machine_info(),
   )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--rounds", type=int, nargs="+", default=list(range(1, 9)))
-  parser.add_argument("--loops", nargs="+", default=["scan", "unroll"], choices=sorted(LOOP_FORMS))
-  parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (after 1 warm-up)")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 4, 8])
+  parser.add_argument("--loops", nargs="+", default=["unroll", "scan", "scan_dots"], choices=sorted(LOOP_FORMS))
+  parser.add_argument("--repeats", type=int, default=2, help="timed steps per configuration (after 1 warm-up)")
+  parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--remat", action="store_true", help="rematerialise each round (recursion.remat)")
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   if min(args.rounds) < 1:
     parser.error(f"--rounds must be >= 1, got {args.rounds}")
-  return U.emit(run(args.batch, sorted(set(args.rounds)), args.loops, args.repeats, args.remat), args.out)
+  rounds = sorted(set(args.rounds))
+  return U.emit(run(args.batch, rounds, args.loops, args.repeats, args.remat, args.precision), args.out)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ Array = jax.Array
 MAX_EXPONENT = 1024
 LOOPS = ("auto", "scan", "unroll")
 AUTO_UNROLL_MAX = 4  # loop='auto': runs of up to this many rounds are unrolled, longer ones scanned
+REMATS = (False, True, "full", "dots", "dots_no_batch")
+
+
+def remat_policy(remat) -> Any:
+  """The jax.checkpoint policy of a `recursion.remat` value (None: save nothing but the inputs)."""
+  if remat == "dots":
+    return jax.checkpoint_policies.dots_saveable
+  if remat == "dots_no_batch":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  return None
+
 
 _TOKEN = re.compile(r"([A-Z])(?:\^(?:\{(\d+)\}|(\d+)))?")
 _DEGREE_FORM = re.compile(r"^\((.+)\)_\{?(\d+)\}?$")
@@ -428,7 +439,10 @@ class RecursionConfig:
   p_skip: float = 0.0
   adapters: bool = False
   loop: str = "auto"  # 'auto' (unroll runs <= AUTO_UNROLL_MAX rounds, else scan), 'scan', 'unroll'
-  remat: bool = False  # rematerialise each round in the backward pass
+  # Rematerialise each round in the backward pass: False; True or 'full' (only the carry is saved, the round's
+  # forward runs again); 'dots' (matmul outputs saved, elementwise work (LayerNorm, GELU, softmax) recomputed);
+  # 'dots_no_batch' (only unbatched matmul outputs saved: projections and MLP, attention recomputed).
+  remat: Any = False
   kv_sharing: bool = False  # later rounds of the recursive block attend to the first round's keys/values
   # Overrides the split of the baseline depth: an int (every unique block) or one int per unique block (in order
   # of first use), e.g. (2, 1, 1) for the 4-layer blocks of an uneven App. E.1 entry.
@@ -446,6 +460,8 @@ class RecursionConfig:
       raise ValueError(f"recursion.scan_unroll must be an integer >= 1, got {self.scan_unroll!r}")
     if self.split not in SPLITS:
       raise ValueError(f"recursion.split must be one of {SPLITS}, got {self.split!r}")
+    if self.remat not in REMATS:
+      raise ValueError(f"recursion.remat must be one of {REMATS}, got {self.remat!r}")
     if isinstance(self.layers_per_block, (list, tuple)):  # hashable
       object.__setattr__(self, "layers_per_block", tuple(self.layers_per_block))
 
@@ -574,7 +590,8 @@ class RecursiveStack(nn.Module):
     if loop == "auto":
       loop = "unroll" if count <= AUTO_UNROLL_MAX else "scan"
     if loop == "unroll" and not decode_rounds:
-      fn = nn.remat(_apply_block, static_argnums=(6,)) if self.recursion.remat else _apply_block
+      remat, policy = self.recursion.remat, remat_policy(self.recursion.remat)
+      fn = nn.remat(_apply_block, static_argnums=(6,), policy=policy) if remat else _apply_block
       for j in range(count):
         x = fn(block, x, None if keep is None else keep[j], mask, positions, shared, decode_rounds)
       return x
@@ -583,7 +600,7 @@ class RecursiveStack(nn.Module):
       return _apply_block(mdl, carry, None if keep is None else keep_j, mask_, positions_, shared_, decode_rounds), None
 
     if self.recursion.remat:
-      body = nn.remat(body, prevent_cse=False)
+      body = nn.remat(body, prevent_cse=False, policy=remat_policy(self.recursion.remat))
     scan = nn.scan(
       body,
       variable_broadcast="params",

@@ -467,7 +467,8 @@ def test_scan_unroll_and_remat_agree_on_outputs_and_gradients(a3b_params):
   x = _x()
   params = _without_adapters(a3b_params)
   loss_ref, grad_ref = _loss_and_grad(_stack("A^3B", depth=2, loop="unroll"), params, x)
-  for loop, remat in [("scan", False), ("scan", True), ("unroll", True)]:
+  forms = [("scan", False), ("scan", True), ("unroll", True), ("scan", "dots"), ("scan", "dots_no_batch")]
+  for loop, remat in forms + [("unroll", "dots")]:
     loss, grad = _loss_and_grad(_stack("A^3B", depth=2, loop=loop, remat=remat), params, x)
     _close(loss, loss_ref)
     jax.tree.map(lambda a, b: _close(a, b, 1e-4), grad, grad_ref)
