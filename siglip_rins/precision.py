@@ -9,6 +9,11 @@ A `Policy` has three dtypes:
   (``preferred_element_type=float32``), and the dtype of every activation between them, so LayerNorm, GELU,
   softmax, residual adds, the pooled embeddings, the sigmoid logits and the loss all run in float32.
 
+'float32_custom' (experimental, for speed measurements) routes float32 operands through the same custom products
+(one canonical dot per product, hand-written VJP): equal to 'float32' within float rounding, not bit for bit; on
+XLA:CPU it lets the matmul library take the weight-gradient dots that JAX's own transpose leaves to the generic
+kernel (benchmarks/bench_precision.py measures it).
+
 Under 'float32' nothing changes: the modules call flax's Dense / DenseGeneral / Conv and `jnp.einsum` exactly as
 before (bit-identical outputs and checkpoints).  Under 'bfloat16' (or 'float16') every product goes through
 `einsum` below: its operands are cast to the compute dtype, it accumulates in float32, and its hand-written
@@ -32,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-POLICIES = ("float32", "bfloat16", "float16")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+POLICIES = ("float32", "bfloat16", "float16", "float32_custom")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32_custom": jnp.float32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Policy:
 
   @property
   def mixed(self) -> bool:
-    """True when matmul operands are 16-bit (the custom product path is used)."""
+    """True when the custom product path is used (16-bit operands, or 'float32_custom')."""
     return self.name != "float32"
 
   # ---------------------------------------------------------------------------------------- flax helpers

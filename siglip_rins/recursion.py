@@ -31,7 +31,10 @@ so compile time does not grow with r, or unrolled in Python (``loop='unroll'``).
 unrolls runs of up to AUTO_UNROLL_MAX rounds and scans longer ones: measured on the 2-core CPU (benchmarks/
 RESULTS.md), unrolled rounds cost exactly their FLOPs while XLA:CPU's scan adds 15-20% per round (it stacks each
 round's backward residuals with dynamic-update-slices), and unrolled compile time grows ~0.6 s per round.  ``remat=True``
-rematerialises each round (only the carry is saved for the backward pass).
+(or 'full') rematerialises each round (only the carry is saved for the backward pass); ``remat='dots'`` keeps only
+the matmul outputs of a round (fewer, smaller stacked residuals; LayerNorm/GELU/softmax recomputed) and
+``'dots_no_batch'`` only the unbatched ones (attention recomputed).  benchmarks/bench_recursion.py times them
+(loop forms scan_dots, scan_dots_nb, scan_remat).
 """
 
 from __future__ import annotations

@@ -154,3 +154,16 @@ def test_mixed_einsum_gradients_match_float32_reference():
   with pytest.raises(ValueError, match="at least two"):
     precision.einsum("btd,de->b", a, b, "bfloat16")
   assert precision.dot_general_spec(3, 2, (((2,), (0,)), ((), ()))) == "bca,ad->bcd"
+
+
+def test_float32_custom_policy_matches_float32():
+  """'float32_custom' (float32 operands through the policy's own products and VJP) equals 'float32' up to rounding."""
+  img, txt = _batch()
+  m32, mc = build_model(dict(TT, precision="float32")), build_model(dict(TT, precision="float32_custom"))
+  params = m32.init(jax.random.PRNGKey(0), img, txt)["params"]
+  (l32, _), g32 = jax.jit(jax.value_and_grad(_loss_fn(m32, img, txt), has_aux=True))(params)
+  (lc, _), gc = jax.jit(jax.value_and_grad(_loss_fn(mc, img, txt), has_aux=True))(params)
+  np.testing.assert_allclose(lc, l32, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(gc)):
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(b, a, atol=1e-5 * (float(jnp.max(jnp.abs(a))) + 1e-3))
