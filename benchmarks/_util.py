@@ -345,15 +345,20 @@ def context() -> dict:
   except (OSError, subprocess.SubprocessError):
     out["uptime"] = None
   out["load_avg"] = cpu_load()
-  model = None
+  model, flags = None, []
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
+        if line.startswith("model name") and model is None:
           model = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+          flags = line.split(":", 1)[1].split()
+        if model and flags:
           break
   except OSError:
     pass
   out["cpu_model"] = model
+  # the matmul units that decide what bf16 can gain: AMX tiles (Intel Sapphire Rapids+) or AVX512-BF16 dot products
+  out["cpu_matmul_flags"] = sorted(f for f in flags if f.startswith("amx") or f in ("avx512_bf16", "avx512f", "avx2"))
   out["cores_available"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return out

@@ -253,7 +253,8 @@ def _ctx(r: dict) -> str:
   if not a:
     return ""
   return (
-    f"Measured {a.get('date_utc')} UTC on {a.get('cpu_model')} ({a.get('cores_available')} cores), "
+    f"Measured {a.get('date_utc')} UTC on {a.get('cpu_model')} ({a.get('cores_available')} cores; "
+    f"{', '.join(a.get('cpu_matmul_flags') or []) or 'flags n/a'}), "
     f"load average {a.get('load_avg')} at the start, {b.get('load_avg')} at the end.\n"
   )
 
