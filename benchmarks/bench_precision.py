@@ -6,9 +6,9 @@ Usage:
   python -m benchmarks.bench_precision [--rounds 4] [--steps_per_round 2] [--python PY] [--out r.json]
       (speed; ~2 min on an idle 2-core machine; without the open_clip env only the JAX figures are reported)
   python -m benchmarks.bench_precision --curve [--curve_model small|bench] [--curve_steps 200] [--out c.json]
-      (loss curves bf16 vs float32 vs float32 with another init seed as the noise reference; 'small' (default,
-      ~1.5 min): nano towers (width 128, depth 4, 2 heads... see CURVE_MODELS), 64x64 images, patch 8, batch
-      32; 'bench': the bench config at batch 64 (~15 min idle))
+      (loss curves bf16 vs float32 vs float32 with another init seed as the noise reference, on learnable
+      random pairs; 'small' (default, < 2.5 min): nano towers (width 128, depth 4, MLP 512, 4 heads; CURVE_MODELS),
+      64x64 images, patch 8, text 16 tokens, batch 32; 'bench': the bench config at batch 64 (~15 min idle))
 
 Speed method: the JAX steps (AB, float32 and bfloat16 policies, jitted, state donated) run in this process, the
 open_clip steps (eager float32 and eager autocast bf16; 2 threads) in a worker process of the open_clip
@@ -126,7 +126,8 @@ def measure_speed(rounds: int, steps_per_round: int, batch: int, python: str) ->
 
 # ----------------------------------------------------------------------------------------------- loss curve
 def measure_curve(model: str, steps: int, batch: int, n_batches: int = 8) -> dict:
-  """`steps` Adam steps (lr 1e-3) cycling over `n_batches` fixed random batches: float32 (init seed 0),
+  """`steps` Adam steps (lr 1e-3) cycling over `n_batches` fixed batches of learnable random pairs (below):
+  float32 (init seed 0),
   bfloat16 (seed 0) and float32 (seed 1, the run-to-run noise reference).  Returns the three curves and
   summary differences over the last 10% of the steps."""
   import jax
@@ -135,15 +136,16 @@ def measure_curve(model: str, steps: int, batch: int, n_batches: int = 8) -> dic
   base = CURVE_MODELS[model]
   image_size, text_len = 64, 16
   rng = np.random.default_rng(0)
-  batches = [
-    jax.device_put(
-      {
-        "image": rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(np.float32),
-        "labels": rng.integers(0, 32000, (batch, text_len)).astype(np.int32),
-      }
-    )
-    for _ in range(n_batches)
-  ]
+  # Learnable pairs: 256 classes, each a fixed random image pattern and a fixed random caption; an example is its
+  # class's pattern plus noise with the class's caption, so the towers can learn to match them.
+  n_classes = 256
+  patterns = rng.uniform(-1, 1, (n_classes, image_size, image_size, 3)).astype(np.float32)
+  captions = rng.integers(0, 32000, (n_classes, text_len)).astype(np.int32)
+  batches = []
+  for _ in range(n_batches):
+    c = rng.choice(n_classes, batch, replace=False)
+    noise = rng.normal(0, 0.2, (batch, image_size, image_size, 3)).astype(np.float32)
+    batches.append(jax.device_put({"image": np.clip(patterns[c] + noise, -1, 1), "labels": captions[c]}))
   curves = {}
   for name, prec, seed in (("float32", "float32", 0), ("bfloat16", "bfloat16", 0), ("float32_seed1", "float32", 1)):
     s = U.TrainSetup(_model_cfg(prec, base), batch=batch, image_size=image_size, text_len=text_len, seed=seed)

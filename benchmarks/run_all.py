@@ -326,8 +326,9 @@ def render_new_sections(results: dict) -> list[str]:
     L.append(_ctx(cu))
     end = cu["final_loss_mean_last_10pct"]
     L += [
-      f"Model '{cu['model']}', batch {cu['batch']}, {cu['steps']} Adam steps over {cu['n_batches']} fixed random "
-      "batches; noise reference: float32 with another init seed.\n",
+      f"Model '{cu['model']}', batch {cu['batch']}, {cu['steps']} Adam steps over {cu['n_batches']} fixed batches "
+      "of learnable random pairs (256 classes: image pattern + noise, fixed caption); noise reference: float32 "
+      "with another init seed.\n",
       "| run | loss, mean of the last 10% of steps | mean abs. difference to float32 over the curve |",
       "|---|---|---|",
       f"| float32 | {end['float32']:.4f} | 0 |",
