@@ -14,7 +14,7 @@ siglip_rins.flops, train = 3 x forward) against the deterministic p_s = 0 (r rou
 which is 1 when skipped rounds cost nothing; target (issue): within 5%.  Also reported: mean step time per drawn
 round count k (the per-step cost as a function of k) and the expected rounds 1 + (r-1)(1-p_s).
 
-Usage: python -m benchmarks.bench_stochastic [--r 4] [--p_s 0 0.5 0.75] [--loop scan|unroll|auto]
+Usage: python -m benchmarks.bench_stochastic [--r 4] [--p_s 0.5 0.75] [--loop scan|unroll|auto] [--remat false|full|dots]
        [--precision float32|bfloat16] [--batch 64] [--steps 4] [--rounds 3] [--out r.json]
        (~2 min at the defaults on an idle 2-core machine)
 """
@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 from benchmarks import _util as U  # noqa: E402
 
 
-def image_tower(r: int, p_s: float, loop: str, precision: str):
+def image_tower(r: int, p_s: float, loop: str, precision: str, remat=False):
   from siglip_rins.models import build_model
 
   return build_model(
@@ -43,7 +43,7 @@ def image_tower(r: int, p_s: float, loop: str, precision: str):
       posemb="learn",
       pool_type="map",
       precision=precision,
-      recursion=dict(signature=f"A^{r}B", p_skip=p_s, loop=loop),
+      recursion=dict(signature=f"A^{r}B", p_skip=p_s, loop=loop, remat=remat),
     )
   )
 
@@ -65,7 +65,7 @@ def make_step(model, optimizer):
   return jax.jit(step)
 
 
-def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: int, rounds: int) -> dict:
+def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: int, rounds: int, remat=False) -> dict:
   import jax
   import numpy as np
   import optax
@@ -78,12 +78,12 @@ def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: i
   ps = sorted(set([0.0] + list(ps)))
   fns, compile_s = {}, {}
   for p in ps:
-    fn = make_step(image_tower(r, p, loop, precision), optimizer)
+    fn = make_step(image_tower(r, p, loop, precision, remat), optimizer)
     t0 = time.perf_counter()
     jax.block_until_ready(fn(params, opt_state, images, jax.random.PRNGKey(1)))
     compile_s[p] = time.perf_counter() - t0
     fns[p] = fn
-  det = image_tower(r, 0.0, loop, precision)
+  det = image_tower(r, 0.0, loop, precision, remat)
   shapes = {"image": (64, 64)}
 
   def train_flops(k):  # deterministic A^kB training FLOPs per example (3 x forward - patch input gradient)
@@ -135,6 +135,7 @@ def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: i
     model="bench image tower (ViT 64x64/8, width 256, A=3 layers, B=3 layers)",
     r=r,
     loop=loop,
+    remat=remat,
     precision=precision,
     batch=batch,
     steps_per_round=steps,
@@ -153,12 +154,16 @@ def main(argv=None) -> dict:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=4, help="steps per p_s per round")
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument(
+    "--remat", default="false", choices=["false", "full", "dots"], help="recursion.remat of the repeated block"
+  )
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   if args.r < 2 or not all(0 <= p < 1 for p in args.p_s) or min(args.batch, args.steps, args.rounds) < 1:
     parser.error("--r must be >= 2, --p_s in [0, 1), --batch/--steps/--rounds >= 1")
   result = {"benchmark": "stochastic", "context_start": U.context()}
-  result.update(run(args.r, args.p_s, args.loop, args.precision, args.batch, args.steps, args.rounds))
+  remat = False if args.remat == "false" else args.remat
+  result.update(run(args.r, args.p_s, args.loop, args.precision, args.batch, args.steps, args.rounds, remat))
   result["context_end"] = U.context()
   result["machine"] = U.machine_info()
   return U.emit(result, args.out)

@@ -47,6 +47,8 @@ BENCHMARKS = {
   "precision": ("benchmarks.bench_precision", [], ["--rounds", "2", "--steps_per_round", "1"]),
   "precision_curve": ("benchmarks.bench_precision", ["--curve"], ["--curve_steps", "40"]),
   "stochastic": ("benchmarks.bench_stochastic", [], ["--steps", "2", "--rounds", "1"]),
+  # the same with per-round remat: a skipped round then keeps no residuals (only its carry)
+  "stochastic_remat": ("benchmarks.bench_stochastic", ["--remat", "full"], ["--steps", "2", "--rounds", "1"]),
   # B/16 A^3B with the bf16 policy on a GPU/TPU; the reduced 'small' size on a CPU
   "mfu": ("benchmarks.bench_mfu", ["--size", "auto"], []),
 }
@@ -369,14 +371,18 @@ def render_new_sections(results: dict) -> list[str]:
         f"{sm['compile_ratio_at_max_r']:.2f} | {_met(sm['compile_target_met'])} |"
       )
     L.append("")
-  st = results.get("stochastic")
   L.append("## 10. Stochastic rounds timed (benchmarks/bench_stochastic.py; target: time follows FLOPs within 5%)\n")
-  if _err(st):
-    L.append(_err(st))
-  else:
+  for key in ("stochastic", "stochastic_remat"):
+    st = results.get(key)
+    if st is None and key == "stochastic_remat":
+      continue
+    if _err(st):
+      L.append(_err(st))
+      continue
     L.append(_ctx(st))
     L += [
-      f"Bench image tower A^{st['r']}B, loop={st['loop']}, {st['precision']}, batch {st['batch']}.\n",
+      f"Bench image tower A^{st['r']}B, loop={st['loop']}, remat={st.get('remat', False)}, {st['precision']}, "
+      f"batch {st['batch']}.\n",
       "| p_s | rounds drawn (mean) | expected | step s (mean) | time / time(p_s=0) | drawn FLOPs / FLOPs(r) | "
       "time / FLOPs | target |",
       "|---|---|---|---|---|---|---|---|",
