@@ -112,7 +112,7 @@ def run(size: str, signature: str, precision: str, batch_per_device, steps, matm
   if mesh_spec:
     config.mesh = parse_mesh(mesh_spec)
   model = build_model(config.model)
-  task = get_task(config)
+  task = get_task(config, mesh)  # as the trainer: the sigmoid loss sharded over the batch axes
   tx, schedule_fn = optim.make_optimizer(config, config.total_steps, batch_size=batch)
   state = train.init_state(model, task, tx, mesh, config, jax.random.PRNGKey(0))
   state_sh = train.state_shardings(state)
