@@ -85,7 +85,7 @@ class Policy:
     """jnp.einsum(spec, a, b) under the policy (float32: exactly jnp.einsum)."""
     if not self.mixed:
       return jnp.einsum(spec, a, b)
-    return einsum(spec, a, b, self.name)
+    return named_einsum(spec, a, b, self.name)
 
 
 FLOAT32 = Policy("float32")
@@ -173,6 +173,21 @@ def _einsum_bwd(spec, compute, res, g):
 
 einsum.defvjp(_einsum_fwd, _einsum_bwd)
 
+# Names of the policy's product outputs for jax.checkpoint policies: remat policies such as dots_saveable look for
+# dot_general primitives, which sit inside the custom VJP here; recursion.remat='dots' also saves these names.
+DOT_NAME = "policy_dot"  # products without batch dimensions (projections, MLP)
+BATCHED_DOT_NAME = "policy_dot_batched"  # products with batch dimensions (attention)
+
+
+def named_einsum(spec: str, a, b, compute: str):
+  """`einsum` with its output named DOT_NAME / BATCHED_DOT_NAME (for remat policies)."""
+  from jax.ad_checkpoint import checkpoint_name
+
+  sa, sb, so = _parse(spec)
+  batched = any(i in sb and i in so for i in sa)
+  return checkpoint_name(einsum(spec, a, b, compute), BATCHED_DOT_NAME if batched else DOT_NAME)
+
+
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -199,7 +214,7 @@ def mixed_dot_general(compute: str):
 
   def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
     del precision, preferred_element_type, kw
-    return einsum(dot_general_spec(lhs.ndim, rhs.ndim, dimension_numbers), lhs, rhs, compute)
+    return named_einsum(dot_general_spec(lhs.ndim, rhs.ndim, dimension_numbers), lhs, rhs, compute)
 
   dot_general.__name__ = f"mixed_dot_general_{compute}"
   return dot_general

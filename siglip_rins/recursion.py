@@ -58,11 +58,17 @@ REMATS = (False, True, "full", "dots", "dots_no_batch")
 
 
 def remat_policy(remat) -> Any:
-  """The jax.checkpoint policy of a `recursion.remat` value (None: save nothing but the inputs)."""
+  """The jax.checkpoint policy of a `recursion.remat` value (None: save nothing but the inputs).  'dots' and
+  'dots_no_batch' also save the mixed-precision products (siglip_rins.precision names their outputs)."""
+  from siglip_rins import precision
+
+  cp = jax.checkpoint_policies
   if remat == "dots":
-    return jax.checkpoint_policies.dots_saveable
+    names = cp.save_only_these_names(precision.DOT_NAME, precision.BATCHED_DOT_NAME)
+    return cp.save_from_both_policies(cp.dots_saveable, names)
   if remat == "dots_no_batch":
-    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    names = cp.save_only_these_names(precision.DOT_NAME)
+    return cp.save_from_both_policies(cp.dots_with_no_batch_dims_saveable, names)
   return None
 
 
