@@ -76,7 +76,13 @@ def train_config(model_cfg: dict, batch: int, image_size: int, text_len: int, lr
   return ml_collections.ConfigDict(
     dict(
       model=model_cfg,
-      input=dict(batch_size=batch, image_size=image_size, text_len=text_len),
+      # The example spec (siglip_rins.example_spec) is read from the training pp; a tokenizer that is not on
+      # this machine is accepted for shape-only uses when the model gives vocab_size (random tokens here).
+      input=dict(
+        batch_size=batch,
+        pp=f'decode|resize({image_size})|value_range(-1, 1)|tokenize(max_len={text_len}, model="bench.model", '
+        'eos="sticky", pad_value=1, inkey="texts", outkey="labels")|keep("image", "labels")',
+      ),
       task=dict(name="contrastive", loss="sigmoid"),
       total_steps=1000,
       lr=lr,
@@ -325,3 +331,34 @@ def machine_info() -> dict:
     except Exception:
       pass
   return info
+
+
+def context() -> dict:
+  """When and where a benchmark ran: UTC date, `uptime` output (load averages), the CPU model from
+  /proc/cpuinfo and the cores this process may use.  Call at the start and at the end of a run."""
+  import datetime
+  import subprocess
+
+  out = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")}
+  try:
+    out["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    out["uptime"] = None
+  out["load_avg"] = cpu_load()
+  model, flags = None, []
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and model is None:
+          model = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+          flags = line.split(":", 1)[1].split()
+        if model and flags:
+          break
+  except OSError:
+    pass
+  out["cpu_model"] = model
+  # the matmul units that decide what bf16 can gain: AMX tiles (Intel Sapphire Rapids+) or AVX512-BF16 dot products
+  out["cpu_matmul_flags"] = sorted(f for f in flags if f.startswith("amx") or f in ("avx512_bf16", "avx512f", "avx2"))
+  out["cores_available"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return out

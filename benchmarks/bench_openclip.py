@@ -4,7 +4,9 @@ project's jitted JAX training step, measured in one run with the two frameworks 
 Usage (driver, the project's interpreter):
   python -m benchmarks.bench_openclip [--rounds 4] [--steps_per_round 2] [--no_compile] [--python PY] [--out r.json]
 Worker (started by the driver; open_clip's own environment, see benchmarks/README.md):
-  /tmp/bench-venv/bin/python benchmarks/bench_openclip.py --worker
+  /tmp/bench-venv/bin/python benchmarks/bench_openclip.py --worker [--modes eager compile autocast]
+  (mode 'autocast': eager with `torch.autocast("cpu", dtype=torch.bfloat16)` around forward + loss; used by
+  benchmarks/bench_precision.py)
 
 The open_clip model matches the bench config as closely as open_clip allows: vision VisionTransformer (width 256,
 6 layers, 4 heads, mlp_ratio 4, patch 8, image 64, learned positions, no ln_pre, attentional pooler with 1 query
@@ -35,9 +37,33 @@ THREADS = 2
 
 
 # ------------------------------------------------------------------------------------------- torch worker
+TORCHVISION_STUBBED = False
+
+
+def import_open_clip():
+  """Imports open_clip.  open_clip (through timm) imports torchvision, whose PyPI wheel does not load its
+  operator library beside the CPU build of torch (`torchvision::nms does not exist` while torchvision registers
+  fake kernels for its detection ops).  The training step uses none of those ops, so on that error the
+  registration module is replaced by an empty one and the import retried (TORCHVISION_STUBBED says so)."""
+  global TORCHVISION_STUBBED
+  try:
+    import open_clip
+  except RuntimeError as e:
+    if "torchvision::" not in str(e):
+      raise
+    import types
+
+    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith(("torchvision.", "open_clip", "timm"))]:
+      del sys.modules[mod]
+    sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    TORCHVISION_STUBBED = True
+    import open_clip
+  return open_clip
+
+
 def build_open_clip(batch: int = 64):
   """The open_clip CLIP of the bench config, its Adam optimiser and SigLIP loss.  Returns (model, opt, loss)."""
-  import open_clip
+  open_clip = import_open_clip()
   import torch
   from open_clip.loss import SigLipLoss
 
@@ -94,7 +120,14 @@ def _worker_main(batch: int, modes: list[str]) -> None:
       out = model(images, texts)
       return loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
 
-    fwd = torch.compile(loss_of) if mode == "compile" else loss_of
+    if mode == "autocast":  # open_clip's mixed precision: bf16 autocast around the forward pass (and the loss)
+
+      def fwd(loss_of=loss_of):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+          return loss_of()
+
+    else:
+      fwd = torch.compile(loss_of) if mode == "compile" else loss_of
 
     def step(opt=opt, fwd=fwd):
       opt.zero_grad(set_to_none=True)
@@ -127,7 +160,8 @@ def _worker_main(batch: int, modes: list[str]) -> None:
       "modes": info,
       "torch": torch.__version__,
       "threads": torch.get_num_threads(),
-      "open_clip": __import__("open_clip").__version__,
+      "open_clip": import_open_clip().__version__,
+      "torchvision_ops_stubbed": TORCHVISION_STUBBED,
       "mkldnn": bool(torch.backends.mkldnn.is_available()),
     }
 
@@ -145,7 +179,7 @@ def open_clip_available(python: str) -> tuple[bool, str]:
 
   if not os.path.exists(python):
     return False, f"{python} not found (create it: see benchmarks/README.md)"
-  r = subprocess.run([python, "-c", "import torch, open_clip"], capture_output=True, text=True)
+  r = subprocess.run([python, os.path.abspath(__file__), "--check"], capture_output=True, text=True)
   if r.returncode:
     return False, f"{python} cannot import torch/open_clip: {r.stderr.strip().splitlines()[-1:]}"
   return True, ""
@@ -160,10 +194,14 @@ def main(argv=None) -> dict:
   parser.add_argument("--python", default=venv_python(), help="interpreter with torch + open_clip")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--modes", nargs="+", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   if args.rounds < 1 or args.steps_per_round < 1 or args.batch < 1:
     raise ValueError("--rounds, --steps_per_round and --batch must be >= 1")
+  if args.check:  # can this interpreter import torch and open_clip?
+    import_open_clip()
+    return {}
   if args.worker:
     _worker_main(args.batch, args.modes or ["eager", "compile"])
     return {}

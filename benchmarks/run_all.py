@@ -43,7 +43,14 @@ BENCHMARKS = {
   "openclip": ("benchmarks.bench_openclip", [], ["--rounds", "2", "--steps_per_round", "1", "--no_compile"]),
   "input_pipeline": ("benchmarks.bench_input_pipeline", [], ["--batches", "5"]),
   "chunked_loss": ("benchmarks.bench_chunked_loss", [], ["--batches", "256,1024"]),
-  "recursion": ("benchmarks.bench_recursion", [], []),
+  "recursion": ("benchmarks.bench_recursion", [], ["--rounds", "1", "8", "--repeats", "1"]),
+  "precision": ("benchmarks.bench_precision", [], ["--rounds", "2", "--steps_per_round", "1"]),
+  "precision_curve": ("benchmarks.bench_precision", ["--curve"], ["--curve_steps", "40"]),
+  "stochastic": ("benchmarks.bench_stochastic", [], ["--steps", "2", "--rounds", "1"]),
+  # the same with per-round remat: a skipped round then keeps no residuals (only its carry)
+  "stochastic_remat": ("benchmarks.bench_stochastic", ["--remat", "full"], ["--steps", "2", "--rounds", "1"]),
+  # B/16 A^3B with the bf16 policy on a GPU/TPU; the reduced 'small' size on a CPU
+  "mfu": ("benchmarks.bench_mfu", ["--size", "auto"], []),
 }
 OPENCLIP_SETUP = [
   "python3.11 -m venv {venv}",
@@ -231,13 +238,8 @@ def render_tables(results: dict) -> str:
       f"\nCache shared/full = {lm['cache_ratio_shared_over_full']:.2f}; tokens/s shared/full = "
       f"{lm['tokens_per_s_shared_over_full']:.2f}.\n"
     )
-  L.append("## 6. GPU MFU\n")
-  L.append(
-    "Not measured: no GPU was available in this session. The code path exists and runs on any JAX device:\n"
-    "`python -m benchmarks.bench_train_step --model B/16 --dtype bfloat16 --batch 256 --signatures AB "
-    "--loops scan` (fraction of the bf16 matmul peak measured in the same process).\n"
-  )
-  others = [k for k in ("input_pipeline", "chunked_loss", "recursion") if k in results]
+  L += render_new_sections(results)
+  others = [k for k in ("input_pipeline", "chunked_loss") if k in results]
   if others:
     L.append("## Other benchmarks (owned by other files; raw JSON in results.json)\n")
     for k in others:
@@ -245,6 +247,154 @@ def render_tables(results: dict) -> str:
       L.append(f"- **{k}**: " + (_err(r).strip() or f"ran in {r.get('wall_s', '?')} s, `{r.get('command', '')}`"))
     L.append("")
   return "\n".join(L)
+
+
+def _ctx(r: dict) -> str:
+  """'machine, load average before -> after, date' of a result that recorded U.context()."""
+  a, b = r.get("context_start") or {}, r.get("context_end") or {}
+  if not a:
+    return ""
+  return (
+    f"Measured {a.get('date_utc')} UTC on {a.get('cpu_model')} ({a.get('cores_available')} cores; "
+    f"{', '.join(a.get('cpu_matmul_flags') or []) or 'flags n/a'}), "
+    f"load average {a.get('load_avg')} at the start, {b.get('load_avg')} at the end.\n"
+  )
+
+
+def render_new_sections(results: dict) -> list[str]:
+  """Sections 6-10: MFU, mixed precision vs open_clip, bf16 loss curve, recursion cost, stochastic rounds."""
+  L = []
+  mfu = results.get("mfu")
+  L.append("## 6. MFU (benchmarks/bench_mfu.py: SigLIP-RINS-B/16 A^3B, bf16 policy, data parallel)\n")
+  if _err(mfu):
+    L.append(_err(mfu))
+  else:
+    L.append(_ctx(mfu))
+    L += [
+      "| size | signature | precision | devices (kind) | mesh | batch | step s | examples/s | achieved TFLOP/s | "
+      "bf16 matmul peak TFLOP/s | MFU |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+      f"| {mfu['size']} | {mfu['signature']} | {mfu['precision']} | {mfu['devices']} ({mfu['device_kind']}) | "
+      f"{mfu['mesh']} | {mfu['batch']} | {mfu['step_s_median']:.3f} | {mfu['examples_per_s']:.1f} | "
+      f"{mfu['achieved_tflop_per_s']:.3f} | {mfu['bf16_matmul_peak_tflop_per_s']:.3f} | {mfu['mfu']:.3f} |",
+      "",
+    ]
+    if mfu.get("platform") == "cpu":
+      L.append(
+        "On a CPU this is the reduced 'small' size (a smoke run of the command, not an MFU figure). On a GPU/TPU: "
+        "`python -m benchmarks.bench_mfu` (B/16 A^3B, 256 examples per device).\n"
+      )
+  pr = results.get("precision")
+  L.append(
+    f"## 7. Mixed precision vs open_clip (bench config, AB, batch {(pr or {}).get('batch', 64)}; goals: bf16 "
+    "policy >= 1.2x open_clip autocast bf16, float32 >= 1.0x open_clip eager float32)\n"
+  )
+  if _err(pr):
+    L.append(_err(pr))
+  else:
+    L.append(_ctx(pr))
+    L += [
+      "| implementation | step s (median) | examples/s | fraction of its matmul peak | compile / first step s |",
+      "|---|---|---|---|---|",
+    ]
+    for p, o in pr["ours"].items():
+      L.append(
+        f"| siglip_rins precision={p} | {o['step_s_median']:.3f} | {o['examples_per_s']:.1f} | "
+        f"{o['fraction_of_peak']:.2f} | {o['compile_plus_first_step_s']:.1f} |"
+      )
+    oc = pr.get("open_clip") or {}
+    if oc.get("skipped"):
+      L.append(f"\nopen_clip: {oc.get('reason')}\n")
+    else:
+      for m, label in (("eager", "eager float32"), ("autocast", "eager + torch.autocast(bfloat16)")):
+        o = oc[m]
+        L.append(
+          f"| open_clip {label} (torch {oc.get('torch')}) | {o['step_s_median']:.3f} | {o['examples_per_s']:.1f} "
+          f"| | {o['first_step_s']:.1f} |"
+        )
+      L.append(
+        f"\nMatmul peaks in the same rounds: f32 {pr['matmul_peak_gflop_per_s']['float32']:.0f}, bf16 (f32 "
+        f"accumulation) {pr['matmul_peak_gflop_per_s']['bfloat16']:.0f} GFLOP/s. Ours bf16 / ours f32: "
+        f"{pr['bf16_over_f32_ours']:.2f}x. Ours bf16 / open_clip autocast: "
+        f"{pr['speedup_bf16_vs_open_clip_autocast']:.2f}x -> {_met(pr['met_bf16'])}; ours f32 / open_clip eager "
+        f"f32: {pr['speedup_f32_vs_open_clip_eager']:.2f}x -> {_met(pr['met_f32'])} (medians of per-round "
+        "ratios).\n"
+      )
+  cu = results.get("precision_curve")
+  L.append("## 8. Loss curve, bf16 policy vs float32 (benchmarks/bench_precision.py --curve)\n")
+  if _err(cu):
+    L.append(_err(cu))
+  else:
+    L.append(_ctx(cu))
+    end = cu["final_loss_mean_last_10pct"]
+    L += [
+      f"Model '{cu['model']}', batch {cu['batch']}, {cu['steps']} Adam steps over {cu['n_batches']} fixed batches "
+      "of learnable random pairs (256 classes: image pattern + noise, fixed caption); noise reference: float32 "
+      "with another init seed.\n",
+      "| run | loss, mean of the last 10% of steps | mean abs. difference to float32 over the curve |",
+      "|---|---|---|",
+      f"| float32 | {end['float32']:.4f} | 0 |",
+      f"| bfloat16 policy | {end['bfloat16']:.4f} | {cu['mean_abs_diff_bf16_vs_f32']:.4f} |",
+      f"| float32, init seed 1 | {end['float32_seed1']:.4f} | {cu['mean_abs_diff_seed1_vs_seed0']:.4f} |",
+      "",
+      f"bf16 - f32 at the end: {cu['bf16_minus_f32_final']:+.4f}; seed noise: {cu['seed_noise_final']:+.4f} -> "
+      f"{'within' if cu['within_noise'] else '**outside**'} noise.\n",
+    ]
+  rc = results.get("recursion")
+  L.append(
+    "## 9. Recursion cost (benchmarks/bench_recursion.py; targets: step(r)/step(1) within 5% of the FLOPs "
+    "ratio, compile(8)/compile(1) <= 1.25)\n"
+  )
+  if _err(rc):
+    L.append(_err(rc))
+  else:
+    L.append(_ctx(rc))
+    L += [
+      f"Bench image tower, batch {rc['batch']}, {rc.get('precision', rc.get('dtype'))}.\n",
+      "| loop | r | compile s | step s | GFLOP/s | step ratio | FLOPs ratio | step / FLOPs | compile ratio |",
+      "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rc["rows"]:
+      L.append(
+        f"| {row['loop']} | {row['r']} | {row['compile_s']:.2f} | {row['step_s']:.3f} | {row['gflop_per_s']} | "
+        f"{row['step_ratio']:.2f} | {row['flops_ratio']:.2f} | {row['step_vs_flops']:.2f} | "
+        f"{row['compile_ratio']:.2f} |"
+      )
+    L += [
+      "",
+      "| loop | max step / FLOPs | step target (<= 1.05) | compile ratio at max r | compile target |",
+      "|---|---|---|---|---|",
+    ]
+    for loop, sm in rc["summary"].items():
+      L.append(
+        f"| {loop} | {sm.get('max_step_vs_flops', sm['worst_step_vs_flops']):.2f} | {_met(sm['step_target_met'])} | "
+        f"{sm['compile_ratio_at_max_r']:.2f} | {_met(sm['compile_target_met'])} |"
+      )
+    L.append("")
+  L.append("## 10. Stochastic rounds timed (benchmarks/bench_stochastic.py; target: time follows FLOPs within 5%)\n")
+  for key in ("stochastic", "stochastic_remat"):
+    st = results.get(key)
+    if st is None and key == "stochastic_remat":
+      continue
+    if _err(st):
+      L.append(_err(st))
+      continue
+    L.append(_ctx(st))
+    L += [
+      f"Bench image tower A^{st['r']}B, loop={st['loop']}, remat={st.get('remat', False)}, {st['precision']}, "
+      f"batch {st['batch']}.\n",
+      "| p_s | rounds drawn (mean) | expected | step s (mean) | time / time(p_s=0) | drawn FLOPs / FLOPs(r) | "
+      "time / FLOPs | target |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in st["rows"]:
+      L.append(
+        f"| {row['p_s']} | {row['rounds_drawn_mean']:.2f} | {row['rounds_expected']:.2f} | {row['step_s_mean']:.3f} "
+        f"| {row['time_ratio']:.3f} | {row['drawn_flops_ratio']:.3f} | {row['time_vs_flops']:.3f} | "
+        f"{_met(row['within_5pct'])} |"
+      )
+    L.append("")
+  return L
 
 
 def render(results: dict, command: str, old: str) -> str:
@@ -257,7 +407,7 @@ def render(results: dict, command: str, old: str) -> str:
   head = [
     "# Benchmark results",
     "",
-    f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+    f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
     f"- machine: {mach.get('cpu_model')} ({mach.get('cores_available')} cores available, "
     f"AVX-512: {_g(mach.get('flags_avx512f'))}); load average at the end {mach.get('load_avg')} "
     "(a shared machine: other processes ran during the measurements)",

@@ -5,7 +5,9 @@ Parameter names follow big_vision (`MultiHeadDotProductAttention_0/{query,key,va
 `LayerNorm_{0,1}`) so released checkpoints map onto these modules one to one.
 
 Shapes: B batch, T query tokens, S key tokens, D width, H heads, K head dim (D = H * K), M MLP width.
-Parameters are float32; `dtype` is the compute dtype.
+Parameters and activations are float32; `dtype` is the precision policy (`siglip_rins.precision.Policy`, a
+policy name or a dtype): under a 16-bit policy every matmul/einsum takes 16-bit operands and accumulates in
+float32; LayerNorm, softmax, GELU and residual adds stay float32.  Under 'float32' the layers are exactly flax's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from siglip_rins.precision import Policy, cast_compute, get_policy
+
 Array = jax.Array
 KV = tuple  # (keys [B, S, H, K], values [B, S, H, K], mask broadcastable to [B, H, T, S] or None)
 
@@ -29,7 +33,7 @@ class LayerConfig:
   width: int
   num_heads: int
   mlp_dim: int
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # the precision policy: a Policy, 'float32' | 'bfloat16' | 'float16', or a dtype
   rope: bool = False  # rotary (relative) position embedding on q/k, used by the decoder LM
   rope_max_wavelength: float = 10_000.0
   layernorm_eps: float = 1e-6
@@ -37,6 +41,11 @@ class LayerConfig:
   def __post_init__(self):
     if self.width % self.num_heads:
       raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+    object.__setattr__(self, "dtype", get_policy(self.dtype))
+
+  @property
+  def policy(self) -> Policy:
+    return self.dtype
 
 
 def apply_rope(x: Array, positions: Array, max_wavelength: float) -> Array:
@@ -49,14 +58,20 @@ def apply_rope(x: Array, positions: Array, max_wavelength: float) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Optional[Array]) -> Array:
-  """q: [B, T, H, K], k/v: [B, S, H, K], mask: broadcastable to [B, H, T, S] (True = attend). -> [B, T, H, K]."""
+def dot_product_attention(
+  q: Array, k: Array, v: Array, mask: Optional[Array], policy: Optional[Policy] = None
+) -> Array:
+  """q: [B, T, H, K], k/v: [B, S, H, K], mask: broadcastable to [B, H, T, S] (True = attend). -> [B, T, H, K].
+  Both einsums follow `policy` (16-bit operands, float32 accumulation); the softmax is float32."""
+  policy = get_policy(policy)
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bthk,bshk->bhts", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
+  logits = policy.einsum("bthk,bshk->bhts", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhts,bshk->bthk", weights, v)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if not policy.mixed:
+    weights = weights.astype(v.dtype)
+  return policy.einsum("bhts,bshk->bthk", weights, v).astype(jnp.float32 if policy.mixed else v.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -82,8 +97,9 @@ class MultiHeadAttention(nn.Module):
     """x: [B, T, D] queries (and keys/values unless `inputs_kv` [B, S, D] is given, e.g. MAP pooling)."""
     cfg = self.cfg
     h, k_dim = cfg.num_heads, cfg.width // cfg.num_heads
+    pkw = cfg.policy.dense_kwargs()
     dense = lambda name: nn.DenseGeneral(
-      (h, k_dim), dtype=cfg.dtype, name=name, kernel_init=nn.initializers.xavier_uniform()
+      (h, k_dim), dtype=jnp.float32, name=name, kernel_init=nn.initializers.xavier_uniform(), **pkw
     )
     q = dense("query")(x)
     if cfg.rope:
@@ -93,13 +109,16 @@ class MultiHeadAttention(nn.Module):
       k, v = dense("key")(kv_in), dense("value")(kv_in)
       if cfg.rope:
         k = apply_rope(k, positions, cfg.rope_max_wavelength)
+      # Under a 16-bit policy keys/values are kept (shared, cached) in the compute dtype: the attention einsums
+      # would round them to it anyway, so this changes no result and halves the KV cache.
+      k, v = cast_compute(k, cfg.policy), cast_compute(v, cfg.policy)
       if decode:
         k, v, mask = self._update_cache(k, v, mask)
     else:
       k, v, mask = shared_kv
-    y = dot_product_attention(q, k, v, mask)
+    y = dot_product_attention(q, k, v, mask, cfg.policy)
     out = nn.DenseGeneral(
-      cfg.width, axis=(-2, -1), dtype=cfg.dtype, name="out", kernel_init=nn.initializers.xavier_uniform()
+      cfg.width, axis=(-2, -1), dtype=jnp.float32, name="out", kernel_init=nn.initializers.xavier_uniform(), **pkw
     )(y)
     return out, (k, v, mask)
 
@@ -136,9 +155,10 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
     init = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, **init)(x)
+    init.update(get_policy(self.dtype).dense_kwargs())
+    x = nn.Dense(self.mlp_dim, dtype=jnp.float32, **init)(x)
     x = nn.gelu(x)
-    return nn.Dense(d, dtype=self.dtype, **init)(x)
+    return nn.Dense(d, dtype=jnp.float32, **init)(x)
 
 
 class EncoderLayer(nn.Module):
@@ -156,10 +176,10 @@ class EncoderLayer(nn.Module):
     decode: bool = False,
   ) -> tuple[Array, KV]:
     cfg = self.cfg
-    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=cfg.dtype, name="LayerNorm_0")(x)
+    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=jnp.float32, name="LayerNorm_0")(x)
     y, kv = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(y, mask, positions, shared_kv, decode)
     x = x + y
-    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=cfg.dtype, name="LayerNorm_1")(x)
+    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=jnp.float32, name="LayerNorm_1")(x)
     x = x + MlpBlock(cfg.mlp_dim, cfg.dtype, name="MlpBlock_0")(y)
     return x, kv
 
@@ -175,10 +195,10 @@ class MAPHead(nn.Module):
   def __call__(self, x: Array) -> Array:
     b, _, d = x.shape
     probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
-    probe = jnp.tile(probe, (b, 1, 1)).astype(self.dtype)
+    probe = jnp.tile(probe, (b, 1, 1))
     cfg = LayerConfig(width=d, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype)
     x, _ = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(probe, None, inputs_kv=x)
-    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
+    y = nn.LayerNorm(dtype=jnp.float32, name="LayerNorm_0")(x)
     x = x + MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
     return x[:, 0]
 

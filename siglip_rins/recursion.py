@@ -31,7 +31,10 @@ so compile time does not grow with r, or unrolled in Python (``loop='unroll'``).
 unrolls runs of up to AUTO_UNROLL_MAX rounds and scans longer ones: measured on the 2-core CPU (benchmarks/
 RESULTS.md), unrolled rounds cost exactly their FLOPs while XLA:CPU's scan adds 15-20% per round (it stacks each
 round's backward residuals with dynamic-update-slices), and unrolled compile time grows ~0.6 s per round.  ``remat=True``
-rematerialises each round (only the carry is saved for the backward pass).
+(or 'full') rematerialises each round (only the carry is saved for the backward pass); ``remat='dots'`` keeps only
+the matmul outputs of a round (fewer, smaller stacked residuals; LayerNorm/GELU/softmax recomputed) and
+``'dots_no_batch'`` only the unbatched ones (attention recomputed).  benchmarks/bench_recursion.py times them
+(loop forms scan_dots, scan_dots_nb, scan_remat).
 """
 
 from __future__ import annotations
@@ -51,6 +54,23 @@ Array = jax.Array
 MAX_EXPONENT = 1024
 LOOPS = ("auto", "scan", "unroll")
 AUTO_UNROLL_MAX = 4  # loop='auto': runs of up to this many rounds are unrolled, longer ones scanned
+REMATS = (False, True, "full", "dots", "dots_no_batch")
+
+
+def remat_policy(remat) -> Any:
+  """The jax.checkpoint policy of a `recursion.remat` value (None: save nothing but the inputs).  'dots' and
+  'dots_no_batch' also save the mixed-precision products (siglip_rins.precision names their outputs)."""
+  from siglip_rins import precision
+
+  cp = jax.checkpoint_policies
+  if remat == "dots":
+    names = cp.save_only_these_names(precision.DOT_NAME, precision.BATCHED_DOT_NAME)
+    return cp.save_from_both_policies(cp.dots_saveable, names)
+  if remat == "dots_no_batch":
+    names = cp.save_only_these_names(precision.DOT_NAME)
+    return cp.save_from_both_policies(cp.dots_with_no_batch_dims_saveable, names)
+  return None
+
 
 _TOKEN = re.compile(r"([A-Z])(?:\^(?:\{(\d+)\}|(\d+)))?")
 _DEGREE_FORM = re.compile(r"^\((.+)\)_\{?(\d+)\}?$")
@@ -428,7 +448,10 @@ class RecursionConfig:
   p_skip: float = 0.0
   adapters: bool = False
   loop: str = "auto"  # 'auto' (unroll runs <= AUTO_UNROLL_MAX rounds, else scan), 'scan', 'unroll'
-  remat: bool = False  # rematerialise each round in the backward pass
+  # Rematerialise each round in the backward pass: False; True or 'full' (only the carry is saved, the round's
+  # forward runs again); 'dots' (matmul outputs saved, elementwise work (LayerNorm, GELU, softmax) recomputed);
+  # 'dots_no_batch' (only unbatched matmul outputs saved: projections and MLP, attention recomputed).
+  remat: Any = False
   kv_sharing: bool = False  # later rounds of the recursive block attend to the first round's keys/values
   # Overrides the split of the baseline depth: an int (every unique block) or one int per unique block (in order
   # of first use), e.g. (2, 1, 1) for the 4-layer blocks of an uneven App. E.1 entry.
@@ -446,6 +469,8 @@ class RecursionConfig:
       raise ValueError(f"recursion.scan_unroll must be an integer >= 1, got {self.scan_unroll!r}")
     if self.split not in SPLITS:
       raise ValueError(f"recursion.split must be one of {SPLITS}, got {self.split!r}")
+    if self.remat not in REMATS:
+      raise ValueError(f"recursion.remat must be one of {REMATS}, got {self.remat!r}")
     if isinstance(self.layers_per_block, (list, tuple)):  # hashable
       object.__setattr__(self, "layers_per_block", tuple(self.layers_per_block))
 
@@ -552,7 +577,7 @@ class RecursiveStack(nn.Module):
       count = repeats_ran if adapter_axis(trained) == "repeat" else rounds_ran
       x = self._adapters(x, count, num_adapters(trained))
     if self.final_norm:
-      x = nn.LayerNorm(epsilon=self.layer.layernorm_eps, dtype=self.layer.dtype, name="encoder_norm")(x)
+      x = nn.LayerNorm(epsilon=self.layer.layernorm_eps, dtype=jnp.float32, name="encoder_norm")(x)
     return x, {"rounds": rounds_ran, "repeats": repeats_ran}
 
   def _run(
@@ -574,7 +599,8 @@ class RecursiveStack(nn.Module):
     if loop == "auto":
       loop = "unroll" if count <= AUTO_UNROLL_MAX else "scan"
     if loop == "unroll" and not decode_rounds:
-      fn = nn.remat(_apply_block, static_argnums=(6,)) if self.recursion.remat else _apply_block
+      remat, policy = self.recursion.remat, remat_policy(self.recursion.remat)
+      fn = nn.remat(_apply_block, static_argnums=(6,), policy=policy) if remat else _apply_block
       for j in range(count):
         x = fn(block, x, None if keep is None else keep[j], mask, positions, shared, decode_rounds)
       return x
@@ -583,7 +609,7 @@ class RecursiveStack(nn.Module):
       return _apply_block(mdl, carry, None if keep is None else keep_j, mask_, positions_, shared_, decode_rounds), None
 
     if self.recursion.remat:
-      body = nn.remat(body, prevent_cse=False)
+      body = nn.remat(body, prevent_cse=False, policy=remat_policy(self.recursion.remat))
     scan = nn.scan(
       body,
       variable_broadcast="params",
@@ -605,4 +631,4 @@ class RecursiveStack(nn.Module):
     kernel = self.param("adapter_kernel", eye, (r_max, d, d))
     bias = self.param("adapter_bias", nn.initializers.zeros, (r_max, d))
     k = jnp.clip(count, 1, r_max) - 1
-    return jnp.einsum("btd,de->bte", x, kernel[k].astype(x.dtype)) + bias[k].astype(x.dtype)
+    return self.layer.policy.einsum("btd,de->bte", x, kernel[k].astype(x.dtype)) + bias[k].astype(x.dtype)

@@ -467,7 +467,8 @@ def test_scan_unroll_and_remat_agree_on_outputs_and_gradients(a3b_params):
   x = _x()
   params = _without_adapters(a3b_params)
   loss_ref, grad_ref = _loss_and_grad(_stack("A^3B", depth=2, loop="unroll"), params, x)
-  for loop, remat in [("scan", False), ("scan", True), ("unroll", True)]:
+  forms = [("scan", False), ("scan", True), ("unroll", True), ("scan", "dots"), ("scan", "dots_no_batch")]
+  for loop, remat in forms + [("unroll", "dots")]:
     loss, grad = _loss_and_grad(_stack("A^3B", depth=2, loop=loop, remat=remat), params, x)
     _close(loss, loss_ref)
     jax.tree.map(lambda a, b: _close(a, b, 1e-4), grad, grad_ref)
@@ -594,3 +595,24 @@ def test_inference_rounds_reuse_parameters(a3b_params):
   assert jax.tree.map(jnp.shape, jax.eval_shape(lambda: a2b.init(jax.random.PRNGKey(0), x, rounds=5))) == jax.tree.map(
     jnp.shape, {"params": params}
   )
+
+
+def test_remat_dots_policy_saves_mixed_precision_products():
+  """Under the bf16 policy the products sit inside a custom VJP; remat='dots' saves them by name, so the scanned
+  backward pass does not recompute them (the loss and gradients equal the non-remat ones)."""
+  from siglip_rins.models import build_model
+
+  base = dict(name="vit", variant="mu/8", pool_type="gap", precision="bfloat16")
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), minval=-1, maxval=1)
+  plain = build_model({**base, "recursion": dict(signature="A^3B", loop="scan")})
+  dots = build_model({**base, "recursion": dict(signature="A^3B", loop="scan", remat="dots")})
+  params = plain.init(jax.random.PRNGKey(1), x)["params"]
+
+  def loss(m):
+    return jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply({"params": p}, x)[0] ** 2)))(params)
+
+  (l0, g0), (l1, g1) = loss(plain), loss(dots)
+  _close(l1, l0)
+  jax.tree.map(lambda a, b: _close(a, b, 1e-4), g1, g0)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(dots.apply({"params": p}, x)[0] ** 2)))(params))
+  assert "policy_dot" in jaxpr

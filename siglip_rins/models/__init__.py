@@ -7,6 +7,9 @@ Config keys per model name are listed in `ALLOWED`; unknown keys raise ValueErro
 `recursion` (signature, degree, p_skip, adapters, loop, remat, kv_sharing, layers_per_block (an int or one int
 per unique block), split ('floor' | 'spread' | 'exact'), scan_unroll) applies to every tower; `image.recursion` /
 `text.recursion` override it per tower.
+`precision` ('float32' (default) | 'bfloat16' | 'float16'; `dtype` is its older name) is the mixed-precision
+policy of every tower (siglip_rins.precision): float32 parameters, gradients, activations, LayerNorm, softmax and
+loss; matmul/einsum/conv operands in the named dtype with float32 accumulation.
 """
 
 from __future__ import annotations
@@ -20,12 +23,23 @@ from siglip_rins.models.decoder import DecoderLM, init_cache
 from siglip_rins.models.text import TextTransformer
 from siglip_rins.models.two_towers import TwoTowers
 from siglip_rins.models.vit import ViT, decode_variant
+from siglip_rins.precision import Policy, get_policy
 from siglip_rins.recursion import RecursionConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _TOWER_KEYS = {"variant", "width", "depth", "mlp_dim", "num_heads", "recursion"}
 ALLOWED = {
-  "two_towers": {"name", "image", "text", "out_dim", "recursion", "dtype", "temperature_init", "bias_init"},
+  "two_towers": {
+    "name",
+    "image",
+    "text",
+    "out_dim",
+    "recursion",
+    "dtype",
+    "precision",
+    "temperature_init",
+    "bias_init",
+  },
   "vit": {
     "name",
     "variant",
@@ -41,6 +55,7 @@ ALLOWED = {
     "head_zeroinit",
     "recursion",
     "dtype",
+    "precision",
   },
   "classifier": {
     "name",
@@ -57,6 +72,7 @@ ALLOWED = {
     "head_zeroinit",
     "recursion",
     "dtype",
+    "precision",
   },
   "text": {
     "name",
@@ -70,6 +86,7 @@ ALLOWED = {
     "num_classes",
     "recursion",
     "dtype",
+    "precision",
   },
   "decoder": {
     "name",
@@ -82,10 +99,11 @@ ALLOWED = {
     "tie_embeddings",
     "recursion",
     "dtype",
+    "precision",
   },
 }
-IMAGE_KEYS = ALLOWED["vit"] - {"name", "dtype"}
-TEXT_KEYS = ALLOWED["text"] - {"name", "dtype"}
+IMAGE_KEYS = ALLOWED["vit"] - {"name", "dtype", "precision"}
+TEXT_KEYS = ALLOWED["text"] - {"name", "dtype", "precision"}
 # Decoder LM shapes of the paper (Sec. 3-4): 300M/600M (emb 1536, mlp 6144), 1B (emb 2048, mlp 8192, 18 blocks).
 LM_VARIANTS = {
   "lm_mu": dict(width=64, depth=4, mlp_dim=256, num_heads=2),
@@ -115,6 +133,22 @@ def _dtype(name: str):
   if name not in DTYPES:
     raise ValueError(f"model.dtype: unknown dtype {name!r}; allowed: {sorted(DTYPES)}")
   return DTYPES[name]
+
+
+def precision_policy(cfg: Any) -> Policy:
+  """The model's mixed-precision policy (siglip_rins.precision) from `model.precision` ('float32' |
+  'bfloat16' | 'float16'); `model.dtype` is the older spelling of the same key (both given must agree).
+  Default float32."""
+  cfg = _as_dict(cfg)
+  dtype, precision = cfg.get("dtype"), cfg.get("precision")
+  if dtype is not None:
+    _dtype(dtype)
+  if dtype is not None and precision is not None and dtype != precision:
+    raise ValueError(
+      f"model.precision {precision!r} and model.dtype {dtype!r} disagree; model.dtype is the older name of "
+      "model.precision: give one of them"
+    )
+  return get_policy(precision or dtype or "float32")
 
 
 def _tower_kwargs(d: dict, recursion: dict, dtype, where: str, is_text: bool) -> dict:
@@ -148,7 +182,7 @@ def build_model(cfg: Any):
   if name not in ALLOWED:
     raise ValueError(f"model.name: unknown model {name!r}; allowed: {sorted(ALLOWED)}")
   _check_keys(cfg, ALLOWED[name], f"model ({name})")
-  dtype = _dtype(cfg.get("dtype", "float32"))
+  dtype = precision_policy(cfg)  # passed to the towers as `dtype` (the policy)
   recursion = _as_dict(cfg.get("recursion"))
   if name == "two_towers":
     out_dim = cfg.get("out_dim", (None, None))
@@ -169,17 +203,19 @@ def build_model(cfg: Any):
     kw = {k: cfg[k] for k in ("temperature_init", "bias_init") if k in cfg}
     model = TwoTowers(image=image, text=text, **kw)
   elif name == "vit":
-    model = ViT(**_tower_kwargs(_without(cfg, "name", "dtype"), recursion, dtype, "model", False))
+    model = ViT(**_tower_kwargs(_without(cfg, "name", "dtype", "precision"), recursion, dtype, "model", False))
   elif name == "classifier":
-    kw = _tower_kwargs(_without(cfg, "name", "dtype"), recursion, dtype, "model", False)
+    kw = _tower_kwargs(_without(cfg, "name", "dtype", "precision"), recursion, dtype, "model", False)
     kw.setdefault("head_bias_init", -6.9)
     if not kw.get("num_classes"):
       raise ValueError("model.num_classes: a classifier needs num_classes >= 1")
     model = Classifier(vit=kw)
   elif name == "text":
-    model = TextTransformer(**_tower_kwargs(_without(cfg, "name", "dtype"), recursion, dtype, "model", True))
+    model = TextTransformer(
+      **_tower_kwargs(_without(cfg, "name", "dtype", "precision"), recursion, dtype, "model", True)
+    )
   else:
-    d = _without(cfg, "name", "dtype")
+    d = _without(cfg, "name", "dtype", "precision")
     variant = d.pop("variant", None)
     if variant is not None:
       if variant not in LM_VARIANTS:

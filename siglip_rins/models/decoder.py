@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from siglip_rins.layers import LayerConfig
+from siglip_rins.precision import get_policy
 from siglip_rins.recursion import RecursionConfig, RecursiveStack
 
 
@@ -53,7 +54,7 @@ class DecoderLM(nn.Module):
   num_heads: int = 12
   tie_embeddings: bool = False
   recursion: RecursionConfig = RecursionConfig()
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # precision policy (siglip_rins.precision): a Policy, its name or a dtype
 
   @nn.compact
   def __call__(
@@ -70,7 +71,8 @@ class DecoderLM(nn.Module):
     embed = nn.Embed(
       self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=self.width**-0.5), name="Embed_0"
     )
-    x = embed(tokens).astype(self.dtype)  # rows of norm ~1; no sqrt(D) multiplier (see the class docstring)
+    policy = get_policy(self.dtype)  # float32 activations; matmul operands in policy.compute_dtype
+    x = embed(tokens).astype(jnp.float32)  # rows of norm ~1; no sqrt(D) multiplier (see the class docstring)
     if decode:
       # The number of tokens decoded so far (reset by init_cache); the position of a token decoded without
       # explicit `positions` (all sequences of a batch decode in lockstep).
@@ -90,9 +92,12 @@ class DecoderLM(nn.Module):
       x, mask=mask, positions=positions, train=train, rounds=rounds, decode=decode, repeat=repeat
     )
     if self.tie_embeddings:
-      logits = embed.attend(x.astype(jnp.float32))
+      if policy.mixed:
+        logits = policy.einsum("btd,vd->btv", x, embed.embedding)
+      else:
+        logits = embed.attend(x.astype(jnp.float32))
     else:
-      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head")(x)
+      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=jnp.float32, name="head", **policy.dense_kwargs())(x)
     return logits.astype(jnp.float32)
 
 

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from siglip_rins.layers import LayerConfig, MAPHead, position_embedding
+from siglip_rins.precision import get_policy
 from siglip_rins.recursion import RecursionConfig, RecursiveStack
 
 POOLS = ("last", "first", "gap", "map")
@@ -28,16 +29,17 @@ class TextTransformer(nn.Module):
   pool_type: str = "last"
   num_classes: Optional[int] = None
   recursion: RecursionConfig = RecursionConfig()
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # precision policy (siglip_rins.precision): a Policy, its name or a dtype
 
   @nn.compact
   def __call__(self, tokens, train: bool = False, rounds: Optional[int] = None, repeat: Optional[int] = None):
     if self.pool_type not in POOLS:
       raise ValueError(f"unknown text pool_type {self.pool_type!r}; allowed: {POOLS}")
+    policy = get_policy(self.dtype)  # float32 activations; matmul operands in policy.compute_dtype
     x = nn.Embed(
       self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=1 / self.width**0.5), name="Embed_0"
-    )(tokens).astype(self.dtype)
-    x = x + position_embedding(self, "learn", (tokens.shape[1],), self.width, "pos_embedding").astype(self.dtype)
+    )(tokens).astype(jnp.float32)
+    x = x + position_embedding(self, "learn", (tokens.shape[1],), self.width, "pos_embedding")
     layer = LayerConfig(self.width, self.num_heads, self.mlp_dim, self.dtype)
     x, info = RecursiveStack(layer, self.depth, self.recursion, name="Encoder_0")(
       x, train=train, rounds=rounds, repeat=repeat
@@ -53,5 +55,5 @@ class TextTransformer(nn.Module):
       x = MAPHead(self.num_heads, self.mlp_dim, self.dtype, name="MAPHead_0")(x)
     aux["pre_logits"] = x
     if self.num_classes:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+      x = nn.Dense(self.num_classes, dtype=jnp.float32, name="head", **policy.dense_kwargs())(x)
     return x.astype(jnp.float32), aux

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from siglip_rins.layers import LayerConfig, MAPHead, position_embedding
+from siglip_rins.precision import get_policy
 from siglip_rins.recursion import RecursionConfig, RecursiveStack
 
 # name: (width, depth, mlp_dim, heads).  The lower-case ones are tiny variants for CPU runs and tests.
@@ -58,21 +59,28 @@ class ViT(nn.Module):
   head_bias_init: float = 0.0
   head_zeroinit: bool = True
   recursion: RecursionConfig = RecursionConfig()
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # precision policy (siglip_rins.precision): a Policy, its name or a dtype
 
   @nn.compact
   def __call__(self, image, train: bool = False, rounds: Optional[int] = None, repeat: Optional[int] = None):
     if self.pool_type not in POOLS:
       raise ValueError(f"unknown pool_type {self.pool_type!r}; allowed: {POOLS}")
+    policy = get_policy(self.dtype)  # float32 activations; matmul operands in policy.compute_dtype
     x = nn.Conv(
-      self.width, self.patch_size, strides=self.patch_size, padding="VALID", dtype=self.dtype, name="embedding"
-    )(image.astype(self.dtype))
+      self.width,
+      self.patch_size,
+      strides=self.patch_size,
+      padding="VALID",
+      dtype=jnp.float32,
+      name="embedding",
+      **policy.conv_kwargs(),
+    )(image.astype(jnp.float32))
     b, h, w, c = x.shape
     x = x.reshape(b, h * w, c)
-    x = x + position_embedding(self, self.posemb, (h, w), c, "pos_embedding").astype(self.dtype)
+    x = x + position_embedding(self, self.posemb, (h, w), c, "pos_embedding")
     if self.pool_type == "tok":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, c), jnp.float32)
-      x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)).astype(self.dtype), x], axis=1)
+      x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)), x], axis=1)
     layer = LayerConfig(self.width, self.num_heads, self.mlp_dim, self.dtype)
     x, info = RecursiveStack(layer, self.depth, self.recursion, name="Transformer")(
       x, train=train, rounds=rounds, repeat=repeat
@@ -89,7 +97,8 @@ class ViT(nn.Module):
       kinit = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
       x = nn.Dense(
         self.num_classes,
-        dtype=self.dtype,
+        dtype=jnp.float32,
+        **policy.dense_kwargs(),
         kernel_init=kinit,
         bias_init=nn.initializers.constant(self.head_bias_init),
         name="head",

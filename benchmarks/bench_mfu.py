@@ -1,0 +1,200 @@
+"""Model-FLOPs utilisation (MFU) of the SigLIP-RINS training step on every local device (GPU/TPU/CPU).
+
+Usage:
+  python -m benchmarks.bench_mfu                       # SigLIP-RINS-B/16 A^3B, 224 px, text 64, bf16 policy
+  python -m benchmarks.bench_mfu --size small          # reduced size that runs on a CPU in seconds (the test)
+  python -m benchmarks.bench_mfu --precision float32 --batch_per_device 128 --signature AB --mesh data=-1
+  options: [--steps 10] [--matmul_n 8192] [--mesh data=-1,fsdp=1] [--out r.json]
+
+What it does: builds the model with `model.precision` (default 'bfloat16': bf16 matmul operands, f32
+accumulation, f32 parameters/optimizer/LayerNorm/softmax/loss; siglip_rins/precision.py), the trainer's own
+step (ContrastiveTask, make_optimizer (Adam), make_train_step) jitted with the trainer's shardings: the state
+placed by `train.init_state` on the mesh of siglip_rins/sharding.py (default: data parallel over all local
+devices, `{'data': -1, 'fsdp': 1}`; `--mesh` takes the trainer's mesh config), the batch split over the mesh.
+Then it measures the device's bf16 matmul peak (an n^3 matmul with bf16 operands and f32 accumulation on every
+device at once, sharded over the mesh) and the step time, and reports
+
+  MFU = analytic model FLOPs per step (siglip_rins.flops: 2 per MAC, backward = 2x forward) / step seconds
+        / (measured peak FLOP/s of all devices together).
+
+Model 'B16_A3B' (default): image ViT-B/16 (width 768, depth 12 -> A = B = 6 layers, A run 3 times: 24 layer
+applications), MAP pooling; text B (vocab 32000, 64 tokens) with a head to 768; batch 256 per device.
+Size 'small': image mu/8 at 32 px, text mu (vocab 1000, 16 tokens), A^3B, batch 8 per device, matmul 512^3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+if __package__ in (None, ""):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _util as U  # noqa: E402
+
+SIZES = {
+  "B16_A3B": dict(
+    model=dict(
+      name="two_towers",
+      image=dict(variant="B/16", pool_type="map"),
+      text=dict(variant="B", vocab_size=32000),
+      out_dim=(None, 768),
+    ),
+    image_size=224,
+    text_len=64,
+    batch_per_device=256,
+    matmul_n=8192,
+    steps=10,
+  ),
+  "small": dict(
+    model=dict(
+      name="two_towers",
+      image=dict(variant="mu/8", pool_type="map"),
+      text=dict(variant="mu", vocab_size=1000),
+      out_dim=(None, 64),
+    ),
+    image_size=32,
+    text_len=16,
+    batch_per_device=8,
+    matmul_n=512,
+    steps=2,
+  ),
+}
+
+
+def parse_mesh(spec: str | None):
+  """'data=-1,fsdp=1' -> {'data': -1, 'fsdp': 1}; None -> None (the trainer's default: all devices on 'data')."""
+  if not spec:
+    return None
+  out = {}
+  for part in spec.split(","):
+    name, _, size = part.partition("=")
+    out[name.strip()] = int(size)
+  return out
+
+
+def matmul_peak(mesh, n: int, repeats: int = 5) -> dict:
+  """Aggregate FLOP/s of one n^3 matmul per device (bf16 operands, f32 accumulation), run on all devices of
+  `mesh` at once (a [devices, n, n] batch sharded over the mesh's axes)."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  d = mesh.size
+  sh = NamedSharding(mesh, P(tuple(mesh.axis_names)))
+  make = jax.jit(
+    lambda k: jax.random.normal(k, (d, n, n), jnp.float32).astype(jnp.bfloat16), out_shardings=sh
+  )  # fmt: skip
+  a, b = make(jax.random.PRNGKey(0)), make(jax.random.PRNGKey(1))
+  f = jax.jit(lambda x, y: jnp.einsum("bij,bjk->bik", x, y, preferred_element_type=jnp.float32), out_shardings=sh)
+  times = U.time_calls(lambda: f(a, b), warmup=2, repeats=repeats)
+  fl = 2.0 * n**3 * d
+  return dict(n=n, devices=d, median_s=U.median(times), flops_per_s=fl / U.median(times), best=fl / min(times))
+
+
+def run(size: str, signature: str, precision: str, batch_per_device, steps, matmul_n, mesh_spec) -> dict:
+  import jax
+  import numpy as np
+  from siglip_rins import flops, optim, sharding, train
+  from siglip_rins.models import build_model
+  from siglip_rins.tasks import get_task
+
+  spec = SIZES[size]
+  batch_per_device = batch_per_device or spec["batch_per_device"]
+  steps = steps or spec["steps"]
+  matmul_n = matmul_n or spec["matmul_n"]
+  mesh = sharding.make_mesh(parse_mesh(mesh_spec))
+  batch = batch_per_device * mesh.size
+  model_cfg = dict(spec["model"], precision=precision, recursion=dict(signature=signature))
+  config = U.train_config(model_cfg, batch, spec["image_size"], spec["text_len"])
+  if mesh_spec:
+    config.mesh = parse_mesh(mesh_spec)
+  model = build_model(config.model)
+  task = get_task(config, mesh)  # as the trainer: the sigmoid loss sharded over the batch axes
+  tx, schedule_fn = optim.make_optimizer(config, config.total_steps, batch_size=batch)
+  state = train.init_state(model, task, tx, mesh, config, jax.random.PRNGKey(0))
+  state_sh = train.state_shardings(state)
+  step = jax.jit(
+    train.make_train_step(model, task, tx, schedule_fn, 0),
+    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+    out_shardings=(state_sh, None),
+    donate_argnums=(0,),
+  )
+  rng = np.random.default_rng(0)
+  local = batch // jax.process_count()
+  data = sharding.make_global_batch(
+    {
+      "image": rng.uniform(-1, 1, (local, spec["image_size"], spec["image_size"], 3)).astype(np.float32),
+      "labels": rng.integers(0, model_cfg["text"]["vocab_size"], (local, spec["text_len"])).astype(np.int32),
+    },
+    mesh,
+  )
+  flops_per_step = flops.train_flops_per_example(model, task.input_shapes()) * batch
+  t0 = time.perf_counter()
+  state, m = step(state, data)
+  jax.block_until_ready(m["loss"])
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = step(state, data)
+    jax.block_until_ready(m["loss"])
+    times.append(time.perf_counter() - t0)
+  peak = matmul_peak(mesh, matmul_n)
+  step_s = U.median(times)
+  achieved = flops_per_step / step_s
+  return dict(
+    size=size,
+    signature=signature,
+    precision=precision,
+    mesh={k: int(v) for k, v in mesh.shape.items()},
+    devices=mesh.size,
+    device_kind=str(jax.devices()[0].device_kind),
+    platform=jax.default_backend(),
+    batch=batch,
+    batch_per_device=batch_per_device,
+    params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
+    flops_per_step=flops_per_step,
+    compile_plus_first_step_s=compile_s,
+    step_s_median=step_s,
+    step_s=times,
+    examples_per_s=batch / step_s,
+    achieved_tflop_per_s=achieved / 1e12,
+    bf16_matmul_peak=peak,
+    bf16_matmul_peak_tflop_per_s=peak["flops_per_s"] / 1e12,
+    mfu=achieved / peak["flops_per_s"],
+    loss=float(m["loss"]),
+    finite=bool(m["finite"]),
+  )
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "--size", default="B16_A3B", choices=sorted(SIZES) + ["auto"], help="'auto': small on a CPU, else B16_A3B"
+  )
+  parser.add_argument("--signature", default="A^3B")
+  parser.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+  parser.add_argument("--batch_per_device", type=int, default=None)
+  parser.add_argument("--steps", type=int, default=None)
+  parser.add_argument("--matmul_n", type=int, default=None)
+  parser.add_argument("--mesh", default=None, help="the trainer's mesh, e.g. 'data=-1,fsdp=1' (default) or 'fsdp=-1'")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  if args.size == "auto":
+    import jax
+
+    args.size = "small" if jax.default_backend() == "cpu" else "B16_A3B"
+  result = {"benchmark": "mfu", "context_start": U.context()}
+  result.update(
+    run(args.size, args.signature, args.precision, args.batch_per_device, args.steps, args.matmul_n, args.mesh)
+  )
+  result["context_end"] = U.context()
+  result["machine"] = U.machine_info()
+  return U.emit(result, args.out)
+
+
+if __name__ == "__main__":
+  main()
