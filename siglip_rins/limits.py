@@ -23,6 +23,7 @@ Config keys ``input.max_image_pixels`` / ``input.max_image_bytes`` (training); e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from typing import Optional
@@ -75,6 +76,15 @@ def check_dims(d: dict, where: str = "model") -> None:
         raise ValueError(f"{where}.{key} = {x} exceeds the cap {cap} (siglip_rins.limits.MAX_DIMS)")
 
 
+# ------------------------------------------------------------------------------------------------ paths
+def inside_folder(relative: str, root) -> bool:
+  """Whether the relative path `relative` stays inside the folder `root` once its '..' are applied (lexically:
+  symlinks the dataset itself holds are followed as usual)."""
+  root = os.path.abspath(root)
+  full = os.path.normpath(os.path.join(root, relative))
+  return full == root or full.startswith(root.rstrip(os.sep) + os.sep)
+
+
 # ----------------------------------------------------------------------------------------------- images
 def _env_int(name: str, default: int) -> int:
   raw = os.environ.get(name)
@@ -89,14 +99,41 @@ def _env_int(name: str, default: int) -> int:
   return v
 
 
+_SCOPED: list = [None, None]  # (pixels, bytes) set by `image_caps` while a pipeline traces its pp
+
+
+def _positive(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) < 1:
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+  return int(value)
+
+
 def max_image_pixels(value: Optional[int] = None) -> int:
-  """The pixel cap: `value` when given, else $SIGLIP_RINS_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
-  return int(value) if value else _env_int(ENV_MAX_PIXELS, DEFAULT_MAX_IMAGE_PIXELS)
+  """The pixel cap: `value` when given, else the `image_caps` scope, else $SIGLIP_RINS_MAX_IMAGE_PIXELS, else
+  DEFAULT_MAX_IMAGE_PIXELS."""
+  if value is not None:
+    return _positive("max_image_pixels", value)
+  return _SCOPED[0] or _env_int(ENV_MAX_PIXELS, DEFAULT_MAX_IMAGE_PIXELS)
 
 
 def max_image_bytes(value: Optional[int] = None) -> int:
-  """The encoded-size cap: `value`, else $SIGLIP_RINS_MAX_IMAGE_BYTES, else DEFAULT_MAX_IMAGE_BYTES."""
-  return int(value) if value else _env_int(ENV_MAX_BYTES, DEFAULT_MAX_IMAGE_BYTES)
+  """The encoded-size cap: `value`, else the `image_caps` scope, else $SIGLIP_RINS_MAX_IMAGE_BYTES, else
+  DEFAULT_MAX_IMAGE_BYTES."""
+  if value is not None:
+    return _positive("max_image_bytes", value)
+  return _SCOPED[1] or _env_int(ENV_MAX_BYTES, DEFAULT_MAX_IMAGE_BYTES)
+
+
+@contextlib.contextmanager
+def image_caps(max_pixels: Optional[int] = None, max_bytes: Optional[int] = None):
+  """Within the block, max_image_pixels() / max_image_bytes() without a value return these caps (the pipeline
+  traces its pp in this scope, so the `decode` op uses `input.max_image_pixels` / `input.max_image_bytes`)."""
+  saved = list(_SCOPED)
+  _SCOPED[:] = [max_image_pixels(max_pixels), max_image_bytes(max_bytes)]
+  try:
+    yield
+  finally:
+    _SCOPED[:] = saved
 
 
 def image_header_size(data: bytes) -> Optional[tuple[int, int]]:

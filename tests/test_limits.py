@@ -7,8 +7,10 @@ caps are checked from the header), the 6 GiB file is sparse.
 import json
 import math
 import os
+import resource
 import shutil
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -155,3 +157,128 @@ def test_good_export_still_loads(exported):
 
   m = load_exported(exported)
   assert np.isfinite(m.encode_texts(["red"])).all()
+
+
+# ------------------------------------------------------------------------------------------------ images
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_header_sizes_and_caps():
+  assert limits.image_header_size(huge_png(20000, 20000)) == (20000, 20000)
+  assert limits.image_header_size(good_png((12, 10))) == (12, 10)
+  import io
+
+  from PIL import Image
+
+  for fmt in ("JPEG", "GIF", "BMP", "WEBP"):
+    buf = io.BytesIO()
+    Image.new("RGB", (37, 21), (1, 2, 3)).save(buf, format=fmt)
+    assert limits.image_header_size(buf.getvalue()) == (37, 21), fmt
+  with pytest.raises(ValueError, match="20000x20000 = 400000000 pixels exceeds the image pixel cap of 100000000"):
+    limits.check_image_bytes(huge_png(20000, 20000), "x.png")
+  with limits.image_caps(max_pixels=10**9):
+    limits.check_image_bytes(huge_png(20000, 20000), "x.png")  # a raised cap lets it through
+  assert limits.max_image_pixels() == limits.DEFAULT_MAX_IMAGE_PIXELS
+
+
+def test_preprocessor_refuses_huge_and_sparse_files_with_bounded_memory(tmp_path, monkeypatch):
+  from siglip_rins.data.preprocess import ImagePreprocessor, ImageReadError
+
+  pre = ImagePreprocessor("decode|resize(8)|value_range(-1, 1)")
+  png = tmp_path / "huge.png"
+  png.write_bytes(huge_png(20000, 20000))
+  sparse = tmp_path / "sparse.png"
+  with open(sparse, "wb") as f:
+    f.truncate(6 << 30)
+  good = tmp_path / "good.png"
+  good.write_bytes(good_png())
+  rss = _peak_rss_mb()
+  tracemalloc.start()
+  with pytest.raises(ImageReadError, match=r"huge.png: 20000x20000 = 400000000 pixels exceeds .* cap of 100000000"):
+    pre(png)
+  with pytest.raises(
+    ImageReadError, match=rf"sparse.png: {6 << 30} bytes exceeds the image file-size cap of {64 << 20}"
+  ):
+    pre(sparse)
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  assert peak < 16 << 20 and _peak_rss_mb() - rss < 300  # nothing read whole, nothing decoded
+  assert pre(good).shape == (8, 8, 3)
+  monkeypatch.setenv(limits.ENV_MAX_PIXELS, "100")
+  with pytest.raises(ImageReadError, match="12x10 = 120 pixels exceeds the image pixel cap of 100"):
+    ImagePreprocessor("decode|resize(8)")(good)
+  monkeypatch.setenv(limits.ENV_MAX_BYTES, "50")
+  with pytest.raises(ImageReadError, match="exceeds the image file-size cap of 50 bytes"):
+    ImagePreprocessor("decode|resize(8)")(good)
+
+
+def test_classify_skips_huge_images_and_goes_on(exported, tmp_path, capsys):
+  (tmp_path / "huge.png").write_bytes(huge_png(18000, 18000))
+  with open(tmp_path / "sparse.png", "wb") as f:
+    f.truncate(6 << 30)
+  (tmp_path / "good.png").write_bytes(good_png())
+  rss = _peak_rss_mb()
+  paths = [str(tmp_path / n) for n in ("huge.png", "sparse.png", "good.png")]
+  rc = cli.main(["classify", "--model", str(exported), "--labels", "red,blue", *paths])
+  captured = capsys.readouterr()
+  assert rc == 1  # some images could not be read
+  skips = [line for line in captured.err.splitlines() if line.startswith("skipping")]
+  assert len(skips) == 2 and "18000x18000" in skips[0] and "sparse.png" in skips[1]
+  assert "good.png" in captured.out
+  assert _peak_rss_mb() - rss < 500  # the naive decode is 1 GB of uint8 (+ a 4 GB float copy)
+
+
+def _tok(tmp_path_factory):
+  import sys
+
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import data_fixtures
+
+  return data_fixtures
+
+
+def test_training_pipeline_counts_too_large_and_bad_paths(tmp_path):
+  data_fixtures = _tok(None)
+  from siglip_rins.data import pipeline
+
+  root = tmp_path / "ds"
+  path = data_fixtures.write_jsonl_dataset(root, 3, (12, 14))
+  tok = data_fixtures.tokenizer_path_for_tests(tmp_path / "tok")
+  (root / "images" / "huge.png").write_bytes(huge_png(20000, 20000))
+  with open(root / "images" / "sparse.png", "wb") as f:
+    f.truncate(6 << 30)
+  (root / "images" / "big.jpeg").write_bytes(data_fixtures.encode_image(data_fixtures.make_image(40, 40), "jpeg"))
+  (tmp_path / "outside.jpeg").write_bytes(data_fixtures.encode_image(data_fixtures.make_image(12, 14), "jpeg"))
+  extra = [
+    {"image": "images/huge.png", "texts": "huge", "label": 10},
+    {"image": "images/sparse.png", "texts": "sparse", "label": 11},
+    {"image": "../outside.jpeg", "texts": "escape", "label": 12},
+    {"image": "images/../../outside.jpeg", "texts": "escape 2", "label": 13},
+    {"image": str(tmp_path / "outside.jpeg"), "texts": "absolute is fine", "label": 14},
+    {"image": "images/big.jpeg", "texts": "40x40 above a 1000-pixel cap", "label": 15},
+  ]
+  with open(path, "a") as f:
+    f.writelines(json.dumps(r) + "\n" for r in extra)
+  pp = f"decode|resize(8)|value_range(-1, 1)|tokenize(max_len=6, model={tok!r}, inkey='texts', outkey='labels')"
+  cfg = dict(data=dict(type="jsonl", path=str(path)), pp=pp + "|keep('image', 'label')", prefetch=1)
+  rss = _peak_rss_mb()
+  it = pipeline.make_eval_iterator({**cfg, "max_image_pixels": 1000}, batch_size=4)
+  labels = sorted(int(x) for b in it for x in b["label"][b["_mask"]])
+  assert labels == [0, 1, 2, 14]
+  stats = it.stats()
+  assert stats["skipped/too_large"] == 3 and stats["skipped/bad_image_path"] == 2, stats
+  assert stats.get("skipped/undecodable", 0) == 0
+  assert _peak_rss_mb() - rss < 500
+  it = pipeline.make_eval_iterator(cfg, batch_size=4)  # default cap: the 40x40 JPEG is fine
+  assert sorted(int(x) for b in it for x in b["label"][b["_mask"]]) == [0, 1, 2, 14, 15]
+
+
+def test_evaluator_reader_refuses_escaping_paths(tmp_path):
+  from evaluators.common import read_jsonl
+
+  (tmp_path / "data.jsonl").write_text('{"image": "a.png"}\n{"image": "/abs/b.png"}\n{"image": "../c.png"}\n')
+  with pytest.raises(ValueError, match=r"data.jsonl:3: image path '../c.png' leaves the dataset folder"):
+    read_jsonl(str(tmp_path / "data.jsonl"))
+  (tmp_path / "data.jsonl").write_text('{"image": "a.png"}\n{"image": "/abs/b.png"}\n')
+  assert [r["image"] for r in read_jsonl(str(tmp_path / "data.jsonl"))] == [str(tmp_path / "a.png"), "/abs/b.png"]

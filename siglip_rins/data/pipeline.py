@@ -46,6 +46,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from siglip_rins import limits
 from siglip_rins.data import pp as pp_lib
 from siglip_rins.data import sources as sources_lib
 
@@ -223,7 +224,14 @@ def _mix_train(streams: list, weights: list, seed_pair, start_index: int) -> tf.
   return tf.data.Dataset.choose_from_datasets(streams, choice, stop_on_empty_dataset=False)
 
 
-def _stream(input_cfg, *, train, seed, process_index, process_count, position=None):
+def _stream(input_cfg, **kw):
+  """`_stream_in_caps` with the image caps input.max_image_pixels / input.max_image_bytes (siglip_rins.limits;
+  defaults there) in scope while sources are read and the pp traced: a bigger image is skipped as 'too_large'."""
+  with limits.image_caps(_get(input_cfg, "max_image_pixels"), _get(input_cfg, "max_image_bytes")):
+    return _stream_in_caps(input_cfg, **kw)
+
+
+def _stream_in_caps(input_cfg, *, train, seed, process_index, process_count, position=None):
   """The mixed, filtered example stream.  position (train only): {'mix': j, 'components': [[epoch, pos], ...]}
   to start from (see module docstring)."""
   data_cfg = _get(input_cfg, "data")
