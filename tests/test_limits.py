@@ -282,3 +282,19 @@ def test_evaluator_reader_refuses_escaping_paths(tmp_path):
     read_jsonl(str(tmp_path / "data.jsonl"))
   (tmp_path / "data.jsonl").write_text('{"image": "a.png"}\n{"image": "/abs/b.png"}\n')
   assert [r["image"] for r in read_jsonl(str(tmp_path / "data.jsonl"))] == [str(tmp_path / "a.png"), "/abs/b.png"]
+
+
+def test_model_init_refuses_non_finite_exported_source(exported, tmp_path):
+  from safetensors.numpy import load_file, save_file
+
+  from siglip_rins import model_init
+
+  out = _copy(exported, tmp_path)
+  flat = load_file(str(out / "params.safetensors"))
+  assert model_init.load_source(out, "exported").keys() == flat.keys()
+  flat["t"] = np.array([np.inf], np.float32)
+  save_file(flat, str(out / "params.safetensors"))
+  with pytest.raises(ValueError, match="tensor 't' has 1 non-finite"):
+    model_init.load_source(out, "exported")
+  values, report = model_init.map_params({"t": np.array([np.nan], np.float32)}, {"t": np.zeros(1, np.float32)})
+  assert not values and "non-finite" in report["mismatches"][0]
