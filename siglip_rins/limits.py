@@ -7,6 +7,7 @@ plan is expanded or any module built; see `check_plan`):
 * MAX_PLAN_POSITIONS = 4096: block positions of an executed plan (``len(signature) ** degree``, or the
   signature after ``rounds``/``repeat``).  ``(A^8)_6`` has 8**6 = 262144 positions and is refused.
 * MAX_LAYERS_RUN = 4096: encoder-layer applications per forward pass (positions x layers per block).
+* MAX_DEGREE = 12: the nesting degree.
 
 Model sizes (exported configs and `build_model`; checked before `eval_shape`; see `check_dims`):
 depth <= 4096, width <= 65536, mlp_dim <= 262144, num_heads <= 4096, vocab_size <= 4_194_304,
@@ -30,6 +31,7 @@ from typing import Optional
 
 MAX_PLAN_POSITIONS = 4096
 MAX_LAYERS_RUN = 4096
+MAX_DEGREE = 12  # 2 ** 12 = 4096 positions already; (A)_d nests one block d times, so d is capped on its own
 MAX_DIMS = {
   "depth": 4096,
   "width": 65536,
@@ -54,6 +56,13 @@ def check_positions(signature, positions: int, what: str = "") -> None:
     raise ValueError(
       f"signature {signature!r}{what} expands to {positions} block positions; the cap is {MAX_PLAN_POSITIONS} "
       f"(siglip_rins.limits.MAX_PLAN_POSITIONS)"
+    )
+
+
+def check_degree(signature, degree: int) -> None:
+  if degree > MAX_DEGREE:
+    raise ValueError(
+      f"signature {signature!r}: degree {degree} exceeds the cap of {MAX_DEGREE} (siglip_rins.limits.MAX_DEGREE)"
     )
 
 

@@ -261,7 +261,8 @@ def make_plan(
     raise ValueError(f"p_skip must be in [0, 1), got {p_skip}")
   unique_letters = list(dict.fromkeys(letters))
   shown = signature if spec_degree or degree == 1 else f"({signature})_{degree}"
-  positions = len(letters) ** degree if degree < 64 else limits.MAX_PLAN_POSITIONS + 1
+  limits.check_degree(shown, degree)
+  positions = len(letters) ** degree
   limits.check_positions(shown, positions)  # before the nested expansion (len ** degree)
   n_unique = len(unique_letters) ** degree
   if layers_per_block is None:

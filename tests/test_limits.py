@@ -76,6 +76,11 @@ def test_exploding_signature_and_depth_refused_by_build_model():
     make_plan("AB", 1, layers_per_block=4000)
   with pytest.raises(ValueError, match="positions"):  # many exponents add up
     make_plan("A^1024" * 5 + "B", 1, layers_per_block=1)
+  with pytest.raises(ValueError, match="degree 1000000000 exceeds the cap of 12"):
+    make_plan("(A)_1000000000", layers_per_block=1)
+  with pytest.raises(ValueError, match="degree 1000000000 exceeds"):
+    make_plan("AB", 10**9, layers_per_block=1)
+  assert make_plan("(A)_12", layers_per_block=1).sequence == ("A",)
   build_model(TINY)  # a good config still builds
 
 
