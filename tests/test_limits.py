@@ -303,3 +303,24 @@ def test_model_init_refuses_non_finite_exported_source(exported, tmp_path):
     model_init.load_source(out, "exported")
   values, report = model_init.map_params({"t": np.array([np.nan], np.float32)}, {"t": np.zeros(1, np.float32)})
   assert not values and "non-finite" in report["mismatches"][0]
+
+
+def test_tf_header_check_matches_python_and_decode_op_refuses():
+  import io
+
+  import tensorflow as tf
+  from PIL import Image
+
+  from siglip_rins.data import pp as pp_lib
+
+  for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(buf, format=fmt)
+    data = tf.constant(buf.getvalue())
+    assert not bool(limits.tf_image_too_large(data, 600, 1 << 20)), fmt
+    assert bool(limits.tf_image_too_large(data, 599, 1 << 20)), fmt
+    assert bool(limits.tf_image_too_large(data, 600, 10)), fmt  # the byte cap
+  decode = pp_lib.get_preprocess_fn("decode")
+  with pytest.raises(tf.errors.InvalidArgumentError, match="too_large"):
+    decode({"image": tf.constant(huge_png(20000, 20000))})
+  assert decode({"image": tf.constant(good_png())})["image"].shape == (10, 12, 3)
