@@ -18,6 +18,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from siglip_rins import limits
+
 try:  # tqdm is a dependency of several pinned packages; the bar is optional.
   from tqdm.auto import tqdm as _tqdm
 except ImportError:  # pragma: no cover
@@ -66,7 +68,13 @@ def read_jsonl(path: str) -> list[dict]:
       if not isinstance(rec, dict):
         raise ValueError(f'{file}:{lineno}: expected a JSON object, got {type(rec).__name__}')
       if 'image' in rec:
-        rec['image'] = os.path.join(base, rec['image'])
+        image = rec['image']
+        if isinstance(image, str) and not os.path.isabs(image) and not limits.inside_folder(image, base):
+          raise ValueError(
+            f'{file}:{lineno}: image path {image!r} leaves the dataset folder {base} (relative paths must stay '
+            'inside it; absolute paths are allowed)'
+          )
+        rec['image'] = os.path.join(base, image)
       records.append(rec)
   return records
 

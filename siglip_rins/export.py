@@ -35,6 +35,7 @@ import numpy as np
 from siglip_rins.image_io import list_image_files
 from siglip_rins.example_spec import size_pair as _size_pair
 from siglip_rins.interop import diff_names, flatten_params, unflatten_params
+from siglip_rins import limits
 from siglip_rins.models.shapes import Rounds, check_rounds, image_size_from_params, param_shapes  # noqa: F401
 
 FORMAT_NAME = "siglip_rins.exported"
@@ -277,6 +278,18 @@ def read_exported_config(model_dir: str | os.PathLike) -> dict:
   return config
 
 
+def check_weights(flat: Mapping[str, np.ndarray], where, dtype: str = "float32") -> None:
+  """Every tensor must have the declared dtype (exports write float32) and be finite; else one ValueError naming
+  the tensor."""
+  for name in sorted(flat):
+    arr = np.asarray(flat[name])
+    if arr.dtype.name != dtype:
+      raise ValueError(f"{where}: tensor {name!r} is {arr.dtype}, expected {dtype} (re-export the model)")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+      bad = int(arr.size - np.isfinite(arr).sum())
+      raise ValueError(f"{where}: tensor {name!r} has {bad} non-finite value(s) (NaN or inf)")
+
+
 class ExportedModel:
   """A loaded exported model.  Embeddings are L2-normalised float32 numpy arrays [N, D].
 
@@ -307,11 +320,13 @@ class ExportedModel:
       self.spec = es.from_legacy_sections(self.config.get("text"), self.config.get("image"), str(tok_file))
     self.text_len = None if self.spec.text is None else self.spec.text.max_len
     self.image_size = None if self.spec.image is None else tuple(self.spec.image.size)
+    limits.check_dims({"image_size": self.image_size, "text_len": self.text_len}, "example_spec")
     expected = flatten_params(param_shapes(self.model, self.image_size, self.text_len))
     diff_names(set(expected), set(flat), f"{params_path} does not match the model config")
     bad = [k for k in expected if tuple(expected[k].shape) != tuple(flat[k].shape)]
     if bad:
       raise ValueError(f"{params_path}: shapes differ from the model config for {bad[:20]}")
+    check_weights(flat, params_path, self.config.get("params_dtype", "float32"))
     self.params = jax.tree.map(jnp.asarray, unflatten_params(flat))
     self.tokenizer = None
     if self.spec.text is not None:

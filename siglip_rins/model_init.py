@@ -231,10 +231,13 @@ def load_source(path, kind: Optional[str] = None, step: Optional[int] = None, mo
     return _blocks_from_stack(flat, model) if model is not None else flat
   if kind == "exported":
     from safetensors.numpy import load_file
-    from siglip_rins.export import read_exported_config
+    from siglip_rins.export import check_weights, read_exported_config
 
     cfg = read_exported_config(p)
-    return dict(load_file(str(p / cfg.get("params_file", "params.safetensors"))))
+    params_path = p / cfg.get("params_file", "params.safetensors")
+    flat = dict(load_file(str(params_path)))
+    check_weights(flat, params_path, cfg.get("params_dtype", "float32"))  # float32 and finite, else one line
+    return flat
   from siglip_rins.checkpoint import CheckpointManager  # workdir
 
   mgr = CheckpointManager(str(p), async_save=False)
@@ -280,7 +283,9 @@ def map_params(
       fresh.append(name)
       continue
     v = np.asarray(source[name], np.float32)
-    if tuple(v.shape) == want:
+    if not np.isfinite(v).all():
+      mismatches.append(f"{name}: source has {int(v.size - np.isfinite(v).sum())} non-finite value(s) (NaN or inf)")
+    elif tuple(v.shape) == want:
       values[name] = v
     elif name == "img/pos_embedding" and v.ndim == 3 and len(want) == 3 and v.shape[-1] == want[-1]:
       old = _grid(v.shape[1], f"source {name}")

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from siglip_rins import limits
 from siglip_rins.layers import KV, EncoderLayer, LayerConfig
 
 Array = jax.Array
@@ -94,7 +95,7 @@ def parse_signature(spec: str) -> tuple[str, int]:
     s, degree = m.group(1), int(m.group(2))
     if degree < 1:
       raise ValueError(f"signature {spec!r}: degree must be >= 1, got {degree}")
-  out, pos = [], 0
+  out, pos, total = [], 0, 0
   while pos < len(s):
     t = _TOKEN.match(s, pos)
     if not t:
@@ -109,6 +110,8 @@ def parse_signature(spec: str) -> tuple[str, int]:
     if n > MAX_EXPONENT:
       raise ValueError(f"signature {spec!r}: exponent {n} exceeds the maximum {MAX_EXPONENT}")
     out.append(t.group(1) * n)
+    total += n
+    limits.check_positions(spec, total)
     pos = t.end()
   return "".join(out), degree
 
@@ -277,6 +280,10 @@ def make_plan(
   if not 0.0 <= float(p_skip) < 1.0:
     raise ValueError(f"p_skip must be in [0, 1), got {p_skip}")
   unique_letters = list(dict.fromkeys(letters))
+  shown = signature if spec_degree or degree == 1 else f"({signature})_{degree}"
+  limits.check_degree(shown, degree)
+  positions = len(letters) ** degree
+  limits.check_positions(shown, positions)  # before the nested expansion (len ** degree)
   n_unique = len(unique_letters) ** degree
   if layers_per_block is None:
     if num_layers is None:
@@ -284,6 +291,7 @@ def make_plan(
     block_layers = split_depth(num_layers, n_unique, split, f" for signature {signature!r} at degree {degree}")
   else:
     block_layers = _block_layers(layers_per_block, n_unique)
+  limits.check_layers_run(shown, positions * max(block_layers), f" ({max(block_layers)} layers per block)")
 
   positions = skip_tuple(letters, p_skip)
   # Nested expansion: a path (c_1, ..., c_d) of top-level letters names one unique block.
@@ -318,6 +326,13 @@ def _degree_one(plan: BlockPlan, what: str):
     )
 
 
+def _check_inference(plan: BlockPlan, positions: int, what: str) -> None:
+  """Caps the plan `with_rounds` / `with_repeat` would build (positions and layer applications), first."""
+  shown = compact_signature(plan.letters)
+  limits.check_positions(shown, positions, what)
+  limits.check_layers_run(shown, positions * max(plan.block_layers), what)
+
+
 def _replan(plan: BlockPlan, letters: str, units: tuple[int, ...]) -> BlockPlan:
   p = max(plan.skip) if plan.skip else 0.0
   return dataclasses.replace(plan, letters=letters, sequence=tuple(letters), skip=skip_tuple(letters, p), units=units)
@@ -330,6 +345,7 @@ def with_rounds(plan: BlockPlan, rounds: int) -> BlockPlan:
   rounds = _check_count("rounds", rounds)
   _degree_one(plan, "rounds (inference-time recursion of the first block)")
   lead = plan.runs()[0].count
+  _check_inference(plan, len(plan.letters) - lead + rounds, f" with rounds={rounds}")
   letters = plan.letters[0] * rounds + plan.letters[lead:]
   if plan.units[0] == 1:  # a single repeated block ('AAAA'): every position is a unit
     units = (1,) * len(letters)
@@ -344,6 +360,7 @@ def with_repeat(plan: BlockPlan, repeat: int) -> BlockPlan:
   repeat = _check_count("repeat", repeat)
   _degree_one(plan, "repeat (repeat-all-over of the signature's unit)")
   unit = plan.letters[: plan.units[0]]
+  _check_inference(plan, len(unit) * repeat, f" with repeat={repeat}")
   return _replan(plan, unit * repeat, (len(unit),) * repeat)
 
 

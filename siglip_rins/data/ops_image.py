@@ -9,6 +9,7 @@ seeded per example (ops_common.next_seed), so they differ from big_vision's draw
 import numpy as np
 import tensorflow as tf
 
+from siglip_rins import limits
 from siglip_rins.data.ops_common import is_int, is_number, keyed_op, next_seed
 
 _METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian", "mitchellcubic")
@@ -48,15 +49,25 @@ def _resize_factor(image, factor, method, antialias):
 
 
 @keyed_op("decode")
-def get_decode(channels=3, precise=False):
+def get_decode(channels=3, precise=False, max_pixels=None, max_bytes=None):
   """Encoded bytes (JPEG/PNG/GIF first frame/BMP/WebP) -> uint8 [H, W, channels].
 
   Grayscale becomes RGB, RGBA drops alpha (channels=3). `precise` uses the exact IDCT for JPEG.
+  Before decoding, the header's width x height and the encoded size are checked against `max_pixels` /
+  `max_bytes` (default: siglip_rins.limits, i.e. input.max_image_pixels / input.max_image_bytes in a
+  pipeline); an image above a cap fails the op (the pipeline counts it as 'too_large' before reaching here).
   """
   if channels not in (1, 3):
     raise ValueError(f"pp op 'decode': channels must be 1 or 3, got {channels!r}")
 
   def decode(data, features):
+    cap_px, cap_b = limits.max_image_pixels(max_pixels), limits.max_image_bytes(max_bytes)
+    too_large = limits.tf_image_too_large(data, cap_px, cap_b)
+    check = tf.debugging.Assert(
+      tf.logical_not(too_large), [f"image above the caps of {cap_px} pixels / {cap_b} bytes (too_large)"]
+    )
+    with tf.control_dependencies([check]):
+      data = tf.identity(data)
     if precise:
       image = tf.cond(
         tf.io.is_jpeg(data),

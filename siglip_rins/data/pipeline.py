@@ -4,7 +4,8 @@ input_cfg (dict or ConfigDict):
   data=dict(type='jsonl'|'tfrecord'|'tfds'|'mixture', ...)   see sources.py
   pp='decode|resize(32)|value_range(-1,1)|tokenize(...)'      see pp.py (a mixture component may override)
   shuffle_buffer_size=1000, cache=False, prefetch=2, max_consecutive_bad=10000 (only used when the
-  source size is unknown).
+  source size is unknown), max_image_pixels / max_image_bytes (image caps, siglip_rins.limits: default
+  $SIGLIP_RINS_MAX_IMAGE_PIXELS / _BYTES, else 100 MP / 64 MiB; a bigger image is skipped as 'too_large').
 
 Per component, the train stream is: host shard -> [cache] -> epochs e0, e0+1, ... each shuffled with its own
 seed (seed, host, component, epoch) -> (epoch, position, raw) -> guarded(parse, check, pp) -> count-and-filter;
@@ -14,7 +15,8 @@ position keys `_component/_epoch/_pos`, which DataIterator removes from the batc
 
 Skipped records and how they are counted: every raw record that reaches the guarded stage gets a reason
 code: 0 if its parse, checks and pp all succeed, else the first problem (sources.REASONS: missing field,
-missing image file, empty image, empty/non-UTF-8 text, bad JSON line, or 'undecodable' when parsing or
+missing image file, empty image, empty/non-UTF-8 text, bad JSON line, 'too_large' / 'bad_image_path' (see
+siglip_rins.limits), or 'undecodable' when parsing or
 preprocessing raised, e.g. corrupt image bytes). The filter right after that stage adds one to a
 tf.Variable per reason. So `stats()` counts records the pipeline has examined so far, including records
 read ahead by prefetching and, in training, each time a bad record comes round again in a later epoch.
@@ -46,6 +48,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from siglip_rins import limits
 from siglip_rins.data import pp as pp_lib
 from siglip_rins.data import sources as sources_lib
 
@@ -223,7 +226,14 @@ def _mix_train(streams: list, weights: list, seed_pair, start_index: int) -> tf.
   return tf.data.Dataset.choose_from_datasets(streams, choice, stop_on_empty_dataset=False)
 
 
-def _stream(input_cfg, *, train, seed, process_index, process_count, position=None):
+def _stream(input_cfg, **kw):
+  """`_stream_in_caps` with the image caps input.max_image_pixels / input.max_image_bytes (siglip_rins.limits;
+  defaults there) in scope while sources are read and the pp traced: a bigger image is skipped as 'too_large'."""
+  with limits.image_caps(_get(input_cfg, "max_image_pixels"), _get(input_cfg, "max_image_bytes")):
+    return _stream_in_caps(input_cfg, **kw)
+
+
+def _stream_in_caps(input_cfg, *, train, seed, process_index, process_count, position=None):
   """The mixed, filtered example stream.  position (train only): {'mix': j, 'components': [[epoch, pos], ...]}
   to start from (see module docstring)."""
   data_cfg = _get(input_cfg, "data")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from siglip_rins import limits
 from siglip_rins.data import pp as pp_lib
 
 
@@ -26,7 +27,9 @@ class ImageReadError(ValueError):
 class ImagePreprocessor:
   """Callable: one image -> float32 [H, W, 3] (see module docstring)."""
 
-  def __init__(self, spec_or_pp: Any, key: str = "image"):
+  def __init__(self, spec_or_pp: Any, key: str = "image", max_pixels: int | None = None, max_bytes: int | None = None):
+    # Caps (siglip_rins.limits): None -> $SIGLIP_RINS_MAX_IMAGE_PIXELS / _BYTES, else the documented defaults.
+    self.max_pixels, self.max_bytes = limits.max_image_pixels(max_pixels), limits.max_image_bytes(max_bytes)
     image_spec = getattr(spec_or_pp, "image", spec_or_pp)
     if isinstance(image_spec, str):
       pp_bytes = image_spec
@@ -58,17 +61,28 @@ class ImagePreprocessor:
       where = str(image)
       if not os.path.isfile(image):
         raise FileNotFoundError(f"{where}: no such file")
+      try:
+        size = limits.check_image_file(image, self.max_bytes)  # a stat, before reading
+      except ValueError as e:
+        raise ImageReadError(str(e)) from None
       with open(image, "rb") as f:
-        image = f.read()
+        image = f.read(size + 1)  # bounded even if the file grows meanwhile (checked again below)
       if not image:
         raise ImageReadError(f"{where}: empty file (0 bytes)")
     if isinstance(image, (bytes, bytearray, memoryview)):
       try:
-        return self._from_bytes(tf.constant(bytes(image))).numpy()
+        limits.check_image_bytes(image, where, self.max_pixels, self.max_bytes)  # the header, before decoding
+      except ValueError as e:
+        raise ImageReadError(str(e)) from None
+      try:
+        with limits.image_caps(self.max_pixels, self.max_bytes):  # the decode op traces with these caps
+          return self._from_bytes(tf.constant(bytes(image))).numpy()
       except tf.errors.OpError as e:
         msg = str(e.message).strip().splitlines()[0] if getattr(e, "message", None) else type(e).__name__
         raise ImageReadError(f"{where}: not a decodable image ({msg})") from None
     if hasattr(image, "save") and hasattr(image, "mode"):  # a PIL image: encode losslessly, read like a file
+      if image.size[0] * image.size[1] > self.max_pixels:
+        raise ImageReadError(f"{where}: {image.size[0]}x{image.size[1]} pixels exceeds the cap of {self.max_pixels}")
       buf = io.BytesIO()
       image.save(buf, format="PNG")
       return self._from_bytes(tf.constant(buf.getvalue())).numpy()

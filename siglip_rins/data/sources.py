@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from siglip_rins import limits
 from siglip_rins.data import fields as fields_lib
 
 REASONS = (
@@ -49,6 +50,8 @@ REASONS = (
   "text_not_string",
   "text_is_null",
   "missing_language",
+  "too_large",  # image above input.max_image_pixels (from its header) or input.max_image_bytes (siglip_rins.limits)
+  "bad_image_path",  # a relative image path that resolves outside the dataset folder
 )
 REASON_CODE = {name: i + 1 for i, name in enumerate(REASONS)}
 REASON_KEY = "_reason"  # int32 scalar a loader may attach (0 = fine)
@@ -125,14 +128,22 @@ def _bad_utf8(strings: tf.Tensor) -> tf.Tensor:
   return tf.reduce_any(tf.not_equal(fixed, strings))
 
 
-def record_reason(features: dict, image_key: str | None, text_keys: tuple) -> tf.Tensor:
-  """int32 scalar: 0 for a good record, else REASON_CODE of the first problem found."""
+def record_reason(
+  features: dict, image_key: str | None, text_keys: tuple, max_pixels: int | None = None, max_bytes: int | None = None
+) -> tf.Tensor:
+  """int32 scalar: 0 for a good record, else REASON_CODE of the first problem found.  An encoded image above
+  the caps (siglip_rins.limits; read from its header, not decoded) is 'too_large'."""
   reason = tf.cast(features.get(REASON_KEY, 0), tf.int32)
   checks = []
   if image_key is not None:
     image = features[image_key]
     if image.dtype == tf.string:
-      checks.append((tf.reduce_all(tf.strings.length(image) == 0), "empty_image"))
+      empty = tf.reduce_all(tf.strings.length(image) == 0)
+      checks.append((empty, "empty_image"))
+      if image.shape.rank == 0:
+        cap_px, cap_b = limits.max_image_pixels(max_pixels), limits.max_image_bytes(max_bytes)
+        too_large = tf.cond(empty, lambda: tf.constant(False), lambda: limits.tf_image_too_large(image, cap_px, cap_b))
+        checks.append((too_large, "too_large"))
   for key in text_keys:
     text = features[key]
     if text.dtype != tf.string:
@@ -246,6 +257,7 @@ def _jsonl_source(cfg, process_index, process_count) -> Source:
     keys = sorted(set(keys) | set(text_keys))
   has_image = image_key in keys
   columns = {}
+  max_bytes = limits.max_image_bytes()
   for key in keys:
     values = [r.get(key) for r in records]
     if key == image_key:
@@ -256,8 +268,14 @@ def _jsonl_source(cfg, process_index, process_count) -> Source:
           paths.append("")
           continue
         full = (path.parent / v) if not os.path.isabs(v) else pathlib.Path(v)
-        if not full.is_file():
+        if not os.path.isabs(v) and not limits.inside_folder(v, path.parent):
+          reasons[i] = reasons[i] or REASON_CODE["bad_image_path"]
+          paths.append("")
+        elif not full.is_file():
           reasons[i] = reasons[i] or REASON_CODE["missing_image_file"]
+          paths.append("")
+        elif full.stat().st_size > max_bytes:  # a stat: never read a file above the byte cap
+          reasons[i] = reasons[i] or REASON_CODE["too_large"]
           paths.append("")
         else:
           paths.append(str(full))

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from siglip_rins import limits
 from siglip_rins.models.classifier import Classifier
 from siglip_rins.models.decoder import DecoderLM, init_cache
 from siglip_rins.models.text import TextTransformer
@@ -172,6 +173,7 @@ def _tower_kwargs(d: dict, recursion: dict, dtype, where: str, is_text: bool) ->
   if "patch_size" in out:
     out["patch_size"] = tuple(out["patch_size"])
   out["dtype"] = dtype
+  limits.check_dims(out, where)
   return out
 
 
@@ -221,6 +223,7 @@ def build_model(cfg: Any):
       if variant not in LM_VARIANTS:
         raise ValueError(f"model.variant: unknown LM variant {variant!r}; allowed: {sorted(LM_VARIANTS)}")
       d = {**LM_VARIANTS[variant], **d}
+    limits.check_dims(d, "model")
     rec = dict(recursion)
     try:
       d["recursion"] = RecursionConfig.from_dict(rec)
