@@ -34,15 +34,19 @@ import numpy as np
 
 from siglip_rins.image_io import list_image_files
 from siglip_rins.example_spec import size_pair as _size_pair
+from siglip_rins.exported_format import (  # noqa: F401  (re-exported: the folder format lives there)
+  CONFIG_FILE,
+  FORMAT_NAME,
+  FORMAT_VERSION,
+  PARAMS_FILE,
+  TOKENIZER_FILE,
+  example_spec_of,
+  read_exported_config,
+)
 from siglip_rins.interop import diff_names, flatten_params, unflatten_params
 from siglip_rins import limits
 from siglip_rins.models.shapes import Rounds, check_rounds, image_size_from_params, param_shapes  # noqa: F401
 
-FORMAT_NAME = "siglip_rins.exported"
-FORMAT_VERSION = 2  # 2: config.json carries "example_spec"; format 1 folders still load
-PARAMS_FILE = "params.safetensors"
-TOKENIZER_FILE = "tokenizer.model"
-CONFIG_FILE = "config.json"
 DEFAULT_TEXT_LEN = 64
 
 
@@ -251,33 +255,6 @@ def export_model(
 
 
 # --------------------------------------------------------------------------------------------- load
-def read_exported_config(model_dir: str | os.PathLike) -> dict:
-  """Reads and validates `<model_dir>/config.json`; a newer format version -> ValueError."""
-  model_dir = pathlib.Path(model_dir)
-  path = model_dir / CONFIG_FILE
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: {model_dir} is not an exported siglip_rins model folder")
-  try:
-    config = json.loads(path.read_text())
-  except ValueError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from None
-  if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-    raise ValueError(
-      f"{path} is not a siglip_rins exported-model config (format {config.get('format')!r})"
-      if isinstance(config, dict)
-      else f"{path} does not hold a JSON object"
-    )
-  version = config.get("format_version")
-  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-    raise ValueError(f"{path}: format_version must be an integer >= 1, got {version!r}")
-  if version > FORMAT_VERSION:
-    raise ValueError(
-      f"{path} was written in exported-model format version {version}, but this siglip_rins reads "
-      f"versions up to {FORMAT_VERSION}; upgrade siglip_rins to load it"
-    )
-  return config
-
-
 def check_weights(flat: Mapping[str, np.ndarray], where, dtype: str = "float32") -> None:
   """Every tensor must have the declared dtype (exports write float32) and be finite; else one ValueError naming
   the tensor."""
@@ -311,13 +288,9 @@ class ExportedModel:
       flat = load_file(str(params_path))
     except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt files
       raise ValueError(f"{params_path} is not a readable safetensors file: {e}") from None
-    from siglip_rins import example_spec as es
 
     tok_file = self.model_dir / ((self.config.get("text") or {}).get("tokenizer_file") or TOKENIZER_FILE)
-    if self.config.get("example_spec") is not None:
-      self.spec = es.with_tokenizer_file(es.ExampleSpec.from_dict(self.config["example_spec"]), str(tok_file))
-    else:  # format 1
-      self.spec = es.from_legacy_sections(self.config.get("text"), self.config.get("image"), str(tok_file))
+    self.spec = example_spec_of(self.config, tok_file)
     self.text_len = None if self.spec.text is None else self.spec.text.max_len
     self.image_size = None if self.spec.image is None else tuple(self.spec.image.size)
     limits.check_dims({"image_size": self.image_size, "text_len": self.text_len}, "example_spec")

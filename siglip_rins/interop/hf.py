@@ -73,6 +73,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from siglip_rins.exported_format import example_spec_of, read_exported_config
 from siglip_rins.interop import flatten_params, unflatten_params
 
 HF_ACT = "gelu_pytorch_tanh"
@@ -342,22 +343,9 @@ def export_hf(
 
 
 # ----------------------------------------------------------------------- exported folder (no export.py)
-EXPORTED_FORMAT = "siglip_rins.exported"
-EXPORTED_VERSIONS = (1, 2)
 PIPELINE_TEXT_LEN = 64  # transformers' zero-shot-image-classification pipeline pads SigLIP texts to 64 tokens
 # siglip_rins resize methods (tf.image.resize) -> PIL resampling codes of transformers image processors.
 PIL_RESAMPLE = {"nearest": 0, "lanczos3": 1, "lanczos5": 1, "bilinear": 2, "bicubic": 3, "area": 4}
-
-
-def example_spec_of(config: Mapping[str, Any], tokenizer_path: Optional[str | os.PathLike] = None):
-  """The ExampleSpec of an exported folder's config.json: `config["example_spec"]` (format 2), else built from
-  the format-1 "text" / "image" sections; its tokenizer is the folder's file `tokenizer_path`."""
-  from siglip_rins import example_spec as es
-
-  if config.get("example_spec"):
-    spec = es.ExampleSpec.from_dict(config["example_spec"])
-    return spec if tokenizer_path is None else es.with_tokenizer_file(spec, str(tokenizer_path))
-  return es.from_legacy_sections(config.get("text"), config.get("image"), tokenizer_path and str(tokenizer_path))
 
 
 def read_exported(model_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], Optional[bytes], Any]:
@@ -366,18 +354,7 @@ def read_exported(model_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndar
   from safetensors.numpy import load_file
 
   model_dir = pathlib.Path(model_dir)
-  path = model_dir / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: {model_dir} is not an exported siglip_rins model folder")
-  try:
-    config = json.loads(path.read_text())
-  except ValueError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from None
-  if not isinstance(config, dict) or config.get("format") != EXPORTED_FORMAT:
-    raise ValueError(f"{path} is not a siglip_rins exported-model config")
-  version = config.get("format_version")
-  if version not in EXPORTED_VERSIONS:
-    raise ValueError(f"{path}: exported-model format version {version!r}; this export-hf reads {EXPORTED_VERSIONS}")
+  config = read_exported_config(model_dir)
   params_path = model_dir / config.get("params_file", "params.safetensors")
   if not params_path.is_file():
     raise FileNotFoundError(f"{params_path} not found (the exported folder is incomplete)")

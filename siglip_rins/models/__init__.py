@@ -58,23 +58,6 @@ ALLOWED = {
     "dtype",
     "precision",
   },
-  "classifier": {
-    "name",
-    "variant",
-    "width",
-    "depth",
-    "mlp_dim",
-    "num_heads",
-    "patch_size",
-    "posemb",
-    "pool_type",
-    "num_classes",
-    "head_bias_init",
-    "head_zeroinit",
-    "recursion",
-    "dtype",
-    "precision",
-  },
   "text": {
     "name",
     "variant",
@@ -106,6 +89,8 @@ ALLOWED = {
 IMAGE_KEYS = ALLOWED["vit"] - {"name", "dtype", "precision"}
 TEXT_KEYS = ALLOWED["text"] - {"name", "dtype", "precision"}
 # Decoder LM shapes of the paper (Sec. 3-4): 300M/600M (emb 1536, mlp 6144), 1B (emb 2048, mlp 8192, 18 blocks).
+ALLOWED["classifier"] = ALLOWED["vit"]  # the ViT classifier takes the ViT keys
+
 LM_VARIANTS = {
   "lm_mu": dict(width=64, depth=4, mlp_dim=256, num_heads=2),
   "lm_300m": dict(width=1536, depth=6, mlp_dim=6144, num_heads=12),
