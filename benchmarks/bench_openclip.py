@@ -18,7 +18,8 @@ its pooler has query/key LayerNorms but no MLP) are reported as the parameter di
 Method: the JAX step (AB) and the torch steps are all warmed up first; then `--rounds` rounds each run
 `--steps_per_round` steps of JAX, open_clip eager and open_clip compiled in turn (the idle process waits on a
 pipe), so all see the same machine load.  speedup = JAX examples/s / open_clip examples/s, median of per-round
-ratios, reported against each torch mode and against the faster one (target >= 1.1).
+ratios, reported against each torch mode and against the faster one (goal of issue 14: >= 1.0 in float32;
+the bf16 policy against torch.autocast is bench_precision.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if __package__ in (None, ""):
 
 BENCH_VENV = os.environ.get("SIGLIP_RINS_BENCH_VENV", "/tmp/bench-venv")
 THREADS = 2
+TARGET = 1.0  # ours (float32) / the faster open_clip float32 mode; issue 14's goal
 
 
 # ------------------------------------------------------------------------------------------- torch worker
@@ -255,8 +257,8 @@ def main(argv=None) -> dict:
     speedup=speed,
     faster_open_clip_mode=faster,
     speedup_vs_faster=speed[faster],
-    target=1.1,
-    met=speed[faster] >= 1.1,
+    target=TARGET,
+    met=speed[faster] >= TARGET,
     open_clip_params=theirs_params,
     param_difference=theirs_params - ours.params,
     machine=U.machine_info(),

@@ -16,7 +16,6 @@ Usage: python -m benchmarks.run_all [--only matmul train_step ...] [--skip openc
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -33,9 +32,11 @@ from benchmarks import _util as U  # noqa: E402
 # name -> (module, extra args, extra args with --quick)
 BENCHMARKS = {
   "matmul": ("benchmarks.bench_matmul", [], ["--repeats", "3", "--rounds", "1"]),
+  # AB and A^3B (scan and unroll) plus the XLA flag sets; A^2B is left to section 9 (recursion cost), so that the
+  # whole suite stays within ~15 minutes on an idle 2-core machine
   "train_step": (
     "benchmarks.bench_train_step",
-    ["--xla_variants"],
+    ["--xla_variants", "--signatures", "AB", "A^3B"],
     ["--rounds", "2", "--steps_per_round", "1", "--signatures", "AB", "A^3B"],
   ),
   "memory": ("benchmarks.bench_memory", [], []),
@@ -67,7 +68,7 @@ def setup_openclip(venv: str) -> None:
     subprocess.run(cmd, shell=True, check=True)
 
 
-def run_one(name: str, quick: bool, timeout: float, out_dir: str) -> dict:
+def run_one(name: str, quick: bool, timeout: float, out_dir: str, run_id: str = "") -> dict:
   module, args, quick_args = BENCHMARKS[name]
   if not os.path.exists(os.path.join(ROOT, *module.split(".")) + ".py"):
     return {"benchmark": name, "skipped": True, "reason": f"{module} does not exist"}
@@ -76,11 +77,18 @@ def run_one(name: str, quick: bool, timeout: float, out_dir: str) -> dict:
   env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
   t0 = time.perf_counter()
   print(f"[run_all] {' '.join(cmd)}", flush=True)
+  # every section records when and where it ran (date, CPU model, load averages before/after), also the
+  # benchmarks that do not record it themselves, so a table merged from an earlier run says so
+  ctx = {"run_id": run_id, "context_start": U.context()}
   try:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
-    return {"benchmark": name, "error": f"timed out after {timeout:.0f} s", "command": " ".join(cmd)}
+    return {
+      "benchmark": name, "error": f"timed out after {timeout:.0f} s", "command": " ".join(cmd), **ctx,
+      "context_end": U.context(),
+    }  # fmt: skip
   seconds = time.perf_counter() - t0
+  ctx["context_end"] = U.context()
   if proc.returncode or not os.path.exists(out):
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
     return {
@@ -88,9 +96,13 @@ def run_one(name: str, quick: bool, timeout: float, out_dir: str) -> dict:
       "error": f"exit code {proc.returncode}: " + " | ".join(tail),
       "command": " ".join(cmd),
       "wall_s": seconds,
+      **ctx,
     }
   with open(out) as f:
     result = json.load(f)
+  result["run_id"] = run_id
+  for k in ("context_start", "context_end"):
+    result.setdefault(k, ctx[k])
   result["command"] = " ".join(cmd[1:])
   result["wall_s"] = round(seconds, 1)
   print(f"[run_all] {name}: done in {seconds:.0f} s", flush=True)
@@ -129,6 +141,7 @@ def render_tables(results: dict) -> str:
   if _err(mm):
     L.append(_err(mm))
   else:
+    L.append(_ctx(mm))
     L += ["| dtype | GFLOP/s (median) | GFLOP/s (best call) |", "|---|---|---|"]
     for dt in ("float32", "bfloat16"):
       L.append(f"| {dt} | {mm[dt]['flops_per_s'] / 1e9:.1f} | {mm[dt]['best_flops_per_s'] / 1e9:.1f} |")
@@ -138,6 +151,7 @@ def render_tables(results: dict) -> str:
   if _err(ts):
     L.append(_err(ts))
   else:
+    L.append(_ctx(ts))
     L.append(
       f"Peak in the same process (median of rounds): {ts['peak_flops_per_s_median'] / 1e9:.1f} GFLOP/s "
       f"({ts['peak_dtype']}); per round: "
@@ -171,10 +185,13 @@ def render_tables(results: dict) -> str:
         )
     L.append("")
   oc = results.get("openclip")
-  L.append("## 3. Versus open_clip (PyTorch CPU), same machine, same run (target: >= 1.1x the faster)\n")
+  L.append(
+    "## 3. Versus open_clip in float32 (PyTorch CPU eager and torch.compile), same run (goal: >= 1.0x the faster)\n"
+  )
   if _err(oc):
     L.append(_err(oc))
   else:
+    L.append(_ctx(oc))
     L += [
       "| implementation | params | step s (median) | examples/s | first step s | ours / theirs |",
       "|---|---|---|---|---|---|",
@@ -196,6 +213,7 @@ def render_tables(results: dict) -> str:
   if _err(me):
     L.append(_err(me))
   else:
+    L.append(_ctx(me))
     L += [
       "| signature | loop | remat | args MB | output MB | alias MB | temp MB | total MB | total / AB | temp / AB |",
       "|---|---|---|---|---|---|---|---|---|---|",
@@ -212,6 +230,7 @@ def render_tables(results: dict) -> str:
   if _err(inf):
     L.append(_err(inf))
   else:
+    L.append(_ctx(inf))
     zs = inf["zero_shot"]
     L += [
       f"Zero-shot classification, {zs['signature']} bench two-tower model, {zs['images']} images, "
@@ -253,7 +272,7 @@ def _ctx(r: dict) -> str:
   """'machine, load average before -> after, date' of a result that recorded U.context()."""
   a, b = r.get("context_start") or {}, r.get("context_end") or {}
   if not a:
-    return ""
+    return "Measured: date, machine and load not recorded (a result from before run_all recorded them).\n"
   return (
     f"Measured {a.get('date_utc')} UTC on {a.get('cpu_model')} ({a.get('cores_available')} cores; "
     f"{', '.join(a.get('cpu_matmul_flags') or []) or 'flags n/a'}), "
@@ -404,13 +423,20 @@ def render(results: dict, command: str, old: str) -> str:
     analysis = old[old.index("<!-- analysis -->") : old.index("<!-- /analysis -->") + len("<!-- /analysis -->")]
   else:
     analysis = "<!-- analysis -->\n<!-- /analysis -->"
+  run = results.get("_run") or {}
+  a, b = run.get("context_start") or {}, run.get("context_end") or {}
+  sections = [k for k in BENCHMARKS if isinstance(results.get(k), dict)]
+  earlier = [k for k in sections if not run.get("run_id") or results[k].get("run_id") != run["run_id"]]
   head = [
     "# Benchmark results",
     "",
-    f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
-    f"- machine: {mach.get('cpu_model')} ({mach.get('cores_available')} cores available, "
-    f"AVX-512: {_g(mach.get('flags_avx512f'))}); load average at the end {mach.get('load_avg')} "
-    "(a shared machine: other processes ran during the measurements)",
+    f"- date: {a.get('date_utc', '?')} to {b.get('date_utc', '?')} UTC"
+    + (" (a --quick smoke run: fewer rounds and configurations)" if run.get("quick") else ""),
+    f"- machine: {mach.get('cpu_model')} ({mach.get('cores_available')} cores available; "
+    f"{', '.join(a.get('cpu_matmul_flags') or []) or 'flags n/a'}); load average at the start {a.get('load_avg')}, "
+    f"at the end {b.get('load_avg')} (every section below gives its own, before and after)",
+    f"- sections measured in this run: {', '.join(k for k in sections if k not in earlier) or 'none'}"
+    + (f"; carried over from earlier runs (see their dates): {', '.join(earlier)}" if earlier else ""),
     f"- versions: python {mach.get('python')}, jax {mach.get('jax')}, flax {mach.get('flax')}, "
     f"optax {mach.get('optax')}, numpy {mach.get('numpy')}"
     + (f", torch {mach['torch']} (project venv)" if mach.get("torch") else "")
@@ -464,16 +490,21 @@ def main(argv=None) -> dict:
   import tempfile
 
   t0 = time.perf_counter()
+  start = U.context()
+  run_id = start["date_utc"]
   results = {}
   if os.path.exists(args.results) and (args.only or added):
     with open(args.results) as f:
       results = json.load(f)  # a partial run updates the entries it ran
   with tempfile.TemporaryDirectory() as tmp:
     for name in names:
-      results[name] = run_one(name, args.quick, args.timeout, tmp)
+      results[name] = run_one(name, args.quick, args.timeout, tmp, run_id)
   results.update(added)
   results["_wall_s"] = round(time.perf_counter() - t0, 1)
   results["_machine"] = U.machine_info()
+  results["_run"] = dict(
+    run_id=run_id, context_start=start, context_end=U.context(), ran=names, added=sorted(added), quick=args.quick
+  )
   with open(args.results, "w") as f:
     json.dump(results, f, indent=1)
   old = open(args.markdown).read() if os.path.exists(args.markdown) else ""
