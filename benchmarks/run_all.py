@@ -52,6 +52,8 @@ BENCHMARKS = {
   "stochastic_remat": ("benchmarks.bench_stochastic", ["--remat", "full"], ["--steps", "2", "--rounds", "1"]),
   # B/16 A^3B with the bf16 policy on a GPU/TPU; the reduced 'small' size on a CPU
   "mfu": ("benchmarks.bench_mfu", ["--size", "auto"], []),
+  # where the bf16-policy AB step's time goes (dots by kind, converts/transposes, time shares from a trace)
+  "profile": ("benchmarks.profile_step", ["--precision", "bfloat16", "--trace"], []),
 }
 OPENCLIP_SETUP = [
   "python3.11 -m venv {venv}",
@@ -258,6 +260,7 @@ def render_tables(results: dict) -> str:
       f"{lm['tokens_per_s_shared_over_full']:.2f}.\n"
     )
   L += render_new_sections(results)
+  L += render_profile(results.get("profile"))
   others = [k for k in ("input_pipeline", "chunked_loss") if k in results]
   if others:
     L.append("## Other benchmarks (owned by other files; raw JSON in results.json)\n")
@@ -413,6 +416,38 @@ def render_new_sections(results: dict) -> list[str]:
         f"{_met(row['within_5pct'])} |"
       )
     L.append("")
+  return L
+
+
+def render_profile(pf) -> list[str]:
+  """Section 11: benchmarks/profile_step.py on the bf16-policy AB step."""
+  L = ["## 11. Where the bf16-policy step's time goes (benchmarks/profile_step.py --precision bfloat16 --trace)\n"]
+  if _err(pf):
+    return L + [_err(pf)]
+  L.append(_ctx(pf))
+  L += [
+    "Dots of the compiled step (where they run, operand dtypes after XLA's rewrites):\n",
+    "| dots | kind |",
+    "|---|---|",
+  ]
+  L += [f"| {n} | {k} |" for k, n in pf["dots"].items()]
+  t = pf.get("time_ms_per_step") or {}
+  total = sum(t.values()) or 1.0
+  L += [
+    "",
+    "Top-level instructions by kind (bytes of operands and results: a load-independent proxy for memory traffic; "
+    "time: profiler events per step, summed over threads):\n",
+    "| kind | count | MB | ms/step | share of time |",
+    "|---|---|---|---|---|",
+  ]
+  order = sorted(pf["ops"].items(), key=lambda kv: -(t.get(kv[0], 0.0) if t else kv[1]["mbytes"]))
+  for k, v in order[:15]:
+    ms = t.get(k)
+    L.append(
+      f"| {k} | {v['count']} | {v['mbytes']:.0f} | {'' if ms is None else f'{ms:.1f}'} | "
+      f"{'' if ms is None else f'{100 * ms / total:.1f}%'} |"
+    )
+  L.append("")
   return L
 
 
