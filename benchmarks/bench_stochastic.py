@@ -11,7 +11,12 @@ siglip_rins.flops, train = 3 x forward) against the deterministic p_s = 0 (r rou
 
   time_vs_flops = (mean step time(p_s) / mean step time(0)) / (mean drawn FLOPs(p_s) / FLOPs(r rounds))
 
-which is 1 when skipped rounds cost nothing; target (issue): within 5%.  Also reported: mean step time per drawn
+which is 1 when skipped rounds cost nothing; target (issue): within 5%.  Because part of a step's cost is fixed
+and not proportional to FLOPs (the Adam update over all parameters, the loss, dispatch), time_vs_flops exceeds 1
+by that fixed share even when skipped rounds are free; `marginal_time_vs_flops` therefore also compares the rounds
+beyond the first only, against a deterministic A^1B step timed in the same rounds:
+
+  marginal_time_vs_flops = ((t(p_s) - t(A^1B)) / (t(0) - t(A^1B))) / ((F_drawn(p_s) - F(1)) / (F(r) - F(1)))  Also reported: mean step time per drawn
 round count k (the per-step cost as a function of k) and the expected rounds 1 + (r-1)(1-p_s).
 
 Usage: python -m benchmarks.bench_stochastic [--r 4] [--p_s 0.5 0.75] [--loop scan|unroll|auto] [--remat false|full|dots]
@@ -83,6 +88,9 @@ def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: i
     jax.block_until_ready(fn(params, opt_state, images, jax.random.PRNGKey(1)))
     compile_s[p] = time.perf_counter() - t0
     fns[p] = fn
+  # the low anchor: deterministic A^1B (every step's minimum; the first A round always runs)
+  one = make_step(image_tower(1, 0.0, loop, precision, remat), optimizer)
+  jax.block_until_ready(one(params, opt_state, images, jax.random.PRNGKey(1)))
   det = image_tower(r, 0.0, loop, precision, remat)
   shapes = {"image": (64, 64)}
 
@@ -92,8 +100,13 @@ def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: i
 
   times = {p: [] for p in ps}
   drawn = {p: [] for p in ps}
+  times_one = []
   key = jax.random.PRNGKey(42)
   for _ in range(rounds):
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(one(params, opt_state, images, key))
+      times_one.append(time.perf_counter() - t0)
     for p in ps:
       for _ in range(steps):
         key, sub = jax.random.split(key)
@@ -102,8 +115,8 @@ def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: i
         jax.block_until_ready(out)
         times[p].append(time.perf_counter() - t0)
         drawn[p].append(int(out[3]))
-  f_full = train_flops(r)
-  t0 = float(np.mean(times[0.0]))
+  f_full, f_one = train_flops(r), train_flops(1)
+  t0, t_one = float(np.mean(times[0.0])), float(np.mean(times_one))
   rows = []
   for p in ps:
     t = float(np.mean(times[p]))
@@ -125,6 +138,10 @@ def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: i
         expected_flops_ratio=float(train_flops(1 + (r - 1) * (1 - p)) / f_full) if p else 1.0,
         time_vs_flops=time_ratio / flops_ratio,
         within_5pct=abs(time_ratio / flops_ratio - 1) <= 0.05,
+        # the same for the rounds beyond the first only (what skipping can save), measured against A^1B: the
+        # step's fixed costs (optimizer update, patch embedding, B, pooling: partly not FLOPs-proportional) drop
+        # out; 1 when a skipped round costs nothing and a drawn one costs what a deterministic round costs
+        marginal_time_vs_flops=((t - t_one) / (t0 - t_one)) / ((f_drawn - f_one) / (f_full - f_one)) if p else 1.0,
         step_s_by_rounds={
           str(k): dict(n=len(v), mean_s=float(np.mean(v)), flops_ratio=train_flops(k) / f_full)
           for k, v in sorted(by_k.items())
@@ -141,7 +158,9 @@ def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: i
     steps_per_round=steps,
     rounds=rounds,
     rows=rows,
+    step_s_one_round_mean=t_one,
     target_met=all(row["within_5pct"] for row in rows),
+    marginal_target_met=all(abs(row["marginal_time_vs_flops"] - 1) <= 0.05 for row in rows),
   )
 
 
