@@ -9,7 +9,7 @@ first, then timed taking turns (`--repeats` rounds of one step each), so step ra
 
 Targets (issue): compile(8) <= 1.25 x compile(1); step(r)/step(1) within 5% of flops(r)/flops(1).
 
-Usage: python -m benchmarks.bench_recursion [--batch 32] [--rounds 1 2 4 8] [--loops unroll scan scan_dots]
+Usage: python -m benchmarks.bench_recursion [--batch 32] [--rounds 1 2 4 8] [--loops unroll scan auto]
        [--repeats 3] [--remat] [--precision float32|bfloat16] [--out result.json]
        (defaults: ~3 min on an idle 2-core machine; the full table of RESULTS.md:
         --batch 64 --rounds 1 2 3 4 6 8 --loops scan unroll scan_u2 scan_dots --repeats 3, ~15 min)
@@ -32,7 +32,7 @@ from siglip_rins.models import build_model
 
 
 LOOP_FORMS = {
-  "auto": dict(loop="auto"),
+  "auto": dict(loop="auto"),  # the default: scan with remat 'dots' (what scan_dots spells out)
   "scan": dict(loop="scan"),
   "unroll": dict(loop="unroll"),
   "scan_u2": dict(loop="scan", scan_unroll=2),  # scan over pairs of unrolled rounds
@@ -158,7 +158,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 4, 8])
-  parser.add_argument("--loops", nargs="+", default=["unroll", "scan", "scan_dots"], choices=sorted(LOOP_FORMS))
+  parser.add_argument("--loops", nargs="+", default=["unroll", "scan", "auto"], choices=sorted(LOOP_FORMS))
   parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (after 1 warm-up)")
   parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--remat", action="store_true", help="rematerialise each round (recursion.remat)")

@@ -28,9 +28,11 @@ Vocabulary (paper Sec. 2 and App. A):
 
 Execution: runs of one repeated block are executed by ``nn.scan`` over rounds with broadcast (shared) parameters,
 so compile time does not grow with r, or unrolled in Python (``loop='unroll'``).  The default ``loop='auto'``
-unrolls runs of up to AUTO_UNROLL_MAX rounds and scans longer ones: measured on the 2-core CPU (benchmarks/
-RESULTS.md), unrolled rounds cost exactly their FLOPs while XLA:CPU's scan adds 15-20% per round (it stacks each
-round's backward residuals with dynamic-update-slices), and unrolled compile time grows ~0.6 s per round.  ``remat=True``
+scans with ``remat=AUTO_REMAT`` ('dots') unless `remat` is set: measured on an idle 2-core CPU (benchmarks/
+RESULTS.md, 2026-11-30, bench image tower, r = 2..8), that form compiled r = 8 in 1.20x the time of r = 1 (plain
+scan and unroll: 2.1x) and stepped 3.5-12% faster than unroll at every r (plain scan stacks every residual of a round
+with dynamic-update-slices and was slower than unroll).  The forward pass is the same computation in every form;
+gradients agree within float rounding (tests/test_recursion.py).  ``remat=True``
 (or 'full') rematerialises each round (only the carry is saved for the backward pass); ``remat='dots'`` keeps only
 the matmul outputs of a round (fewer, smaller stacked residuals; LayerNorm/GELU/softmax recomputed) and
 ``'dots_no_batch'`` only the unbatched ones (attention recomputed).  benchmarks/bench_recursion.py times them
@@ -54,7 +56,7 @@ from siglip_rins.layers import KV, EncoderLayer, LayerConfig
 Array = jax.Array
 MAX_EXPONENT = 1024
 LOOPS = ("auto", "scan", "unroll")
-AUTO_UNROLL_MAX = 4  # loop='auto': runs of up to this many rounds are unrolled, longer ones scanned
+AUTO_REMAT = "dots"  # loop='auto': scan, saving only the matmul outputs of each round (unless remat is set)
 REMATS = (False, True, "full", "dots", "dots_no_batch")
 
 
@@ -464,7 +466,7 @@ class RecursionConfig:
   degree: int = 1
   p_skip: float = 0.0
   adapters: bool = False
-  loop: str = "auto"  # 'auto' (unroll runs <= AUTO_UNROLL_MAX rounds, else scan), 'scan', 'unroll'
+  loop: str = "auto"  # 'auto' (scan with remat AUTO_REMAT unless remat is set), 'scan', 'unroll'
   # Rematerialise each round in the backward pass: False; True or 'full' (only the carry is saved, the round's
   # forward runs again); 'dots' (matmul outputs saved, elementwise work (LayerNorm, GELU, softmax) recomputed);
   # 'dots_no_batch' (only unbatched matmul outputs saved: projections and MLP, attention recomputed).
@@ -612,11 +614,13 @@ class RecursiveStack(nn.Module):
       return x
     if count == 1:
       return _apply_block(block, x, None if keep is None else keep[0], mask, positions, shared, decode_rounds)
-    loop = self.recursion.loop
-    if loop == "auto":
-      loop = "unroll" if count <= AUTO_UNROLL_MAX else "scan"
+    loop, remat = self.recursion.loop, self.recursion.remat
+    if loop == "auto":  # a scan whose backward keeps only each round's matmul outputs, unless remat is set
+      loop = "scan"
+      if not remat and not decode_rounds:
+        remat = AUTO_REMAT
     if loop == "unroll" and not decode_rounds:
-      remat, policy = self.recursion.remat, remat_policy(self.recursion.remat)
+      policy = remat_policy(remat)
       fn = nn.remat(_apply_block, static_argnums=(6,), policy=policy) if remat else _apply_block
       for j in range(count):
         x = fn(block, x, None if keep is None else keep[j], mask, positions, shared, decode_rounds)
@@ -625,8 +629,8 @@ class RecursiveStack(nn.Module):
     def body(mdl, carry, keep_j, mask_, positions_, shared_):
       return _apply_block(mdl, carry, None if keep is None else keep_j, mask_, positions_, shared_, decode_rounds), None
 
-    if self.recursion.remat:
-      body = nn.remat(body, prevent_cse=False, policy=remat_policy(self.recursion.remat))
+    if remat:
+      body = nn.remat(body, prevent_cse=False, policy=remat_policy(remat))
     scan = nn.scan(
       body,
       variable_broadcast="params",
