@@ -464,7 +464,7 @@ def render_profile(pf) -> list[str]:
 
 
 def render(results: dict, command: str, old: str) -> str:
-  mach = U.machine_info()
+  mach = results.get("_machine") or U.machine_info()  # where the run happened, not where it is rendered
   analysis = ""
   if "<!-- analysis -->" in old and "<!-- /analysis -->" in old:
     analysis = old[old.index("<!-- analysis -->") : old.index("<!-- /analysis -->") + len("<!-- /analysis -->")]
@@ -477,11 +477,14 @@ def render(results: dict, command: str, old: str) -> str:
   head = [
     "# Benchmark results",
     "",
-    f"- date: {a.get('date_utc', '?')} to {b.get('date_utc', '?')} UTC"
+    (f"- date: {a.get('date_utc')} to {b.get('date_utc')} UTC" if a else "- date: not recorded (an older run)")
     + (" (a --quick smoke run: fewer rounds and configurations)" if run.get("quick") else ""),
     f"- machine: {mach.get('cpu_model')} ({mach.get('cores_available')} cores available; "
-    f"{', '.join(a.get('cpu_matmul_flags') or []) or 'flags n/a'}); load average at the start {a.get('load_avg')}, "
-    f"at the end {b.get('load_avg')} (every section below gives its own, before and after)",
+    f"{', '.join(a.get('cpu_matmul_flags') or []) or 'flags n/a'}); load average "
+    + (
+      f"at the start {a.get('load_avg')}, at the end {b.get('load_avg')}" if a else f"at the end {mach.get('load_avg')}"
+    )
+    + " (every section below gives its own, before and after)",
     f"- sections measured in this run: {', '.join(k for k in sections if k not in earlier) or 'none'}"
     + (f"; carried over from earlier runs (see their dates): {', '.join(earlier)}" if earlier else ""),
     f"- versions: python {mach.get('python')}, jax {mach.get('jax')}, flax {mach.get('flax')}, "
