@@ -6,7 +6,7 @@ Update rule (exactly what ``tx`` computes for a parameter ``theta`` with path ``
 
     g'     = clip_by_global_norm(g, grad_clip_norm)          # all grads together; skipped if unset/0
     u      = scale_by_adam(g'; b1, b2, eps, mu_dtype)        # or cfg.optax_name, see below
-    update = -m(s) * (lr * lr_mult(p) * u  +  wd * wd_mult(p) * theta)
+    update = -m(s) * (lr * lr_mult(p) * adapter_mult(p) * u  +  wd * wd_mult(p) * theta)
     theta <- theta + update                                  # optax.apply_updates
 
 where ``m(s)`` is the schedule *multiplier* in ``[0, 1]`` (warm-up x decay x cool-down).  Weight decay is
@@ -40,6 +40,16 @@ Config keys (``ml_collections.ConfigDict`` or ``dict``; unknown keys inside ``op
   LayerNorm scales, embeddings, positional embeddings, ``t`` or ``b``).
 * ``lr_mults``: same form; no match -> 1.  Multiplies the ``lr * u`` term only (``lr_mult=0`` with
   ``wd_mult=0`` freezes a parameter).
+* ``adapter_lr_mult``: ``'fan_in'`` (default) or a number >= 0: ``adapter_mult(p)`` of the linear adapters'
+  kernels (leaves named ``adapter_kernel``, ``[r, D, D]``, siglip_rins.recursion); 1 for every other leaf.
+  ``'fan_in'`` is ``1 / D``.  Why: Adam moves every entry of a matrix by up to ``lr`` per step whatever its
+  gradient's scale, so a sign-like step of a D x D map changes it by up to ``lr * D`` in spectral norm -- D times
+  the relative step of a gain or a bias.  An adapter, initialised to the identity and applied to the whole
+  residual stream before the final LayerNorm, then amplifies the stream's batch-common component within a few
+  dozen steps; in the built-in demo (D = 64, lr 3e-3) this held stochastic A^3B on the trivial loss plateau for
+  the whole run (docs/DESIGN.md, "Linear adapters").  ``1 / fan_in`` is the maximal-update (muP) scaling of Adam's
+  learning rate for a hidden matrix: the adapter's spectral norm then moves by at most ``lr`` per step.
+  Adapters are not weight-decayed by the default ``wd_mults`` (their name does not match ``.*/kernel$``).
 * ``frozen``: a regex or list of regexes (``re.fullmatch`` on the path): those parameters' gradients (before
   clipping and the optimiser) and updates (after weight decay) are exactly zero, so they never change.
 """
@@ -54,9 +64,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["make_optimizer", "make_schedule", "path_mults", "DEFAULT_WD_MULTS"]
+__all__ = ["make_optimizer", "make_schedule", "path_mults", "adapter_mult", "DEFAULT_WD_MULTS"]
 
 DEFAULT_WD_MULTS = ((r".*/kernel$", 1.0),)
+ADAPTER_KERNEL = re.compile(r"(.*/)?adapter_kernel")  # the linear adapters' [r, D, D] kernels (recursion.py)
+ADAPTER_LR_MULTS = ("fan_in",)  # the named adapter_lr_mult values (else a number >= 0)
 DECAY_TYPES = ("rsqrt", "cosine", "linear", "constant")
 _DURATION_UNITS = ("steps", "examples", "epochs", "percent")
 _SCHEDULE_KEYS = frozenset(
@@ -227,6 +239,40 @@ def _scale_by_path(rules, default: float, scale: float, name: str) -> optax.Grad
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def check_adapter_lr_mult(value: Any) -> Any:
+  """'fan_in' or a number >= 0 (config key `adapter_lr_mult`); raises ValueError naming the value otherwise."""
+  if value in ADAPTER_LR_MULTS:
+    return value
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+    raise ValueError(f"config key 'adapter_lr_mult' must be 'fan_in' or a number >= 0, got {value!r}")
+  return float(value)
+
+
+def adapter_mult(path: str, shape: Sequence[int], value: Any = "fan_in") -> float:
+  """The learning-rate factor of the leaf at `path` (a '/'-joined path) with `shape`: for a linear adapters'
+  kernel ([r, D_in, D_out]) 1 / D_in under 'fan_in' or the number `value`; 1.0 for every other leaf."""
+  if not ADAPTER_KERNEL.fullmatch(path):
+    return 1.0
+  value = check_adapter_lr_mult(value)
+  return 1.0 / float(shape[-2]) if value == "fan_in" else value
+
+
+def _scale_adapters(value: Any) -> optax.GradientTransformation:
+  """Multiplies the linear adapters' kernel updates by `adapter_mult` (shapes are static: no runtime cost)."""
+  check_adapter_lr_mult(value)
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def scale(path, u):
+      m = adapter_mult(_path_str(path), u.shape, value)
+      return u if m == 1.0 else u * jnp.asarray(m, u.dtype)
+
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: _EmptyState(), update_fn)
+
+
 def _add_decoupled_weight_decay(wd: float, rules) -> optax.GradientTransformation:
   """``update += wd * wd_mult(path) * param`` (leaves with mult 0 untouched)."""
   _compile_rules(rules, "wd_mults")
@@ -291,7 +337,7 @@ def make_optimizer(
 
   Args:
     cfg: config (``ConfigDict`` or dict) with ``lr``, ``wd``, ``grad_clip_norm``, ``optax_name``, ``optax``,
-      ``schedule``, ``wd_mults``, ``lr_mults``.
+      ``schedule``, ``wd_mults``, ``lr_mults``, ``adapter_lr_mult``, ``frozen``.
     total_steps: number of optimiser steps of the run (schedules end there).
     batch_size: global batch size (examples per step), needed for ``*_examples`` durations.
     steps_per_epoch: needed for ``*_epochs`` durations.
@@ -329,6 +375,8 @@ def make_optimizer(
   lr_rules = _get(cfg, "lr_mults", ()) or ()
   _compile_rules(wd_rules, "wd_mults")
   _compile_rules(lr_rules, "lr_mults")
+  adapter_lr = _get(cfg, "adapter_lr_mult")
+  adapter_lr = check_adapter_lr_mult("fan_in" if adapter_lr is None else adapter_lr)
 
   frozen = _get(cfg, "frozen", None) or ()
   chain = [_zero_frozen(frozen)] if frozen else []
@@ -336,6 +384,8 @@ def make_optimizer(
     chain.append(optax.clip_by_global_norm(float(clip)))
   chain.append(base_tx)
   chain.append(_scale_by_path(lr_rules, 1.0, lr, "lr_mults"))
+  if adapter_lr != 1.0:
+    chain.append(_scale_adapters(adapter_lr))
   if wd:
     chain.append(_add_decoupled_weight_decay(float(wd), wd_rules))
   chain.append(_scale_by_multiplier(multiplier))
