@@ -240,9 +240,15 @@ def _scale_by_path(rules, default: float, scale: float, name: str) -> optax.Grad
 
 
 def check_adapter_lr_mult(value: Any) -> Any:
-  """'fan_in' or a number >= 0 (config key `adapter_lr_mult`); raises ValueError naming the value otherwise."""
-  if value in ADAPTER_LR_MULTS:
-    return value
+  """'fan_in' or a number >= 0 (config key `adapter_lr_mult`; a number may come as a string, as a command-line
+  override of the configs' 'fan_in' does); raises ValueError naming the value otherwise."""
+  if isinstance(value, str):
+    if value in ADAPTER_LR_MULTS:
+      return value
+    try:
+      value = float(value)
+    except ValueError:
+      raise ValueError(f"config key 'adapter_lr_mult' must be 'fan_in' or a number >= 0, got {value!r}") from None
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
     raise ValueError(f"config key 'adapter_lr_mult' must be 'fan_in' or a number >= 0, got {value!r}")
   return float(value)
