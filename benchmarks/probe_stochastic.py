@@ -16,14 +16,13 @@ Usage (one command, JSON to --out; defaults: the demo's rins_stochastic at the d
       [--p_skip 0.5] [--adapters true] [--signature A^3B] [--every 25] [--max_steps N] [--seed 0]
       [--set key=value ...] [--out probe.json]
 `--steps` is the *baseline's* step count (the variant's steps follow from compute matching, as in the demo);
-`--max_steps` stops early; `--set` applies config overrides (dotted keys, values parsed as Python literals),
-e.g. --set model.recursion.adapter_lr_mult=1.0.
+`--max_steps` stops early; `--set` applies config overrides as the trainer's --config.key=value does, e.g.
+--set adapter_lr_mult=1.0 (Adam's plain step on the adapters: the old behaviour) or --set model.bias_init=-3.4.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -92,8 +91,10 @@ def main(argv=None) -> int:
   import jax.numpy as jnp
   import numpy as np
 
+  from siglip_rins import config_lib
   from siglip_rins import train as T
   from siglip_rins.demo import runner
+  from siglip_rins.recursion import Block
 
   settings = dict(runner.DEFAULTS, seed=args.seed)
   if args.lr is not None:
@@ -106,18 +107,7 @@ def main(argv=None) -> int:
       v[key] = getattr(args, key)
   runner.VARIANTS["_probe"] = v
   config = runner.variant_config("_probe", settings)
-  for item in args.set:
-    key, _, value = item.partition("=")
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass
-    node = config
-    parts = key.split(".")
-    for part in parts[:-1]:
-      node = node[part]
-    node[parts[-1]] = value
-
+  config_lib.apply_overrides(config, args.set)  # --set key=value, as the trainer's --config.key=value
   run = T._setup_model(config)
   state = T.init_state(run.model, run.task, run.tx, run.mesh, config, jax.random.PRNGKey(run.seed))
   from siglip_rins.data import pipeline
@@ -126,17 +116,39 @@ def main(argv=None) -> int:
   it = pipeline.make_train_iterator(config.input, global_batch_size=run.global_bs, seed=run.seed)
   keep = set(run.task.batch_keys)
   step_jit = jax.jit(T.make_train_step(run.model, run.task, run.tx, run.schedule_fn, run.seed), donate_argnums=(0,))
+
   def embed_stats(params, batch):
     """Batch diversity of the L2-normalised embeddings at each deterministic rounds value (1 .. trained):
     mean pairwise cosine (1.0 = collapsed to one point) per tower."""
     out = {}
     for r in range(1, r_trained + 1):
-      zi, zt, _ = run.model.apply({"params": params}, batch["image"], batch["labels"], rounds=r)
+      (zi, zt, _), inter = run.model.apply(
+        {"params": params},
+        batch["image"],
+        batch["labels"],
+        rounds=r,
+        capture_intermediates=lambda mdl, _: isinstance(mdl, Block),
+        mutable=["intermediates"],
+      )
       n = zi.shape[0]
       off = lambda z: float((jnp.sum(z @ z.T) - n) / (n * n - n))
       out[str(r)] = dict(img_cos=off(zi), txt_cos=off(zt))
+      if adapters:  # the batch-common share of the stream entering and leaving the adapter
+        for tower, stack in (("img", "Transformer"), ("txt", "Encoder_0")):
+          x = inter["intermediates"][tower][stack]["B"]["__call__"][0][0]  # block B's output: adapter input
+          a = params[tower][stack]
+          k = min(r, a["adapter_kernel"].shape[0]) - 1
+          y = x @ a["adapter_kernel"][k] + a["adapter_bias"][k]
+          out[str(r)][f"{tower}_common_in"] = common_frac(x)
+          out[str(r)][f"{tower}_common_out"] = common_frac(y)
     return out
 
+  def common_frac(x):
+    """Share of the stream's energy that is the same for every example (per token position): 1.0 = collapsed."""
+    x = jnp.asarray(x, jnp.float32)
+    return float(jnp.sum(jnp.mean(x, 0) ** 2) * x.shape[0] / jnp.sum(x**2))
+
+  adapters = bool(config.model.recursion.adapters)
   r_trained = runner.trained_rounds(config)
   total = run.total_steps if args.max_steps is None else min(run.total_steps, args.max_steps)
   hist = {"img": {}, "txt": {}}
@@ -168,6 +180,11 @@ def main(argv=None) -> int:
       window = []
       records.append(rec)
       emb = {r: (round(e["img_cos"], 3), round(e["txt_cos"], 3)) for r, e in rec["embeddings"].items()}
+      if adapters:
+        emb = {
+          r: v + tuple(round(rec["embeddings"][r][f"{t}_common_{w}"], 3) for t in ("img", "txt") for w in ("in", "out"))
+          for r, v in emb.items()
+        }
       dev = {s: [round(a["rel_dev"], 3) for a in rows] for s, rows in rec["adapters"].items()}
       print(
         f"step {step}/{total} loss {rec['loss_mean']:.4f} gnorm {rec['grad_norm']:.3g} lr {rec['lr']:.2e} "

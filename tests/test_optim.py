@@ -185,7 +185,9 @@ def _with_adapters(d=8, r=3):
   return params
 
 
-@pytest.mark.parametrize("value, want", [(None, 1 / 8), ("fan_in", 1 / 8), (0.5, 0.5), ("0.5", 0.5), (1.0, 1.0), (0, 0.0)])
+@pytest.mark.parametrize(
+  "value, want", [(None, 1 / 8), ("fan_in", 1 / 8), (0.5, 0.5), ("0.5", 0.5), (1.0, 1.0), (0, 0.0)]
+)
 def test_adapter_kernels_learn_at_lr_over_width(value, want):
   """SGD (optax 'identity'), unit gradients: the adapters' kernels move by lr * adapter_mult, 1/D by default;
   their biases and every other leaf by lr; adapters are not weight-decayed by the default wd_mults."""

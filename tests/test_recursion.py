@@ -562,7 +562,9 @@ def test_stochastic_gradients_equal_deterministic_gradients_at_drawn_rounds():
     adapter_grad = np.asarray(g["img"]["Transformer"]["adapter_kernel"])
     used = [bool(np.abs(adapter_grad[j]).max() > 0) for j in range(4)]
     assert used == [j == k - 1 for j in range(4)], (k, used)
-    assert np.abs(np.asarray(g["img"]["Transformer"]["A"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"])).max() > 0
+    assert (
+      np.abs(np.asarray(g["img"]["Transformer"]["A"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"])).max() > 0
+    )
   assert len(seen) >= 2, seen
 
 
