@@ -224,22 +224,6 @@ class _EmptyState(NamedTuple):
   pass
 
 
-def _scale_by_path(rules, default: float, scale: float, name: str) -> optax.GradientTransformation:
-  """Multiplies each leaf's update by ``scale * mult(path)``."""
-  _compile_rules(rules, name)  # validate now
-
-  def init_fn(params):
-    del params
-    return _EmptyState()
-
-  def update_fn(updates, state, params=None):
-    del params
-    mults = path_mults(updates, rules, default, name)
-    return jax.tree.map(lambda u, m: u * jnp.asarray(scale * m, u.dtype), updates, mults), state
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
 def check_adapter_lr_mult(value: Any) -> Any:
   """'fan_in' or a number >= 0 (config key `adapter_lr_mult`; a number may come as a string, as a command-line
   override of the configs' 'fan_in' does); raises ValueError naming the value otherwise."""
@@ -264,20 +248,26 @@ def adapter_mult(path: str, shape: Sequence[int], value: Any = "fan_in") -> floa
   return 1.0 / float(shape[-2]) if value == "fan_in" else value
 
 
-def _scale_adapters(value: Any) -> optax.GradientTransformation:
-  """Multiplies the linear adapters' kernel updates by `adapter_mult` (shapes are static: no runtime cost)."""
-  check_adapter_lr_mult(value)
+def _scale_lr(rules, lr: float, adapter_lr: Any) -> optax.GradientTransformation:
+  """Multiplies each leaf's update by ``lr * lr_mult(path) * adapter_mult(path)`` (one stateless transformation,
+  so the optimiser state has the same structure as before adapter_lr_mult existed: old checkpoints resume)."""
+  _compile_rules(rules, "lr_mults")  # validate now
+  check_adapter_lr_mult(adapter_lr)
+
+  def init_fn(params):
+    del params
+    return _EmptyState()
 
   def update_fn(updates, state, params=None):
     del params
+    mults = path_mults(updates, rules, 1.0, "lr_mults")
 
-    def scale(path, u):
-      m = adapter_mult(_path_str(path), u.shape, value)
-      return u if m == 1.0 else u * jnp.asarray(m, u.dtype)
+    def scale(path, u, m):
+      return u * jnp.asarray(lr * m * adapter_mult(_path_str(path), u.shape, adapter_lr), u.dtype)
 
-    return jax.tree_util.tree_map_with_path(scale, updates), state
+    return jax.tree_util.tree_map_with_path(scale, updates, mults), state
 
-  return optax.GradientTransformation(lambda params: _EmptyState(), update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _add_decoupled_weight_decay(wd: float, rules) -> optax.GradientTransformation:
@@ -390,9 +380,7 @@ def make_optimizer(
   if clip:
     chain.append(optax.clip_by_global_norm(float(clip)))
   chain.append(base_tx)
-  chain.append(_scale_by_path(lr_rules, 1.0, lr, "lr_mults"))
-  if adapter_lr != 1.0:
-    chain.append(_scale_adapters(adapter_lr))
+  chain.append(_scale_lr(lr_rules, lr, adapter_lr))
   if wd:
     chain.append(_add_decoupled_weight_decay(float(wd), wd_rules))
   chain.append(_scale_by_multiplier(multiplier))

@@ -228,3 +228,14 @@ def test_adam_moves_an_adapter_by_at_most_lr_in_spectral_norm():
 def test_bad_adapter_lr_mult_is_refused(bad):
   with pytest.raises(ValueError, match="adapter_lr_mult.*'fan_in' or a number >= 0"):
     optim.make_optimizer(dict(lr=0.1, adapter_lr_mult=bad), total_steps=10)
+
+
+def test_adapter_lr_mult_keeps_the_optimizer_state_structure():
+  """The adapter factor lives in the lr-scaling step (no extra transformation): the optimiser state has one
+  structure whatever adapter_lr_mult is, so checkpoints written before the key existed still resume."""
+  params = _with_adapters()
+  structures = {
+    str(jax.tree_util.tree_structure(optim.make_optimizer(dict(lr=0.1, wd=0.1, adapter_lr_mult=v), 10)[0].init(params)))
+    for v in ("fan_in", 1.0, 0.25)
+  }
+  assert len(structures) == 1, structures
