@@ -36,8 +36,9 @@ def _adapter_deviation(config, workdir) -> list[float]:
 
 
 @pytest.mark.slow
-def test_demo_stochastic_adapters_stay_near_identity(tmp_path):
-  os.environ.setdefault("SIGLIP_RINS_DATA_DIR", str(tmp_path / "data"))
+def test_demo_stochastic_adapters_stay_near_identity(tmp_path, monkeypatch):
+  if "SIGLIP_RINS_DATA_DIR" not in os.environ:  # the demo's generated shapes data: a throwaway folder
+    monkeypatch.setenv("SIGLIP_RINS_DATA_DIR", str(tmp_path / "data"))
   settings = dict(runner.DEFAULTS, steps=100, batch_size=16, image_size=16, train_examples=128, warmup_steps=5, seed=0)
   config = runner.variant_config("rins_stochastic", settings)  # the demo's lr (3e-3), p_s = 1/2, adapters
   config.log_every = STEPS
