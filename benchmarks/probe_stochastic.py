@@ -4,12 +4,14 @@ Trains one demo variant (siglip_rins/demo/runner.py's config: shapes data, 'mu' 
 5/-5, the demo's schedule) with the real training step (siglip_rins.train.make_train_step, the configured
 optimiser) and, every `--every` steps, records:
 
-* the train loss and gradient norm of that step (and the mean loss over the interval);
-* per tower stack with linear adapters and per adapter k: ||W_k - I||_F / ||I||_F (relative deviation from the
-  identity), the largest / smallest singular values of W_k, ||b_k||, and how many steps so far drew k rounds
-  (adapter k gets a gradient only in those steps); also the relative deviation of the *effective* adapter
-  matrix (the same numbers are what the model applies, whatever the parametrisation).
-* the norm of the adapters' share of the gradient.
+* the train loss, gradient norm, temperature t and bias b of that step (and the mean loss over the interval);
+* per deterministic rounds value r = 1..trained, on that step's batch: the mean pairwise cosine of the image and
+  of the text embeddings (1.0: the tower has collapsed to one point) and, with adapters, the batch-common share of
+  the stream entering and leaving the adapter (energy of the per-position batch mean / total; 1.0 = collapsed).
+  Printed as (img_cos, txt_cos[, img_common_in, img_common_out, txt_common_in, txt_common_out]) per r;
+* per tower and adapter k: ||W_k - I||_F / ||I||_F (printed), the off-diagonal rms, the largest / smallest
+  singular values of W_k, the share of ||W_k - I||^2 in its top singular value, ||b_k||, and how many steps so
+  far drew k rounds (adapter k gets a gradient only in those steps).
 
 Usage (one command, JSON to --out; defaults: the demo's rins_stochastic at the demo's lr):
   PYTHONPATH=. python -m benchmarks.probe_stochastic [--variant rins_stochastic] [--lr 3e-3] [--steps 1000]
