@@ -136,6 +136,7 @@ def get_config(arg=None):
   )
 
   c.lr, c.wd, c.grad_clip_norm = 5e-4, 5e-5, 1.0
+  c.adapter_lr_mult = "fan_in"  # linear adapters' kernels learn at lr / D (siglip_rins/optim.py)
   c.optax_name = "scale_by_adam"
   c.schedule = common.schedule("rsqrt", warmup_steps=5000, cooldown_steps=5000)  # timescale: optim default
   c.log_every, c.ckpt_every, c.keep_ckpts = 100, 1000, 3

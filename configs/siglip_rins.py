@@ -133,6 +133,7 @@ def get_config(arg=None):
   else:
     c.input.data = dict(type="tfds", name="coco_captions", split="train")  # replace with your image-text data
   c.lr, c.wd, c.grad_clip_norm = 1e-3, 1e-4, 1.0
+  c.adapter_lr_mult = "fan_in"  # linear adapters' kernels learn at lr / D (siglip_rins/optim.py)
   c.optax_name = "scale_by_adam"
   if a.setting == "appendix":
     c.schedule = common.schedule("cosine", warmup_steps=20_000)  # App. E.2.3

@@ -102,6 +102,7 @@ def get_config(arg=None):
   c.mixup = dict(p=0.2)
 
   c.lr, c.wd, c.grad_clip_norm = a.lr, a.lr / 10, 1.0
+  c.adapter_lr_mult = "fan_in"  # linear adapters' kernels learn at lr / D (siglip_rins/optim.py)
   c.optax_name = "scale_by_adam"
   c.optax = dict(mu_dtype="bfloat16", b2=0.95)
   c.schedule = common.schedule("cosine", warmup_steps=10_000)

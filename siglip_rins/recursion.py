@@ -23,7 +23,8 @@ Vocabulary (paper Sec. 2 and App. A):
 * Linear adapters (paper Sec. 6): ``num_adapters`` D-by-D maps initialised to the identity; the k-th is applied
   to the stack output when the count along the signature's `adapter_axis` is k (k above the trained count
   uses the last).  The axis is 'rounds' (A^rB: r adapters, the r-th after r rounds) except for RAO signatures
-  (a unit of two or more blocks repeated, e.g. ``ABAB``), whose adapters follow ``repeat``.
+  (a unit of two or more blocks repeated, e.g. ``ABAB``), whose adapters follow ``repeat``.  The stored
+  ``adapter_kernel`` is the full matrix; the optimiser gives it lr / D (siglip_rins.optim, ``adapter_lr_mult``).
 * KV sharing applies to the leading run of the first block (A of A^rB).
 
 Execution: runs of one repeated block are executed by ``nn.scan`` over rounds with broadcast (shared) parameters,

@@ -69,6 +69,7 @@ TOP_LEVEL_KEYS = {
   "schedule",
   "wd_mults",
   "lr_mults",
+  "adapter_lr_mult",
   "evals",
   "log_every",
   "ckpt_every",

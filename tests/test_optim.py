@@ -172,3 +172,70 @@ def test_bf16_first_moment():
 def test_bad_config_raises_named_value_error(cfg, match):
   with pytest.raises(ValueError, match=match):
     optim.make_optimizer(cfg, total_steps=100)
+
+
+# ------------------------------------------------------------------------------------------ linear adapters
+def _with_adapters(d=8, r=3):
+  params = _params()
+  params["img"]["Transformer"] = {
+    "adapter_kernel": jnp.broadcast_to(jnp.eye(d), (r, d, d)),
+    "adapter_bias": jnp.zeros((r, d)),
+    "encoder_norm": {"scale": jnp.ones((d,))},
+  }
+  return params
+
+
+@pytest.mark.parametrize(
+  "value, want", [(None, 1 / 8), ("fan_in", 1 / 8), (0.5, 0.5), ("0.5", 0.5), (1.0, 1.0), (0, 0.0)]
+)
+def test_adapter_kernels_learn_at_lr_over_width(value, want):
+  """SGD (optax 'identity'), unit gradients: the adapters' kernels move by lr * adapter_mult, 1/D by default;
+  their biases and every other leaf by lr; adapters are not weight-decayed by the default wd_mults."""
+  params = _with_adapters(d=8)
+  grads = jax.tree.map(jnp.ones_like, params)
+  cfg = dict(lr=0.1, wd=0.5, optax_name="identity", schedule=dict(decay_type="constant"))
+  if value is not None:
+    cfg["adapter_lr_mult"] = value
+  tx, _ = optim.make_optimizer(cfg, total_steps=10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  ad = updates["img"]["Transformer"]
+  np.testing.assert_allclose(np.asarray(ad["adapter_kernel"]), -0.1 * want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(ad["adapter_bias"]), -0.1, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(ad["encoder_norm"]["scale"]), -0.1, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(updates["img"]["Dense_0"]["kernel"]), -(0.1 + 0.5 * 0.5), rtol=1e-6)
+  assert optim.adapter_mult("img/Transformer/adapter_kernel", (3, 8, 8)) == 1 / 8
+  assert optim.adapter_mult("adapter_kernel", (2, 64, 64)) == 1 / 64
+  assert optim.adapter_mult("img/Transformer/adapter_bias", (3, 8)) == 1.0
+  assert optim.adapter_mult("img/Dense_0/kernel", (8, 8)) == 1.0
+
+
+def test_adam_moves_an_adapter_by_at_most_lr_in_spectral_norm():
+  """Why 1/D: an Adam step of a D x D matrix with a rank-one gradient is a sign matrix of spectral norm lr * D;
+  with the default adapter_lr_mult it is lr (the relative step of a gain or a bias)."""
+  d, lr = 16, 1e-2
+  params = {"stack": {"adapter_kernel": jnp.eye(d)[None], "adapter_bias": jnp.zeros((1, d))}}
+  u, v = jnp.linspace(-1, 1, d) + 0.05, jnp.cos(jnp.arange(d))  # a rank-one gradient, no zero entries
+  grads = {"stack": {"adapter_kernel": jnp.outer(u, v)[None], "adapter_bias": jnp.zeros((1, d))}}
+  for value, bound in (("fan_in", lr), (1.0, lr * d)):
+    tx, _ = optim.make_optimizer(
+      dict(lr=lr, adapter_lr_mult=value, schedule=dict(decay_type="constant")), total_steps=10
+    )
+    step = tx.update(grads, tx.init(params), params)[0]["stack"]["adapter_kernel"][0]
+    np.testing.assert_allclose(float(jnp.linalg.norm(step, 2)), bound, rtol=1e-3)
+
+
+@pytest.mark.parametrize("bad", ["1/D", "-1", -1.0, True, float("inf"), [1]])
+def test_bad_adapter_lr_mult_is_refused(bad):
+  with pytest.raises(ValueError, match="adapter_lr_mult.*'fan_in' or a number >= 0"):
+    optim.make_optimizer(dict(lr=0.1, adapter_lr_mult=bad), total_steps=10)
+
+
+def test_adapter_lr_mult_keeps_the_optimizer_state_structure():
+  """The adapter factor lives in the lr-scaling step (no extra transformation): the optimiser state has one
+  structure whatever adapter_lr_mult is, so checkpoints written before the key existed still resume."""
+  params = _with_adapters()
+  structures = {
+    str(jax.tree_util.tree_structure(optim.make_optimizer(dict(lr=0.1, wd=0.1, adapter_lr_mult=v), 10)[0].init(params)))
+    for v in ("fan_in", 1.0, 0.25)
+  }
+  assert len(structures) == 1, structures

@@ -535,6 +535,39 @@ def test_stochastic_forward_equals_deterministic_forward_at_drawn_rounds():
   assert np.abs(z[0] - np.asarray(z_other)).max() > 1e-4
 
 
+def test_stochastic_gradients_equal_deterministic_gradients_at_drawn_rounds():
+  """Gradient flow through skipped rounds (nn.cond): a step that drew k rounds has exactly the gradients of the
+  deterministic A^kB model -- block A gets the gradient of its k applications, only adapter k gets one."""
+  model = _tiny_a4b(0.5, adapters=True)
+  params = random_params(model, IMAGES)
+  target = jax.random.normal(jax.random.PRNGKey(3), (2, 16))
+
+  def loss(p, key=None, rounds=None):
+    kw = dict(train=True, rngs={"rins": key}) if key is not None else dict(rounds=rounds)
+    z, _, out = model.apply({"params": p}, IMAGES, **kw)
+    return jnp.sum((z - target) ** 2), out["rounds/img"]
+
+  grad_at = jax.jit(jax.grad(lambda p, key: loss(p, key=key), has_aux=True))
+  grad_det = jax.jit(jax.grad(lambda p, k: loss(p, rounds=k), has_aux=True), static_argnums=1)
+  seen = set()
+  for seed in range(12):
+    g, k = grad_at(params, jax.random.PRNGKey(seed))
+    k = int(k)
+    if k in seen:
+      continue
+    seen.add(k)
+    want, _ = grad_det(params, k)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(want)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6, err_msg=f"{path} k={k}")
+    adapter_grad = np.asarray(g["img"]["Transformer"]["adapter_kernel"])
+    used = [bool(np.abs(adapter_grad[j]).max() > 0) for j in range(4)]
+    assert used == [j == k - 1 for j in range(4)], (k, used)
+    assert (
+      np.abs(np.asarray(g["img"]["Transformer"]["A"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"])).max() > 0
+    )
+  assert len(seen) >= 2, seen
+
+
 def test_p_skip_zero_and_eval_are_deterministic():
   for p_skip, train in [(0.0, True), (0.5, False)]:
     model = _tiny_a4b(p_skip)
