@@ -538,6 +538,23 @@ def results_table(results: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def readme_table(results: Sequence[dict]) -> str:
+  """The README's compact table (README.md, "The demo's results"): per variant, r = 1 / trained r, mean ± std."""
+  lines = [
+    "| variant | signature | steps | r | 0-shot top-1 | text→image R@1 | image→text R@1 |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for res in results:
+    keys = ["r1"] + (["r_trained"] if res["trained_rounds"] != 1 else [])
+    rs = " / ".join(["1"] * (len(keys) > 1) + [f"{res['trained_rounds']} (trained)"])
+    cells = []
+    for metric in ("zeroshot_top1", "retrieval_t2i@1", "retrieval_i2t@1"):
+      values = [_pm(res["metrics"][k].get(metric), res.get("metrics_std", {}).get(k, {}).get(metric)) for k in keys]
+      cells.append(" / ".join(values))
+    lines.append(f"| {res['name']} | {_signature_text(res)} | {res['steps']} | {rs} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def _standard_error(p: float, n: int) -> float:
   return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
 
@@ -799,6 +816,11 @@ def write_report(results: Sequence[dict], settings: dict, eval_data: dict, timin
     )
   lines += [
     "",
+    "## README table",
+    "",
+    "The README's \"The demo's results\" table, from this run (mean ± std over seeds, %):",
+    "",
+    readme_table(results),
     "## Timings (seconds, wall clock)",
     "",
     f"total {timings['total_seconds']:.0f} (CPU time, all cores: {timings['cpu_seconds']:.0f}); eval data "
