@@ -216,6 +216,10 @@ def variant_config(name: str, settings: dict):
   # Shared by every variant (never per variant): optimiser peak lr, warm-up, seed, logging.
   config.lr = float(settings["lr"])
   config.schedule.warmup_steps = int(settings["warmup_steps"])
+  if settings.get(
+    "decay_type"
+  ):  # `siglip-rins study --quick`: rsqrt, whose compiled step does not depend on the length
+    config.schedule.decay_type = settings["decay_type"]
   # At batch 32 the paper's temperature/bias init (10, -10, tuned for 32k batches) left several variants on the
   # trivial plateau (loss log B + 1) for the whole budget; a milder init, identical for every variant, did not.
   config.model.temperature_init = float(settings["temperature_init"])

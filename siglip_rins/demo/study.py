@@ -89,6 +89,7 @@ QUICK = dict(
   probe_steps=2,
   min_steps=2,
   max_steps=24,
+  decay_type="rsqrt",  # no cool-down: one compiled step serves every point (the full study: cosine to each end)
   bootstrap=30,
   variants="baseline,rins",
 )
@@ -717,7 +718,7 @@ def write_report(payload: dict, out: str) -> dict:
     f"**Did RINS overtake the baseline?** {a['verdict']['text']}",
     "",
     f"Variants: {', '.join(v + ' (' + runner.VARIANTS[v]['label'] + ')' for v in variants)}. Shared hyper-parameters "
-    f"(never per variant): lr {s['lr']:g}, warm-up {s['warmup_steps']} steps, cosine decay to each run's end, batch "
+    f"(never per variant): lr {s['lr']:g}, warm-up {s['warmup_steps']} steps, {s.get('decay_type') or 'cosine'} decay (to each run's end), batch "
     f"{s['batch_size']}, {s['model']} towers, {s['image_size']} px, {s['precision']} matmul operands, "
     f"temperature/bias init {s['temperature_init']:g}/{s['bias_init']:g}, {s['train_examples']} train images, "
     f"{s['seeds']} seed(s) per point. Every point is a separate run per variant, compute-matched to the baseline's "
