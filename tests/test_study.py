@@ -114,10 +114,10 @@ def test_analysis_finds_a_planted_crossover():
   result = study.analyse(rows, settings)
   c = result["zeroshot_error"]["crossovers"]["rins"]
   assert c["status"] == "crosses" and c["x"] == pytest.approx(2025.0, rel=0.05)
-  assert result["zeroshot_error"]["observed_orderings"][0]["ordering"] == "baseline < rins"
-  assert result["zeroshot_error"]["observed_orderings"][-1]["ordering"] == "rins < baseline"
+  assert result["zeroshot_error"]["observed_orderings"][0]["ordering"] == "baseline > rins"
+  assert result["zeroshot_error"]["observed_orderings"][-1]["ordering"] == "rins > baseline"
   orders = [o["ordering"] for o in result["zeroshot_error"]["predicted_orderings"]]
-  assert orders == ["baseline < rins", "rins < baseline"]
+  assert orders == ["baseline > rins", "rins > baseline"]
   assert "overtakes the baseline at" in result["verdict"]["text"]
 
 

@@ -319,7 +319,9 @@ def run_study(settings: dict, verbose: bool = True) -> dict:
   evals = runner.eval_configs(eval_data, names=("zeroshot",))
   rows, plan_log = [], []
   with compile_cache(os.path.join(out, ".jax_cache")):
-    # 1. timing probe (also writes the train split and warms the evaluator's compiled functions)
+    # 0. the train split, written once into $SIGLIP_RINS_DATA_DIR (building a config writes it): not a probe cost
+    runner.variant_config(BASELINE, dict(settings, steps=settings["probe_steps"]))
+    # 1. timing probe (also warms the evaluator's compiled functions)
     say(f"probe: {settings['probe_steps']} baseline steps per variant", flush=True)
     probe = {}
     for name in settings["variants"]:
@@ -487,8 +489,8 @@ def per_point_table(rows: Sequence[dict], variants: Sequence[str], metric: str) 
 
 
 def _ordering(values: dict) -> str:
-  """{'a': 0.3, 'b': 0.2} (lower is better) -> 'b < a'."""
-  return " < ".join(name for name, _ in sorted(values.items(), key=lambda kv: kv[1]))
+  """{'a': 0.3, 'b': 0.2} (errors: lower is better) -> 'b > a' (best first; '>' reads 'better than')."""
+  return " > ".join(name for name, _ in sorted(values.items(), key=lambda kv: kv[1]))
 
 
 def ordering_intervals(fits: dict, lo: float, hi: float, num: int = 200) -> list[dict]:
@@ -790,10 +792,10 @@ def write_report(payload: dict, out: str) -> dict:
         f"| {v} | {f['num_points']} | {_fmt_pm(f['beta'], f['beta_std'])} | {_fmt_pm(f['c'], f['c_std'])} | "
         f"{_fmt_pm(f['eps_inf'], f['eps_inf_std'])} | {f['rmse']:.3g} |"
       )
-    lines += ["", "Observed ordering (best first) per point:", ""]
+    lines += ["", "Observed ordering per point (best first; a > b: a has the lower value):", ""]
     for o in m["observed_orderings"]:
       lines.append(f"- point {o['point']} (baseline {o['baseline_steps']} steps): {o['ordering']}")
-    lines += ["", "Predicted ordering (best first) by the fits, and the compute over which it holds:", ""]
+    lines += ["", "Predicted ordering by the fits (best first), and the compute over which it holds:", ""]
     for o in m["predicted_orderings"]:
       lines.append(f"- {o['from']:.3g} – {o['to']:.3g} FLOPs: {o['ordering']}")
     lines += [
