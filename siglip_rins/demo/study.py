@@ -244,19 +244,24 @@ def predict_seconds(steps: Sequence[int], costs: dict, seeds: int) -> float:
 
 
 def probe_costs(probe_runs: dict) -> dict:
-  """Per-variant cost model from the probe runs: step_s = median logged step time after the first log interval
-  (the first includes compilation); overhead_s = the rest of the run's wall time (setup, compile, evaluation)."""
+  """Per-variant cost model from the probe: {variant: [run at P steps, run at 2P steps]} (runner.run_variant
+  results).  step_s = median logged step time of both runs after each one's first log interval (which includes
+  compilation); overhead_s = the second run's wall time minus its steps (setup, compiling the train step,
+  evaluating with already compiled evaluator functions: what every later run of the sweep pays)."""
   costs = {}
-  for name, res in probe_runs.items():
-    times = step_times(res["workdir"])
-    step_s = float(np.median(times[1:] if len(times) > 1 else times)) if times else 0.0
-    total = res["train_seconds"] + res["eval_seconds"]
+  base = probe_runs[BASELINE][0]["train_flops_per_example"]
+  for name, runs in probe_runs.items():
+    times = [t for res in runs for t in step_times(res["workdir"])[1:]]
+    times = times or [t for res in runs for t in step_times(res["workdir"])]
+    step_s = float(np.median(times)) if times else 0.0
+    last = runs[-1]
+    total = last["train_seconds"] + last["eval_seconds"]
     costs[name] = dict(
       step_s=step_s,
-      overhead_s=max(0.0, total - step_s * res["steps"]),
-      steps_ratio=probe_runs[BASELINE]["train_flops_per_example"] / res["train_flops_per_example"],
-      probe_steps=res["steps"],
-      probe_seconds=total,
+      overhead_s=max(0.0, total - step_s * last["steps"]),
+      steps_ratio=base / last["train_flops_per_example"],
+      probe_steps=[r["steps"] for r in runs],
+      probe_seconds=[r["train_seconds"] + r["eval_seconds"] for r in runs],
     )
   return costs
 
@@ -324,17 +329,19 @@ def run_study(settings: dict, verbose: bool = True) -> dict:
     # 1. timing probe (also warms the evaluator's compiled functions)
     say(f"probe: {settings['probe_steps']} baseline steps per variant", flush=True)
     probe = {}
-    for name in settings["variants"]:
-      res, _ = _run(
-        name,
-        settings,
-        evals,
-        settings["probe_steps"],
-        settings["seed"],
-        os.path.join(out, "probe", name),
-        verbose=False,
-      )
-      probe[name] = res
+    for name in settings["variants"]:  # twice: the second run shows the cost of a run once the evaluator compiled
+      probe[name] = [
+        _run(
+          name,
+          settings,
+          evals,
+          m * settings["probe_steps"],
+          settings["seed"],
+          os.path.join(out, "probe", f"{name}_{m}"),
+          verbose=False,
+        )[0]
+        for m in (1, 2)
+      ]
     costs = probe_costs(probe)
     probe_s = time.time() - t0
     reserve = fit_reserve_seconds(settings)
@@ -423,26 +430,28 @@ def fit_reserve_seconds(settings: dict) -> float:
 
 
 def replan(steps: list, k: int, costs: dict, settings: dict, t0: float, scale_log: list, reserve: float) -> list:
-  """After point k: when the measured runs were slower than planned, shrink the remaining points' baseline steps
-  (overhead kept, steps scaled) so the sweep still ends within the budget; never grows them."""
+  """After point k: scale the remaining points' baseline steps so the sweep ends within the budget, from how the
+  measured runs compared with the plan (slowdown = actual / predicted seconds so far).  Shrinks when behind; grows
+  (at most 2x) when more than 15% of the remaining time would go unused; points stay increasing."""
   slowdown = sum(p["actual_s"] for p in scale_log) / max(sum(p["predicted_s"] for p in scale_log), 1e-9)
-  time_left = settings["budget_s"] - (time.time() - t0) - reserve
+  time_left = SAFETY * (settings["budget_s"] - (time.time() - t0) - reserve)
   rest = steps[k + 1 :]
   need = slowdown * predict_seconds(rest, costs, settings["seeds"])
-  if need <= time_left:
+  if 0.85 * time_left <= need <= time_left:
     return steps
   overhead = slowdown * settings["seeds"] * len(rest) * sum(c["overhead_s"] for c in costs.values())
   stepping = need - overhead
   factor = max(0.0, (time_left - overhead) / stepping) if stepping > 0 else 0.0
-  new_rest = []
-  last = steps[k]
+  factor = min(factor, 2.0)
+  new_rest, last = [], steps[k]
   for s in rest:
-    s2 = max(last + 1, int(s * factor))
+    s2 = max(last + 1, int(round(s * factor)))
     new_rest.append(s2)
     last = s2
-  print(
-    f"re-plan: runs took {slowdown:.2f}x the plan; remaining points {rest} -> {new_rest} baseline steps", flush=True
-  )
+  if new_rest != rest:
+    print(
+      f"re-plan: runs took {slowdown:.2f}x the plan; remaining points {rest} -> {new_rest} baseline steps", flush=True
+    )
   return steps[: k + 1] + new_rest
 
 
@@ -490,7 +499,11 @@ def per_point_table(rows: Sequence[dict], variants: Sequence[str], metric: str) 
 
 def _ordering(values: dict) -> str:
   """{'a': 0.3, 'b': 0.2} (errors: lower is better) -> 'b > a' (best first; '>' reads 'better than')."""
-  return " > ".join(name for name, _ in sorted(values.items(), key=lambda kv: kv[1]))
+  ranked = sorted(values.items(), key=lambda kv: kv[1])
+  text = ranked[0][0] if ranked else ""
+  for (_, prev), (name, value) in zip(ranked, ranked[1:]):
+    text += (" = " if math.isclose(value, prev, rel_tol=1e-9, abs_tol=1e-12) else " > ") + name
+  return text
 
 
 def ordering_intervals(fits: dict, lo: float, hi: float, num: int = 200) -> list[dict]:
@@ -633,12 +646,12 @@ def verdict(result: dict, rows: Sequence[dict], settings: dict) -> dict:
       spread = ""
       if c["x_median"] is not None:
         spread = f"; crossover median {c['x_median']:.3g}, 16-84% range {c['x_p16']:.3g}-{c['x_p84']:.3g} FLOPs"
-      parts.append(
+      parts[-1] += (
         f" (bootstrap over {c['bootstrap_replicates']} refits: crosses in {100 * f['crosses']:.0f}%, ahead "
         f"throughout in {100 * f['ahead']:.0f}%, behind throughout in {100 * f['behind']:.0f}%{spread})."
       )
     else:
-      parts.append(".")
+      parts[-1] += "."
   return {"text": " ".join(parts), "observed_at_largest": observed, "rins_ahead_at_baseline_steps": ahead_points}
 
 
