@@ -568,7 +568,34 @@ def analyse(rows: Sequence[dict], settings: dict) -> dict:
       prediction_range=[lo, hi],
     )
   result["verdict"] = verdict(result, rows, settings)
+  result["no_regret"] = no_regret(result, settings)
   return result
+
+
+def no_regret(result: dict, settings: dict) -> Optional[dict]:
+  """Stochastic RINS at the largest point: its zero-shot top-1 at r = 1 (no extra inference compute) and at its
+  trained r, against the baseline and deterministic A^3B at its trained r (paper Sec. 6: no regret)."""
+  table = result["zeroshot_error"]["per_point"]
+  if not table or "rins_stochastic" not in table[-1]["by"]:
+    return None
+  top, n_eval = table[-1], settings["eval_examples"]
+  st = top["by"]["rins_stochastic"]
+  entries = {"rins_stochastic@r=1": (st["top1_r1"], st), "rins_stochastic@trained": (1 - st["mean"], st)}
+  for name in (BASELINE, "rins3"):
+    if name in top["by"]:
+      entries[f"{name}@trained"] = (1 - top["by"][name]["mean"], top["by"][name])
+  out = {k: v for k, (v, _) in entries.items()}
+  parts = []
+  for ref in (f"{BASELINE}@trained", "rins3@trained"):
+    if ref not in entries:
+      continue
+    for own in ("rins_stochastic@r=1", "rins_stochastic@trained"):
+      (a, ea), (b, eb) = entries[own], entries[ref]
+      se = math.sqrt(_se_of(dict(ea, mean=1 - a), n_eval) ** 2 + _se_of(dict(eb, mean=1 - b), n_eval) ** 2)
+      call = "above" if a - b > 2 * se else "below" if a - b < -2 * se else "within noise of"
+      parts.append(f"{own} {100 * a:.1f}% is {call} {ref} {100 * b:.1f}% ({100 * (a - b):+.1f} ± {100 * se:.1f})")
+  out["text"] = f"At the largest point (baseline {top['baseline_steps']} steps): " + "; ".join(parts) + "."
+  return out
 
 
 def _fit_dict(fit) -> dict:
@@ -740,6 +767,7 @@ def write_report(payload: dict, out: str) -> dict:
     f"training FLOPs. Zero-shot (48-way) on {payload['eval_data']['n_images']} eval images: binomial standard "
     f"error {100 * payload['eval_data']['zeroshot_standard_error_at_20pct']:.2f} points at 20% top-1.",
     "",
+    *([f"**No regret (stochastic RINS)?** {a['no_regret']['text']}", ""] if a.get("no_regret") else []),
     "## Budget and plan",
     "",
     f"Budget {t['budget_s']:.0f} s; planned total {t['planned_total_s']:.0f} s (probe {t['probe_s']:.0f} s + sweep "
