@@ -128,3 +128,45 @@ def test_bad_flags_are_refused(capsys):
     runner.main(["--steps", "0"])
   assert runner.main(["--image-size", "20", "--out", "/nonexistent/never-written"]) == 1
   assert "multiple of the patch size" in capsys.readouterr().err
+
+
+def test_aggregate_means_and_stds_over_seeds():
+  def run(seed, top1, loss):
+    m = {"zeroshot_top1": top1, "zeroshot_top1_heldout": None}
+    return dict(
+      name="rins",
+      label="RINS",
+      signature="A^2B",
+      p_skip=0.0,
+      adapters=False,
+      seed=seed,
+      trained_rounds=2,
+      params=10,
+      steps=5,
+      batch_size=2,
+      examples_seen=10,
+      train_flops_per_example=1.0,
+      train_flops_per_step=2.0,
+      train_flops=10.0,
+      final_train_loss=loss,
+      train_seconds=1.0,
+      eval_seconds=0.5,
+      metrics={"r1": m, "r_trained": m},
+      by_rounds={"1": m, "2": m},
+      loss_curve=[(1.0, loss + 1), (2.0, loss)],
+      records=[{"rounds": 1}],
+      workdir=f"/w/{seed}",
+    )
+
+  res = runner.aggregate([run(0, 0.10, 3.0), run(1, 0.20, 4.0), run(2, 0.30, 5.0)])
+  assert res["seeds"] == [0, 1, 2]
+  assert res["metrics"]["r_trained"]["zeroshot_top1"] == pytest.approx(0.20)
+  assert res["metrics_std"]["r_trained"]["zeroshot_top1"] == pytest.approx(0.10)  # sample std
+  assert res["metrics"]["r1"]["zeroshot_top1_heldout"] is None
+  assert res["final_train_loss"] == pytest.approx(4.0)
+  assert res["loss_curve"] == [(1.0, 5.0), (2.0, 4.0)]
+  assert res["train_seconds"] == pytest.approx(3.0)
+  assert [r["seed"] for r in res["records"]] == [0, 1, 2]
+  one = runner.aggregate([run(0, 0.10, 3.0)])
+  assert one["metrics_std"]["r1"]["zeroshot_top1"] == 0.0
+  assert "± 10.0" in runner.results_table([res])
