@@ -760,7 +760,8 @@ def write_report(payload: dict, out: str) -> dict:
     f"**Did RINS overtake the baseline?** {a['verdict']['text']}",
     "",
     f"Variants: {', '.join(v + ' (' + runner.VARIANTS[v]['label'] + ')' for v in variants)}. Shared hyper-parameters "
-    f"(never per variant): lr {s['lr']:g}, warm-up {s['warmup_steps']} steps, {s.get('decay_type') or 'cosine'} decay (to each run's end), batch "
+    f"(never per variant): lr {s['lr']:g}, warm-up {s['warmup_steps']} steps, "
+    f"{s.get('decay_type') or 'cosine'} decay (to each run's end), batch "
     f"{s['batch_size']}, {s['model']} towers, {s['image_size']} px, {s['precision']} matmul operands, "
     f"temperature/bias init {s['temperature_init']:g}/{s['bias_init']:g}, {s['train_examples']} train images, "
     f"{s['seeds']} seed(s) per point. Every point is a separate run per variant, compute-matched to the baseline's "
@@ -770,10 +771,12 @@ def write_report(payload: dict, out: str) -> dict:
     *([f"**No regret (stochastic RINS)?** {a['no_regret']['text']}", ""] if a.get("no_regret") else []),
     "## Budget and plan",
     "",
-    f"Budget {t['budget_s']:.0f} s; planned total {t['planned_total_s']:.0f} s (probe {t['probe_s']:.0f} s + sweep "
+    f"Budget {t['budget_s']:.0f} s; planned total {t['planned_total_s']:.0f} s (probe, incl. writing the train split "
+    f"once, {t['probe_s']:.0f} s + sweep "
     f"{plan0['predicted_s']:.0f} s + fits/report); **actual wall time {t['total_s']:.0f} s "
     f"({100 * t['total_s'] / t['budget_s']:.0f}% of the budget)**. Load average at start "
-    f"{', '.join(f'{x:.2f}' for x in t['load_average_start'])}, at end {', '.join(f'{x:.2f}' for x in t['load_average_end'])}; "
+    f"{', '.join(f'{x:.2f}' for x in t['load_average_start'])}, at end "
+    f"{', '.join(f'{x:.2f}' for x in t['load_average_end'])}; "
     f"machine: {payload['machine']['processor']}, {payload['machine']['cpus']} CPUs, backend "
     f"{payload['machine']['backend']}.",
     "",
