@@ -62,6 +62,16 @@ def test_plan_with_little_time_drops_points_then_says_so():
   assert capped["steps"][-1] == 24 and capped["points"] == 4
 
 
+def test_refit_costs_recovers_a_linear_cost():
+  runs = [dict(variant="baseline", steps=s, train_seconds=5.0 + 0.02 * s, eval_seconds=1.0) for s in (40, 100, 300)] + [
+    dict(variant="rins", steps=20, train_seconds=9.0, eval_seconds=1.0)
+  ]
+  model = study.refit_costs(COSTS, runs, {})
+  assert model["baseline"]["step_s"] == pytest.approx(0.02)
+  assert model["baseline"]["overhead_s"] == pytest.approx(6.0)
+  assert model["rins"] == COSTS["rins"]  # one step count: the probe's estimate stays
+
+
 def _fit(beta, c, e):
   return scaling.PowerLawFit(beta=beta, c=c, eps_inf=e)
 

@@ -343,6 +343,10 @@ def run_study(settings: dict, verbose: bool = True) -> dict:
         for m in (1, 2)
       ]
     costs = probe_costs(probe)
+    measured = [
+      {"variant": name, **{k: runs[-1][k] for k in ("steps", "train_seconds", "eval_seconds")}}
+      for name, runs in probe.items()
+    ]
     probe_s = time.time() - t0
     reserve = fit_reserve_seconds(settings)
     plan = plan_sweep(
@@ -375,7 +379,7 @@ def run_study(settings: dict, verbose: bool = True) -> dict:
     )
 
     # 2. the sweep, smallest point first; re-planned after each point from the measured times
-    steps = list(plan["steps"])
+    steps, model = list(plan["steps"]), costs
     seeds = [settings["seed"] + i for i in range(settings["seeds"])]
     scale_log = []
     for k in range(len(steps)):
@@ -387,11 +391,12 @@ def run_study(settings: dict, verbose: bool = True) -> dict:
           _, row = _run(name, settings, evals, steps[k], seed, wd, verbose)
           rows.append(dict(row, point=k))
       actual = time.time() - t_point
-      predicted = predict_seconds([steps[k]], costs, settings["seeds"])
+      predicted = predict_seconds([steps[k]], model, settings["seeds"])
       scale_log.append(dict(point=k, baseline_steps=steps[k], predicted_s=predicted, actual_s=actual))
       if k + 1 < len(steps) and not settings["quick"]:
-        steps = replan(steps, k, costs, settings, t0, scale_log, reserve)
-    plan_log.append(dict(at_s=time.time() - t0, steps=steps, per_point=scale_log))
+        model = refit_costs(costs, measured + rows, settings)
+        steps = replan(steps, k, model, settings, t0, reserve)
+    plan_log.append(dict(at_s=time.time() - t0, steps=steps, per_point=scale_log, refitted_costs=model))
   sweep_s = time.time() - t0
   analysis = analyse(rows, settings)
   total_s = time.time() - t0
@@ -429,17 +434,35 @@ def fit_reserve_seconds(settings: dict) -> float:
   return 5.0 if settings["quick"] else 20.0 + 0.05 * settings["bootstrap"] * len(settings["variants"])
 
 
-def replan(steps: list, k: int, costs: dict, settings: dict, t0: float, scale_log: list, reserve: float) -> list:
-  """After point k: scale the remaining points' baseline steps so the sweep ends within the budget, from how the
-  measured runs compared with the plan (slowdown = actual / predicted seconds so far).  Shrinks when behind; grows
-  (at most 2x) when more than 15% of the remaining time would go unused; points stay increasing."""
-  slowdown = sum(p["actual_s"] for p in scale_log) / max(sum(p["predicted_s"] for p in scale_log), 1e-9)
+def refit_costs(costs: dict, runs: Sequence[dict], settings: dict) -> dict:
+  """The cost model refitted to the measured runs: per variant, wall seconds = overhead + step_s x steps by least
+  squares over its second probe run and every sweep run so far (each with its own compile of the train step, the
+  evaluator already compiled), when those span >= 2 step counts; otherwise the probe's estimate."""
+  out = {}
+  for name, c in costs.items():
+    pts = [(r["steps"], r["train_seconds"] + r["eval_seconds"]) for r in runs if r["variant"] == name]
+    if len({s for s, _ in pts}) < 2:
+      out[name] = c
+      continue
+    steps, secs = np.asarray(pts, dtype=np.float64).T
+    b, a = np.polyfit(steps, secs, 1)
+    if b <= 0:  # noise: keep the probe's per-step time, refit the overhead alone
+      b = c["step_s"]
+      a = float(np.mean(secs - b * steps))
+    out[name] = dict(c, step_s=float(b), overhead_s=float(max(a, 0.0)))
+  return out
+
+
+def replan(steps: list, k: int, costs: dict, settings: dict, t0: float, reserve: float) -> list:
+  """After point k: scale the remaining points' baseline steps so the sweep ends within the budget, by the cost
+  model `costs` refitted to the runs so far (refit_costs).  Shrinks when behind; grows (at most 2x) when more than
+  15% of the remaining time would go unused; points stay increasing."""
   time_left = SAFETY * (settings["budget_s"] - (time.time() - t0) - reserve)
   rest = steps[k + 1 :]
-  need = slowdown * predict_seconds(rest, costs, settings["seeds"])
+  need = predict_seconds(rest, costs, settings["seeds"])
   if 0.85 * time_left <= need <= time_left:
     return steps
-  overhead = slowdown * settings["seeds"] * len(rest) * sum(c["overhead_s"] for c in costs.values())
+  overhead = settings["seeds"] * len(rest) * sum(c["overhead_s"] for c in costs.values())
   stepping = need - overhead
   factor = max(0.0, (time_left - overhead) / stepping) if stepping > 0 else 0.0
   factor = min(factor, 2.0)
@@ -449,9 +472,7 @@ def replan(steps: list, k: int, costs: dict, settings: dict, t0: float, scale_lo
     new_rest.append(s2)
     last = s2
   if new_rest != rest:
-    print(
-      f"re-plan: runs took {slowdown:.2f}x the plan; remaining points {rest} -> {new_rest} baseline steps", flush=True
-    )
+    print(f"re-plan: remaining points {rest} -> {new_rest} baseline steps ({time_left:.0f} s left)", flush=True)
   return steps[: k + 1] + new_rest
 
 
