@@ -453,24 +453,39 @@ def refit_costs(costs: dict, runs: Sequence[dict], settings: dict) -> dict:
   return out
 
 
+def respace(first: int, new_max: float, n: int) -> list[int]:
+  """n points after `first`, evenly spaced in log steps up to new_max, rounded, strictly increasing."""
+  new_max = max(float(new_max), first + n)
+  out, last = [], first
+  for j in range(1, n + 1):
+    s = max(last + 1, int(round(first * (new_max / first) ** (j / n))))
+    out.append(s)
+    last = s
+  return out
+
+
 def replan(steps: list, k: int, costs: dict, settings: dict, t0: float, reserve: float) -> list:
-  """After point k: scale the remaining points' baseline steps so the sweep ends within the budget, by the cost
-  model `costs` refitted to the runs so far (refit_costs).  Shrinks when behind; grows (at most 2x) when more than
-  15% of the remaining time would go unused; points stay increasing."""
+  """After point k: re-space the remaining points evenly in log steps between point k and a new largest point,
+  the largest that the cost model `costs` (refitted to the runs so far: refit_costs) predicts to end within the
+  budget.  Shrinks when behind; grows (at most 2x) when more than 15% of the remaining time would go unused."""
   time_left = SAFETY * (settings["budget_s"] - (time.time() - t0) - reserve)
   rest = steps[k + 1 :]
   need = predict_seconds(rest, costs, settings["seeds"])
   if 0.85 * time_left <= need <= time_left:
     return steps
-  overhead = settings["seeds"] * len(rest) * sum(c["overhead_s"] for c in costs.values())
-  stepping = need - overhead
-  factor = max(0.0, (time_left - overhead) / stepping) if stepping > 0 else 0.0
-  factor = min(factor, 2.0)
-  new_rest, last = [], steps[k]
-  for s in rest:
-    s2 = max(last + 1, int(round(s * factor)))
-    new_rest.append(s2)
-    last = s2
+  n, first = len(rest), steps[k]
+  lo, hi = float(first + n), 2.0 * rest[-1]
+  if predict_seconds(respace(first, lo, n), costs, settings["seeds"]) > time_left:
+    best = lo  # not even the smallest spacing fits: keep the points as small as they can be
+  else:
+    for _ in range(50):  # bisection: the largest new_max whose points fit
+      mid = 0.5 * (lo + hi)
+      if predict_seconds(respace(first, mid, n), costs, settings["seeds"]) <= time_left:
+        lo = mid
+      else:
+        hi = mid
+    best = lo
+  new_rest = respace(first, best, n)
   if new_rest != rest:
     print(f"re-plan: remaining points {rest} -> {new_rest} baseline steps ({time_left:.0f} s left)", flush=True)
   return steps[: k + 1] + new_rest
