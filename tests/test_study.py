@@ -72,24 +72,31 @@ def test_refit_costs_recovers_a_linear_cost():
   assert model["rins"] == COSTS["rins"]  # one step count: the probe's estimate stays
 
 
-def test_replan_respaces_the_remaining_points_to_fit(monkeypatch):
+def test_replan_keeps_the_range_then_respaces_to_fit():
   import time
 
   assert study.respace(100, 1000, 3) == [215, 464, 1000]
   assert study.respace(100, 50, 3) == [101, 102, 103]  # never below or onto point k
-  settings = dict(budget_s=1000.0, seeds=1)
+  settings = dict(budget_s=1000.0, seeds=1, decades=1.2)  # target: 100 x 10^1.2 = 1585 baseline steps
   t0 = time.time()
   steps = [100, 200, 400, 800, 1600]
-  slow = {k: dict(v, step_s=v["step_s"] * 8) for k, v in COSTS.items()}  # runs 8x slower per step than planned
-  new = study.replan(steps, 0, slow, settings, t0, reserve=0.0)
-  assert new[0] == 100 and new[1:] == sorted(set(new[1:])) and new[1] > 100
-  assert new[-1] < 1600  # shrunk ...
-  assert study.predict_seconds(new[1:], slow, 1) <= study.SAFETY * 1000.0  # ... to fit what is left
+
+  def slower(f):
+    return {k: dict(v, step_s=v["step_s"] * f) for k, v in COSTS.items()}
+
+  # 5x slower per step: four more points do not fit up to the target, three do: a point is dropped, range kept
+  new = study.replan(steps, 0, slower(5), settings, t0, reserve=0.0)
+  assert len(new) == 4 and new[0] == 100 and new[-1] >= 1585
+  assert study.predict_seconds(new[1:], slower(5), 1) <= study.SAFETY * 1000.0
+  # 8x slower: not even three reach it: three points, as far as they fit, evenly spaced in log steps
+  new = study.replan(steps, 0, slower(8), settings, t0, reserve=0.0)
+  assert len(new) == 4 and 100 < new[1] < new[2] < new[3] < 1585
+  assert study.predict_seconds(new[1:], slower(8), 1) <= study.SAFETY * 1000.0
   ratios = [b / a for a, b in zip(new, new[1:])]
-  assert max(ratios) / min(ratios) < 1.05  # still evenly spaced in log steps
-  fast = {k: dict(v, step_s=v["step_s"] / 4) for k, v in COSTS.items()}
-  grown = study.replan(steps, 0, fast, settings, t0, reserve=0.0)
-  assert 1600 < grown[-1] <= 3200  # grows, at most 2x
+  assert max(ratios) / min(ratios) < 1.05
+  # 4x faster: grows, at most 2x, every point kept
+  grown = study.replan(steps, 0, slower(0.25), settings, t0, reserve=0.0)
+  assert len(grown) == 5 and 1600 < grown[-1] <= 3200
 
 
 def _fit(beta, c, e):

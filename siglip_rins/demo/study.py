@@ -382,7 +382,8 @@ def run_study(settings: dict, verbose: bool = True) -> dict:
     steps, model = list(plan["steps"]), costs
     seeds = [settings["seed"] + i for i in range(settings["seeds"])]
     scale_log = []
-    for k in range(len(steps)):
+    k = 0
+    while k < len(steps):
       t_point = time.time()
       say(f"point {k + 1}/{len(steps)}: baseline {steps[k]} steps", flush=True)
       for seed in seeds:
@@ -396,6 +397,7 @@ def run_study(settings: dict, verbose: bool = True) -> dict:
       if k + 1 < len(steps) and not settings["quick"]:
         model = refit_costs(costs, measured + rows, settings)
         steps = replan(steps, k, model, settings, t0, reserve)
+      k += 1
     plan_log.append(dict(at_s=time.time() - t0, steps=steps, per_point=scale_log, refitted_costs=model))
   sweep_s = time.time() - t0
   analysis = analyse(rows, settings)
@@ -465,27 +467,41 @@ def respace(first: int, new_max: float, n: int) -> list[int]:
 
 
 def replan(steps: list, k: int, costs: dict, settings: dict, t0: float, reserve: float) -> list:
-  """After point k: re-space the remaining points evenly in log steps between point k and a new largest point,
-  the largest that the cost model `costs` (refitted to the runs so far: refit_costs) predicts to end within the
-  budget.  Shrinks when behind; grows (at most 2x) when more than 15% of the remaining time would go unused."""
+  """After point k: the remaining points, evenly spaced in log steps between point k and a new largest point, the
+  largest that the cost model `costs` (refitted to the runs so far: refit_costs) predicts to end within the budget.
+  The compute range (--decades from the first point) comes first: when behind, points are dropped (down to
+  MIN_POINTS in all) before the largest point is made smaller.  Grows (at most 2x) when more than 15% of the
+  remaining time would go unused.  Unchanged when the plan still fits."""
   time_left = SAFETY * (settings["budget_s"] - (time.time() - t0) - reserve)
   rest = steps[k + 1 :]
   need = predict_seconds(rest, costs, settings["seeds"])
   if 0.85 * time_left <= need <= time_left:
     return steps
-  n, first = len(rest), steps[k]
-  lo, hi = float(first + n), 2.0 * rest[-1]
-  if predict_seconds(respace(first, lo, n), costs, settings["seeds"]) > time_left:
-    best = lo  # not even the smallest spacing fits: keep the points as small as they can be
-  else:
-    for _ in range(50):  # bisection: the largest new_max whose points fit
+  first = steps[k]
+  target = steps[0] * 10 ** settings["decades"]
+
+  def largest(n):  # the largest new_max whose n points fit (first + n when none does)
+    lo, hi = float(first + n), 2.0 * rest[-1]
+    if predict_seconds(respace(first, lo, n), costs, settings["seeds"]) > time_left:
+      return lo
+    for _ in range(50):
       mid = 0.5 * (lo + hi)
       if predict_seconds(respace(first, mid, n), costs, settings["seeds"]) <= time_left:
         lo = mid
       else:
         hi = mid
-    best = lo
-  new_rest = respace(first, best, n)
+    return lo
+
+  counts = list(range(len(rest), max(MIN_POINTS - (k + 1), 1) - 1, -1))
+  choice = None
+  for n in counts:  # the most points that still reach the target range
+    m = largest(n)
+    if m >= 0.999 * target or need < time_left:
+      choice = (n, m)
+      break
+  if choice is None:  # none reaches it: the fewest points, as far as they go
+    choice = (counts[-1], largest(counts[-1]))
+  new_rest = respace(first, choice[1], choice[0])
   if new_rest != rest:
     print(f"re-plan: remaining points {rest} -> {new_rest} baseline steps ({time_left:.0f} s left)", flush=True)
   return steps[: k + 1] + new_rest
