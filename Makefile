@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut 
 STAMP_HF := $(VENV)/.installed-hf-$(shell cat requirements-hf.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint fmt sysdeps venv venv-hf bench clean
+.PHONY: demo study test lint fmt sysdeps venv venv-hf bench clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ $(STAMP_HF): $(STAMP) requirements-hf.txt
 
 demo: venv
 	$(VENV)/bin/siglip-rins demo $(DEMO_ARGS)
+
+# The compute sweep behind the README's study table: STUDY_ARGS="--budget 60m" by default (report in ./study_report).
+STUDY_ARGS ?= --budget 60m
+study: venv
+	$(VENV)/bin/siglip-rins study $(STUDY_ARGS)
 
 # One formatter-enforced style (ruff.toml: 2-space indentation) and a linter, checked before the suite.
 lint: venv

@@ -11,7 +11,8 @@ siglip-rins classify --model MODEL_DIR --labels "cat,dog,car" IMAGE...
 siglip-rins retrieve --model MODEL_DIR --query TEXT FOLDER
 siglip-rins serve    --model MODEL_DIR [--host 127.0.0.1 --port 8080 --index FOLDER --max-rounds R]
 siglip-rins scaling  RUN_DIR... [--metric NAME] [--out DIR]
-siglip-rins demo     [--out DIR] [--steps N] ...
+siglip-rins demo     [--out DIR] [--steps N] [--seeds N] ...
+siglip-rins study    --budget 60m [--out DIR] [--variants ...] [--quick]   (siglip_rins/demo/study.py)
 siglip-rins tokenizer train --input FILES_OR_FOLDERS... --vocab N --out M.model [...]  (siglip_rins/text/train_tokenizer.py)
 """
 
@@ -257,6 +258,12 @@ def cmd_demo(args, rest) -> int:
   return runner.main(rest) or 0
 
 
+def cmd_study(rest) -> int:
+  from siglip_rins.demo import study
+
+  return study.main(rest) or 0
+
+
 def cmd_tokenizer(args) -> int:
   """`siglip-rins tokenizer train ...`: flags and behaviour live in siglip_rins/text/train_tokenizer.py."""
   from siglip_rins.text import train_tokenizer
@@ -335,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_parser(
     "demo", help="the compute-matched RINS study on the built-in dataset (flags: see --help)", add_help=False
   )
+  sub.add_parser(
+    "study",
+    help="compute sweep of AB / RAO / A^2B / A^3B / stochastic A^3B within a wall-clock --budget, power-law fits "
+    "and the predicted RINS crossover (flags: see --help)",
+    add_help=False,
+  )
   _add_tokenizer_parser(sub)
   return p
 
@@ -343,6 +356,8 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:1] == ["demo"]:
     return cmd_demo(None, argv[1:])
+  if argv[:1] == ["study"]:
+    return cmd_study(argv[1:])
   parser = build_parser()
   args, rest = parser.parse_known_args(argv)
   try:

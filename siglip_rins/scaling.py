@@ -145,16 +145,7 @@ def fit_power_law(x, y, *, n_bootstrap: int = 100, seed: int = 0, uncertainty: s
   stds = (math.nan, math.nan, math.nan)
   n = x.size
   if uncertainty == "bootstrap" and n_bootstrap > 0:
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(n_bootstrap):
-      idx = rng.integers(n, size=n)
-      if np.unique(x[idx]).size < 3:
-        continue
-      xb, yb = x[idx], y[idx]
-      ub = xb / x_min
-      pb = _fit_normalised(ub, yb, [(c, min(e, yb.min() * 0.999))])
-      samples.append((float(np.exp(pb[0]) * x_min ** pb[1]), pb[1], pb[2]))
+    samples = [(f.beta, f.c, f.eps_inf) for f in _bootstrap(x, y, c, e, n_bootstrap, seed)]
     if len(samples) >= 2:
       stds = tuple(float(s) for s in np.std(np.asarray(samples), axis=0, ddof=1))
   elif uncertainty == "covariance" and n > 3:
@@ -176,6 +167,69 @@ def fit_power_law(x, y, *, n_bootstrap: int = 100, seed: int = 0, uncertainty: s
     x_min=x_min,
     x_max=float(x.max()),
   )
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, c: float, e: float, n_bootstrap: int, seed: int) -> list[PowerLawFit]:
+  """Refits on `n_bootstrap` resamples of the points (with replacement; resamples with < 3 distinct x are
+  skipped), each started from (c, e) of the full fit."""
+  x_min, n = float(x.min()), x.size
+  rng = np.random.default_rng(seed)
+  fits = []
+  for _ in range(n_bootstrap):
+    idx = rng.integers(n, size=n)
+    if np.unique(x[idx]).size < 3:
+      continue
+    xb, yb = x[idx], y[idx]
+    pb = _fit_normalised(xb / x_min, yb, [(c, min(e, yb.min() * 0.999))])
+    fits.append(
+      PowerLawFit(
+        beta=float(np.exp(pb[0]) * x_min ** pb[1]),
+        c=float(pb[1]),
+        eps_inf=float(pb[2]),
+        num_points=n,
+        x_min=float(xb.min()),
+        x_max=float(xb.max()),
+      )
+    )
+  return fits
+
+
+def bootstrap_fits(x, y, fit: PowerLawFit, *, n_bootstrap: int = 100, seed: int = 0) -> list[PowerLawFit]:
+  """The bootstrap replicates behind `fit_power_law`'s uncertainties: fits of eps(x) to resamples of the points
+  (x, y) with replacement, each started from `fit` (the fit of all points).  For uncertainties of derived
+  quantities (a crossover, a prediction far out): compute them per replicate."""
+  x, y = _as_points(x, y)
+  return _bootstrap(x, y, fit.c, fit.eps_inf, int(n_bootstrap), seed)
+
+
+def crossover(fit_a: PowerLawFit, fit_b: PowerLawFit, lo: float, hi: float, num: int = 400) -> dict:
+  """Where, on [lo, hi] FLOPs, the prediction of `fit_a` goes below that of `fit_b` (a overtakes b).
+
+  Returns {'status': 'crosses' | 'ahead' (a below b at every point) | 'behind' (a never below b) | 'leaves'
+  (a below b at lo, above from some x on), 'x': the first compute where a goes (and stays, to the next sign change)
+  below b, else None}.  The crossing is located on a log grid of `num` points, then refined by bisection in log x.
+  """
+  if not (0 < lo < hi and math.isfinite(hi)):
+    raise ValueError(f"crossover needs 0 < lo < hi, got {lo}, {hi}")
+  grid = np.geomspace(lo, hi, num)
+  diff = fit_a.predict(grid) - fit_b.predict(grid)
+  below = diff < 0
+  if below.all():
+    return {"status": "ahead", "x": None}
+  if not below.any():
+    return {"status": "behind", "x": None}
+  ups = np.flatnonzero(~below[:-1] & below[1:])  # a >= b at i, a < b at i + 1
+  if ups.size == 0:
+    return {"status": "leaves", "x": None}
+  i = int(ups[0])
+  a, b = math.log(grid[i]), math.log(grid[i + 1])
+  for _ in range(60):
+    m = 0.5 * (a + b)
+    if fit_a.predict(math.exp(m)) - fit_b.predict(math.exp(m)) < 0:
+      b = m
+    else:
+      a = m
+  return {"status": "crosses", "x": float(math.exp(b))}
 
 
 def optimal_rounds(fits_by_r: Mapping[int, PowerLawFit], compute_grid) -> np.ndarray:

@@ -209,7 +209,11 @@ def _fmt_secs(s: float) -> str:
 
 # --------------------------------------------------------------------------------------------- step
 def make_train_step(model, task, tx, schedule_fn, seed: int, max_bad_steps: Optional[int] = None):
-  """Returns step(state, batch) -> (state, metrics).  state = {'params', 'opt_state', 'step'}.
+  """Returns step(state, batch, base_rng=None) -> (state, metrics).  state = {'params', 'opt_state', 'step'}.
+
+  The step's randomness is fold_in(base_rng, step); base_rng defaults to PRNGKey(seed).  The trainer passes
+  PRNGKey(seed) as an argument instead, so the compiled step does not depend on the seed: runs that differ only
+  in their seed reuse one executable (JAX's persistent compilation cache), with identical numbers.
 
   The update is applied only when the loss and gradient norm are finite (lax.cond: no extra passes over the
   parameters); `metrics['finite']` says which happened.  A skipped step still advances the schedule (see
@@ -220,9 +224,10 @@ def make_train_step(model, task, tx, schedule_fn, seed: int, max_bad_steps: Opti
   `metrics['frozen']`), so the host can notice the stop at its next check without any step after it having
   changed the state -- and without reading a flag back every step.
   """
-  base_rng = jax.random.PRNGKey(seed)
 
-  def step_fn(state, batch):
+  def step_fn(state, batch, base_rng=None):
+    if base_rng is None:
+      base_rng = jax.random.PRNGKey(seed)
     step = state["step"]
     rng = jax.random.fold_in(base_rng, step)
     (loss, metrics), grads = jax.value_and_grad(lambda p: task.loss(model, p, batch, rng), has_aux=True)(
@@ -706,9 +711,11 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
   step_fn = jax.jit(
     make_train_step(run.model, run.task, run.tx, run.schedule_fn, run.seed, max_bad_steps=max_bad),
     donate_argnums=(0,),
-    in_shardings=(state_sh, sharding.batch_sharding(run.mesh)),
+    in_shardings=(state_sh, sharding.batch_sharding(run.mesh), state_sh["step"]),
     out_shardings=(state_sh, None),
   )
+  # the seed as an argument (replicated like the step counter): one executable for every seed
+  base_rng = jax.device_put(jax.random.PRNGKey(run.seed), state_sh["step"])
   guard = _Guard(run, max_bad)
 
   def save(step, force=False):
@@ -743,7 +750,7 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
         run.say(f"SIGTERM: saved step {step}, exiting")
         break
       position, batch = item
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, base_rng)
       data_position["now"] = position
       step += 1
       timer["steps"] += 1
