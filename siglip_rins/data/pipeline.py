@@ -3,7 +3,7 @@
 input_cfg (dict or ConfigDict):
   data=dict(type='jsonl'|'tfrecord'|'tfds'|'mixture', ...)   see sources.py
   pp='decode|resize(32)|value_range(-1,1)|tokenize(...)'      see pp.py (a mixture component may override)
-  shuffle_buffer_size=1000, cache=False, prefetch=2, max_consecutive_bad=10000 (only used when the
+  shuffle_buffer_size=1000, cache='auto', cache_max_bytes=1 GiB, prefetch=2, max_consecutive_bad=10000 (only used when the
   source size is unknown), max_image_pixels / max_image_bytes (image caps, siglip_rins.limits: default
   $SIGLIP_RINS_MAX_IMAGE_PIXELS / _BYTES, else 100 MP / 64 MiB; a bigger image is skipped as 'too_large').
 
@@ -13,11 +13,27 @@ components are mixed by a stateless weighted draw per output element; then batch
 is one pass in source order.  Keys starting with '_' are dropped by the pp stage; the train stream adds the
 position keys `_component/_epoch/_pos`, which DataIterator removes from the batches it returns.
 
+Cache (train; input.cache = 'auto' (default) | True | False, input.cache_max_bytes = DEFAULT_CACHE_MAX_BYTES,
+1 GiB per host).  The pp's deterministic prefix -- its ops before the first one that draws a random seed, e.g.
+`decode|resize(32)|value_range(-1, 1)` before `choice`/`inception_crop`/`flip_lr` (pp.split_deterministic_prefix)
+-- is a function of the record alone, so parse, checks and that prefix run once per record of the host's shard
+(in source order, each record keeping its place: a failing one becomes a placeholder with its reason) and are
+kept in host memory (`tf.data` cache); each epoch then shuffles the cached elements exactly as it would shuffle
+raw records and runs only the random rest of the pp.  The batches, positions and resume are therefore the same
+with and without the cache (a checkpoint written with one resumes exactly with the other), and skipped records
+are counted as before.  'auto' caches a component when its size is known (jsonl, tfds) and the estimate --
+bytes per record from the first 32 records after the prefix, times (records + shuffle buffer, which then holds
+decoded elements too) -- fits in what the cap leaves after earlier mixture components; it skips sources that
+shuffle their files per epoch (tfds), because a cache would replace that file order.  True caches those too
+(then without the per-epoch file order) and refuses, with one line, a source of unknown size or an estimate
+above the cap; False never caches.  Eval streams are never cached.
+
 Skipped records and how they are counted: every raw record that reaches the guarded stage gets a reason
 code: 0 if its parse, checks and pp all succeed, else the first problem (sources.REASONS: missing field,
 missing image file, empty image, empty/non-UTF-8 text, bad JSON line, 'too_large' / 'bad_image_path' (see
 siglip_rins.limits), or 'undecodable' when parsing or
-preprocessing raised, e.g. corrupt image bytes). The filter right after that stage adds one to a
+preprocessing raised, e.g. corrupt image bytes; such a record is dropped by `ignore_errors` and counted from the
+gap it leaves in the element numbering, see `_guarded`). The filter right after that stage adds one to a
 tf.Variable per reason. So `stats()` counts records the pipeline has examined so far, including records
 read ahead by prefetching and, in training, each time a bad record comes round again in a later epoch.
 If a component yields no good record in 2 x (its size) consecutive records (or max_consecutive_bad when
@@ -128,7 +144,9 @@ _CACHE_SAMPLE = 32
 
 def _cache_mode(input_cfg):
   mode = _get(input_cfg, "cache", "auto")
-  if mode not in ("auto", True, False):
+  if isinstance(mode, str) and mode.lower() in ("true", "false"):  # a command-line override of the 'auto' default
+    mode = mode.lower() == "true"
+  if mode not in ("auto", True, False) or isinstance(mode, int) and not isinstance(mode, bool):
     raise ValueError(f"input.cache must be 'auto', True or False, got {mode!r}")
   cap = _get(input_cfg, "cache_max_bytes", DEFAULT_CACHE_MAX_BYTES)
   if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
