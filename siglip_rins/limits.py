@@ -9,12 +9,18 @@ plan is expanded or any module built; see `check_plan`):
 * MAX_LAYERS_RUN = 4096: encoder-layer applications per forward pass (positions x layers per block).
 * MAX_DEGREE = 12: the nesting degree.
 
+Exported weights (`exported_format.read_params`): params.safetensors at most DEFAULT_MAX_PARAMS_BYTES = 16 GiB
+($SIGLIP_RINS_MAX_PARAMS_BYTES), checked from the file size and from every header-declared tensor (dtype x shape
+must be its byte range) before any tensor data is read; a refusal names the tensor.
+
 Model sizes (exported configs and `build_model`; checked before `eval_shape`; see `check_dims`):
 depth <= 4096, width <= 65536, mlp_dim <= 262144, num_heads <= 4096, vocab_size <= 4_194_304,
 patch side <= 4096, image side <= 16384, num_classes <= 4_194_304.
 
 Images (decoded in training by the `decode` pp op, by `ImagePreprocessor` in evaluators / the CLI, by `serve`):
-* max_image_pixels, default DEFAULT_MAX_IMAGE_PIXELS = 100_000_000 (100 MP): width x height read from the
+* max_image_pixels, default DEFAULT_MAX_PARAMS_BYTES = 16 << 30
+ENV_MAX_PARAMS_BYTES = "SIGLIP_RINS_MAX_PARAMS_BYTES"
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000 (100 MP): width x height read from the
   header (PNG IHDR, JPEG SOF, GIF, BMP, WebP) before decoding.
 * max_image_bytes, default DEFAULT_MAX_IMAGE_BYTES = 64 MiB: the encoded file size, checked with a stat before
   reading.
@@ -44,6 +50,8 @@ MAX_DIMS = {
   "out_dim": 65536,
   "text_len": 65536,
 }
+DEFAULT_MAX_PARAMS_BYTES = 16 << 30
+ENV_MAX_PARAMS_BYTES = "SIGLIP_RINS_MAX_PARAMS_BYTES"
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 DEFAULT_MAX_IMAGE_BYTES = 64 << 20
 ENV_MAX_PIXELS = "SIGLIP_RINS_MAX_IMAGE_PIXELS"
@@ -83,6 +91,12 @@ def check_dims(d: dict, where: str = "model") -> None:
     for x in vals:
       if isinstance(x, (int, float)) and not isinstance(x, bool) and x > cap:
         raise ValueError(f"{where}.{key} = {x} exceeds the cap {cap} (siglip_rins.limits.MAX_DIMS)")
+
+
+def max_params_bytes() -> int:
+  """The cap on an exported params.safetensors (file size and header-declared tensor sizes):
+  $SIGLIP_RINS_MAX_PARAMS_BYTES, else DEFAULT_MAX_PARAMS_BYTES (16 GiB)."""
+  return _env_int(ENV_MAX_PARAMS_BYTES, DEFAULT_MAX_PARAMS_BYTES)
 
 
 # ------------------------------------------------------------------------------------------------ paths
