@@ -255,7 +255,11 @@ def _cached_prefix(source, pp_string, *, mode, budget, buffer):
         f" = {budget} (raise it, or set input.cache=False)"
       )
     return None
-  cached = dataclasses.replace(source, dataset=ds.cache(), files_in_order=None)
+  ds = ds.cache()
+  # Filled here, in one pass at full parallelism: every epoch (and a resumed run's seek) then reads memory, and
+  # no iterator is left holding a half-filled cache when training stops mid-epoch.
+  ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+  cached = dataclasses.replace(source, dataset=ds, files_in_order=None)
   return cached, rest, estimate
 
 
