@@ -12,7 +12,8 @@ first epoch that fills the cache); the bare rate is the mean of the bare runs be
 slow drift of a shared machine's load hits both sides alike.  The reported ratios are medians over repeats.
 `ratio` includes the real input pipeline, which on a CPU-only machine decodes on the same cores the step
 computes on; `ratio_fixed_input` replaces the data iterator by one fixed host batch (still fetched, checked
-and transferred by the prefetch thread every step) and so measures the loop's own overhead.  `--cache`
+and transferred by the prefetch thread every step) and so measures the loop's own overhead.  Each repeat also
+times the input pipeline alone (no step) without and with input.cache (`input_alone_cache_*_ex_s`).  `--cache`
 sets input.cache ('auto' by default, as the config; False measures the uncached pipeline).  Prints one JSON
 object (also written to --out) with the load averages.
 """
@@ -58,6 +59,21 @@ def bare_rate(config, steps: int) -> float:
     state, m = step(state, batch)
   jax.block_until_ready((state, m))
   return steps * run.global_bs / (time.perf_counter() - t0)
+
+
+def input_rate(config, cache, batches: int = 64) -> float:
+  """Examples/s of the input pipeline alone (no step), with input.cache = `cache`, after a few warm-up batches
+  (with the cache, it is filled when the iterator is made)."""
+  from siglip_rins.data import pipeline
+
+  config.input.cache = str(cache).lower()  # a string: the ConfigDict field is one
+  it = pipeline.make_train_iterator(config.input, global_batch_size=int(config.input.batch_size))
+  for _ in range(8):
+    next(it)
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * int(config.input.batch_size) / (time.perf_counter() - t0)
 
 
 class _FixedInput:
@@ -116,7 +132,7 @@ def main(argv=None):
       c.compute_match = None  # a fixed number of steps, not the compute-matched budget
     c.evals = {}
     config_lib.apply_overrides(c, [f"log_every={args.log_every}", "tensorboard=False", "ckpt_every=0"])
-    c.input.cache = {"auto": "auto", "True": True, "False": False}[args.cache]
+    c.input.cache = args.cache.lower()  # the config holds a string; pipeline reads "true" / "false" too
     return c
 
   def load():
@@ -139,11 +155,16 @@ def main(argv=None):
     one["bare_after"] = bare_rate(config(), args.steps // 2)
     one["load_after"] = load()
     one["bare_ex_s"] = (one["bare_before"] + one["bare_after"]) / 2
+    for cache in (False, True):  # the input pipeline alone, without and with input.cache
+      one[f"load_before_input_cache_{cache}"] = load()
+      one[f"input_alone_cache_{cache}_ex_s"] = input_rate(config(), cache)
     results.append(one)
     print(
       f"repeat {r}: loop {one['loop_ex_s']:.0f} ex/s, loop with fixed input {one['loop_fixed_input_ex_s']:.0f} "
       f"ex/s, bare {one['bare_ex_s']:.0f} ex/s, ratios {one['loop_ex_s'] / one['bare_ex_s']:.3f} / "
-      f"{one['loop_fixed_input_ex_s'] / one['bare_ex_s']:.3f} (load {one['load_before_bare']}..{one['load_after']})",
+      f"{one['loop_fixed_input_ex_s'] / one['bare_ex_s']:.3f}; input alone {one['input_alone_cache_False_ex_s']:.0f} "
+      f"ex/s uncached, {one['input_alone_cache_True_ex_s']:.0f} cached (load {one['load_before_bare']}.."
+      f"{one['load_after']})",
       flush=True,
     )
   ratios = [x["loop_ex_s"] / x["bare_ex_s"] for x in results]
