@@ -3,15 +3,19 @@ divided by the bare jitted step's on the same config in the same process (one fi
 no metrics read back except once at the end).  Goal: >= 0.95 on the built-in data runlocal config.
 
 Usage: python -m benchmarks.bench_loop [--config configs/siglip_rins.py:runlocal] [--steps 300] [--log_every 50]
-       [--repeats 2] [--out benchmarks/results_loop.json]
+       [--repeats 2] [--cache auto] [--out benchmarks/results_loop.json]
 
-The loop's rate is the median of its logged `examples_per_sec` windows after the first (which holds the
-compile); the bare rate is timed before and after the loop runs and averaged, so slow drift of a shared
-machine's load hits both sides alike.  Each repeat runs in a fresh process (bare, loop, loop with a fixed
-input batch, bare); the reported ratios are medians over repeats.  `ratio` includes the real input pipeline,
-which on a CPU-only machine decodes on the same cores the step computes on; `ratio_fixed_input` replaces the
-data iterator by one fixed host batch (still fetched, checked and transferred by the prefetch thread every
-step) and so measures the loop's own overhead.  Prints one JSON object (also written to --out) with the machine load.
+Everything runs in one process, interleaved: each repeat measures bare, loop (real input), loop (fixed input
+batch), bare, in that order, each with the 1-minute load average before it.  The loop's rate is the median of
+its logged `examples_per_sec` windows after the first (which holds the compile and, with input.cache, the
+first epoch that fills the cache); the bare rate is the mean of the bare runs before and after the loops, so
+slow drift of a shared machine's load hits both sides alike.  The reported ratios are medians over repeats.
+`ratio` includes the real input pipeline, which on a CPU-only machine decodes on the same cores the step
+computes on; `ratio_fixed_input` replaces the data iterator by one fixed host batch (still fetched, checked
+and transferred by the prefetch thread every step) and so measures the loop's own overhead.  Each repeat also
+times the input pipeline alone (no step) without and with input.cache (`input_alone_cache_*_ex_s`).  `--cache`
+sets input.cache ('auto' by default, as the config; False measures the uncached pipeline).  Prints one JSON
+object (also written to --out) with the load averages.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +59,21 @@ def bare_rate(config, steps: int) -> float:
     state, m = step(state, batch)
   jax.block_until_ready((state, m))
   return steps * run.global_bs / (time.perf_counter() - t0)
+
+
+def input_rate(config, cache, batches: int = 64) -> float:
+  """Examples/s of the input pipeline alone (no step), with input.cache = `cache`, after a few warm-up batches
+  (with the cache, it is filled when the iterator is made)."""
+  from siglip_rins.data import pipeline
+
+  config.input.cache = str(cache).lower()  # a string: the ConfigDict field is one
+  it = pipeline.make_train_iterator(config.input, global_batch_size=int(config.input.batch_size))
+  for _ in range(8):
+    next(it)
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * int(config.input.batch_size) / (time.perf_counter() - t0)
 
 
 class _FixedInput:
@@ -102,7 +120,7 @@ def main(argv=None):
   p.add_argument("--log_every", type=int, default=50)
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_loop.json"))
-  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--cache", default="auto", choices=["auto", "True", "False"], help="input.cache")
   args = p.parse_args(argv)
   sys.path.insert(0, ROOT)
   from siglip_rins import config_lib
@@ -114,40 +132,39 @@ def main(argv=None):
       c.compute_match = None  # a fixed number of steps, not the compute-matched budget
     c.evals = {}
     config_lib.apply_overrides(c, [f"log_every={args.log_every}", "tensorboard=False", "ckpt_every=0"])
+    c.input.cache = args.cache.lower()  # the config holds a string; pipeline reads "true" / "false" too
     return c
 
-  load_before = os.getloadavg()
-  if args.worker:  # one repeat: bare, loop, bare, in this process
-    bare_a = bare_rate(config(), args.steps // 2)
-    with tempfile.TemporaryDirectory() as work:
-      loop, windows = loop_rate(config(), work)
-    with tempfile.TemporaryDirectory() as work:
-      loop_fixed, windows_fixed = loop_rate(config(), work, fixed_input=True)
-    bare_b = bare_rate(config(), args.steps // 2)
-    bare = (bare_a + bare_b) / 2
-    one = dict(
-      loop_ex_s=loop,
-      loop_fixed_input_ex_s=loop_fixed,
-      bare_ex_s=bare,
-      bare_before=bare_a,
-      bare_after=bare_b,
-      windows=windows,
-      windows_fixed_input=windows_fixed,
-    )
-    print("RESULT " + json.dumps(one), flush=True)
-    return 0
+  def load():
+    return round(os.getloadavg()[0], 2)
+
+  import jax
+
   results = []
-  for r in range(args.repeats):  # each repeat in a fresh process: nothing carried over between repeats
-    cmd = [sys.executable, "-m", "benchmarks.bench_loop", "--worker", "--config", args.config]
-    cmd += ["--steps", str(args.steps), "--log_every", str(args.log_every)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    one = json.loads([line for line in out.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
-    one["loadavg_after"] = os.getloadavg()
+  load_before = os.getloadavg()
+  for r in range(args.repeats):
+    one = {"load_before_bare": load()}
+    one["bare_before"] = bare_rate(config(), args.steps // 2)
+    one["load_before_loop"] = load()
+    with tempfile.TemporaryDirectory() as work:
+      one["loop_ex_s"], one["windows"] = loop_rate(config(), work)
+    one["load_before_loop_fixed_input"] = load()
+    with tempfile.TemporaryDirectory() as work:
+      one["loop_fixed_input_ex_s"], one["windows_fixed_input"] = loop_rate(config(), work, fixed_input=True)
+    one["load_before_bare_after"] = load()
+    one["bare_after"] = bare_rate(config(), args.steps // 2)
+    one["load_after"] = load()
+    one["bare_ex_s"] = (one["bare_before"] + one["bare_after"]) / 2
+    for cache in (False, True):  # the input pipeline alone, without and with input.cache
+      one[f"load_before_input_cache_{cache}"] = load()
+      one[f"input_alone_cache_{cache}_ex_s"] = input_rate(config(), cache)
     results.append(one)
     print(
       f"repeat {r}: loop {one['loop_ex_s']:.0f} ex/s, loop with fixed input {one['loop_fixed_input_ex_s']:.0f} "
       f"ex/s, bare {one['bare_ex_s']:.0f} ex/s, ratios {one['loop_ex_s'] / one['bare_ex_s']:.3f} / "
-      f"{one['loop_fixed_input_ex_s'] / one['bare_ex_s']:.3f}",
+      f"{one['loop_fixed_input_ex_s'] / one['bare_ex_s']:.3f}; input alone {one['input_alone_cache_False_ex_s']:.0f} "
+      f"ex/s uncached, {one['input_alone_cache_True_ex_s']:.0f} cached (load {one['load_before_bare']}.."
+      f"{one['load_after']})",
       flush=True,
     )
   ratios = [x["loop_ex_s"] / x["bare_ex_s"] for x in results]
@@ -157,13 +174,14 @@ def main(argv=None):
     config=args.config,
     steps=args.steps,
     log_every=args.log_every,
+    input_cache=args.cache,
     ratio=statistics.median(ratios),
     ratios=ratios,
     ratio_fixed_input=statistics.median(fixed_ratios),
     ratios_fixed_input=fixed_ratios,
     repeats=results,
     machine=dict(cpus=os.cpu_count(), loadavg_before=load_before, loadavg_after=os.getloadavg()),
-    devices=__import__("jax").device_count(),
+    devices=jax.device_count(),
   )
   print(json.dumps(out, indent=1))
   if args.out:

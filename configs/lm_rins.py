@@ -124,6 +124,8 @@ def get_config(arg=None):
     tokenizer=a.tokenizer,
     shuffle_buffer_size=250_000,
     prefetch=2,
+    cache="auto",  # the pp's deterministic prefix kept in host memory when it fits (data/pipeline.py)
+    cache_max_bytes=1 << 30,
     pp=pp,
     pack=dict(seq_len=a.seq_len + 1, key="tokens"),
   )  # sequence packing

@@ -120,6 +120,8 @@ def get_config(arg=None):
     batch_size=a.batch_size,
     shuffle_buffer_size=250_000,
     prefetch=1,
+    cache="auto",  # the pp's deterministic prefix kept in host memory when it fits (data/pipeline.py)
+    cache_max_bytes=1 << 30,
     pp=f'decode|resize({a.res})|value_range(-1, 1)|choice(inkey="texts", skip_empty=True)|{text_pp}|keep("image", "labels")',
   )
   if a.setting == "multilingual":

@@ -96,6 +96,8 @@ def get_config(arg=None):
     num_examples=num_examples,
     shuffle_buffer_size=250_000,
     prefetch=2,
+    cache="auto",  # the pp's deterministic prefix kept in host memory when it fits (data/pipeline.py)
+    cache_max_bytes=1 << 30,
     pp=train_pp(a.res, num_classes),
   )
   c.input.data = dict(type="tfds", name="imagenet2012", split=IMAGENET_TRAIN_SPLIT)

@@ -42,9 +42,11 @@ from siglip_rins.exported_format import (  # noqa: F401  (re-exported: the folde
   TOKENIZER_FILE,
   example_spec_of,
   read_exported_config,
+  read_params,
+  write_params,
 )
 from siglip_rins.interop import diff_names, flatten_params, unflatten_params
-from siglip_rins import limits
+from siglip_rins import limits, paths
 from siglip_rins.models.shapes import Rounds, check_rounds, image_size_from_params, param_shapes  # noqa: F401
 
 DEFAULT_TEXT_LEN = 64
@@ -75,7 +77,7 @@ def export_params(
   text_len: Optional[int] = None,
   image_size: Any = None,
   source: Optional[Mapping[str, Any]] = None,
-) -> pathlib.Path:
+) -> paths.Path:
   """Writes an exported model folder from a parameter tree.
 
   params: two_towers parameter tree (`img/...`, `txt/...`, `t`, `b`).  model_config: the `build_model` config.
@@ -155,20 +157,11 @@ def export_params(
   if bad:
     raise ValueError(f"parameter shapes do not match the model config: {bad[:20]}")
 
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  from safetensors.numpy import save_file
-
-  tmp = out / (PARAMS_FILE + ".tmp")
-  save_file(
-    {k: np.ascontiguousarray(v) for k, v in flat.items()},
-    str(tmp),
-    metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
-  )
-  os.replace(tmp, out / PARAMS_FILE)
+  out = paths.makedirs(paths.workdir_path(out_dir))  # every file through the path layer: gs:// works too
+  write_params(out / PARAMS_FILE, flat, {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
   text_cfg = None
   if tok is not None:
-    (out / TOKENIZER_FILE).write_bytes(tok.model_proto)
+    paths.write_bytes(out / TOKENIZER_FILE, tok.model_proto)
     spec = es.with_tokenizer_file(spec, TOKENIZER_FILE)
     t = spec.text
     text_cfg = dict(
@@ -195,9 +188,8 @@ def export_params(
     "image": image_cfg,
     "source": _as_plain(dict(source or {})),
   }
-  tmp = out / (CONFIG_FILE + ".tmp")
-  tmp.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False))
-  os.replace(tmp, out / CONFIG_FILE)  # config.json last: a folder with it is complete
+  # config.json last (atomic locally): a folder with it is complete
+  paths.write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False))
   return out
 
 
@@ -209,7 +201,7 @@ def export_model(
   tokenizer: Any = None,
   text_len: Optional[int] = None,
   image_size: Any = None,
-) -> pathlib.Path:
+) -> paths.Path:
   """Exports the checkpoint `step` (default: latest) of the run in `workdir` to `out_dir` (see module doc).
 
   Reads `<workdir>/config.json` (the run's full config; `model` is the build_model config, `input` holds the pp
@@ -218,12 +210,12 @@ def export_model(
   """
   from siglip_rins.checkpoint import CheckpointManager
 
-  workdir = pathlib.Path(workdir)
+  workdir = paths.workdir_path(workdir)
   cfg_path = workdir / "config.json"
   if not cfg_path.is_file():
     raise FileNotFoundError(f"{cfg_path} not found: is {workdir} a training run's workdir?")
   try:
-    run_config = json.loads(cfg_path.read_text())
+    run_config = json.loads(paths.read_text(cfg_path))
   except ValueError as e:
     raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
   if not isinstance(run_config, dict) or not isinstance(run_config.get("model"), dict):
@@ -250,7 +242,7 @@ def export_model(
     tokenizer=tokenizer,
     text_len=text_len,
     image_size=image_size,
-    source=dict(workdir=str(workdir.resolve()), step=None if step is None else int(step)),
+    source=dict(workdir=str(workdir), step=None if step is None else int(step)),
   )
 
 
@@ -275,19 +267,13 @@ class ExportedModel:
   """
 
   def __init__(self, model_dir: str | os.PathLike):
-    from safetensors.numpy import load_file
     from siglip_rins.models import build_model
 
-    self.model_dir = pathlib.Path(model_dir)
+    self.model_dir = paths.workdir_path(model_dir)
     self.config = read_exported_config(self.model_dir)
     self.model = build_model(self.config["model"])
     params_path = self.model_dir / self.config.get("params_file", PARAMS_FILE)
-    if not params_path.is_file():
-      raise FileNotFoundError(f"{params_path} not found (the exported folder is incomplete)")
-    try:
-      flat = load_file(str(params_path))
-    except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt files
-      raise ValueError(f"{params_path} is not a readable safetensors file: {e}") from None
+    flat = read_params(params_path)  # size-checked from its header first (siglip_rins.limits)
 
     tok_file = self.model_dir / ((self.config.get("text") or {}).get("tokenizer_file") or TOKENIZER_FILE)
     self.spec = example_spec_of(self.config, tok_file)
@@ -305,7 +291,9 @@ class ExportedModel:
     if self.spec.text is not None:
       from siglip_rins.text.tokenizer import Tokenizer
 
-      self.tokenizer = Tokenizer.from_file(tok_file)
+      if not tok_file.is_file():
+        raise FileNotFoundError(f"{tok_file} not found (the exported folder is incomplete)")
+      self.tokenizer = Tokenizer(paths.read_bytes(tok_file), path=str(tok_file))
     self._image_preprocessor = None
     self.temperature = float(np.exp(np.asarray(flat["t"]).reshape(-1)[0]))
     self.bias = float(np.asarray(flat["b"]).reshape(-1)[0])

@@ -9,13 +9,20 @@ plan is expanded or any module built; see `check_plan`):
 * MAX_LAYERS_RUN = 4096: encoder-layer applications per forward pass (positions x layers per block).
 * MAX_DEGREE = 12: the nesting degree.
 
+Exported weights (`exported_format.read_params`): params.safetensors at most DEFAULT_MAX_PARAMS_BYTES = 16 GiB
+($SIGLIP_RINS_MAX_PARAMS_BYTES), checked from the file size and from every header-declared tensor (dtype x shape
+must be its byte range) before any tensor data is read; a refusal names the tensor.
+
 Model sizes (exported configs and `build_model`; checked before `eval_shape`; see `check_dims`):
 depth <= 4096, width <= 65536, mlp_dim <= 262144, num_heads <= 4096, vocab_size <= 4_194_304,
 patch side <= 4096, image side <= 16384, num_classes <= 4_194_304.
 
 Images (decoded in training by the `decode` pp op, by `ImagePreprocessor` in evaluators / the CLI, by `serve`):
-* max_image_pixels, default DEFAULT_MAX_IMAGE_PIXELS = 100_000_000 (100 MP): width x height read from the
-  header (PNG IHDR, JPEG SOF, GIF, BMP, WebP) before decoding.
+* max_image_pixels, default DEFAULT_MAX_PARAMS_BYTES = 16 << 30
+ENV_MAX_PARAMS_BYTES = "SIGLIP_RINS_MAX_PARAMS_BYTES"
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000 (100 MP): width x height read from the
+  header (PNG IHDR, JPEG SOF, GIF, BMP, WebP; TIFF's first IFD in the CLI / evaluators, where PIL decodes it --
+  training's `decode` cannot decode TIFF at all) before decoding.
 * max_image_bytes, default DEFAULT_MAX_IMAGE_BYTES = 64 MiB: the encoded file size, checked with a stat before
   reading.
 Config keys ``input.max_image_pixels`` / ``input.max_image_bytes`` (training); environment variables
@@ -44,6 +51,8 @@ MAX_DIMS = {
   "out_dim": 65536,
   "text_len": 65536,
 }
+DEFAULT_MAX_PARAMS_BYTES = 16 << 30
+ENV_MAX_PARAMS_BYTES = "SIGLIP_RINS_MAX_PARAMS_BYTES"
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 DEFAULT_MAX_IMAGE_BYTES = 64 << 20
 ENV_MAX_PIXELS = "SIGLIP_RINS_MAX_IMAGE_PIXELS"
@@ -83,6 +92,12 @@ def check_dims(d: dict, where: str = "model") -> None:
     for x in vals:
       if isinstance(x, (int, float)) and not isinstance(x, bool) and x > cap:
         raise ValueError(f"{where}.{key} = {x} exceeds the cap {cap} (siglip_rins.limits.MAX_DIMS)")
+
+
+def max_params_bytes() -> int:
+  """The cap on an exported params.safetensors (file size and header-declared tensor sizes):
+  $SIGLIP_RINS_MAX_PARAMS_BYTES, else DEFAULT_MAX_PARAMS_BYTES (16 GiB)."""
+  return _env_int(ENV_MAX_PARAMS_BYTES, DEFAULT_MAX_PARAMS_BYTES)
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -146,7 +161,7 @@ def image_caps(max_pixels: Optional[int] = None, max_bytes: Optional[int] = None
 
 
 def image_header_size(data: bytes) -> Optional[tuple[int, int]]:
-  """(width, height) read from the first bytes of a PNG, JPEG, GIF, BMP or WebP; None when unknown."""
+  """(width, height) read from the first bytes of a PNG, JPEG, GIF, BMP, WebP or TIFF; None when unknown."""
   b = bytes(data[:32])
   if b.startswith(b"\x89PNG\r\n\x1a\n") and len(b) >= 24:
     return struct.unpack(">II", b[16:24])
@@ -167,6 +182,33 @@ def image_header_size(data: bytes) -> Optional[tuple[int, int]]:
       return 1 + (v & 0x3FFF), 1 + ((v >> 14) & 0x3FFF)
   if b.startswith(b"\xff\xd8"):
     return _jpeg_size(data)
+  if b[:4] in (b"II*\0", b"MM\0*"):
+    return _tiff_size(bytes(data[:_TIFF_HEADER_BYTES]))
+  return None
+
+
+_TIFF_HEADER_BYTES = 1 << 20  # the first IFD must lie within the first MiB (else: size unknown, byte cap only)
+
+
+def _tiff_size(data: bytes) -> Optional[tuple[int, int]]:
+  """(width, height) from the first IFD of a TIFF (tags 256 ImageWidth, 257 ImageLength, SHORT or LONG)."""
+  order = "<" if data[:2] == b"II" else ">"
+  if len(data) < 8:
+    return None
+  (ifd,) = struct.unpack(order + "I", data[4:8])
+  if ifd + 2 > len(data):
+    return None
+  (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+  found = {}
+  for k in range(count):
+    entry = data[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
+    if len(entry) < 12:
+      break
+    tag, kind = struct.unpack(order + "HH", entry[:4])
+    if tag in (256, 257) and kind in (3, 4):
+      found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12])[0]
+  if 256 in found and 257 in found:
+    return found[256], found[257]
   return None
 
 
@@ -213,7 +255,9 @@ def check_image_bytes(data: bytes, where: str = "image", max_pixels: Optional[in
 
 def tf_image_too_large(data, max_pixels: int, max_bytes: int):
   """tf bool scalar: the encoded image `data` (tf.string scalar) is above either cap, from its header only
-  (PNG IHDR, JPEG SOF via tf.image.extract_jpeg_shape, GIF, BMP); unknown formats get the byte cap only."""
+  (PNG IHDR, JPEG SOF via tf.image.extract_jpeg_shape, GIF, BMP, WebP: every format tf.io.decode_image decodes);
+  other formats (TIFF...) get the byte cap only -- the `decode` op cannot decode them, so they are skipped as
+  'undecodable' without any pixel buffer."""
   import tensorflow as tf
 
   length = tf.strings.length(data)
@@ -228,12 +272,34 @@ def tf_image_too_large(data, max_pixels: int, max_bytes: int):
     shape = tf.image.extract_jpeg_shape(data)
     return tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
 
+  def u32(offset):  # unsigned little-endian 32 bits as int64
+    raw = tf.io.decode_raw(tf.strings.substr(head, offset, 4), tf.int32, little_endian=True)
+    return tf.bitwise.bitwise_and(tf.cast(raw[0], tf.int64), 0xFFFFFFFF)
+
+  def hw_webp():  # VP8X: 24-bit width-1 / height-1; VP8 (lossy): 14-bit fields; VP8L: 14-bit width-1, height-1
+    kind = tf.strings.substr(head, 12, 4)
+    band, shift = tf.bitwise.bitwise_and, tf.bitwise.right_shift
+    vp8l = u32(21)
+    one = tf.constant(1, tf.int64)
+    return tf.case(
+      [
+        (tf.equal(kind, b"VP8X"), lambda: (one + band(u32(24), 0xFFFFFF)) * (one + band(u32(27), 0xFFFFFF))),
+        (tf.equal(kind, b"VP8 "), lambda: band(u(26, 2, True), 0x3FFF) * band(u(28, 2, True), 0x3FFF)),
+        (tf.equal(kind, b"VP8L"), lambda: (one + band(vp8l, 0x3FFF)) * (one + band(shift(vp8l, 14), 0x3FFF))),
+      ],
+      default=lambda: tf.constant(0, tf.int64),
+    )
+
   is_png = tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
   is_gif = tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
   is_bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
   is_jpeg = tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8")
+  is_webp = tf.logical_and(
+    tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"), tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")
+  )
   pixels = tf.case(
     [
+      (is_webp, hw_webp),
       (is_png, lambda: u(16, 4, False) * u(20, 4, False)),
       (is_gif, lambda: u(6, 2, True) * u(8, 2, True)),
       (is_bmp, lambda: u(18, 4, True) * u(22, 4, True)),

@@ -218,24 +218,25 @@ def load_source(path, kind: Optional[str] = None, step: Optional[int] = None, mo
     if kind == "big_vision":
       flat = bv.scan_to_loop(bv.load_npz(p))
     else:
-      from safetensors.numpy import load_file
+      from siglip_rins.exported_format import read_params
 
       files = sorted(p.glob("model*.safetensors"))
       if not files:
         raise FileNotFoundError(f"model_init: {p} has no model.safetensors (save the SiglipModel with safetensors)")
       sd = {}
       for f in files:
-        sd.update(load_file(str(f)))
+        sd.update(read_params(f))  # size-checked from its header first (siglip_rins.limits)
       flat = _hf_to_big_vision(sd, json.loads((p / "config.json").read_text()))
     flat = {k: bv.to_float32(k, v) for k, v in flat.items()}
     return _blocks_from_stack(flat, model) if model is not None else flat
   if kind == "exported":
-    from safetensors.numpy import load_file
-    from siglip_rins.export import check_weights, read_exported_config
+    from siglip_rins import paths
+    from siglip_rins.export import check_weights, read_exported_config, read_params
 
-    cfg = read_exported_config(p)
-    params_path = p / cfg.get("params_file", "params.safetensors")
-    flat = dict(load_file(str(params_path)))
+    folder = paths.workdir_path(path)
+    cfg = read_exported_config(folder)
+    params_path = folder / cfg.get("params_file", "params.safetensors")
+    flat = dict(read_params(params_path))
     check_weights(flat, params_path, cfg.get("params_dtype", "float32"))  # float32 and finite, else one line
     return flat
   from siglip_rins.checkpoint import CheckpointManager  # workdir

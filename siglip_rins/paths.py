@@ -6,9 +6,8 @@ reports, the checkpoints, the workdir lock, exported models -- goes through thes
 (:func:`workdir_path`), so a relative ``--workdir`` means the same folder to every component (orbax refuses
 relative paths).
 
-What stays local on purpose: config .py files (loaded as Python modules), the built-in datasets, and
-TensorBoard event files are written by TensorFlow's own file layer (``tf.summary`` understands gs:// itself,
-but not a filesystem registered only with fsspec).
+What stays local on purpose: config .py files (loaded as Python modules) and the built-in datasets.
+TensorBoard event files are written by siglip_rins.tb_events through these helpers, not by TensorFlow.
 
 The workdir lock (:class:`WorkdirLock`) is a JSON file ``<workdir>/trainer.lock`` naming its holder (host,
 pid, process start time, heartbeat).  A second trainer on the same workdir is refused with one line naming
@@ -45,6 +44,9 @@ __all__ = [
   "read_text",
   "write_text",
   "append_text",
+  "append_bytes",
+  "read_bytes",
+  "write_bytes",
   "exists",
   "WorkdirLock",
   "WorkdirLocked",
@@ -103,13 +105,38 @@ def write_text(path, text: str, atomic: bool = True) -> None:
 
 def append_text(path, text: str) -> None:
   """Appends ``text``: a real append locally; object stores have none, so the object is rewritten."""
+  append_bytes(path, text.encode("utf-8"))
+
+
+def append_bytes(path, data: bytes) -> None:
+  """Appends ``data``: a real append locally; object stores have none, so the object is rewritten."""
   path = epath.Path(path)
   if is_local(path):
-    with path.open("a") as f:
-      f.write(text)
+    with path.open("ab") as f:
+      f.write(data)
     return
-  old = path.read_text(encoding="utf-8") if path.exists() else ""
-  path.write_text(old + text, encoding="utf-8")
+  old = path.read_bytes() if path.exists() else b""
+  path.write_bytes(old + data)
+
+
+def read_bytes(path) -> bytes:
+  return epath.Path(path).read_bytes()
+
+
+def write_bytes(path, data: bytes, atomic: bool = True) -> None:
+  """Writes ``data``; with ``atomic`` through a temporary sibling renamed over the target (on object stores
+  a single object write is atomic already)."""
+  path = epath.Path(path)
+  if not atomic or not is_local(path):
+    path.write_bytes(data)
+    return
+  tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    tmp.write_bytes(data)
+    tmp.replace(path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
 
 
 def free_bytes(path) -> Optional[int]:

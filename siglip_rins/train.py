@@ -159,21 +159,17 @@ def total_steps_of(config) -> int:
 
 # --------------------------------------------------------------------------------------------- writer
 class MetricWriter:
-  """metrics.jsonl (always, through siglip_rins.paths) and TensorBoard scalars (config.tensorboard; TensorFlow
-  imported lazily and writing to `<workdir>/tb` with its own file layer, which understands gs:// too)."""
+  """metrics.jsonl and TensorBoard scalars in `<workdir>/tb` (config.tensorboard; siglip_rins.tb_events), both
+  written through siglip_rins.paths."""
 
   def __init__(self, workdir, enabled: bool, tensorboard: bool):
     self.enabled = enabled
     self.path = paths.workdir_path(workdir) / "metrics.jsonl"
     self._tb = None
     if enabled and tensorboard:
-      try:
-        import tensorflow as tf  # only for summaries; the train step never touches TF
+      from siglip_rins import tb_events
 
-        self._tf = tf
-        self._tb = tf.summary.create_file_writer(str(paths.workdir_path(workdir) / "tb"))
-      except ImportError:
-        self._tb = None
+      self._tb = tb_events.EventWriter(paths.workdir_path(workdir) / "tb")
 
   def write(self, step: int, metrics: dict) -> None:
     self.write_rows([(step, metrics)])
@@ -187,12 +183,7 @@ class MetricWriter:
       lines.append({"step": int(step), **{k: _to_py(v) for k, v in metrics.items()}})
     paths.append_text(self.path, "".join(json.dumps(r) + "\n" for r in lines))
     if self._tb is not None:
-      with self._tb.as_default():
-        for row in lines:
-          for k, v in row.items():
-            if isinstance(v, (int, float)) and k != "step":
-              self._tf.summary.scalar(k, v, step=row["step"])
-      self._tb.flush()
+      self._tb.write([(row["step"], {k: v for k, v in row.items() if k != "step"}) for row in lines])
 
 
 def _to_py(v):

@@ -169,6 +169,30 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _tiff_with_size(data: bytes, width: int, height: int) -> bytes:
+  """A little-endian TIFF from PIL with its first IFD's ImageWidth / ImageLength rewritten (LONG values)."""
+  import struct
+
+  data = bytearray(data)
+  (ifd,) = struct.unpack("<I", data[4:8])
+  (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+  for k in range(count):
+    at = ifd + 2 + 12 * k
+    tag = struct.unpack("<H", data[at : at + 2])[0]
+    if tag in (256, 257):
+      data[at + 2 : at + 12] = struct.pack("<HII", 4, 1, width if tag == 256 else height)
+  return bytes(data)
+
+
+def _big_endian_tiff(width: int, height: int) -> bytes:
+  import struct
+
+  entries = [struct.pack(">HHII", 256, 4, 1, width), struct.pack(">HHIHH", 257, 3, 1, height & 0xFFFF, 0)]
+  if height > 0xFFFF:
+    entries[1] = struct.pack(">HHII", 257, 4, 1, height)
+  return b"MM\0*" + struct.pack(">I", 8) + struct.pack(">H", len(entries)) + b"".join(entries) + b"\0" * 4
+
+
 def test_header_sizes_and_caps():
   assert limits.image_header_size(huge_png(20000, 20000)) == (20000, 20000)
   assert limits.image_header_size(good_png((12, 10))) == (12, 10)
@@ -176,10 +200,17 @@ def test_header_sizes_and_caps():
 
   from PIL import Image
 
-  for fmt in ("JPEG", "GIF", "BMP", "WEBP"):
+  for fmt in ("JPEG", "GIF", "BMP", "WEBP", "TIFF"):
     buf = io.BytesIO()
     Image.new("RGB", (37, 21), (1, 2, 3)).save(buf, format=fmt)
     assert limits.image_header_size(buf.getvalue()) == (37, 21), fmt
+  for byteorder in ("II", "MM"):  # a 40000 x 30000 TIFF header (no pixel data): refused before decoding
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2)).save(buf, format="TIFF")
+    tiff = _tiff_with_size(buf.getvalue(), 40000, 30000) if byteorder == "II" else _big_endian_tiff(40000, 30000)
+    assert limits.image_header_size(tiff) == (40000, 30000), byteorder
+    with pytest.raises(ValueError, match="40000x30000 = 1200000000 pixels exceeds"):
+      limits.check_image_bytes(tiff, "x.tif")
   with pytest.raises(ValueError, match="20000x20000 = 400000000 pixels exceeds the image pixel cap of 100000000"):
     limits.check_image_bytes(huge_png(20000, 20000), "x.png")
   with limits.image_caps(max_pixels=10**9):
@@ -313,14 +344,64 @@ def test_tf_header_check_matches_python_and_decode_op_refuses():
 
   from siglip_rins.data import pp as pp_lib
 
-  for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+  variants = [(f, "RGB", (1, 2, 3), {}) for f in ("PNG", "JPEG", "GIF", "BMP", "WEBP")]
+  variants += [("WEBP", "RGB", (1, 2, 3), dict(lossless=True)), ("WEBP", "RGBA", (1, 2, 3, 100), {})]
+  kinds = set()  # WebP's VP8 (lossy), VP8L (lossless) and VP8X (extended: here for the alpha) headers
+  for fmt, mode, color, kw in variants:
     buf = io.BytesIO()
-    Image.new("RGB", (30, 20), (1, 2, 3)).save(buf, format=fmt)
+    Image.new(mode, (30, 20), color).save(buf, format=fmt, **kw)
+    if fmt == "WEBP":
+      kinds.add(buf.getvalue()[12:16])
     data = tf.constant(buf.getvalue())
     assert not bool(limits.tf_image_too_large(data, 600, 1 << 20)), fmt
     assert bool(limits.tf_image_too_large(data, 599, 1 << 20)), fmt
     assert bool(limits.tf_image_too_large(data, 600, 10)), fmt  # the byte cap
+  assert kinds == {b"VP8 ", b"VP8L", b"VP8X"}, kinds
   decode = pp_lib.get_preprocess_fn("decode")
   with pytest.raises(tf.errors.InvalidArgumentError, match="too_large"):
     decode({"image": tf.constant(huge_png(20000, 20000))})
   assert decode({"image": tf.constant(good_png())})["image"].shape == (10, 12, 3)
+
+
+# -------------------------------------------------------------------------------------------- weights
+def _safetensors(header: dict, data: bytes) -> bytes:
+  import struct
+
+  raw = json.dumps(header).encode()
+  return struct.pack("<Q", len(raw)) + raw + data
+
+
+@pytest.mark.parametrize(
+  "header, message",
+  [
+    (
+      {"img/embedding/kernel": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 16]}},
+      r"tensor 'img/embedding/kernel' declares shape \[100000, 100000\] F32 = 40000000000 bytes, above the cap",
+    ),
+    (
+      {"t": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 16]}},
+      r"tensor 't' declares 36 bytes .* does not match it or lies outside the file",
+    ),
+    ({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 1 << 40]}}, r"tensor 't' declares 16 bytes"),
+    ({"t": {"dtype": "X9", "shape": [4], "data_offsets": [0, 16]}}, r"tensor 't' has unknown dtype 'X9'"),
+  ],
+)
+def test_params_file_header_checked_before_loading(exported, tmp_path, header, message, capsys):
+  from siglip_rins.export import load_exported
+
+  out = _copy(exported, tmp_path)
+  (out / "params.safetensors").write_bytes(_safetensors(header, b"\0" * 16))
+  with pytest.raises(ValueError, match=message):
+    load_exported(out)
+  img = tmp_path / "a.png"
+  img.write_bytes(good_png())
+  assert cli.main(["classify", "--model", str(out), "--labels", "red,blue", str(img)]) == 1
+  assert "params.safetensors" in _one_error_line(capsys)
+
+
+def test_params_file_size_cap(exported, monkeypatch):
+  from siglip_rins.export import load_exported
+
+  monkeypatch.setenv(limits.ENV_MAX_PARAMS_BYTES, "1000")
+  with pytest.raises(ValueError, match=r"params.safetensors is \d+ bytes, above the cap of 1000 bytes"):
+    load_exported(exported)

@@ -3,7 +3,7 @@
 input_cfg (dict or ConfigDict):
   data=dict(type='jsonl'|'tfrecord'|'tfds'|'mixture', ...)   see sources.py
   pp='decode|resize(32)|value_range(-1,1)|tokenize(...)'      see pp.py (a mixture component may override)
-  shuffle_buffer_size=1000, cache=False, prefetch=2, max_consecutive_bad=10000 (only used when the
+  shuffle_buffer_size=1000, cache='auto', cache_max_bytes=1 GiB, prefetch=2, max_consecutive_bad=10000 (only used when the
   source size is unknown), max_image_pixels / max_image_bytes (image caps, siglip_rins.limits: default
   $SIGLIP_RINS_MAX_IMAGE_PIXELS / _BYTES, else 100 MP / 64 MiB; a bigger image is skipped as 'too_large').
 
@@ -13,11 +13,27 @@ components are mixed by a stateless weighted draw per output element; then batch
 is one pass in source order.  Keys starting with '_' are dropped by the pp stage; the train stream adds the
 position keys `_component/_epoch/_pos`, which DataIterator removes from the batches it returns.
 
+Cache (train; input.cache = 'auto' (default) | True | False, input.cache_max_bytes = DEFAULT_CACHE_MAX_BYTES,
+1 GiB per host).  The pp's deterministic prefix -- its ops before the first one that draws a random seed, e.g.
+`decode|resize(32)|value_range(-1, 1)` before `choice`/`inception_crop`/`flip_lr` (pp.split_deterministic_prefix)
+-- is a function of the record alone, so parse, checks and that prefix run once per record of the host's shard
+(in source order, each record keeping its place: a failing one becomes a placeholder with its reason) and are
+kept in host memory (`tf.data` cache); each epoch then shuffles the cached elements exactly as it would shuffle
+raw records and runs only the random rest of the pp.  The batches, positions and resume are therefore the same
+with and without the cache (a checkpoint written with one resumes exactly with the other), and skipped records
+are counted as before.  'auto' caches a component when its size is known (jsonl, tfds) and the estimate --
+bytes per record from the first 32 records after the prefix, times (records + shuffle buffer, which then holds
+decoded elements too) -- fits in what the cap leaves after earlier mixture components; it skips sources that
+shuffle their files per epoch (tfds), because a cache would replace that file order.  True caches those too
+(then without the per-epoch file order) and refuses, with one line, a source of unknown size or an estimate
+above the cap; False never caches.  Eval streams are never cached.
+
 Skipped records and how they are counted: every raw record that reaches the guarded stage gets a reason
 code: 0 if its parse, checks and pp all succeed, else the first problem (sources.REASONS: missing field,
 missing image file, empty image, empty/non-UTF-8 text, bad JSON line, 'too_large' / 'bad_image_path' (see
 siglip_rins.limits), or 'undecodable' when parsing or
-preprocessing raised, e.g. corrupt image bytes). The filter right after that stage adds one to a
+preprocessing raised, e.g. corrupt image bytes; such a record is dropped by `ignore_errors` and counted from the
+gap it leaves in the element numbering, see `_guarded`). The filter right after that stage adds one to a
 tf.Variable per reason. So `stats()` counts records the pipeline has examined so far, including records
 read ahead by prefetching and, in training, each time a bad record comes round again in a later epoch.
 If a component yields no good record in 2 x (its size) consecutive records (or max_consecutive_bad when
@@ -122,9 +138,134 @@ def _check_not_empty(source) -> None:
     raise ValueError(f"data source {source.name} has no records (for this host)")
 
 
+DEFAULT_CACHE_MAX_BYTES = 1 << 30
+_CACHE_SAMPLE = 32
+
+
+def _cache_mode(input_cfg):
+  mode = _get(input_cfg, "cache", "auto")
+  if isinstance(mode, str) and mode.lower() in ("true", "false"):  # a command-line override of the 'auto' default
+    mode = mode.lower() == "true"
+  if mode not in ("auto", True, False) or isinstance(mode, int) and not isinstance(mode, bool):
+    raise ValueError(f"input.cache must be 'auto', True or False, got {mode!r}")
+  cap = _get(input_cfg, "cache_max_bytes", DEFAULT_CACHE_MAX_BYTES)
+  if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+    raise ValueError(f"input.cache_max_bytes must be an integer >= 0 (bytes), got {cap!r}")
+  return mode, cap
+
+
+def _element_bytes(element) -> int:
+  total = 0
+  for value in tf.nest.flatten(element, expand_composites=True):
+    array = np.asarray(value)
+    total += sum(len(x) for x in array.ravel()) if array.dtype == object else array.nbytes
+  return total
+
+
+_GUARD_BLOCK = 32
+
+
+def _guarded_each(ds, fn, out_spec) -> tf.data.Dataset:
+  """(features, reason) for each element of ds = (epoch, pos, x), in place: fn(epoch, pos, x, placeholder), or
+  (placeholder, 'undecodable') when fn raises at run time.  One nested dataset per element: used where each
+  record is processed once (filling the cache), so that every record keeps its place."""
+  undecodable = sources_lib.REASON_CODE["undecodable"]
+
+  def one(epoch, pos, x):
+    placeholder = _placeholder(out_spec)
+    good = tf.data.Dataset.from_tensors((epoch, pos, x)).map(lambda e, i, r: fn(e, i, r, placeholder)).ignore_errors()
+    fallback = tf.data.Dataset.from_tensors((placeholder, tf.constant(undecodable, tf.int32)))
+    return good.concatenate(fallback).take(1)
+
+  return ds.interleave(
+    one, cycle_length=tf.data.AUTOTUNE, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+  )
+
+
+def _guarded(ds, fn, out_spec) -> tf.data.Dataset:
+  """(features, reason, epoch, pos, k) for ds = (epoch, pos, x): fn(epoch, pos, x, placeholder) -> (features,
+  reason), in order, k numbering the elements.  An element for which fn raises at run time (corrupt image
+  bytes...) is left out (`ignore_errors` on one parallel map: a nested dataset per element would cost several
+  times the pp itself); the gaps in k tell the counter how many were (see `_Counting`).  After every
+  _GUARD_BLOCK inputs, and at the end of a finite stream, a sentinel (placeholder, reason -1) that cannot fail
+  passes through, so a stream in which everything raises still reaches the counter."""
+  elements = ds.map(lambda e, i, x: (e, i, x, tf.constant(False)))
+  spec = elements.element_spec
+  sentinel = tf.data.Dataset.from_tensors(_placeholder(spec[:3]) + (tf.constant(True),))
+  pattern = tf.data.Dataset.from_tensors(tf.constant([0] * _GUARD_BLOCK + [1], tf.int64)).repeat().unbatch()
+  merged = tf.data.Dataset.choose_from_datasets([elements, sentinel.repeat()], pattern, stop_on_empty_dataset=True)
+  merged = merged.concatenate(sentinel)  # a finite stream (eval) ends with one
+
+  def apply(k, element):
+    epoch, pos, x, is_sentinel = element
+    placeholder = _placeholder(out_spec)
+    features, reason = tf.cond(
+      is_sentinel, lambda: (placeholder, tf.constant(-1, tf.int32)), lambda: fn(epoch, pos, x, placeholder)
+    )
+    return features, reason, epoch, pos, k
+
+  return merged.enumerate().map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+
+
+def _cached_prefix(source, pp_string, *, mode, budget, buffer):
+  """The host's records with parse, checks and the deterministic prefix of the pp done once and kept in host
+  memory: (Source whose elements are (prefix features or placeholder, reason), rest of the pp string, bytes
+  estimated), or None when not cached.  See the module docstring (input.cache)."""
+  where = f"input.cache={mode!r} for {source.name}"
+  if source.num_records is None:
+    if mode is True:
+      raise ValueError(f"{where}: the number of records is unknown (only jsonl and tfds sources can be cached)")
+    return None
+  if source.files_in_order is not None and mode == "auto":  # caching would replace the per-epoch file order
+    return None
+
+  def parsed(raw):
+    features = source.parse(raw)
+    reason = sources_lib.record_reason(features, source.image_key, source.text_keys)
+    return {k: v for k, v in features.items() if k != sources_lib.REASON_KEY}, reason
+
+  split = []
+
+  def probe(raw):
+    features, _ = parsed(raw)
+    split.extend(pp_lib.split_deterministic_prefix(pp_string, features))
+    return features
+
+  source.dataset.map(probe)  # traced once: decides the split
+  prefix, rest = split[:2]
+  prefix_fn = pp_lib.get_preprocess_fn(prefix)
+
+  def parse_and_prefix(epoch, pos, raw, placeholder=None):
+    del epoch, pos
+    features, reason = parsed(raw)
+    if placeholder is None:
+      return prefix_fn(features), reason
+    return tf.cond(tf.equal(reason, 0), lambda: prefix_fn(features), lambda: placeholder), reason
+
+  start = source.dataset.map(lambda raw: (tf.constant(0, tf.int64), tf.constant(0, tf.int64), raw))
+  out_spec = start.map(parse_and_prefix).element_spec[0]
+  ds = _guarded_each(start, parse_and_prefix, out_spec)
+  sample = list(ds.take(min(_CACHE_SAMPLE, source.num_records)).as_numpy_iterator())
+  per_record = sum(_element_bytes(x) for x in sample) / max(len(sample), 1) + 64  # + per-element overhead
+  estimate = int(per_record * (source.num_records + min(buffer, source.num_records)))  # cache + shuffle buffer
+  if estimate > budget:
+    if mode is True:
+      raise ValueError(
+        f"{where}: about {estimate / 2**20:.0f} MiB of decoded records (+ shuffle buffer) exceed input.cache_max_bytes"
+        f" = {budget} (raise it, or set input.cache=False)"
+      )
+    return None
+  ds = ds.cache()
+  # Filled here, in one pass at full parallelism: every epoch (and a resumed run's seek) then reads memory, and
+  # no iterator is left holding a half-filled cache when training stops mid-epoch.
+  ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+  cached = dataclasses.replace(source, dataset=ds, files_in_order=None)
+  return cached, rest, estimate
+
+
 def _component_stream(
   data_cfg,
-  pp_fn,
+  pp_string,
   *,
   train,
   seed_pair,
@@ -135,13 +276,24 @@ def _component_stream(
   input_cfg,
   component=0,
   start=(0, 0),
-) -> tf.data.Dataset:
+  cache_budget=None,
+) -> tuple[tf.data.Dataset, str, int]:
+  """(examples, source name, cache bytes used).  cache_budget (train): bytes this component may cache."""
+  pp_fn = pp_lib.get_preprocess_fn(pp_string)  # bad pp strings fail here, before any source is read
   source = sources_lib.build_source(data_cfg, process_index=process_index, process_count=process_count)
-  if _get(input_cfg, "cache", False):
-    source = dataclasses.replace(source, dataset=source.dataset.cache(), files_in_order=None)
+  buffer = int(_get(input_cfg, "shuffle_buffer_size", 1000))
+  cached = None
   if train:
     _check_not_empty(source)
-    buffer = int(_get(input_cfg, "shuffle_buffer_size", 1000))
+    mode, _ = _cache_mode(input_cfg)
+    if mode is not False:
+      cached = _cached_prefix(source, pp_string, mode=mode, budget=cache_budget, buffer=buffer)
+  if cached is not None:
+    source, rest, cache_bytes = cached
+    pp_fn = pp_lib.get_preprocess_fn(rest)
+  else:
+    cache_bytes = 0
+  if train:
     ds = _epoch_stream(source, buffer=buffer, shuffle_seed=shuffle_seed, start=start)
   else:
     ds = source.dataset.enumerate().map(lambda pos, raw: (tf.constant(0, tf.int64), pos, raw))
@@ -153,9 +305,13 @@ def _component_stream(
     return tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(base_seed, epoch), pos)
 
   def parse_and_pp(epoch, pos, raw, placeholder=None):
-    features = source.parse(raw)
-    reason = sources_lib.record_reason(features, source.image_key, source.text_keys)
-    features = {k: v for k, v in features.items() if k != sources_lib.REASON_KEY}
+    if cached is not None:  # parsed, checked and the prefix of the pp done (cache), the rest here
+      features, reason = raw
+      features = dict(features)
+    else:
+      features = source.parse(raw)
+      reason = sources_lib.record_reason(features, source.image_key, source.text_keys)
+      features = {k: v for k, v in features.items() if k != sources_lib.REASON_KEY}
     features["_rng"] = record_seed(epoch, pos)
     if placeholder is None:  # only used to trace the output structure
       return _public(pp_fn(features)), reason
@@ -163,24 +319,8 @@ def _component_stream(
     return out, reason
 
   out_spec = ds.map(parse_and_pp).element_spec[0]
+  ds = _guarded(ds, parse_and_pp, out_spec)
   undecodable = sources_lib.REASON_CODE["undecodable"]
-
-  def guarded(epoch, pos, raw):
-    placeholder = _placeholder(out_spec)
-    good = (
-      tf.data.Dataset.from_tensors((epoch, pos, raw))
-      .map(lambda e, i, r: parse_and_pp(e, i, r, placeholder))
-      .ignore_errors()
-    )
-    fallback = tf.data.Dataset.from_tensors((placeholder, tf.constant(undecodable, tf.int32)))
-    where = tf.data.Dataset.from_tensors((epoch, pos))
-    return tf.data.Dataset.zip((good.concatenate(fallback).take(1), where)).map(
-      lambda out, at: (out[0], out[1], at[0], at[1])
-    )
-
-  ds = ds.interleave(
-    guarded, cycle_length=tf.data.AUTOTUNE, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-  )
 
   if source.num_records:
     max_bad = 2 * source.num_records
@@ -191,22 +331,32 @@ def _component_stream(
   counters.sources.append(source.name)
   message = f"{ALL_BAD_MESSAGE}: no usable record in {max_bad} consecutive records of {source.name}"
 
-  def count_and_keep(features, reason, epoch, pos):
+  with tf.init_scope():
+    last_k = tf.Variable(tf.constant(-1, tf.int64), trainable=False)
+
+  def count_and_keep(features, reason, epoch, pos, k):
+    # k - last_k - 1 records raised in the pp since the last element (see _guarded); a sentinel (reason -1) only
+    # carries that count.
+    dropped = k - last_k - 1
+    with tf.control_dependencies([dropped]):
+      last_k.assign(k)
     ok = tf.equal(reason, 0)
-    counters.examined.assign_add(1)
-    counters.skipped.scatter_nd_add(tf.reshape(reason, [1, 1]), tf.ones([1], tf.int64))
-    bad_run = consecutive_bad.assign(tf.where(ok, tf.constant(0, tf.int64), consecutive_bad + 1))
+    own = tf.cast(reason >= 0, tf.int64)
+    counters.examined.assign_add(dropped + own)
+    codes = tf.stack([tf.constant(undecodable, tf.int32), tf.maximum(reason, 0)])
+    counters.skipped.scatter_nd_add(tf.reshape(codes, [2, 1]), tf.stack([dropped, own]))
+    bad_run = consecutive_bad.assign(tf.where(ok, tf.constant(0, tf.int64), consecutive_bad + dropped + own))
     with tf.control_dependencies([tf.debugging.assert_less(bad_run, tf.constant(max_bad, tf.int64), message=message)]):
       return tf.identity(ok)
 
-  def with_position(features, reason, epoch, pos):
+  def with_position(features, reason, epoch, pos, k):
     if not train:
       return features
     at = {_COMPONENT: tf.constant(component, tf.int64), _EPOCH: tf.cast(epoch, tf.int64), _POS: pos}
     return dict(features, **at)
 
   ds = ds.filter(count_and_keep).map(with_position)
-  return ds, source.name
+  return ds, source.name, cache_bytes
 
 
 def _mix_train(streams: list, weights: list, seed_pair, start_index: int) -> tf.data.Dataset:
@@ -251,15 +401,16 @@ def _stream_in_caps(input_cfg, *, train, seed, process_index, process_count, pos
     if len(starts) != len(components):
       raise ValueError(f"data position has {len(starts)} components but the input has {len(components)}")
   streams, names = [], []
+  cache_budget = _cache_mode(input_cfg)[1] if train else 0
   for i, (_, comp_cfg, comp_pp) in enumerate(components):
     pp_string = comp_pp or default_pp
     if not pp_string:
       raise ValueError("input config needs pp='...' (a preprocessing string)")
     seed_pair = sources_lib.default_seed_pair(seed, process_index, i)
     shuffle_seed = int(sources_lib.default_seed_pair(seed, process_index, i, 1)[0])
-    ds, name = _component_stream(
+    ds, name, cache_bytes = _component_stream(
       comp_cfg,
-      pp_lib.get_preprocess_fn(pp_string),
+      pp_string,
       train=train,
       seed_pair=seed_pair,
       shuffle_seed=shuffle_seed,
@@ -269,7 +420,9 @@ def _stream_in_caps(input_cfg, *, train, seed, process_index, process_count, pos
       input_cfg=input_cfg,
       component=i,
       start=starts[i],
+      cache_budget=cache_budget,
     )
+    cache_budget -= cache_bytes
     streams.append(ds)
     names.append(name)
   weights = [w for w, _, _ in components]

@@ -176,3 +176,24 @@ def get_preprocess_fn(pp: str | None) -> Callable[[dict], dict]:
 
   preprocess.pp = pp
   return preprocess
+
+
+def split_deterministic_prefix(pp: str | None, features: dict) -> tuple[str, str]:
+  """(prefix, rest): pp strings whose composition is `pp`, the prefix being the leading ops that draw no random
+  seed, i.e. that leave `features['_rng']` alone (every random op takes its seed with `ops_common.next_seed`,
+  which advances it).  Decided by tracing the ops on `features` (tensors, e.g. inside a tf.data map trace); the
+  prefix of a record's pp is then a function of the record alone and can be computed once and cached.
+  Example: 'decode|resize(32)|value_range(-1, 1)|choice(inkey="texts")|tokenize(...)' splits before `choice`."""
+  import tensorflow as tf  # only the input pipeline imports TensorFlow
+
+  specs = parse(pp)
+  features = dict(features)
+  sentinel = tf.constant([0, 0], tf.int32)
+  features["_rng"] = sentinel
+  split = len(specs)
+  for i, spec in enumerate(specs):
+    features = build_op(spec)(features)
+    if features.get("_rng") is not sentinel:
+      split = i
+      break
+  return to_string(specs[:split]), to_string(specs[split:])

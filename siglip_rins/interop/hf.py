@@ -67,13 +67,13 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import sys
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from siglip_rins.exported_format import example_spec_of, read_exported_config
+from siglip_rins import paths
+from siglip_rins.exported_format import example_spec_of, read_exported_config, read_params
 from siglip_rins.interop import flatten_params, unflatten_params
 
 HF_ACT = "gelu_pytorch_tanh"
@@ -297,7 +297,7 @@ def export_hf(
   pad_token_id: Optional[int] = None,
   eos_token_id: Optional[int] = None,
   extra_info: Optional[Mapping[str, Any]] = None,
-) -> pathlib.Path:
+) -> paths.Path:
   """Writes a transformers SiglipModel folder (config.json + model.safetensors) plus `siglip_rins_export.json`
   (the unrolled layer list and preprocessing notes).  See `to_hf` for the arguments."""
   torch, transformers = _import_hf()
@@ -321,14 +321,21 @@ def export_hf(
       f"state dict does not match transformers {transformers.__version__} SiglipModel: "
       f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
     )
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = paths.makedirs(paths.workdir_path(out_dir))  # through the path layer: gs:// works too
   # Saving diffs the config against a default SiglipConfig, whose CLIP token ids (49406/49407) fall outside
   # the default vocabulary: transformers then warns about that default, not about this model.  Silenced.
   verbosity = transformers.logging.get_verbosity()
   transformers.logging.set_verbosity_error()
   try:
-    model.save_pretrained(str(out), safe_serialization=True)
+    if paths.is_local(out):
+      model.save_pretrained(str(out), safe_serialization=True)
+    else:  # transformers writes local files: stage them, then copy each through the path layer
+      import tempfile
+
+      with tempfile.TemporaryDirectory() as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        for name in sorted(os.listdir(staging)):
+          paths.write_bytes(out / name, paths.read_bytes(paths.Path(staging) / name))
   finally:
     transformers.logging.set_verbosity(verbosity)
   info = dict(
@@ -338,7 +345,7 @@ def export_hf(
     "preprocessor_config.json); input_ids: padded to max_position_embeddings, no attention mask",
     **dict(extra_info or {}),
   )
-  (out / "siglip_rins_export.json").write_text(json.dumps(info, indent=2))
+  paths.write_text(out / "siglip_rins_export.json", json.dumps(info, indent=2))
   return out
 
 
@@ -351,22 +358,15 @@ PIL_RESAMPLE = {"nearest": 0, "lanczos3": 1, "lanczos5": 1, "bilinear": 2, "bicu
 def read_exported(model_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], Optional[bytes], Any]:
   """(config, flat float32 params, tokenizer.model bytes or None, ExampleSpec) of an exported model folder, read
   without importing siglip_rins.export (which imports this module lazily)."""
-  from safetensors.numpy import load_file
-
-  model_dir = pathlib.Path(model_dir)
+  model_dir = paths.workdir_path(model_dir)
   config = read_exported_config(model_dir)
   params_path = model_dir / config.get("params_file", "params.safetensors")
-  if not params_path.is_file():
-    raise FileNotFoundError(f"{params_path} not found (the exported folder is incomplete)")
-  try:
-    flat = load_file(str(params_path))
-  except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt files
-    raise ValueError(f"{params_path} is not a readable safetensors file: {e}") from None
+  flat = read_params(params_path)  # size-checked from its header first (siglip_rins.limits)
   text = config.get("text") or {}
   tok_path = model_dir / text.get("tokenizer_file", "tokenizer.model")
   if (text or (config.get("example_spec") or {}).get("text")) and not tok_path.is_file():
     raise FileNotFoundError(f"{tok_path} not found (the exported folder is incomplete)")
-  proto = tok_path.read_bytes() if tok_path.is_file() else None
+  proto = paths.read_bytes(tok_path) if tok_path.is_file() else None
   spec = example_spec_of(config, tok_path if proto is not None else None)
   return config, flat, proto, spec
 
@@ -534,7 +534,7 @@ def hf_processor_files(spec, tokenizer_proto: Optional[bytes], text_len: Optiona
 
 def export_hf_from_exported(
   model_dir: str | os.PathLike, out_dir: str | os.PathLike, rounds: Rounds = None, log: Any = None
-) -> pathlib.Path:
+) -> paths.Path:
   """HF export of an exported siglip_rins model folder: the SiglipModel (`export_hf`) plus the files with which
   `AutoProcessor`, `AutoTokenizer` and `pipeline("zero-shot-image-classification")` preprocess as the folder's
   example spec says (`hf_processor_files`).  Remaining differences are printed to `log` (default stderr), one
@@ -561,11 +561,11 @@ def export_hf_from_exported(
     extra_info=dict(example_spec=spec.to_dict(), differences=notes),
   )
   for name, content in files.items():
-    path = pathlib.Path(out) / name
+    path = paths.Path(out) / name
     if isinstance(content, bytes):
-      path.write_bytes(content)
+      paths.write_bytes(path, content)
     else:
-      path.write_text(json.dumps(content, indent=2, sort_keys=True))
+      paths.write_text(path, json.dumps(content, indent=2, sort_keys=True))
   for line in notes:
     print(f"note: {line}", file=log or sys.stderr)
   return out

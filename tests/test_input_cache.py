@@ -1,0 +1,128 @@
+"""input.cache: the deterministic prefix of the pp kept in host memory (siglip_rins/data/pipeline.py).
+
+The cache must be a pure speed-up: the same batches, positions and resume as without it, bad records still
+skipped and counted, the byte cap honoured."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import data_fixtures  # noqa: E402
+
+tf = pytest.importorskip("tensorflow")
+from siglip_rins.data import pipeline  # noqa: E402
+from siglip_rins.data import pp as pp_lib  # noqa: E402
+
+BAD_KINDS = ("bad_bytes", "truncated", "zero_byte", "missing_file", "empty_caption")
+NUM_GOOD = 10
+
+
+@pytest.fixture(scope="module")
+def tok_path(tmp_path_factory):
+  return data_fixtures.tokenizer_path_for_tests(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  return data_fixtures.write_jsonl_dataset(tmp_path_factory.mktemp("jsonl"), NUM_GOOD, (12, 14), bad=BAD_KINDS)
+
+
+def _pp(tok_path, random_part="flip_lr|"):
+  return (
+    f"decode|resize(8)|value_range(-1, 1)|{random_part}tokenize(max_len=6, model={tok_path!r}, eos='sticky', "
+    f"inkey='texts', outkey='labels')|keep('image', 'labels', 'label')"
+  )
+
+
+def _cfg(path, tok_path, cache, **kw):
+  return dict(
+    data=dict(type="jsonl", path=str(path)),
+    pp=kw.pop("pp", None) or _pp(tok_path),
+    shuffle_buffer_size=6,
+    prefetch=1,
+    cache=cache,
+    **kw,
+  )
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def _split(pp):
+  """split_deterministic_prefix traced on an (encoded image, captions) record, as the pipeline does."""
+  out = []
+
+  @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.string)])
+  def trace(image, texts):
+    out.extend(pp_lib.split_deterministic_prefix(pp, {"image": image, "texts": texts}))
+    return 0
+
+  trace.get_concrete_function()
+  return tuple(out)
+
+
+def test_split_before_the_first_random_op():
+  pp = 'decode|resize(8)|value_range(-1, 1)|choice(inkey="texts")|tokenize(max_len=4, model="demo")'
+  prefix, rest = _split(pp)
+  assert prefix == "decode|resize(8)|value_range(-1, 1)"
+  assert rest.startswith("choice(inkey='texts')|tokenize(")
+  assert _split("decode|flip_lr|resize(8)") == ("decode", "flip_lr|resize(8)")
+  assert _split("decode|inception_crop(8)|resize(8)") == ("decode", "inception_crop(8)|resize(8)")
+  assert _split("decode|resize(8)") == ("decode|resize(8)", "")
+
+
+@pytest.mark.parametrize("random_part", ["flip_lr|", "", "inception_crop(8, area_min=30)|"])
+def test_cached_stream_equals_uncached_and_resumes_exactly(data, tok_path, random_part):
+  pp = _pp(tok_path, random_part)
+  # 3 epochs of the 10 good records (5 bad ones interleaved) in batches of 4.
+  plain = pipeline.make_train_iterator(_cfg(data, tok_path, False, pp=pp), global_batch_size=4, seed=5)
+  cached = pipeline.make_train_iterator(_cfg(data, tok_path, True, pp=pp), global_batch_size=4, seed=5)
+  a, b = _take(plain, 8), _take(cached, 8)
+  _assert_same(a, b)
+  assert plain.position() == cached.position()
+  assert all(set(x["label"].tolist()) <= set(range(NUM_GOOD)) for x in b)  # no bad record delivered
+  stats = cached.stats()
+  assert stats["skipped/undecodable"] >= 2 and stats["skipped/empty_image"] >= 1
+  assert stats["skipped/missing_image_file"] >= 1 and stats["skipped/empty_text"] >= 1
+  # Resume by seeking from a position in the third epoch, with and without the cache: the same rest.
+  for resume_cache in (True, False):
+    head = pipeline.make_train_iterator(_cfg(data, tok_path, True, pp=pp), global_batch_size=4, seed=5)
+    _take(head, 5)
+    rest = pipeline.make_train_iterator(
+      _cfg(data, tok_path, resume_cache, pp=pp), global_batch_size=4, seed=5, start_position=head.position()
+    )
+    _assert_same(_take(rest, 3), a[5:])
+
+
+def test_cap_auto_falls_back_true_refuses(data, tok_path):
+  auto = pipeline.make_train_iterator(_cfg(data, tok_path, "auto", cache_max_bytes=100), global_batch_size=4, seed=1)
+  plain = pipeline.make_train_iterator(_cfg(data, tok_path, False), global_batch_size=4, seed=1)
+  _assert_same(_take(auto, 3), _take(plain, 3))
+  with pytest.raises(ValueError, match=r"input.cache=True .*exceed input.cache_max_bytes = 100"):
+    pipeline.make_train_iterator(_cfg(data, tok_path, True, cache_max_bytes=100), global_batch_size=4)
+  for bad in (dict(cache="yes"), dict(cache_max_bytes=-1), dict(cache_max_bytes=1.5)):
+    with pytest.raises(ValueError, match=r"input.cache"):
+      pipeline.make_train_iterator(_cfg(data, tok_path, **{"cache": "auto", **bad}), global_batch_size=4)
+
+
+def test_records_failing_in_the_random_part_are_counted_and_all_bad_detected(tmp_path, tok_path):
+  # random_crop(16) fails at run time on the 12x14 images (the random part, after the cache): every record raises.
+  path = data_fixtures.write_jsonl_dataset(tmp_path, 3, (12, 14))
+  pp = _pp(tok_path, "random_crop(16)|resize(8)|").replace("resize(8)|", "", 1)
+  for cache in (True, False):
+    it = pipeline.make_train_iterator(_cfg(path, tok_path, cache, pp=pp), global_batch_size=2)
+    with pytest.raises(RuntimeError, match="every record seems bad"):
+      next(it)
+    assert it.stats()["skipped/undecodable"] >= 6
