@@ -90,17 +90,7 @@ def read_text(path) -> str:
 def write_text(path, text: str, atomic: bool = True) -> None:
   """Writes ``text``; with ``atomic`` through a temporary sibling renamed over the target (on object stores
   a single object write is atomic already)."""
-  path = epath.Path(path)
-  if not atomic or not is_local(path):
-    path.write_text(text, encoding="utf-8")
-    return
-  tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+  write_bytes(path, text.encode("utf-8"), atomic=atomic)
 
 
 def append_text(path, text: str) -> None:
