@@ -156,7 +156,9 @@ def trace_times(setup, steps: int, h: dict) -> dict:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16", "float32_custom"])
+  parser.add_argument(
+    "--precision", default="bfloat16", choices=list(__import__("siglip_rins.precision").precision.POLICIES)
+  )
   parser.add_argument("--signature", default="AB")
   parser.add_argument("--loop", default="scan", choices=["auto", "scan", "unroll"])
   parser.add_argument("--batch", type=int, default=64)
