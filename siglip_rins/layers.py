@@ -7,7 +7,8 @@ Parameter names follow big_vision (`MultiHeadDotProductAttention_0/{query,key,va
 Shapes: B batch, T query tokens, S key tokens, D width, H heads, K head dim (D = H * K), M MLP width.
 Parameters and activations are float32; `dtype` is the precision policy (`siglip_rins.precision.Policy`, a
 policy name or a dtype): under a 16-bit policy every matmul/einsum takes 16-bit operands and accumulates in
-float32; LayerNorm, softmax, GELU and residual adds stay float32.  Under 'float32' the layers are exactly flax's.
+float32; LayerNorm, softmax, GELU and residual adds stay float32 (under the experimental '*_act' policies the
+activations between products are bf16; see precision.py).  Under 'float32' the layers are exactly flax's.
 """
 
 from __future__ import annotations

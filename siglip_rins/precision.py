@@ -23,6 +23,13 @@ with a float32 output would multiply the float32 cotangent by the 16-bit operand
 matmul.)  Only the bf16 copies of the operands are kept for the backward pass.  Gradients returned to float32
 parameters are float32 (accumulated in float32 from bf16 products).
 
+Experimental (benchmarks/bench_bf16_variants.py measures them; none is faster than 'bfloat16' on XLA:CPU):
+'bfloat16_act' is the jmp/levanter meaning of a bf16 compute dtype: bf16 operands as above, and the activations
+between products in bf16 too (dense outputs cast to bf16 after the float32 bias add, GELU in bf16, LayerNorm
+outputs bf16 with float32 statistics); the attention logits, softmax, the pooled embeddings, the sigmoid logits
+and the loss stay float32, and so does the residual stream.  'bfloat16_act_res16' also keeps the residual stream
+in bf16; 'bfloat16_act_dotout' makes the products themselves return bf16 (before the bias add).
+
 Parameter names and shapes are flax's own (the policy is passed to flax's Dense as its `dot_general`), so
 checkpoints and the big_vision / Hugging Face interop do not depend on the policy.
 """
