@@ -11,7 +11,10 @@ Measured (AMD EPYC, 2 shared cores, load 5-11; results_bf16_variants.json): agai
 f32 activations) the jmp-style bf16-activation policies are SLOWER: 'bfloat16_act' 0.85x / 0.93x,
 'bfloat16_act_dotout' 0.90x, 'bfloat16_act_res16' 0.92x / 0.92x (two runs).  On XLA:CPU a product cannot
 return bf16 without a float32 dot plus a separate convert pass, and bf16 elementwise work is computed in f32 with
-converts, so halving the activation bytes does not pay for the extra converts.
+converts, so halving the activation bytes does not pay for the extra converts.  Two throwaway variants of
+'bfloat16' (code not kept; same parameter tree, same loss): q/k/v as one product with a stacked [D, 3, H, K]
+kernel 0.99x (results_bf16_variants_qkv.json), and attention in [B, H, T, K] layout straight from the
+projections (no operand transposes for the logits / value products) 0.98x (results_bf16_variants_bhtk.json).
 """
 
 from __future__ import annotations
