@@ -33,6 +33,7 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _util as U  # noqa: E402
+from siglip_rins.precision import POLICIES  # noqa: E402
 
 _BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
 _INST = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)")
@@ -156,7 +157,7 @@ def trace_times(setup, steps: int, h: dict) -> dict:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16", "float32_custom"])
+  parser.add_argument("--precision", default="bfloat16", choices=list(POLICIES))
   parser.add_argument("--signature", default="AB")
   parser.add_argument("--loop", default="scan", choices=["auto", "scan", "unroll"])
   parser.add_argument("--batch", type=int, default=64)

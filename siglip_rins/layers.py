@@ -7,7 +7,8 @@ Parameter names follow big_vision (`MultiHeadDotProductAttention_0/{query,key,va
 Shapes: B batch, T query tokens, S key tokens, D width, H heads, K head dim (D = H * K), M MLP width.
 Parameters and activations are float32; `dtype` is the precision policy (`siglip_rins.precision.Policy`, a
 policy name or a dtype): under a 16-bit policy every matmul/einsum takes 16-bit operands and accumulates in
-float32; LayerNorm, softmax, GELU and residual adds stay float32.  Under 'float32' the layers are exactly flax's.
+float32; LayerNorm, softmax, GELU and residual adds stay float32 (under the experimental '*_act' policies the
+activations between products are bf16; see precision.py).  Under 'float32' the layers are exactly flax's.
 """
 
 from __future__ import annotations
@@ -65,13 +66,13 @@ def dot_product_attention(
   Both einsums follow `policy` (16-bit operands, float32 accumulation); the softmax is float32."""
   policy = get_policy(policy)
   scale = q.shape[-1] ** -0.5
-  logits = policy.einsum("bthk,bshk->bhts", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
+  logits = policy.einsum("bthk,bshk->bhts", q * jnp.asarray(scale, q.dtype), k, out="float32").astype(jnp.float32)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)
   if not policy.mixed:
     weights = weights.astype(v.dtype)
-  return policy.einsum("bhts,bshk->bthk", weights, v).astype(jnp.float32 if policy.mixed else v.dtype)
+  return policy.einsum("bhts,bshk->bthk", weights, v).astype(policy.activation_dtype if policy.mixed else v.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -101,12 +102,12 @@ class MultiHeadAttention(nn.Module):
     dense = lambda name: nn.DenseGeneral(
       (h, k_dim), dtype=jnp.float32, name=name, kernel_init=nn.initializers.xavier_uniform(), **pkw
     )
-    q = dense("query")(x)
+    q = cfg.policy.act(dense("query")(x))
     if cfg.rope:
       q = apply_rope(q, positions, cfg.rope_max_wavelength)
     if shared_kv is None:
       kv_in = x if inputs_kv is None else inputs_kv
-      k, v = dense("key")(kv_in), dense("value")(kv_in)
+      k, v = cfg.policy.act(dense("key")(kv_in)), cfg.policy.act(dense("value")(kv_in))
       if cfg.rope:
         k = apply_rope(k, positions, cfg.rope_max_wavelength)
       # Under a 16-bit policy keys/values are kept (shared, cached) in the compute dtype: the attention einsums
@@ -120,7 +121,7 @@ class MultiHeadAttention(nn.Module):
     out = nn.DenseGeneral(
       cfg.width, axis=(-2, -1), dtype=jnp.float32, name="out", kernel_init=nn.initializers.xavier_uniform(), **pkw
     )(y)
-    return out, (k, v, mask)
+    return cfg.policy.act(out), (k, v, mask)
 
   def _update_cache(self, k: Array, v: Array, mask: Optional[Array]):
     """Writes this step's k/v ([B, 1, H, K]) at the cache index; returns the full cache and its validity mask.
@@ -155,10 +156,11 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
     init = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
-    init.update(get_policy(self.dtype).dense_kwargs())
-    x = nn.Dense(self.mlp_dim, dtype=jnp.float32, **init)(x)
+    policy = get_policy(self.dtype)
+    init.update(policy.dense_kwargs())
+    x = policy.act(nn.Dense(self.mlp_dim, dtype=jnp.float32, **init)(x))
     x = nn.gelu(x)
-    return nn.Dense(d, dtype=jnp.float32, **init)(x)
+    return policy.act(nn.Dense(d, dtype=jnp.float32, **init)(x))
 
 
 class EncoderLayer(nn.Module):
@@ -176,10 +178,10 @@ class EncoderLayer(nn.Module):
     decode: bool = False,
   ) -> tuple[Array, KV]:
     cfg = self.cfg
-    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=jnp.float32, name="LayerNorm_0")(x)
+    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=cfg.policy.activation_dtype, name="LayerNorm_0")(x)
     y, kv = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(y, mask, positions, shared_kv, decode)
     x = x + y
-    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=jnp.float32, name="LayerNorm_1")(x)
+    y = nn.LayerNorm(epsilon=cfg.layernorm_eps, dtype=cfg.policy.activation_dtype, name="LayerNorm_1")(x)
     x = x + MlpBlock(cfg.mlp_dim, cfg.dtype, name="MlpBlock_0")(y)
     return x, kv
 
@@ -198,7 +200,7 @@ class MAPHead(nn.Module):
     probe = jnp.tile(probe, (b, 1, 1))
     cfg = LayerConfig(width=d, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype)
     x, _ = MultiHeadAttention(cfg, name="MultiHeadDotProductAttention_0")(probe, None, inputs_kv=x)
-    y = nn.LayerNorm(dtype=jnp.float32, name="LayerNorm_0")(x)
+    y = nn.LayerNorm(dtype=cfg.policy.activation_dtype, name="LayerNorm_0")(x)
     x = x + MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
     return x[:, 0]
 

@@ -23,6 +23,13 @@ with a float32 output would multiply the float32 cotangent by the 16-bit operand
 matmul.)  Only the bf16 copies of the operands are kept for the backward pass.  Gradients returned to float32
 parameters are float32 (accumulated in float32 from bf16 products).
 
+Experimental (benchmarks/bench_bf16_variants.py measures them; none is faster than 'bfloat16' on XLA:CPU):
+'bfloat16_act' is the jmp/levanter meaning of a bf16 compute dtype: bf16 operands as above, and the activations
+between products in bf16 too (dense outputs cast to bf16 after the float32 bias add, GELU in bf16, LayerNorm
+outputs bf16 with float32 statistics); the attention logits, softmax, the pooled embeddings, the sigmoid logits
+and the loss stay float32, and so does the residual stream.  'bfloat16_act_res16' also keeps the residual stream
+in bf16; 'bfloat16_act_dotout' makes the products themselves return bf16 (before the bias add).
+
 Parameter names and shapes are flax's own (the policy is passed to flax's Dense as its `dot_general`), so
 checkpoints and the big_vision / Hugging Face interop do not depend on the policy.
 """
@@ -37,8 +44,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-POLICIES = ("float32", "bfloat16", "float16", "float32_custom")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32_custom": jnp.float32}
+POLICIES = (
+  "float32",
+  "bfloat16",
+  "float16",
+  "float32_custom",
+  "bfloat16_act",
+  "bfloat16_act_res16",
+  "bfloat16_act_dotout",
+)
+_DTYPES = {
+  "float32": jnp.float32,
+  "bfloat16": jnp.bfloat16,
+  "float16": jnp.float16,
+  "float32_custom": jnp.float32,
+  "bfloat16_act": jnp.bfloat16,
+  "bfloat16_act_res16": jnp.bfloat16,
+  "bfloat16_act_dotout": jnp.bfloat16,
+}
+# (activation dtype, residual-stream dtype, dtype the products return) of the policies whose activations between
+# matmuls are 16-bit.  Products returning float32 let XLA fuse the cast to bf16 with the bias add that follows;
+# on XLA:CPU a product returning bf16 is a float32 dot followed by a separate convert pass.
+_ACT = {
+  "bfloat16_act": (jnp.bfloat16, jnp.float32, jnp.float32),
+  "bfloat16_act_res16": (jnp.bfloat16, jnp.bfloat16, jnp.float32),
+  "bfloat16_act_dotout": (jnp.bfloat16, jnp.float32, jnp.bfloat16),
+}
+_NO_ACT = (jnp.float32, jnp.float32, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +96,34 @@ class Policy:
     return jnp.float32
 
   @property
+  def activation_dtype(self):
+    """dtype of the activations between products (GELU, bias adds, LayerNorm outputs): float32 except under
+    the '*_act' policies (jmp/levanter compute dtype); LayerNorm statistics and softmax stay float32."""
+    return _ACT.get(self.name, _NO_ACT)[0]
+
+  @property
+  def residual_dtype(self):
+    """dtype of the residual stream (the towers' embeddings and every x + f(x))."""
+    return _ACT.get(self.name, _NO_ACT)[1]
+
+  @property
+  def product_dtype(self):
+    """dtype the products (dense layers, attention's value product) return."""
+    return _ACT.get(self.name, _NO_ACT)[2]
+
+  def act(self, x):
+    """x in the activation dtype (unchanged under every policy but the '*_act' ones)."""
+    if self.name not in _ACT:
+      return x
+    return x.astype(self.activation_dtype)
+
+  def residual(self, x):
+    """x in the residual dtype (unchanged under every policy but 'bfloat16_act_res16')."""
+    if self.name not in _ACT:
+      return x
+    return x.astype(self.residual_dtype)
+
+  @property
   def mixed(self) -> bool:
     """True when the custom product path is used (16-bit operands, or 'float32_custom')."""
     return self.name != "float32"
@@ -73,7 +133,7 @@ class Policy:
     """Extra kwargs for flax's nn.Dense / nn.DenseGeneral: none under float32 (flax's own path)."""
     if not self.mixed:
       return {}
-    return dict(dot_general=mixed_dot_general(self.name))
+    return dict(dot_general=mixed_dot_general(self.name, jnp.dtype(self.product_dtype).name))
 
   def conv_kwargs(self) -> dict:
     """Extra kwargs for flax's nn.Conv: none under float32."""
@@ -81,11 +141,12 @@ class Policy:
       return {}
     return dict(conv_general_dilated=mixed_conv(self.name))
 
-  def einsum(self, spec: str, a, b):
-    """jnp.einsum(spec, a, b) under the policy (float32: exactly jnp.einsum)."""
+  def einsum(self, spec: str, a, b, out: Optional[str] = None):
+    """jnp.einsum(spec, a, b) under the policy (float32: exactly jnp.einsum).  `out`: the result's dtype name
+    (default: the policy's product dtype; 'float32' e.g. for attention logits that feed a float32 softmax)."""
     if not self.mixed:
       return jnp.einsum(spec, a, b)
-    return named_einsum(spec, a, b, self.name)
+    return named_einsum(spec, a, b, self.name, out or jnp.dtype(self.product_dtype).name)
 
 
 FLOAT32 = Policy("float32")
@@ -142,8 +203,8 @@ def _product(spec: str, a, b):
   return jnp.transpose(out, [got.index(i) for i in so])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def einsum(spec: str, a, b, compute: str = "bfloat16"):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
+def einsum(spec: str, a, b, compute: str = "bfloat16", out: str = "float32"):
   """einsum of two operands cast to `compute`, accumulated in and returned as float32.
 
   The VJP casts the cotangent to `compute` as well, so the backward products also use 16-bit operands with
@@ -151,18 +212,18 @@ def einsum(spec: str, a, b, compute: str = "bfloat16"):
   of (a, b, out) (matmul-like contractions with batch indices: what dense layers and attention use).
   """
   dt = _DTYPES[compute]
-  return _product(spec, a.astype(dt), b.astype(dt))
+  return _product(spec, a.astype(dt), b.astype(dt)).astype(out)
 
 
-def _einsum_fwd(spec, a, b, compute):
+def _einsum_fwd(spec, a, b, compute, out_dtype):
   dt = _DTYPES[compute]
   ac, bc = a.astype(dt), b.astype(dt)
-  out = _product(spec, ac, bc)
+  out = _product(spec, ac, bc).astype(out_dtype)
   # residuals: the 16-bit operands (half the bytes of float32) and the operands' dtypes (as zero-size arrays)
   return out, (ac, bc, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
 
 
-def _einsum_bwd(spec, compute, res, g):
+def _einsum_bwd(spec, compute, out_dtype, res, g):
   ac, bc, a_dt, b_dt = res
   sa, sb, so = _parse(spec)
   gc = g.astype(_DTYPES[compute])
@@ -179,13 +240,13 @@ DOT_NAME = "policy_dot"  # products without batch dimensions (projections, MLP)
 BATCHED_DOT_NAME = "policy_dot_batched"  # products with batch dimensions (attention)
 
 
-def named_einsum(spec: str, a, b, compute: str):
+def named_einsum(spec: str, a, b, compute: str, out: str = "float32"):
   """`einsum` with its output named DOT_NAME / BATCHED_DOT_NAME (for remat policies)."""
   from jax.ad_checkpoint import checkpoint_name
 
   sa, sb, so = _parse(spec)
   batched = any(i in sb and i in so for i in sa)
-  return checkpoint_name(einsum(spec, a, b, compute), BATCHED_DOT_NAME if batched else DOT_NAME)
+  return checkpoint_name(einsum(spec, a, b, compute, out), BATCHED_DOT_NAME if batched else DOT_NAME)
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -208,13 +269,13 @@ def dot_general_spec(lhs_ndim: int, rhs_ndim: int, dimension_numbers) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def mixed_dot_general(compute: str):
+def mixed_dot_general(compute: str, out: str = "float32"):
   """A lax.dot_general replacement (for flax's Dense `dot_general=`) running `einsum` under `compute`.
   Cached per dtype so modules compare/hash equal."""
 
   def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
     del precision, preferred_element_type, kw
-    return named_einsum(dot_general_spec(lhs.ndim, rhs.ndim, dimension_numbers), lhs, rhs, compute)
+    return named_einsum(dot_general_spec(lhs.ndim, rhs.ndim, dimension_numbers), lhs, rhs, compute, out)
 
   dot_general.__name__ = f"mixed_dot_general_{compute}"
   return dot_general

@@ -597,7 +597,9 @@ class RecursiveStack(nn.Module):
       count = repeats_ran if adapter_axis(trained) == "repeat" else rounds_ran
       x = self._adapters(x, count, num_adapters(trained))
     if self.final_norm:
-      x = nn.LayerNorm(epsilon=self.layer.layernorm_eps, dtype=jnp.float32, name="encoder_norm")(x)
+      x = nn.LayerNorm(epsilon=self.layer.layernorm_eps, dtype=self.layer.policy.activation_dtype, name="encoder_norm")(
+        x
+      )
     return x, {"rounds": rounds_ran, "repeats": repeats_ran}
 
   def _run(

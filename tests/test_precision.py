@@ -72,9 +72,10 @@ def test_policy_key_and_alias():
     build_model(dict(TT, precision="int8"))
 
 
-def test_bf16_params_and_grads_float32_and_close_to_float32():
+@pytest.mark.parametrize("policy", ["bfloat16", "bfloat16_act", "bfloat16_act_res16"])
+def test_bf16_params_and_grads_float32_and_close_to_float32(policy):
   img, txt = _batch()
-  m32, m16 = build_model(dict(TT, precision="float32")), build_model(dict(TT, precision="bfloat16"))
+  m32, m16 = build_model(dict(TT, precision="float32")), build_model(dict(TT, precision=policy))
   params = m32.init(jax.random.PRNGKey(0), img, txt)["params"]
   p16 = m16.init(jax.random.PRNGKey(0), img, txt)["params"]
   # same names, shapes, dtypes (float32) and values under both policies
@@ -96,11 +97,12 @@ def test_bf16_params_and_grads_float32_and_close_to_float32():
     assert float(jnp.max(jnp.abs(a - b))) <= 0.05 * scale + 1e-4, (jax.tree_util.keystr(path), scale)
 
 
-def test_bf16_matmuls_have_bf16_operands_and_f32_accumulation():
+@pytest.mark.parametrize("policy", ["bfloat16", "bfloat16_act"])
+def test_bf16_matmuls_have_bf16_operands_and_f32_accumulation(policy):
   """Every dot of the forward AND backward pass (jaxpr of value_and_grad) takes bf16 operands and returns float32;
   the compiled HLO has no float32 x float32 dot."""
   img, txt = _batch()
-  m16 = build_model(dict(TT, precision="bfloat16", recursion=dict(signature="A^2B", loop="scan")))
+  m16 = build_model(dict(TT, precision=policy, recursion=dict(signature="A^2B", loop="scan")))
   params = m16.init(jax.random.PRNGKey(0), img, txt)["params"]
   f = jax.value_and_grad(_loss_fn(m16, img, txt), has_aux=True)
   dots = _dots(jax.make_jaxpr(f)(params))
@@ -116,6 +118,43 @@ def test_bf16_matmuls_have_bf16_operands_and_f32_accumulation():
   hlo = jax.jit(f).lower(params).as_text()
   mixed = re.findall(r"stablehlo.dot_general.*bf16>.*bf16>\) -> tensor<[^>]*f32>", hlo)
   assert len(mixed) >= len(dot_ops) - len(f32) - 5
+
+
+def _eqns(jaxpr) -> list:
+  """All equations of a (closed) jaxpr, recursing into sub-jaxprs."""
+  out = []
+
+  def walk(jp):
+    for eqn in jp.eqns:
+      out.append(eqn)
+      for v in eqn.params.values():
+        for j in v if isinstance(v, (list, tuple)) else (v,):
+          if hasattr(j, "jaxpr") and hasattr(j.jaxpr, "eqns"):
+            walk(j.jaxpr)
+          elif hasattr(j, "eqns"):
+            walk(j)
+
+  walk(jaxpr.jaxpr)
+  return out
+
+
+@pytest.mark.parametrize("policy,residual", [("bfloat16_act", jnp.float32), ("bfloat16_act_res16", jnp.bfloat16)])
+def test_bf16_act_policy_activations_bf16_statistics_softmax_loss_f32(policy, residual):
+  """Under the '*_act' policies (jmp/levanter compute dtype) GELU runs in bf16, while the LayerNorm statistics
+  (rsqrt), the softmax and the loss (exp) run in float32; the residual stream has the policy's residual dtype."""
+  img, txt = _batch()
+  m = build_model(dict(TT, precision=policy, recursion=dict(signature="A^2B", loop="scan")))
+  params = m.init(jax.random.PRNGKey(0), img, txt)["params"]
+  p = precision.get_policy(policy)
+  assert p.activation_dtype == jnp.bfloat16 and p.residual_dtype == residual
+  eqns = _eqns(jax.make_jaxpr(jax.value_and_grad(lambda q: _loss_fn(m, img, txt)(q)[0]))(params))
+  dt = lambda e: e.invars[0].aval.dtype
+  assert {dt(e) for e in eqns if e.primitive.name == "tanh"} == {jnp.dtype(jnp.bfloat16)}  # tanh-GELU
+  assert {dt(e) for e in eqns if e.primitive.name == "rsqrt"} == {jnp.dtype(jnp.float32)}  # LayerNorm
+  assert {dt(e) for e in eqns if e.primitive.name == "exp"} == {jnp.dtype(jnp.float32)}  # softmax, loss
+  # the residual stream: the scan carry of the recursive blocks
+  carries = {v.aval.dtype for e in eqns if e.primitive.name == "scan" for v in e.outvars if v.aval.ndim == 3}
+  assert jnp.dtype(residual) in carries
 
 
 def test_float32_policy_is_flax_default_path():

@@ -39,7 +39,7 @@ class TextTransformer(nn.Module):
     x = nn.Embed(
       self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=1 / self.width**0.5), name="Embed_0"
     )(tokens).astype(jnp.float32)
-    x = x + position_embedding(self, "learn", (tokens.shape[1],), self.width, "pos_embedding")
+    x = policy.residual(x + position_embedding(self, "learn", (tokens.shape[1],), self.width, "pos_embedding"))
     layer = LayerConfig(self.width, self.num_heads, self.mlp_dim, self.dtype)
     x, info = RecursiveStack(layer, self.depth, self.recursion, name="Encoder_0")(
       x, train=train, rounds=rounds, repeat=repeat

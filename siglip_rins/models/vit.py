@@ -77,7 +77,7 @@ class ViT(nn.Module):
     )(image.astype(jnp.float32))
     b, h, w, c = x.shape
     x = x.reshape(b, h * w, c)
-    x = x + position_embedding(self, self.posemb, (h, w), c, "pos_embedding")
+    x = policy.residual(x + position_embedding(self, self.posemb, (h, w), c, "pos_embedding"))
     if self.pool_type == "tok":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, c), jnp.float32)
       x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)), x], axis=1)
