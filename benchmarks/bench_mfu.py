@@ -5,6 +5,12 @@ Usage:
   python -m benchmarks.bench_mfu --size small          # reduced size that runs on a CPU in seconds (the test)
   python -m benchmarks.bench_mfu --precision float32 --batch_per_device 128 --signature AB --mesh data=-1
   options: [--steps 10] [--matmul_n 8192] [--mesh data=-1,fsdp=1] [--out r.json]
+           [--attention einsum|fused] [--loop auto|scan|unroll] [--remat none|dots|full|...]
+  python -m benchmarks.bench_mfu --sweep --out sweep.json   # the variants of SWEEP, one process each
+
+`--sweep` runs every entry of SWEEP (precision policy x attention implementation x loop form) in its own
+process (an out-of-memory or compile failure loses one row, not the run), with the same size/batch/steps,
+and writes all rows to --out as they finish (so a run cut short keeps what it measured).
 
 What it does: builds the model with `model.precision` (default 'bfloat16': bf16 matmul operands, f32
 accumulation, f32 parameters/optimizer/LayerNorm/softmax/loss; siglip_rins/precision.py), the trainer's own
@@ -64,6 +70,26 @@ SIZES = {
 }
 
 
+# (name, precision, attention, loop, remat): the GPU sweep, most important first.  'auto' is the trainer's
+# default loop (scan, saving only matmul outputs for the backward pass: remat 'dots').
+SWEEP = [
+  ("bf16", "bfloat16", "einsum", "auto", None),
+  ("bf16_fused_scan", "bfloat16", "fused", "scan", "none"),
+  ("bf16act_fused_scan", "bfloat16_act", "fused", "scan", "none"),
+  ("bf16act_fused_unroll", "bfloat16_act", "fused", "unroll", "none"),
+  ("bf16_einsum_unroll", "bfloat16", "einsum", "unroll", "none"),
+  ("bf16act_res16_fused_unroll", "bfloat16_act_res16", "fused", "unroll", "none"),
+  ("f32", "float32", "einsum", "auto", None),
+]
+
+
+def parse_remat(value):
+  """'none' -> False (save every activation), 'true' -> True, else the name ('dots', 'full', ...)."""
+  if value is None:
+    return None
+  return {"none": False, "false": False, "true": True}.get(value.lower(), value)
+
+
 def parse_mesh(spec: str | None):
   """'data=-1,fsdp=1' -> {'data': -1, 'fsdp': 1}; None -> None (the trainer's default: all devices on 'data')."""
   if not spec:
@@ -94,7 +120,18 @@ def matmul_peak(mesh, n: int, repeats: int = 5) -> dict:
   return dict(n=n, devices=d, median_s=U.median(times), flops_per_s=fl / U.median(times), best=fl / min(times))
 
 
-def run(size: str, signature: str, precision: str, batch_per_device, steps, matmul_n, mesh_spec) -> dict:
+def run(
+  size: str,
+  signature: str,
+  precision: str,
+  batch_per_device,
+  steps,
+  matmul_n,
+  mesh_spec,
+  attention: str = "einsum",
+  loop: str = "auto",
+  remat=None,
+) -> dict:
   import jax
   import numpy as np
   from siglip_rins import flops, optim, sharding, train
@@ -107,14 +144,22 @@ def run(size: str, signature: str, precision: str, batch_per_device, steps, matm
   matmul_n = matmul_n or spec["matmul_n"]
   mesh = sharding.make_mesh(parse_mesh(mesh_spec))
   batch = batch_per_device * mesh.size
-  model_cfg = dict(spec["model"], precision=precision, recursion=dict(signature=signature))
+  recursion = dict(signature=signature, loop=loop)
+  if remat is not None:
+    recursion["remat"] = remat
+  model_cfg = dict(spec["model"], precision=precision, attention=attention, recursion=recursion)
   config = U.train_config(model_cfg, batch, spec["image_size"], spec["text_len"])
   if mesh_spec:
     config.mesh = parse_mesh(mesh_spec)
   model = build_model(config.model)
   task = get_task(config, mesh)  # as the trainer: the sigmoid loss sharded over the batch axes
   tx, schedule_fn = optim.make_optimizer(config, config.total_steps, batch_size=batch)
+  t_start = time.perf_counter()
+  progress = lambda what: print(
+    f"[bench_mfu] {time.perf_counter() - t_start:7.1f} s {what}", file=sys.stderr, flush=True
+  )
   state = train.init_state(model, task, tx, mesh, config, jax.random.PRNGKey(0))
+  progress("state initialised")
   state_sh = train.state_shardings(state)
   step = jax.jit(
     train.make_train_step(model, task, tx, schedule_fn, 0),
@@ -133,6 +178,9 @@ def run(size: str, signature: str, precision: str, batch_per_device, steps, matm
   )
   flops_per_step = flops.train_flops_per_example(model, task.input_shapes()) * batch
   t0 = time.perf_counter()
+  step = step.lower(state, data).compile()
+  hlo = step.as_text()
+  progress("compiled")
   state, m = step(state, data)
   jax.block_until_ready(m["loss"])
   compile_s = time.perf_counter() - t0
@@ -142,22 +190,29 @@ def run(size: str, signature: str, precision: str, batch_per_device, steps, matm
     state, m = step(state, data)
     jax.block_until_ready(m["loss"])
     times.append(time.perf_counter() - t0)
+  progress(f"{steps} steps timed")
   peak = matmul_peak(mesh, matmul_n)
+  progress("matmul peak measured")
   step_s = U.median(times)
   achieved = flops_per_step / step_s
   return dict(
     size=size,
     signature=signature,
     precision=precision,
+    attention=attention,
+    loop=loop,
+    remat=remat,
     mesh={k: int(v) for k, v in mesh.shape.items()},
     devices=mesh.size,
     device_kind=str(jax.devices()[0].device_kind),
+    xla_flags=os.environ.get("XLA_FLAGS", ""),
     platform=jax.default_backend(),
     batch=batch,
     batch_per_device=batch_per_device,
     params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
     flops_per_step=flops_per_step,
     compile_plus_first_step_s=compile_s,
+    cudnn_fused_attention_calls=hlo.count("cudnn$fmha"),  # > 0: attention='fused' runs cuDNN's kernel
     step_s_median=step_s,
     step_s=times,
     examples_per_s=batch / step_s,
@@ -176,7 +231,12 @@ def main(argv=None) -> dict:
     "--size", default="B16_A3B", choices=sorted(SIZES) + ["auto"], help="'auto': small on a CPU, else B16_A3B"
   )
   parser.add_argument("--signature", default="A^3B")
-  parser.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+  parser.add_argument("--precision", default="bfloat16", help="a model.precision policy (siglip_rins.precision)")
+  parser.add_argument("--attention", default="einsum", choices=["einsum", "fused"])
+  parser.add_argument("--loop", default="auto", choices=["auto", "scan", "unroll"])
+  parser.add_argument("--remat", default=None, help="recursion.remat: none | true | dots | full | dots_no_batch")
+  parser.add_argument("--sweep", action="store_true", help="run every variant of SWEEP, one process each")
+  parser.add_argument("--timeout", type=float, default=240.0, help="--sweep: seconds per variant")
   parser.add_argument("--batch_per_device", type=int, default=None)
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--matmul_n", type=int, default=None)
@@ -187,12 +247,69 @@ def main(argv=None) -> dict:
     import jax
 
     args.size = "small" if jax.default_backend() == "cpu" else "B16_A3B"
+  if args.sweep:
+    return sweep(args)
   result = {"benchmark": "mfu", "context_start": U.context()}
   result.update(
-    run(args.size, args.signature, args.precision, args.batch_per_device, args.steps, args.matmul_n, args.mesh)
+    run(
+      args.size,
+      args.signature,
+      args.precision,
+      args.batch_per_device,
+      args.steps,
+      args.matmul_n,
+      args.mesh,
+      args.attention,
+      args.loop,
+      parse_remat(args.remat),
+    )
   )
   result["context_end"] = U.context()
   result["machine"] = U.machine_info()
+  return U.emit(result, args.out)
+
+
+def sweep(args) -> dict:
+  """Runs each SWEEP variant in a subprocess (this file, same options); rows are written to --out as they end."""
+  import json
+  import subprocess
+  import tempfile
+
+  result = {"benchmark": "mfu_sweep", "context_start": U.context(), "machine": U.machine_info(), "rows": []}
+  for name, precision, attention, loop, remat in SWEEP:
+    with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+      cmd = [sys.executable, "-m", "benchmarks.bench_mfu", "--size", args.size, "--signature", args.signature]
+      cmd += ["--precision", precision, "--attention", attention, "--loop", loop, "--out", tmp.name]
+      cmd += ["--remat", remat] if remat is not None else []
+      for flag in ("batch_per_device", "steps", "matmul_n", "mesh"):
+        if getattr(args, flag) is not None:
+          cmd += [f"--{flag}", str(getattr(args, flag))]
+      t0 = time.perf_counter()
+      root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+      try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=root)
+        ok = proc.returncode == 0
+        row = json.load(open(tmp.name)) if ok else {"error": proc.stderr.strip().splitlines()[-3:]}
+      except subprocess.TimeoutExpired:
+        row = {"error": f"timed out after {args.timeout:.0f} s"}
+      except (OSError, ValueError) as e:
+        row = {"error": f"{type(e).__name__}: {e}"}
+    row.update(variant=name, wall_s=time.perf_counter() - t0)
+    result["rows"].append(row)
+    print(
+      f"{name:28s} "
+      + (
+        f"step {row['step_s_median'] * 1e3:8.1f} ms  {row['achieved_tflop_per_s']:7.1f} TFLOP/s  "
+        f"peak {row['bf16_matmul_peak_tflop_per_s']:6.1f}  MFU {row['mfu']:.3f}  compile {row['compile_plus_first_step_s']:.1f} s"
+        if "mfu" in row
+        else f"error: {row['error']}"
+      ),
+      flush=True,
+    )
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+  result["context_end"] = U.context()
   return U.emit(result, args.out)
 
 

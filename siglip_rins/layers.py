@@ -65,6 +65,8 @@ def dot_product_attention(
   """q: [B, T, H, K], k/v: [B, S, H, K], mask: broadcastable to [B, H, T, S] (True = attend). -> [B, T, H, K].
   Both einsums follow `policy` (16-bit operands, float32 accumulation); the softmax is float32."""
   policy = get_policy(policy)
+  if policy.attention == "fused":
+    return _fused_attention(q, k, v, mask, policy)
   scale = q.shape[-1] ** -0.5
   logits = policy.einsum("bthk,bshk->bhts", q * jnp.asarray(scale, q.dtype), k, out="float32").astype(jnp.float32)
   if mask is not None:
@@ -73,6 +75,26 @@ def dot_product_attention(
   if not policy.mixed:
     weights = weights.astype(v.dtype)
   return policy.einsum("bhts,bshk->bthk", weights, v).astype(policy.activation_dtype if policy.mixed else v.dtype)
+
+
+def _fused_attention(q: Array, k: Array, v: Array, mask: Optional[Array], policy: Policy) -> Array:
+  """model.attention='fused': jax.nn.dot_product_attention on q/k/v in the compute dtype (cuDNN's fused
+  attention on GPUs where it applies, XLA otherwise); returns the policy's activation dtype (float32 policy:
+  q's dtype).  mask: broadcastable to [B, H, T, S] (True = attend)."""
+  dt = policy.compute_dtype
+  if mask is not None:
+    b, t, h, _ = q.shape
+    mask = jnp.broadcast_to(mask, (b, h, t, k.shape[1]))
+  q, k, v = q.astype(dt), k.astype(dt), v.astype(dt)
+  y = None
+  if jax.default_backend() == "gpu" and dt != jnp.float32:
+    try:  # cuDNN's flash attention; shapes it does not take fall back to XLA's (the same function)
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    except (ValueError, NotImplementedError, RuntimeError):
+      y = None
+  if y is None:
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+  return y.astype(policy.activation_dtype if policy.mixed else q.dtype)
 
 
 class MultiHeadAttention(nn.Module):

@@ -71,6 +71,11 @@ _ACT = {
   "bfloat16_act_dotout": (jnp.bfloat16, jnp.float32, jnp.bfloat16),
 }
 _NO_ACT = (jnp.float32, jnp.float32, jnp.float32)
+# How attention is computed (`model.attention`): 'einsum' (default): two policy einsums around a float32
+# softmax (siglip_rins.layers.dot_product_attention); 'fused': jax.nn.dot_product_attention on q/k/v in the
+# compute dtype, which XLA:GPU runs as cuDNN's fused (flash) attention where it applies and XLA elsewhere (CPU,
+# TPU): the [B, H, T, S] logits are never written out.  Same parameters and checkpoints either way.
+ATTENTION = ("einsum", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +83,13 @@ class Policy:
   """param/compute/output dtypes (see the module docstring).  Hashable, so modules can hold it."""
 
   name: str = "float32"
+  attention: str = "einsum"  # 'einsum' | 'fused' (see ATTENTION)
 
   def __post_init__(self):
     if self.name not in POLICIES:
       raise ValueError(f"model.precision: unknown policy {self.name!r}; allowed: {list(POLICIES)}")
+    if self.attention not in ATTENTION:
+      raise ValueError(f"model.attention: unknown implementation {self.attention!r}; allowed: {list(ATTENTION)}")
 
   @property
   def param_dtype(self):

@@ -206,3 +206,41 @@ def test_float32_custom_policy_matches_float32():
   for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(gc)):
     assert b.dtype == jnp.float32
     np.testing.assert_allclose(b, a, atol=1e-5 * (float(jnp.max(jnp.abs(a))) + 1e-3))
+
+
+@pytest.mark.parametrize("policy", ["float32", "bfloat16", "bfloat16_act"])
+def test_fused_attention_matches_einsum_attention(policy):
+  """model.attention='fused' (jax.nn.dot_product_attention; cuDNN on GPUs) computes the same attention as the
+  default einsum path, with a padding mask, in value and gradient (within the policy's rounding)."""
+  from siglip_rins.layers import dot_product_attention
+
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+  q = jax.random.normal(kq, (2, 5, 4, 16))
+  k = jax.random.normal(kk, (2, 7, 4, 16))
+  v = jax.random.normal(kv, (2, 7, 4, 16))
+  mask = (jnp.arange(7) < jnp.array([7, 4])[:, None])[:, None, None, :]  # [B, 1, 1, S]: the 2nd row pads 3 keys
+  outs = {}
+  for att in ("einsum", "fused"):
+    pol = precision.Policy(policy, attention=att)
+    f = lambda q, k, v: dot_product_attention(q, k, v, mask, pol)
+    y = f(q, k, v)
+    g = jax.grad(lambda q, k, v: (f(q, k, v).astype(jnp.float32) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+    outs[att] = (y, g)
+  tol = 1e-5 if policy == "float32" else 3e-2
+  assert outs["fused"][0].dtype == outs["einsum"][0].dtype
+  np.testing.assert_allclose(np.float32(outs["fused"][0]), np.float32(outs["einsum"][0]), atol=tol, rtol=tol)
+  for a, b in zip(outs["fused"][1], outs["einsum"][1]):
+    np.testing.assert_allclose(np.float32(a), np.float32(b), atol=5 * tol, rtol=5 * tol)
+  # the padded keys get no weight on the fused path either: changing them leaves the 2nd row unchanged
+  v2 = v.at[1, 4:].set(100.0)
+  pol = precision.Policy(policy, attention="fused")
+  np.testing.assert_allclose(
+    np.float32(dot_product_attention(q, k, v2, mask, pol)[1]), np.float32(outs["fused"][0][1]), atol=tol
+  )
+
+
+def test_attention_key_validated_and_reaches_every_layer():
+  with pytest.raises(ValueError, match="model.attention.*'flash'.*allowed"):
+    build_model(dict(name="vit", variant="mu/8", attention="flash"))
+  m = build_model(dict(name="vit", variant="mu/8", attention="fused", precision="bfloat16"))
+  assert m.dtype == precision.Policy("bfloat16", attention="fused")

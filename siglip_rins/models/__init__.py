@@ -9,7 +9,9 @@ per unique block), split ('floor' | 'spread' | 'exact'), scan_unroll) applies to
 `text.recursion` override it per tower.
 `precision` ('float32' (default) | 'bfloat16' | 'float16'; `dtype` is its older name) is the mixed-precision
 policy of every tower (siglip_rins.precision): float32 parameters, gradients, activations, LayerNorm, softmax and
-loss; matmul/einsum/conv operands in the named dtype with float32 accumulation.
+loss; matmul/einsum/conv operands in the named dtype with float32 accumulation.  `attention` ('einsum' (default)
+| 'fused') picks how attention is computed (siglip_rins.precision.ATTENTION): 'fused' is
+jax.nn.dot_product_attention, cuDNN's flash attention on GPUs.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ALLOWED = {
     "recursion",
     "dtype",
     "precision",
+    "attention",
     "temperature_init",
     "bias_init",
   },
@@ -57,6 +60,7 @@ ALLOWED = {
     "recursion",
     "dtype",
     "precision",
+    "attention",
   },
   "text": {
     "name",
@@ -71,6 +75,7 @@ ALLOWED = {
     "recursion",
     "dtype",
     "precision",
+    "attention",
   },
   "decoder": {
     "name",
@@ -84,10 +89,11 @@ ALLOWED = {
     "recursion",
     "dtype",
     "precision",
+    "attention",
   },
 }
-IMAGE_KEYS = ALLOWED["vit"] - {"name", "dtype", "precision"}
-TEXT_KEYS = ALLOWED["text"] - {"name", "dtype", "precision"}
+IMAGE_KEYS = ALLOWED["vit"] - {"name", "dtype", "precision", "attention"}
+TEXT_KEYS = ALLOWED["text"] - {"name", "dtype", "precision", "attention"}
 # Decoder LM shapes of the paper (Sec. 3-4): 300M/600M (emb 1536, mlp 6144), 1B (emb 2048, mlp 8192, 18 blocks).
 ALLOWED["classifier"] = ALLOWED["vit"]  # the ViT classifier takes the ViT keys
 
@@ -134,7 +140,7 @@ def precision_policy(cfg: Any) -> Policy:
       f"model.precision {precision!r} and model.dtype {dtype!r} disagree; model.dtype is the older name of "
       "model.precision: give one of them"
     )
-  return get_policy(precision or dtype or "float32")
+  return Policy(get_policy(precision or dtype or "float32").name, attention=cfg.get("attention") or "einsum")
 
 
 def _tower_kwargs(d: dict, recursion: dict, dtype, where: str, is_text: bool) -> dict:
@@ -190,19 +196,21 @@ def build_model(cfg: Any):
     kw = {k: cfg[k] for k in ("temperature_init", "bias_init") if k in cfg}
     model = TwoTowers(image=image, text=text, **kw)
   elif name == "vit":
-    model = ViT(**_tower_kwargs(_without(cfg, "name", "dtype", "precision"), recursion, dtype, "model", False))
+    model = ViT(
+      **_tower_kwargs(_without(cfg, "name", "dtype", "precision", "attention"), recursion, dtype, "model", False)
+    )
   elif name == "classifier":
-    kw = _tower_kwargs(_without(cfg, "name", "dtype", "precision"), recursion, dtype, "model", False)
+    kw = _tower_kwargs(_without(cfg, "name", "dtype", "precision", "attention"), recursion, dtype, "model", False)
     kw.setdefault("head_bias_init", -6.9)
     if not kw.get("num_classes"):
       raise ValueError("model.num_classes: a classifier needs num_classes >= 1")
     model = Classifier(vit=kw)
   elif name == "text":
     model = TextTransformer(
-      **_tower_kwargs(_without(cfg, "name", "dtype", "precision"), recursion, dtype, "model", True)
+      **_tower_kwargs(_without(cfg, "name", "dtype", "precision", "attention"), recursion, dtype, "model", True)
     )
   else:
-    d = _without(cfg, "name", "dtype", "precision")
+    d = _without(cfg, "name", "dtype", "precision", "attention")
     variant = d.pop("variant", None)
     if variant is not None:
       if variant not in LM_VARIANTS:
