@@ -121,6 +121,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_loop.json"))
   p.add_argument("--cache", default="auto", choices=["auto", "True", "False"], help="input.cache")
+  p.add_argument("--threadpool_size", type=int, default=None, help="input.threadpool_size (default: the config's)")
   args = p.parse_args(argv)
   sys.path.insert(0, ROOT)
   from siglip_rins import config_lib
@@ -133,6 +134,8 @@ def main(argv=None):
     c.evals = {}
     config_lib.apply_overrides(c, [f"log_every={args.log_every}", "tensorboard=False", "ckpt_every=0"])
     c.input.cache = args.cache.lower()  # the config holds a string; pipeline reads "true" / "false" too
+    if args.threadpool_size is not None:
+      c.input.threadpool_size = args.threadpool_size
     return c
 
   def load():
@@ -175,6 +178,7 @@ def main(argv=None):
     steps=args.steps,
     log_every=args.log_every,
     input_cache=args.cache,
+    input_threadpool_size=args.threadpool_size,
     ratio=statistics.median(ratios),
     ratios=ratios,
     ratio_fixed_input=statistics.median(fixed_ratios),

@@ -76,8 +76,18 @@ def _split(pp):
 def test_split_before_the_first_random_op():
   pp = 'decode|resize(8)|value_range(-1, 1)|choice(inkey="texts")|tokenize(max_len=4, model="demo")'
   prefix, rest = _split(pp)
-  assert prefix == "decode|resize(8)|value_range(-1, 1)"
-  assert rest.startswith("choice(inkey='texts')|tokenize(")
+  # tokenize moved ahead of the pick (hoist_over_choice): every caption tokenized in the prefix
+  assert prefix.startswith("decode|resize(8)|value_range(-1, 1)|tokenize(")
+  assert "inkey='texts'" in prefix and "outkey='labels'" in prefix and "sample_if_multi=False" in prefix
+  assert rest == "choice(inkey=['texts', 'labels'], skip_empty=False)"
+  # not hoisted: the pick writes elsewhere, tokenize overwrites a picked key, several entries, no tokenize
+  for pp in (
+    'decode|choice(inkey="texts", outkey="t")|tokenize(max_len=4, model="demo", inkey="t")',
+    'decode|choice(inkey="texts")|tokenize(max_len=4, model="demo", inkey="texts", outkey="texts")',
+    'decode|choice(n=2, inkey="texts")|tokenize(max_len=4, model="demo")',
+    'decode|choice(inkey="texts")|flip_lr|tokenize(max_len=4, model="demo")',
+  ):
+    assert _split(pp)[1].startswith("choice("), pp
   assert _split("decode|flip_lr|resize(8)") == ("decode", "flip_lr|resize(8)")
   assert _split("decode|inception_crop(8)|resize(8)") == ("decode", "inception_crop(8)|resize(8)")
   assert _split("decode|resize(8)") == ("decode|resize(8)", "")
@@ -106,6 +116,26 @@ def test_cached_stream_equals_uncached_and_resumes_exactly(data, tok_path, rando
     _assert_same(_take(rest, 3), a[5:])
 
 
+def test_tokenize_hoisted_over_choice_gives_the_same_stream(tmp_path, tok_path):
+  """choice|tokenize rewritten to tokenize-every-caption|choice (so the cache holds the tokens): the same
+  batches as the plain pp, with several captions per record, an empty one (skip_empty), one longer than
+  max_len (sticky EOS) and a record whose only caption is a scalar string."""
+  long = "a very long caption " * 8
+  captions = [["a cat", "", long], ["un chien", "ein Hund"], "just one string", ["", "x y z", "le chat noir"]]
+  path = data_fixtures.write_jsonl_dataset(tmp_path, 8, (12, 14), captions=captions)
+  pp = (
+    f"decode|resize(8)|value_range(-1, 1)|choice(inkey='texts', skip_empty=True)|tokenize(max_len=6, "
+    f"model={tok_path!r}, eos='sticky', inkey='texts', outkey='labels')|keep('image', 'labels', 'texts', 'label')"
+  )
+  plain = pipeline.make_train_iterator(_cfg(path, tok_path, False, pp=pp), global_batch_size=4, seed=3)
+  cached = pipeline.make_train_iterator(_cfg(path, tok_path, True, pp=pp), global_batch_size=4, seed=3)
+  a, b = _take(plain, 10), _take(cached, 10)
+  _assert_same(a, b)
+  texts = {t for x in a for t in x["texts"].tolist()}
+  assert b"" not in texts and long.encode() in texts and b"just one string" in texts  # every case drawn
+  assert len(texts) > 4
+
+
 def test_cap_auto_falls_back_true_refuses(data, tok_path):
   auto = pipeline.make_train_iterator(_cfg(data, tok_path, "auto", cache_max_bytes=100), global_batch_size=4, seed=1)
   plain = pipeline.make_train_iterator(_cfg(data, tok_path, False), global_batch_size=4, seed=1)
@@ -126,3 +156,14 @@ def test_records_failing_in_the_random_part_are_counted_and_all_bad_detected(tmp
     with pytest.raises(RuntimeError, match="every record seems bad"):
       next(it)
     assert it.stats()["skipped/undecodable"] >= 6
+
+
+def test_threadpool_size_same_stream_and_validated(data, tok_path):
+  """input.threadpool_size (big_vision's name) only changes how many threads run the pipeline, not what it
+  yields; a bad value is one clear line before anything is read."""
+  default = pipeline.make_train_iterator(_cfg(data, tok_path, True), global_batch_size=4, seed=2)
+  one = pipeline.make_train_iterator(_cfg(data, tok_path, True, threadpool_size=1), global_batch_size=4, seed=2)
+  _assert_same(_take(default, 4), _take(one, 4))
+  for bad in (0, -1, 1.5, True, "4"):
+    with pytest.raises(ValueError, match=r"input.threadpool_size must be None or an integer >= 1, got"):
+      pipeline.make_train_iterator(_cfg(data, tok_path, True, threadpool_size=bad), global_batch_size=4)

@@ -3,7 +3,8 @@
 input_cfg (dict or ConfigDict):
   data=dict(type='jsonl'|'tfrecord'|'tfds'|'mixture', ...)   see sources.py
   pp='decode|resize(32)|value_range(-1,1)|tokenize(...)'      see pp.py (a mixture component may override)
-  shuffle_buffer_size=1000, cache='auto', cache_max_bytes=1 GiB, prefetch=2, max_consecutive_bad=10000 (only used when the
+  shuffle_buffer_size=1000, cache='auto', cache_max_bytes=1 GiB, prefetch=2, threadpool_size=None (tf.data's pool;
+  an int: that many input threads after the cache fill), max_consecutive_bad=10000 (only used when the
   source size is unknown), max_image_pixels / max_image_bytes (image caps, siglip_rins.limits: default
   $SIGLIP_RINS_MAX_IMAGE_PIXELS / _BYTES, else 100 MP / 64 MiB; a bigger image is skipped as 'too_large').
 
@@ -16,7 +17,8 @@ position keys `_component/_epoch/_pos`, which DataIterator removes from the batc
 Cache (train; input.cache = 'auto' (default) | True | False, input.cache_max_bytes = DEFAULT_CACHE_MAX_BYTES,
 1 GiB per host).  The pp's deterministic prefix -- its ops before the first one that draws a random seed, e.g.
 `decode|resize(32)|value_range(-1, 1)` before `choice`/`inception_crop`/`flip_lr` (pp.split_deterministic_prefix)
--- is a function of the record alone, so parse, checks and that prefix run once per record of the host's shard
+-- is a function of the record alone (a `choice` of caption followed by `tokenize` is first rewritten to tokenize
+every caption, then pick caption and tokens together: pp.hoist_over_choice, so the tokens are cached too), so parse, checks and that prefix run once per record of the host's shard
 (in source order, each record keeping its place: a failing one becomes a placeholder with its reason) and are
 kept in host memory (`tf.data` cache); each epoch then shuffles the cached elements exactly as it would shuffle
 raw records and runs only the random rest of the pp.  The batches, positions and resume are therefore the same
@@ -473,10 +475,25 @@ def _packed(ds, pack_cfg):
   return stream.batch(seq_len, drop_remainder=True).map(segment)
 
 
-def _options(ds):
+def _threadpool_size(input_cfg):
+  """input.threadpool_size (big_vision's name): None (default: tf.data's own pool, one thread per core) or an
+  int >= 1 -- the threads the input pipeline may use after the cache is filled, each op single-threaded, so a
+  host whose cores also run the train step (a CPU-only host) can keep them for the step."""
+  n = _get(input_cfg, "threadpool_size")
+  if n is None:
+    return None
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise ValueError(f"input.threadpool_size must be None or an integer >= 1, got {n!r}")
+  return n
+
+
+def _options(ds, threadpool_size=None):
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
+  if threadpool_size:
+    options.threading.private_threadpool_size = threadpool_size
+    options.threading.max_intra_op_parallelism = 1
   return ds.with_options(options)
 
 
@@ -584,6 +601,7 @@ def make_train_iterator(
     )
   if start_example < 0:
     raise ValueError(f"start_example must be >= 0, got {start_example}")
+  _threadpool_size(input_cfg)  # a bad value fails before the cache is filled
   pack = _get(input_cfg, "pack")
   if pack:
     start_position = None  # a packed row spans documents: only the example-level skip is exact
@@ -600,7 +618,7 @@ def make_train_iterator(
   if start_example and start_position is None:
     ds = ds.skip(start_example)
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-  ds = _options(ds.prefetch(int(_get(input_cfg, "prefetch", 2))))
+  ds = _options(ds.prefetch(int(_get(input_cfg, "prefetch", 2))), _threadpool_size(input_cfg))
   if start_position is not None:
     initial = start_position
   elif start_example:  # skipped examples: a component's position is known once one of its records is seen

@@ -183,17 +183,61 @@ def split_deterministic_prefix(pp: str | None, features: dict) -> tuple[str, str
   seed, i.e. that leave `features['_rng']` alone (every random op takes its seed with `ops_common.next_seed`,
   which advances it).  Decided by tracing the ops on `features` (tensors, e.g. inside a tf.data map trace); the
   prefix of a record's pp is then a function of the record alone and can be computed once and cached.
-  Example: 'decode|resize(32)|value_range(-1, 1)|choice(inkey="texts")|tokenize(...)' splits before `choice`."""
+  Example: 'decode|resize(32)|value_range(-1, 1)|choice(inkey="texts")|tokenize(...)' splits before `choice`,
+  after `tokenize` has been moved ahead of it (`hoist_over_choice`: every caption tokenized, then the same pick
+  of caption and tokens), so the prefix holds the tokenization too."""
   import tensorflow as tf  # only the input pipeline imports TensorFlow
 
   specs = parse(pp)
-  features = dict(features)
   sentinel = tf.constant([0, 0], tf.int32)
-  features["_rng"] = sentinel
-  split = len(specs)
-  for i, spec in enumerate(specs):
-    features = build_op(spec)(features)
-    if features.get("_rng") is not sentinel:
-      split = i
-      break
-  return to_string(specs[:split]), to_string(specs[split:])
+  while True:
+    traced = dict(features, _rng=sentinel)
+    split = len(specs)
+    for i, spec in enumerate(specs):
+      traced = build_op(spec)(traced)
+      if traced.get("_rng") is not sentinel:
+        split = i
+        break
+    hoisted = hoist_over_choice(specs, split)
+    if hoisted is None:
+      return to_string(specs[:split]), to_string(specs[split:])
+    specs = hoisted
+
+
+def _bound_arguments(spec: OpSpec) -> dict:
+  """Every argument of `spec`'s factory by name, defaults filled in."""
+  _ensure_ops_loaded()
+  bound = inspect.signature(registry.lookup(spec.name)).bind(*spec.args, **dict(spec.kwargs))
+  bound.apply_defaults()
+  return dict(bound.arguments)
+
+
+def hoist_over_choice(specs: list[OpSpec], i: int) -> list[OpSpec] | None:
+  """Moves deterministic per-caption work ahead of the random pick of a caption, or None when it does not apply.
+
+  `choice(inkey=K)` (one random entry, in place) followed by `tokenize(inkey=k, outkey=o)` with k in K and o not
+  in K computes the same features as `tokenize(inkey=k, outkey=o, sample_if_multi=False)` -- every caption
+  tokenized, a row each -- followed by `choice(inkey=K + [o])`, which draws the same seed and picks the same
+  entry of every key.  The rewritten tokenize draws no seed, so it joins the deterministic prefix and a cached
+  stream (input.cache) keeps each record's tokenized captions instead of tokenizing one per example and epoch.
+  """
+  if i + 1 >= len(specs) or specs[i].name != "choice" or specs[i + 1].name != "tokenize":
+    return None
+  try:
+    c, t = _bound_arguments(specs[i]), _bound_arguments(specs[i + 1])
+  except TypeError:  # bad arguments: build_op reports them
+    return None
+  if c["n"] != "single" or c["mode"] != "random":
+    return None
+  as_list = lambda v: [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else None
+  keys = as_list(c["inkey"] or c["key"] or "texts")
+  if not keys or as_list(c["outkey"] or c["key"] or keys) != keys:
+    return None
+  src, dst = t["key"] or t["inkey"], t["key"] or t["outkey"]
+  if src not in keys or dst in keys:
+    return None
+  tok = {k: v for k, v in t.items() if k not in ("key", "inkey", "outkey")}
+  tok.update(inkey=src, outkey=dst, sample_if_multi=False)
+  pick = dict(inkey=keys + [dst], skip_empty=c["skip_empty"])
+  as_spec = lambda name, kw: OpSpec(name, (), tuple(sorted(kw.items())))
+  return specs[:i] + [as_spec("tokenize", tok), as_spec("choice", pick)] + specs[i + 2 :]

@@ -25,9 +25,10 @@ def tf_sentencepiece(tokenizer: Tokenizer) -> tensorflow_text.SentencepieceToken
   """The tensorflow_text tokenizer for the same model proto (cached per proto)."""
   key = tokenizer.model_proto
   if key not in _TF_TOKENIZERS:
-    _TF_TOKENIZERS[key] = tensorflow_text.SentencepieceTokenizer(
-      model=tokenizer.model_proto, out_type=tf.int32, add_bos=False, add_eos=False
-    )
+    with tf.init_scope():  # the resource lives eagerly even when first asked for inside a traced function
+      _TF_TOKENIZERS[key] = tensorflow_text.SentencepieceTokenizer(
+        model=tokenizer.model_proto, out_type=tf.int32, add_bos=False, add_eos=False
+      )
   return _TF_TOKENIZERS[key]
 
 
