@@ -29,10 +29,10 @@ Vocabulary (paper Sec. 2 and App. A):
 
 Execution: runs of one repeated block are executed by ``nn.scan`` over rounds with broadcast (shared) parameters,
 so compile time does not grow with r, or unrolled in Python (``loop='unroll'``).  The default ``loop='auto'``
-scans with ``remat=AUTO_REMAT`` ('dots') unless `remat` is set: measured on an idle 2-core CPU (benchmarks/
-RESULTS.md, 2026-11-30, bench image tower, r = 2..8), that form compiled r = 8 in 1.20x the time of r = 1 (plain
-scan and unroll: 2.1x) and stepped 3.5-12% faster than unroll at every r (plain scan stacks every residual of a round
-with dynamic-update-slices and was slower than unroll).  The forward pass is the same computation in every form;
+scans with ``remat=AUTO_REMAT`` ('dots') unless `remat` is set: on a 2-core CPU (benchmarks/RESULTS.md section 9,
+2026-11-30, bench image tower) it stepped faster than unroll at r = 4 and 8 (0.67 vs 0.78 s, 1.20 vs 1.36 s) and
+compiled r = 8 in 1.87x the time of the loop-free r = 1 (unroll 2.28x, plain scan 2.01x); plain scan stacks every
+residual of a round with dynamic-update-slices and is slower than unroll.  The forward pass is the same computation in every form;
 gradients agree within float rounding (tests/test_recursion.py).  ``remat=True``
 (or 'full') rematerialises each round (only the carry is saved for the backward pass); ``remat='dots'`` keeps only
 the matmul outputs of a round (fewer, smaller stacked residuals; LayerNorm/GELU/softmax recomputed) and
