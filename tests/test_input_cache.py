@@ -167,3 +167,27 @@ def test_threadpool_size_same_stream_and_validated(data, tok_path):
   for bad in (0, -1, 1.5, True, "4"):
     with pytest.raises(ValueError, match=r"input.threadpool_size must be None or an integer >= 1, got"):
       pipeline.make_train_iterator(_cfg(data, tok_path, True, threadpool_size=bad), global_batch_size=4)
+
+
+def test_filled_cache_reused_by_later_runs_of_the_process_until_the_data_changes(tmp_path, tok_path):
+  """A second iterator over the same data, pp and shard (the demo's next variant or seed) reuses the filled
+  cache; it yields what a fresh pipeline yields.  Rewriting the data file is a new key: its records are read."""
+  path = data_fixtures.write_jsonl_dataset(tmp_path, 6, (12, 14))
+  pipeline.clear_cache_memo()
+  first = pipeline.make_train_iterator(_cfg(path, tok_path, True), global_batch_size=3, seed=4)
+  assert len(pipeline._MEMO) == 1
+  (entry,) = pipeline._MEMO.values()
+  second = pipeline.make_train_iterator(_cfg(path, tok_path, True), global_batch_size=3, seed=4)
+  assert len(pipeline._MEMO) == 1 and next(iter(pipeline._MEMO.values()))[0] is entry[0]  # the same filled cache
+  plain = pipeline.make_train_iterator(_cfg(path, tok_path, False), global_batch_size=3, seed=4)
+  a, b, c = _take(first, 5), _take(second, 5), _take(plain, 5)
+  _assert_same(a, c)
+  _assert_same(b, c)
+  # the file changes (two records dropped): a new entry, and only the 4 remaining labels come out
+  lines = path.read_text().splitlines()[:4]
+  path.write_text("\n".join(lines) + "\n")
+  changed = pipeline.make_train_iterator(_cfg(path, tok_path, True), global_batch_size=3, seed=4)
+  assert len(pipeline._MEMO) == 2
+  assert {int(x) for batch in _take(changed, 4) for x in batch["label"]} == {0, 1, 2, 3}
+  pipeline.clear_cache_memo()
+  assert not pipeline._MEMO

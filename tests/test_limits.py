@@ -249,6 +249,37 @@ def test_preprocessor_refuses_huge_and_sparse_files_with_bounded_memory(tmp_path
     ImagePreprocessor("decode|resize(8)")(good)
 
 
+def test_preprocessor_reads_each_file_once_per_process_until_it_changes(tmp_path):
+  """Later reads of the same file through the same pp (the demo's next run, another evaluator) come from the
+  process's memo, equal and safe to modify; a rewritten file is read again."""
+  import io
+
+  from PIL import Image
+
+  from siglip_rins.data import preprocess
+
+  preprocess.clear_file_memo()
+  path = tmp_path / "a.png"
+  path.write_bytes(good_png())
+  first = preprocess.ImagePreprocessor("decode|resize(8)|value_range(-1, 1)")
+  a = first(path)
+  second = preprocess.ImagePreprocessor("decode|resize(8)|value_range(-1, 1)")  # a new predictor, same pp
+  reads = []
+  original = second._read_file
+  second._read_file = lambda *args: reads.append(args) or original(*args)
+  b = second(path)
+  assert not reads and np.array_equal(a, b)
+  b[...] = 0  # the caller's copy
+  assert np.array_equal(second(path), a) and not reads
+  buf = io.BytesIO()
+  Image.new("RGB", (12, 10), (10, 200, 30)).save(buf, format="PNG")
+  path.write_bytes(buf.getvalue())
+  os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+  c = second(path)
+  assert len(reads) == 1 and not np.array_equal(c, a)
+  preprocess.clear_file_memo()
+
+
 def test_classify_skips_huge_images_and_goes_on(exported, tmp_path, capsys):
   (tmp_path / "huge.png").write_bytes(huge_png(18000, 18000))
   with open(tmp_path / "sparse.png", "wb") as f:

@@ -61,7 +61,10 @@ Packed LM streams (input.pack) resume with `start_example` (skip after preproces
 documents, so its position is not a record boundary.
 """
 
+import collections
 import dataclasses
+import json
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -114,6 +117,13 @@ def _public(features: dict) -> dict:
   return {k: v for k, v in features.items() if not k.startswith("_")}
 
 
+def _plain(fn):
+  """fn for tf.data as it is written, without AutoGraph's source conversion: every function the pipeline maps
+  uses tf.cond / tf ops for data-dependent control flow, and converting the pp's op tree on every trace cost
+  ~0.8 s per traced map (several seconds per iterator)."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _epoch_stream(source, *, buffer: int, shuffle_seed: int, start) -> tf.data.Dataset:
   """(epoch, position, raw) for epochs start[0], start[0]+1, ... of the host's raw records, each epoch
   shuffled with its own seed (derived from shuffle_seed and the epoch), the first start[1] raw records of the
@@ -128,9 +138,9 @@ def _epoch_stream(source, *, buffer: int, shuffle_seed: int, start) -> tf.data.D
       ds = source.files_in_order(seed0 * 1_000_033 + 7 * epoch + 1)
     if buffer > 1:
       ds = ds.shuffle(buffer, seed=seed0 * 1_000_003 + epoch, reshuffle_each_iteration=False)
-    return ds.enumerate().map(lambda pos, raw: (epoch, pos, raw))
+    return ds.enumerate().map(_plain(lambda pos, raw: (epoch, pos, raw)))
 
-  ds = tf.data.Dataset.range(epoch0, 2**62).flat_map(one_epoch)
+  ds = tf.data.Dataset.range(epoch0, 2**62).flat_map(_plain(one_epoch))
   return ds.skip(pos0) if pos0 else ds
 
 
@@ -175,12 +185,13 @@ def _guarded_each(ds, fn, out_spec) -> tf.data.Dataset:
 
   def one(epoch, pos, x):
     placeholder = _placeholder(out_spec)
-    good = tf.data.Dataset.from_tensors((epoch, pos, x)).map(lambda e, i, r: fn(e, i, r, placeholder)).ignore_errors()
+    good = tf.data.Dataset.from_tensors((epoch, pos, x)).map(_plain(lambda e, i, r: fn(e, i, r, placeholder)))
+    good = good.ignore_errors()
     fallback = tf.data.Dataset.from_tensors((placeholder, tf.constant(undecodable, tf.int32)))
     return good.concatenate(fallback).take(1)
 
   return ds.interleave(
-    one, cycle_length=tf.data.AUTOTUNE, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    _plain(one), cycle_length=tf.data.AUTOTUNE, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
   )
 
 
@@ -191,7 +202,7 @@ def _guarded(ds, fn, out_spec) -> tf.data.Dataset:
   times the pp itself); the gaps in k tell the counter how many were (see `_Counting`).  After every
   _GUARD_BLOCK inputs, and at the end of a finite stream, a sentinel (placeholder, reason -1) that cannot fail
   passes through, so a stream in which everything raises still reaches the counter."""
-  elements = ds.map(lambda e, i, x: (e, i, x, tf.constant(False)))
+  elements = ds.map(_plain(lambda e, i, x: (e, i, x, tf.constant(False))))
   spec = elements.element_spec
   sentinel = tf.data.Dataset.from_tensors(_placeholder(spec[:3]) + (tf.constant(True),))
   pattern = tf.data.Dataset.from_tensors(tf.constant([0] * _GUARD_BLOCK + [1], tf.int64)).repeat().unbatch()
@@ -206,13 +217,66 @@ def _guarded(ds, fn, out_spec) -> tf.data.Dataset:
     )
     return features, reason, epoch, pos, k
 
-  return merged.enumerate().map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+  return merged.enumerate().map(_plain(apply), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
 
 
-def _cached_prefix(source, pp_string, *, mode, budget, buffer):
+# Filled caches of this process, most recent last: memo key -> (cached Source, rest of the pp, bytes estimated).
+# Runs in one process over the same data (the demo's variants and seeds, a study's points, `siglip-rins sweep`)
+# reuse the decoded records instead of decoding them again.  At most _MEMO_ENTRIES are kept.
+_MEMO: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
+_MEMO_ENTRIES = 2
+
+
+def clear_cache_memo() -> None:
+  """Drops the filled input caches this process keeps for later runs (their memory is freed with them)."""
+  _MEMO.clear()
+
+
+def _memo_key(data_cfg, pp_string, source, process_index, process_count, mode, buffer) -> str | None:
+  """What a filled cache depends on: the data config, the size and modification time of every file it names,
+  the pp, the host's shard, the image caps and the cache settings.  (Files that a record names, such as a
+  jsonl's images, are not checked: edit them between runs of one process and call clear_cache_memo.)"""
+  cfg = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
+  files = []
+
+  def walk(value):
+    if isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        walk(v)
+    elif isinstance(value, str) and os.path.isfile(value):
+      st = os.stat(value)
+      files.append([os.path.abspath(value), st.st_size, st.st_mtime_ns])
+
+  walk(cfg)
+  caps = [limits.max_image_pixels(), limits.max_image_bytes()]
+  parts = [cfg, files, pp_string, source.name, source.num_records, process_index, process_count, caps, mode, buffer]
+  try:
+    return json.dumps(parts, sort_keys=True, default=repr)
+  except (TypeError, ValueError):
+    return None
+
+
+def _over_budget(where: str, estimate: int, budget: int, mode) -> bool:
+  """True when a cache of `estimate` bytes does not fit `budget` ('auto': then not cached); input.cache=True
+  refuses it with one line."""
+  if estimate <= budget:
+    return False
+  if mode is True:
+    raise ValueError(
+      f"{where}: about {estimate / 2**20:.0f} MiB of decoded records (+ shuffle buffer) exceed input.cache_max_bytes"
+      f" = {budget} (raise it, or set input.cache=False)"
+    )
+  return True
+
+
+def _cached_prefix(source, pp_string, *, mode, budget, buffer, memo_key=None):
   """The host's records with parse, checks and the deterministic prefix of the pp done once and kept in host
   memory: (Source whose elements are (prefix features or placeholder, reason), rest of the pp string, bytes
-  estimated), or None when not cached.  See the module docstring (input.cache)."""
+  estimated), or None when not cached.  See the module docstring (input.cache).  With `memo_key`, a cache this
+  process filled earlier for the same key is reused (_MEMO)."""
   where = f"input.cache={mode!r} for {source.name}"
   if source.num_records is None:
     if mode is True:
@@ -220,6 +284,10 @@ def _cached_prefix(source, pp_string, *, mode, budget, buffer):
     return None
   if source.files_in_order is not None and mode == "auto":  # caching would replace the per-epoch file order
     return None
+  if memo_key is not None and memo_key in _MEMO:
+    _MEMO.move_to_end(memo_key)
+    cached, rest, estimate = _MEMO[memo_key]
+    return None if _over_budget(where, estimate, budget, mode) else (cached, rest, estimate)
 
   def parsed(raw):
     features = source.parse(raw)
@@ -233,7 +301,7 @@ def _cached_prefix(source, pp_string, *, mode, budget, buffer):
     split.extend(pp_lib.split_deterministic_prefix(pp_string, features))
     return features
 
-  source.dataset.map(probe)  # traced once: decides the split
+  source.dataset.map(_plain(probe))  # traced once: decides the split
   prefix, rest = split[:2]
   prefix_fn = pp_lib.get_preprocess_fn(prefix)
 
@@ -244,24 +312,23 @@ def _cached_prefix(source, pp_string, *, mode, budget, buffer):
       return prefix_fn(features), reason
     return tf.cond(tf.equal(reason, 0), lambda: prefix_fn(features), lambda: placeholder), reason
 
-  start = source.dataset.map(lambda raw: (tf.constant(0, tf.int64), tf.constant(0, tf.int64), raw))
-  out_spec = start.map(parse_and_prefix).element_spec[0]
+  start = source.dataset.map(_plain(lambda raw: (tf.constant(0, tf.int64), tf.constant(0, tf.int64), raw)))
+  out_spec = start.map(_plain(parse_and_prefix)).element_spec[0]
   ds = _guarded_each(start, parse_and_prefix, out_spec)
   sample = list(ds.take(min(_CACHE_SAMPLE, source.num_records)).as_numpy_iterator())
   per_record = sum(_element_bytes(x) for x in sample) / max(len(sample), 1) + 64  # + per-element overhead
   estimate = int(per_record * (source.num_records + min(buffer, source.num_records)))  # cache + shuffle buffer
-  if estimate > budget:
-    if mode is True:
-      raise ValueError(
-        f"{where}: about {estimate / 2**20:.0f} MiB of decoded records (+ shuffle buffer) exceed input.cache_max_bytes"
-        f" = {budget} (raise it, or set input.cache=False)"
-      )
+  if _over_budget(where, estimate, budget, mode):
     return None
   ds = ds.cache()
   # Filled here, in one pass at full parallelism: every epoch (and a resumed run's seek) then reads memory, and
   # no iterator is left holding a half-filled cache when training stops mid-epoch.
-  ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+  ds.reduce(tf.constant(0, tf.int64), _plain(lambda n, _: n + 1))
   cached = dataclasses.replace(source, dataset=ds, files_in_order=None)
+  if memo_key is not None:
+    _MEMO[memo_key] = (cached, rest, estimate)
+    while len(_MEMO) > _MEMO_ENTRIES:
+      _MEMO.popitem(last=False)
   return cached, rest, estimate
 
 
@@ -289,7 +356,8 @@ def _component_stream(
     _check_not_empty(source)
     mode, _ = _cache_mode(input_cfg)
     if mode is not False:
-      cached = _cached_prefix(source, pp_string, mode=mode, budget=cache_budget, buffer=buffer)
+      key = _memo_key(data_cfg, pp_string, source, process_index, process_count, mode, buffer)
+      cached = _cached_prefix(source, pp_string, mode=mode, budget=cache_budget, buffer=buffer, memo_key=key)
   if cached is not None:
     source, rest, cache_bytes = cached
     pp_fn = pp_lib.get_preprocess_fn(rest)
@@ -298,7 +366,7 @@ def _component_stream(
   if train:
     ds = _epoch_stream(source, buffer=buffer, shuffle_seed=shuffle_seed, start=start)
   else:
-    ds = source.dataset.enumerate().map(lambda pos, raw: (tf.constant(0, tf.int64), pos, raw))
+    ds = source.dataset.enumerate().map(_plain(lambda pos, raw: (tf.constant(0, tf.int64), pos, raw)))
   base_seed = tf.constant(seed_pair, tf.int32)
 
   def record_seed(epoch, pos):
@@ -320,7 +388,7 @@ def _component_stream(
     out = tf.cond(tf.equal(reason, 0), lambda: _public(pp_fn(features)), lambda: placeholder)
     return out, reason
 
-  out_spec = ds.map(parse_and_pp).element_spec[0]
+  out_spec = ds.map(_plain(parse_and_pp)).element_spec[0]
   ds = _guarded(ds, parse_and_pp, out_spec)
   undecodable = sources_lib.REASON_CODE["undecodable"]
 
@@ -357,7 +425,7 @@ def _component_stream(
     at = {_COMPONENT: tf.constant(component, tf.int64), _EPOCH: tf.cast(epoch, tf.int64), _POS: pos}
     return dict(features, **at)
 
-  ds = ds.filter(count_and_keep).map(with_position)
+  ds = ds.filter(_plain(count_and_keep)).map(_plain(with_position))
   return ds, source.name, cache_bytes
 
 
@@ -374,7 +442,7 @@ def _mix_train(streams: list, weights: list, seed_pair, start_index: int) -> tf.
     draw = tf.random.stateless_categorical(logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, j))
     return tf.cast(draw[0, 0], tf.int64)
 
-  choice = tf.data.Dataset.range(int(start_index), 2**62).map(choose)
+  choice = tf.data.Dataset.range(int(start_index), 2**62).map(_plain(choose))
   return tf.data.Dataset.choose_from_datasets(streams, choice, stop_on_empty_dataset=False)
 
 
@@ -471,8 +539,8 @@ def _packed(ds, pack_cfg):
     first = tf.math.segment_min(idx, segment_ids - 1)
     return {"tokens": row["tokens"], "segment_ids": segment_ids, "positions": idx - tf.gather(first, segment_ids - 1)}
 
-  stream = ds.enumerate().map(doc_tokens).unbatch()
-  return stream.batch(seq_len, drop_remainder=True).map(segment)
+  stream = ds.enumerate().map(_plain(doc_tokens)).unbatch()
+  return stream.batch(seq_len, drop_remainder=True).map(_plain(segment))
 
 
 def _threadpool_size(input_cfg):

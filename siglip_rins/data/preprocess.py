@@ -9,6 +9,7 @@ same rounding).  Decoded arrays skip the pp's `decode` op.
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 from typing import Any
@@ -22,6 +23,32 @@ from siglip_rins.data import pp as pp_lib
 
 class ImageReadError(ValueError):
   """An image that cannot be read (missing, empty, corrupt or not an image); the message names it."""
+
+
+# Image files this process has already read through a pp: (pp, caps, path, size, mtime) -> float32 array, most
+# recent last, at most _FILE_MEMO_MAX_BYTES of arrays.  Repeated evaluations of one eval set in one process (the
+# demo's variants and seeds, a study's points, `serve`) read and decode each file once.
+_FILE_MEMO: "collections.OrderedDict[tuple, np.ndarray]" = collections.OrderedDict()
+_FILE_MEMO_MAX_BYTES = 256 << 20
+_file_memo_bytes = [0]
+
+
+def clear_file_memo() -> None:
+  """Drops the decoded image files kept for later reads in this process."""
+  _FILE_MEMO.clear()
+  _file_memo_bytes[0] = 0
+
+
+def _memo_put(key: tuple, array: np.ndarray) -> None:
+  if array.nbytes > _FILE_MEMO_MAX_BYTES // 16:
+    return
+  array = array.copy()
+  array.flags.writeable = False
+  _FILE_MEMO[key] = array
+  _file_memo_bytes[0] += array.nbytes
+  while _file_memo_bytes[0] > _FILE_MEMO_MAX_BYTES:
+    _, old = _FILE_MEMO.popitem(last=False)
+    _file_memo_bytes[0] -= old.nbytes
 
 
 class ImagePreprocessor:
@@ -61,14 +88,28 @@ class ImagePreprocessor:
       where = str(image)
       if not os.path.isfile(image):
         raise FileNotFoundError(f"{where}: no such file")
-      try:
-        size = limits.check_image_file(image, self.max_bytes)  # a stat, before reading
-      except ValueError as e:
-        raise ImageReadError(str(e)) from None
-      with open(image, "rb") as f:
-        image = f.read(size + 1)  # bounded even if the file grows meanwhile (checked again below)
-      if not image:
-        raise ImageReadError(f"{where}: empty file (0 bytes)")
+      st = os.stat(image)
+      key = (self.pp, self.max_pixels, self.max_bytes, os.path.abspath(image), st.st_size, st.st_mtime_ns)
+      if key in _FILE_MEMO:
+        _FILE_MEMO.move_to_end(key)
+        return _FILE_MEMO[key].copy()
+      out = self._read_file(image, where)
+      _memo_put(key, out)
+      return out
+    return self._read(image, where)
+
+  def _read_file(self, path, where: str) -> np.ndarray:
+    try:
+      size = limits.check_image_file(path, self.max_bytes)  # a stat, before reading
+    except ValueError as e:
+      raise ImageReadError(str(e)) from None
+    with open(path, "rb") as f:
+      data = f.read(size + 1)  # bounded even if the file grows meanwhile (checked again below)
+    if not data:
+      raise ImageReadError(f"{where}: empty file (0 bytes)")
+    return self._read(data, where)
+
+  def _read(self, image: Any, where: str) -> np.ndarray:
     if isinstance(image, (bytes, bytearray, memoryview)):
       try:
         limits.check_image_bytes(image, where, self.max_pixels, self.max_bytes)  # the header, before decoding
