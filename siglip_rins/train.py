@@ -670,6 +670,44 @@ def train(
       run.lock.release()
 
 
+# Jitted train steps of this process, most recent last: key -> jax.jit wrapper.  The compiled step does not depend
+# on the seed (it is an argument), so runs of one process that differ only in their seed (the demo's seeds, a
+# study's repeats) reuse the first run's traced and compiled step instead of tracing it again.
+_STEP_MEMO: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+_STEP_MEMO_ENTRIES = 4
+
+
+def _step_memo_key(run: _Run, max_bad) -> Optional[str]:
+  """The final config without its seed, the mesh and max_bad: everything the traced step depends on."""
+  cfg = run.config.to_dict()
+  cfg.pop("seed", None)
+  devices = [[d.id for d in np.asarray(run.mesh.devices).ravel()], dict(run.mesh.shape)]
+  try:
+    return json.dumps([cfg, devices, max_bad, run.total_steps, run.global_bs], sort_keys=True)
+  except (TypeError, ValueError):  # a config value that is not plain data: no reuse
+    return None
+
+
+def _jitted_step(run: _Run, state_sh, max_bad):
+  """jax.jit of the train step with the state donated and the trainer's shardings, reused across runs of this
+  process whose `_step_memo_key` is equal (see _STEP_MEMO)."""
+  key = _step_memo_key(run, max_bad)
+  if key is not None and key in _STEP_MEMO:
+    _STEP_MEMO.move_to_end(key)
+    return _STEP_MEMO[key]
+  fn = jax.jit(
+    make_train_step(run.model, run.task, run.tx, run.schedule_fn, run.seed, max_bad_steps=max_bad),
+    donate_argnums=(0,),
+    in_shardings=(state_sh, sharding.batch_sharding(run.mesh), state_sh["step"]),
+    out_shardings=(state_sh, None),
+  )
+  if key is not None:
+    _STEP_MEMO[key] = fn
+    while len(_STEP_MEMO) > _STEP_MEMO_ENTRIES:
+      _STEP_MEMO.popitem(last=False)
+  return fn
+
+
 def _train(run: _Run, stop_after: Optional[int]) -> dict:
   config, total_steps, global_bs = run.config, run.total_steps, run.global_bs
   max_bad = int(config.get("max_bad_steps", 5))
@@ -699,12 +737,7 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
     return position, sharding.make_global_batch({k: v for k, v in local.items() if k in keep}, run.mesh)
 
   state_sh = state_shardings(state)
-  step_fn = jax.jit(
-    make_train_step(run.model, run.task, run.tx, run.schedule_fn, run.seed, max_bad_steps=max_bad),
-    donate_argnums=(0,),
-    in_shardings=(state_sh, sharding.batch_sharding(run.mesh), state_sh["step"]),
-    out_shardings=(state_sh, None),
-  )
+  step_fn = _jitted_step(run, state_sh, max_bad)
   # the seed as an argument (replicated like the step counter): one executable for every seed
   base_rng = jax.device_put(jax.random.PRNGKey(run.seed), state_sh["step"])
   guard = _Guard(run, max_bad)

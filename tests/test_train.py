@@ -101,6 +101,32 @@ def test_contrastive_runlocal_loss_decreases(compile_cache, tmp_path):
   assert ckpt_lib.CheckpointManager(str(tmp_path)).latest_step() == 30  # the final save
 
 
+def test_runs_differing_only_in_seed_reuse_the_jitted_step(compile_cache, tmp_path):
+  """The second seed of a config in one process reuses the first run's jitted step (train._STEP_MEMO) and
+  computes what a freshly traced step computes; another lr is another step."""
+  import siglip_rins.train as train_lib
+
+  def config(seed, lr=1e-3):
+    c = _load(os.path.join(ROOT, "configs", "siglip_rins.py:runlocal,steps=6"), ["tensorboard=False", "log_every=2"])
+    c.model.image.depth = c.model.text.depth = 2
+    c.evals, c.seed, c.lr = {}, seed, lr
+    return c
+
+  train_lib._STEP_MEMO.clear()
+  train(config(0), str(tmp_path / "s0"), verbose=False)
+  assert len(train_lib._STEP_MEMO) == 1
+  (first,) = train_lib._STEP_MEMO.values()
+  train(config(1), str(tmp_path / "s1"), verbose=False)
+  assert len(train_lib._STEP_MEMO) == 1 and next(iter(train_lib._STEP_MEMO.values())) is first
+  train_lib._STEP_MEMO.clear()
+  train(config(1), str(tmp_path / "s1_fresh"), verbose=False)
+  assert _losses(str(tmp_path / "s1")) == _losses(str(tmp_path / "s1_fresh"))
+  assert _losses(str(tmp_path / "s1")) != _losses(str(tmp_path / "s0"))  # the seed still matters
+  train(config(1, lr=2e-3), str(tmp_path / "lr"), verbose=False)
+  assert len(train_lib._STEP_MEMO) == 2
+  train_lib._STEP_MEMO.clear()
+
+
 @pytest.mark.slow
 def test_classification_runlocal_loss_decreases(compile_cache, tmp_path):
   config = _load(os.path.join(ROOT, "configs", "vit_rins.py:runlocal,steps=30"), ["tensorboard=False", "log_every=5"])
