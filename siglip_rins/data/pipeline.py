@@ -669,7 +669,7 @@ def make_train_iterator(
     )
   if start_example < 0:
     raise ValueError(f"start_example must be >= 0, got {start_example}")
-  _threadpool_size(input_cfg)  # a bad value fails before the cache is filled
+  threadpool_size = _threadpool_size(input_cfg)  # a bad value fails before the cache is filled
   pack = _get(input_cfg, "pack")
   if pack:
     start_position = None  # a packed row spans documents: only the example-level skip is exact
@@ -686,7 +686,7 @@ def make_train_iterator(
   if start_example and start_position is None:
     ds = ds.skip(start_example)
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-  ds = _options(ds.prefetch(int(_get(input_cfg, "prefetch", 2))), _threadpool_size(input_cfg))
+  ds = _options(ds.prefetch(int(_get(input_cfg, "prefetch", 2))), threadpool_size)
   if start_position is not None:
     initial = start_position
   elif start_example:  # skipped examples: a component's position is known once one of its records is seen

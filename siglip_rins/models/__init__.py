@@ -92,8 +92,10 @@ ALLOWED = {
     "attention",
   },
 }
-IMAGE_KEYS = ALLOWED["vit"] - {"name", "dtype", "precision", "attention"}
-TEXT_KEYS = ALLOWED["text"] - {"name", "dtype", "precision", "attention"}
+# Model-level keys that are not tower arguments (the name and the precision policy, siglip_rins.precision).
+_MODEL_LEVEL = ("name", "dtype", "precision", "attention")
+IMAGE_KEYS = ALLOWED["vit"] - set(_MODEL_LEVEL)
+TEXT_KEYS = ALLOWED["text"] - set(_MODEL_LEVEL)
 # Decoder LM shapes of the paper (Sec. 3-4): 300M/600M (emb 1536, mlp 6144), 1B (emb 2048, mlp 8192, 18 blocks).
 ALLOWED["classifier"] = ALLOWED["vit"]  # the ViT classifier takes the ViT keys
 
@@ -196,21 +198,17 @@ def build_model(cfg: Any):
     kw = {k: cfg[k] for k in ("temperature_init", "bias_init") if k in cfg}
     model = TwoTowers(image=image, text=text, **kw)
   elif name == "vit":
-    model = ViT(
-      **_tower_kwargs(_without(cfg, "name", "dtype", "precision", "attention"), recursion, dtype, "model", False)
-    )
+    model = ViT(**_tower_kwargs(_without(cfg, *_MODEL_LEVEL), recursion, dtype, "model", False))
   elif name == "classifier":
-    kw = _tower_kwargs(_without(cfg, "name", "dtype", "precision", "attention"), recursion, dtype, "model", False)
+    kw = _tower_kwargs(_without(cfg, *_MODEL_LEVEL), recursion, dtype, "model", False)
     kw.setdefault("head_bias_init", -6.9)
     if not kw.get("num_classes"):
       raise ValueError("model.num_classes: a classifier needs num_classes >= 1")
     model = Classifier(vit=kw)
   elif name == "text":
-    model = TextTransformer(
-      **_tower_kwargs(_without(cfg, "name", "dtype", "precision", "attention"), recursion, dtype, "model", True)
-    )
+    model = TextTransformer(**_tower_kwargs(_without(cfg, *_MODEL_LEVEL), recursion, dtype, "model", True))
   else:
-    d = _without(cfg, "name", "dtype", "precision", "attention")
+    d = _without(cfg, *_MODEL_LEVEL)
     variant = d.pop("variant", None)
     if variant is not None:
       if variant not in LM_VARIANTS:
