@@ -2,9 +2,10 @@
 
 Usage:
   python -m benchmarks.bench_mfu                       # SigLIP-RINS-B/16 A^3B, 224 px, text 64, bf16 policy
+                                                       # (bfloat16_act, fused attention, unrolled rounds)
   python -m benchmarks.bench_mfu --size small          # reduced size that runs on a CPU in seconds (the test)
   python -m benchmarks.bench_mfu --precision float32 --batch_per_device 128 --signature AB --mesh data=-1
-  options: [--steps 10] [--matmul_n 8192] [--mesh data=-1,fsdp=1] [--out r.json]
+  options: [--steps 10] [--matmul_n 8192] [--init device|host] [--mesh data=-1,fsdp=1] [--out r.json]
            [--attention einsum|fused] [--loop auto|scan|unroll] [--remat none|dots|full|...]
   python -m benchmarks.bench_mfu --sweep --out sweep.json   # the variants of SWEEP, one process each
 
@@ -12,8 +13,11 @@ Usage:
 process (an out-of-memory or compile failure loses one row, not the run), with the same size/batch/steps,
 and writes all rows to --out as they finish (so a run cut short keeps what it measured).
 
-What it does: builds the model with `model.precision` (default 'bfloat16': bf16 matmul operands, f32
-accumulation, f32 parameters/optimizer/LayerNorm/softmax/loss; siglip_rins/precision.py), the trainer's own
+What it does: builds the model with `model.precision` (default 'bfloat16_act', the jmp/levanter bf16 compute
+dtype: bf16 matmul operands with f32 accumulation, bf16 activations between products, f32 parameters/optimizer,
+f32 LayerNorm statistics, softmax, pooled embeddings, logits and loss; siglip_rins/precision.py), attention
+'fused' (cuDNN flash attention on a GPU) and the rounds unrolled without remat (the fastest variant measured on
+an H200, benchmarks/RESULTS.md section 6; every axis is a flag, and `--sweep` runs the others), the trainer's own
 step (ContrastiveTask, make_optimizer (Adam), make_train_step) jitted with the trainer's shardings: the state
 placed by `train.init_state` on the mesh of siglip_rins/sharding.py (default: data parallel over all local
 devices, `{'data': -1, 'fsdp': 1}`; `--mesh` takes the trainer's mesh config), the batch split over the mesh.
@@ -73,10 +77,10 @@ SIZES = {
 # (name, precision, attention, loop, remat): the GPU sweep, most important first.  'auto' is the trainer's
 # default loop (scan, saving only matmul outputs for the backward pass: remat 'dots').
 SWEEP = [
+  ("bf16act_fused_unroll", "bfloat16_act", "fused", "unroll", "none"),
   ("bf16", "bfloat16", "einsum", "auto", None),
   ("bf16_fused_scan", "bfloat16", "fused", "scan", "none"),
   ("bf16act_fused_scan", "bfloat16_act", "fused", "scan", "none"),
-  ("bf16act_fused_unroll", "bfloat16_act", "fused", "unroll", "none"),
   ("bf16_einsum_unroll", "bfloat16", "einsum", "unroll", "none"),
   ("bf16act_res16_fused_unroll", "bfloat16_act_res16", "fused", "unroll", "none"),
   ("f32", "float32", "einsum", "auto", None),
@@ -85,7 +89,7 @@ SWEEP = [
 
 def parse_remat(value):
   """'none' -> False (save every activation), 'true' -> True, else the name ('dots', 'full', ...)."""
-  if value is None:
+  if value is None or value == "default":
     return None
   return {"none": False, "false": False, "true": True}.get(value.lower(), value)
 
@@ -131,6 +135,7 @@ def run(
   attention: str = "einsum",
   loop: str = "auto",
   remat=None,
+  init: str = "device",
 ) -> dict:
   import jax
   import numpy as np
@@ -158,8 +163,10 @@ def run(
   progress = lambda what: print(
     f"[bench_mfu] {time.perf_counter() - t_start:7.1f} s {what}", file=sys.stderr, flush=True
   )
-  state = train.init_state(model, task, tx, mesh, config, jax.random.PRNGKey(0))
-  progress("state initialised")
+  peak = matmul_peak(mesh, matmul_n)  # first: a run cut short by its time limit still reports the peak
+  progress(f"bf16 matmul peak {peak['flops_per_s'] / 1e12:.1f} TFLOP/s ({matmul_n}^3 on {mesh.size} device(s))")
+  state = train.init_state(model, task, tx, mesh, config, jax.random.PRNGKey(0), on_host=init == "host")
+  progress(f"state initialised (on the {'host CPU' if init == 'host' else 'mesh'})")
   state_sh = train.state_shardings(state)
   step = jax.jit(
     train.make_train_step(model, task, tx, schedule_fn, 0),
@@ -180,19 +187,20 @@ def run(
   t0 = time.perf_counter()
   step = step.lower(state, data).compile()
   hlo = step.as_text()
-  progress("compiled")
+  progress(f"compiled ({flops_per_step / 1e12:.2f} TFLOP per step)")
   state, m = step(state, data)
   jax.block_until_ready(m["loss"])
   compile_s = time.perf_counter() - t0
+  progress("first step done")
   times = []
-  for _ in range(steps):
+  for i in range(steps):
     t0 = time.perf_counter()
     state, m = step(state, data)
     jax.block_until_ready(m["loss"])
     times.append(time.perf_counter() - t0)
-  progress(f"{steps} steps timed")
-  peak = matmul_peak(mesh, matmul_n)
-  progress("matmul peak measured")
+    progress(
+      f"step {i + 1}/{steps}: {times[-1] * 1e3:.1f} ms, MFU {flops_per_step / times[-1] / peak['flops_per_s']:.3f}"
+    )
   step_s = U.median(times)
   achieved = flops_per_step / step_s
   return dict(
@@ -202,6 +210,7 @@ def run(
     attention=attention,
     loop=loop,
     remat=remat,
+    init=init,
     mesh={k: int(v) for k, v in mesh.shape.items()},
     devices=mesh.size,
     device_kind=str(jax.devices()[0].device_kind),
@@ -231,10 +240,15 @@ def main(argv=None) -> dict:
     "--size", default="B16_A3B", choices=sorted(SIZES) + ["auto"], help="'auto': small on a CPU, else B16_A3B"
   )
   parser.add_argument("--signature", default="A^3B")
-  parser.add_argument("--precision", default="bfloat16", help="a model.precision policy (siglip_rins.precision)")
-  parser.add_argument("--attention", default="einsum", choices=["einsum", "fused"])
-  parser.add_argument("--loop", default="auto", choices=["auto", "scan", "unroll"])
-  parser.add_argument("--remat", default=None, help="recursion.remat: none | true | dots | full | dots_no_batch")
+  parser.add_argument("--precision", default="bfloat16_act", help="a model.precision policy (siglip_rins.precision)")
+  parser.add_argument("--attention", default="fused", choices=["einsum", "fused"])
+  parser.add_argument("--loop", default="unroll", choices=["auto", "scan", "unroll"])
+  parser.add_argument(
+    "--remat", default="none", help="recursion.remat: none | true | dots | full | dots_no_batch | default (the loop's)"
+  )
+  parser.add_argument(
+    "--init", default="host", choices=["device", "host"], help="'host' (single process): initialise on the CPU"
+  )
   parser.add_argument("--sweep", action="store_true", help="run every variant of SWEEP, one process each")
   parser.add_argument("--timeout", type=float, default=240.0, help="--sweep: seconds per variant")
   parser.add_argument("--batch_per_device", type=int, default=None)
@@ -262,6 +276,7 @@ def main(argv=None) -> dict:
       args.attention,
       args.loop,
       parse_remat(args.remat),
+      args.init,
     )
   )
   result["context_end"] = U.context()
@@ -280,7 +295,8 @@ def sweep(args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
       cmd = [sys.executable, "-m", "benchmarks.bench_mfu", "--size", args.size, "--signature", args.signature]
       cmd += ["--precision", precision, "--attention", attention, "--loop", loop, "--out", tmp.name]
-      cmd += ["--remat", remat] if remat is not None else []
+      cmd += ["--init", args.init]
+      cmd += ["--remat", remat if remat is not None else "default"]
       for flag in ("batch_per_device", "steps", "matmul_n", "mesh"):
         if getattr(args, flag) is not None:
           cmd += [f"--{flag}", str(getattr(args, flag))]

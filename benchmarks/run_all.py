@@ -283,6 +283,34 @@ def _ctx(r: dict) -> str:
   )
 
 
+def render_device_mfu() -> list[str]:
+  """The accelerator runs of bench_mfu recorded in benchmarks/results_mfu_*.json ('mfu_device_runs': one row per
+  variant, each its own process), kept as measured: a CPU-only regeneration cannot re-measure them."""
+  import glob
+
+  L = []
+  for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_mfu_*.json"))):
+    with open(path) as f:
+      rec = json.load(f)
+    if rec.get("benchmark") != "mfu_device_runs":
+      continue
+    L += [
+      f"Recorded on an accelerator ({os.path.basename(path)}): {rec.get('device')}; {rec.get('note')}.\n",
+      "| variant | precision | attention | loop | remat | XLA_FLAGS | batch | step ms | examples/s | achieved "
+      "TFLOP/s | bf16 matmul peak TFLOP/s (same process) | MFU | compile + 1st step s | cuDNN fmha |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rec["rows"]:
+      L.append(
+        f"| {r['variant']} | {r['precision']} | {r['attention']} | {r['loop']} | {r['remat']} | "
+        f"`{r['xla_flags'] or '(none)'}` | {r['batch']} | {r['step_s_median'] * 1e3:.1f} | "
+        f"{r['examples_per_s']:.0f} | {r['achieved_tflop_per_s']:.1f} | {r['bf16_matmul_peak_tflop_per_s']:.1f} | "
+        f"{r['mfu']:.3f} | {r['compile_plus_first_step_s']:.1f} | {r['cudnn_fused_attention_calls']} |"
+      )
+    L.append("")
+  return L
+
+
 def render_new_sections(results: dict) -> list[str]:
   """Sections 6-10: MFU, mixed precision vs open_clip, bf16 loss curve, recursion cost, stochastic rounds."""
   L = []
@@ -306,6 +334,7 @@ def render_new_sections(results: dict) -> list[str]:
         "On a CPU this is the reduced 'small' size (a smoke run of the command, not an MFU figure). On a GPU/TPU: "
         "`python -m benchmarks.bench_mfu` (B/16 A^3B, 256 examples per device).\n"
       )
+  L += render_device_mfu()
   pr = results.get("precision")
   L.append(
     f"## 7. Mixed precision vs open_clip (bench config, AB, batch {(pr or {}).get('batch', 64)}; goals: bf16 "

@@ -269,10 +269,14 @@ def _advance_schedules(opt_state):
   )
 
 
-def init_state(model, task, tx, mesh, config, rng):
+def init_state(model, task, tx, mesh, config, rng, on_host: bool = False):
   """Initialises {'params', 'opt_state', 'step'} in one jit, every leaf placed with an explicit sharding on the
   global mesh (parameter rules for params and optimiser moments, replicated scalars), so multi-host runs and
-  resumed runs hand the step identically placed arrays."""
+  resumed runs hand the step identically placed arrays.
+
+  `on_host=True` runs the initialiser on the host CPU backend and then places the values with the same
+  shardings (single-process only): the same values, without an accelerator compile of the initialiser (on a
+  GPU that compile can take longer than the train step's; benchmarks/bench_mfu.py --init host)."""
   example = task.example_batch(1)
   init_params = lambda r: model.init(r, *task.init_args(example))["params"]
   init_all = lambda r: (lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)})(
@@ -285,7 +289,14 @@ def init_state(model, task, tx, mesh, config, rng):
     "opt_state": sharding.opt_state_shardings(abstract["opt_state"], abstract["params"], mesh, rules),
     "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
   }
-  return jax.jit(init_all, out_shardings=shardings)(rng)
+  if not on_host:
+    return jax.jit(init_all, out_shardings=shardings)(rng)
+  if jax.process_count() > 1:
+    raise ValueError("init_state(on_host=True) is single-process only")
+  cpu = jax.devices("cpu")[0]
+  with jax.default_device(cpu):
+    values = jax.jit(init_all)(jax.device_put(rng, cpu))
+  return jax.device_put(values, shardings)
 
 
 def state_shardings(state):

@@ -13,6 +13,8 @@ from jax.sharding import PartitionSpec as P
 
 from siglip_rins import sharding
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 class _FakeMesh:
   """Only ``.shape`` is read by the rule code; lets rules be tested without 8 real devices."""
@@ -164,3 +166,47 @@ def test_mesh_and_global_batch_on_8_devices():
   assert out["param_shard_shape"] == [6, 2]  # 8 columns over fsdp=4, replicated over data
   assert out["mu_nu_specs"] == [str(P(None, "data"))] * 2 + [str(P())]  # 4x2 mesh: moments follow the img rule
   assert out["error"] is not None and "12" in out["error"] and "8 devices" in out["error"]
+
+
+_HOST_INIT_SCRIPT = textwrap.dedent("""
+    import os, json
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax, numpy as np
+    from benchmarks import _util as U
+    from siglip_rins import optim, sharding, train
+    from siglip_rins.models import build_model
+    from siglip_rins.tasks import get_task
+    model_cfg = dict(name="two_towers", image=dict(variant="mu/8", pool_type="map"),
+                     text=dict(variant="mu", vocab_size=100), out_dim=(None, 16), recursion=dict(signature="A^2B"))
+    config = U.train_config(model_cfg, 8, 16, 8)
+    config.mesh = {"data": 4, "fsdp": 2}
+    config.sharding_rules = [("img/.*/kernel", (None, "fsdp"))]
+    mesh = sharding.make_mesh(config.mesh)
+    model, task = build_model(config.model), get_task(config, mesh)
+    tx, _ = optim.make_optimizer(config, config.total_steps, batch_size=8)
+    a = train.init_state(model, task, tx, mesh, config, jax.random.PRNGKey(3))
+    b = train.init_state(model, task, tx, mesh, config, jax.random.PRNGKey(3), on_host=True)
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    out = {"n": len(la), "same_structure": jax.tree.structure(a) == jax.tree.structure(b),
+           "equal": all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)),
+           "same_sharding": all(x.sharding == y.sharding for x, y in zip(la, lb)),
+           "sharded": sum(len(set(s.device for s in y.addressable_shards)) == 8 and not y.sharding.is_fully_replicated
+                          for y in lb)}
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_init_state_on_host_gives_the_same_values_and_shardings():
+  """`init_state(on_host=True)` (bench_mfu --init host: no accelerator compile of the initialiser) places the
+  values of the on-mesh initialiser with its shardings, a custom rule included, on a 4x2 mesh."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+  proc = subprocess.run(
+    [sys.executable, "-c", _HOST_INIT_SCRIPT], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1][len("RESULT") :])
+  assert out["n"] > 10 and out["same_structure"]
+  assert out["equal"] and out["same_sharding"]
+  assert out["sharded"] > 0  # the rule and fsdp split some leaves: placement is not trivially replicated
