@@ -649,3 +649,35 @@ def test_remat_dots_policy_saves_mixed_precision_products():
   jax.tree.map(lambda a, b: _close(a, b, 1e-4), g1, g0)
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(dots.apply({"params": p}, x)[0] ** 2)))(params))
   assert "policy_dot" in jaxpr
+
+
+def test_stochastic_rounds_keep_only_the_carry_of_rounds_that_may_be_skipped():
+  """A differentiated cond returns the union of its branches' residuals (zeros from the skipped branch), so the
+  remat of a round that may be skipped sits inside the taken branch and loop='auto' keeps only its carry: the
+  compiled gradient's scratch memory stays near the deterministic carry-only (remat=True) step's, far below the
+  un-rematerialised stochastic scan's (which writes a full round of residuals even for skipped rounds)."""
+
+  def temp_bytes(p_skip, loop, remat):
+    m = build_model(
+      dict(
+        name="vit",
+        variant="mu/8",
+        posemb="learn",
+        pool_type="map",
+        num_classes=0,
+        recursion=dict(signature="A^4B", p_skip=p_skip, loop=loop, remat=remat),
+      )
+    )
+    x = jnp.zeros((8, 32, 32, 3))
+    params = m.init(jax.random.PRNGKey(0), x)["params"]
+
+    def loss(p, k):
+      out = m.apply({"params": p}, x, train=True, rngs={"rins": k})
+      return jnp.sum((out[0] if isinstance(out, tuple) else out) ** 2)
+
+    compiled = jax.jit(jax.grad(loss)).lower(params, jax.random.PRNGKey(1)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  stochastic_auto = temp_bytes(0.5, "auto", False)
+  assert stochastic_auto < 0.5 * temp_bytes(0.5, "scan", False)
+  assert stochastic_auto < 2.5 * temp_bytes(0.0, "scan", True)
