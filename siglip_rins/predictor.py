@@ -5,6 +5,7 @@ All batching goes through fixed-size padded batches so each (function, rounds) c
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Sequence
 
 import jax
@@ -12,6 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from siglip_rins.models import Classifier, DecoderLM, TwoTowers
+
+
+# Jitted inference functions of this process, shared by every Predictor of an equal model: key (the model's repr
+# -- every field of its config --, kind, rounds, axis) -> jax.jit wrapper.  Parameters are an argument, so a new
+# Predictor for another seed or checkpoint of the same model (the demo's and the study's runs, periodic evals)
+# reuses the traced and compiled function of each rounds value instead of compiling it again.
+_FN_MEMO: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+_FN_MEMO_ENTRIES = 64
+
+
+def clear_fn_memo() -> None:
+  """Forgets the process's shared jitted inference functions (tests, or to free their executables)."""
+  _FN_MEMO.clear()
 
 
 class Predictor:
@@ -54,6 +68,11 @@ class Predictor:
       raise ValueError(f"Predictor.axis must be 'rounds' or 'repeat', got {self.axis!r}")
     key = (kind, rounds, self.axis)
     if key not in self._fns:
+      shared = (type(self.model).__name__, repr(self.model)) + key
+      if shared in _FN_MEMO:
+        _FN_MEMO.move_to_end(shared)
+        self._fns[key] = _FN_MEMO[shared]
+        return self._fns[key]
       model, kw = self.model, {self.axis: rounds}
       if kind == "img":
         f = lambda p, x: model.apply({"params": p}, x, None, **kw)[0]
@@ -69,7 +88,9 @@ class Predictor:
           return jnp.take_along_axis(logp, x[:, 1:, None], -1)[..., 0]
       else:
         raise ValueError(kind)
-      self._fns[key] = jax.jit(f)
+      self._fns[key] = _FN_MEMO[shared] = jax.jit(f)
+      while len(_FN_MEMO) > _FN_MEMO_ENTRIES:
+        _FN_MEMO.popitem(last=False)
     return self._fns[key]
 
   def _batched(self, kind: str, x: np.ndarray, rounds) -> np.ndarray:

@@ -40,7 +40,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -277,6 +277,19 @@ def init_state(model, task, tx, mesh, config, rng, on_host: bool = False):
   `on_host=True` runs the initialiser on the host CPU backend and then places the values with the same
   shardings (single-process only): the same values, without an accelerator compile of the initialiser (on a
   GPU that compile can take longer than the train step's; benchmarks/bench_mfu.py --init host)."""
+  init_all, shardings = _initialiser(model, task, tx, mesh, config, rng)
+  if not on_host:
+    return jax.jit(init_all, out_shardings=shardings)(rng)
+  if jax.process_count() > 1:
+    raise ValueError("init_state(on_host=True) is single-process only")
+  cpu = jax.devices("cpu")[0]
+  with jax.default_device(cpu):
+    values = jax.jit(init_all)(jax.device_put(rng, cpu))
+  return jax.device_put(values, shardings)
+
+
+def _initialiser(model, task, tx, mesh, config, rng):
+  """(init_all(rng) -> state, the state's shardings) of init_state."""
   example = task.example_batch(1)
   init_params = lambda r: model.init(r, *task.init_args(example))["params"]
   init_all = lambda r: (lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)})(
@@ -289,14 +302,7 @@ def init_state(model, task, tx, mesh, config, rng, on_host: bool = False):
     "opt_state": sharding.opt_state_shardings(abstract["opt_state"], abstract["params"], mesh, rules),
     "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
   }
-  if not on_host:
-    return jax.jit(init_all, out_shardings=shardings)(rng)
-  if jax.process_count() > 1:
-    raise ValueError("init_state(on_host=True) is single-process only")
-  cpu = jax.devices("cpu")[0]
-  with jax.default_device(cpu):
-    values = jax.jit(init_all)(jax.device_put(rng, cpu))
-  return jax.device_put(values, shardings)
+  return init_all, shardings
 
 
 def state_shardings(state):
@@ -685,7 +691,7 @@ def train(
 # on the seed (it is an argument), so runs of one process that differ only in their seed (the demo's seeds, a
 # study's repeats) reuse the first run's traced and compiled step instead of tracing it again.
 _STEP_MEMO: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
-_STEP_MEMO_ENTRIES = 4
+_STEP_MEMO_ENTRIES = 8  # a step and an initialiser per config
 
 
 def _step_memo_key(run: _Run, max_bad) -> Optional[str]:
@@ -699,19 +705,12 @@ def _step_memo_key(run: _Run, max_bad) -> Optional[str]:
     return None
 
 
-def _jitted_step(run: _Run, state_sh, max_bad):
-  """jax.jit of the train step with the state donated and the trainer's shardings, reused across runs of this
-  process whose `_step_memo_key` is equal (see _STEP_MEMO)."""
-  key = _step_memo_key(run, max_bad)
+def _memoised(key: Optional[str], make: Callable[[], Any]) -> Any:
+  """_STEP_MEMO[key], made by make() on a miss (key None: not memoised)."""
   if key is not None and key in _STEP_MEMO:
     _STEP_MEMO.move_to_end(key)
     return _STEP_MEMO[key]
-  fn = jax.jit(
-    make_train_step(run.model, run.task, run.tx, run.schedule_fn, run.seed, max_bad_steps=max_bad),
-    donate_argnums=(0,),
-    in_shardings=(state_sh, sharding.batch_sharding(run.mesh), state_sh["step"]),
-    out_shardings=(state_sh, None),
-  )
+  fn = make()
   if key is not None:
     _STEP_MEMO[key] = fn
     while len(_STEP_MEMO) > _STEP_MEMO_ENTRIES:
@@ -719,11 +718,37 @@ def _jitted_step(run: _Run, state_sh, max_bad):
   return fn
 
 
+def _memo_init_state(run: _Run, max_bad):
+  """init_state of the run's seed, through a jitted initialiser reused by runs of this process whose
+  `_step_memo_key` is equal (the seed is its argument): a later seed neither traces nor compiles it again."""
+  key = _step_memo_key(run, max_bad)
+  rng = jax.random.PRNGKey(run.seed)
+
+  def make():
+    init_all, shardings = _initialiser(run.model, run.task, run.tx, run.mesh, run.config, rng)
+    return jax.jit(init_all, out_shardings=shardings)
+
+  return _memoised(None if key is None else "init:" + key, make)(rng)
+
+
+def _jitted_step(run: _Run, state_sh, max_bad):
+  """jax.jit of the train step with the state donated and the trainer's shardings, reused across runs of this
+  process whose `_step_memo_key` is equal (see _STEP_MEMO)."""
+  return _memoised(
+    _step_memo_key(run, max_bad),
+    lambda: jax.jit(
+      make_train_step(run.model, run.task, run.tx, run.schedule_fn, run.seed, max_bad_steps=max_bad),
+      donate_argnums=(0,),
+      in_shardings=(state_sh, sharding.batch_sharding(run.mesh), state_sh["step"]),
+      out_shardings=(state_sh, None),
+    ),
+  )
+
+
 def _train(run: _Run, stop_after: Optional[int]) -> dict:
   config, total_steps, global_bs = run.config, run.total_steps, run.global_bs
   max_bad = int(config.get("max_bad_steps", 5))
-  state = init_state(run.model, run.task, run.tx, run.mesh, config, jax.random.PRNGKey(run.seed))
-  state, start, meta = _restore(run, state)
+  state, start, meta = _restore(run, _memo_init_state(run, max_bad))
   last_saved = start if run.ckpt.has_step(start) else None
   state["bad_run"] = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=state["step"].sharding)()
 

@@ -278,3 +278,28 @@ def test_full_size_lm_1b_a3b_eval_shape():
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
   assert n == 18 * _layer_params(2048, 8192) + 2 * 2048 + 2 * 32000 * 2048
   assert n == count_params(build_model(dict(name="decoder", variant="lm_1b")), (tokens,))  # same as AB
+
+
+def test_predictors_of_equal_models_share_one_compile_per_rounds():
+  """A new Predictor of an equal model (another seed's or checkpoint's params) reuses the process's jitted
+  function for each (kind, rounds, axis): no new trace or compile, and the outputs are its own params'."""
+  from siglip_rins import predictor as P
+
+  P.clear_fn_memo()
+  tokens = _tokens((3, 8))
+  models = [_decoder("A^2B", loop="unroll") for _ in range(2)]
+  params = [random_params(models[0], tokens, seed=s) for s in (0, 1)]
+  first = P.Predictor(models[0], params[0], batch_size=4)
+  out0 = first.lm_logprobs(tokens, rounds=2)
+  fn = first._fn("lm", 2)
+  second = P.Predictor(models[1], params[1], batch_size=4)
+  out1 = second.lm_logprobs(tokens, rounds=2)
+  assert second._fn("lm", 2) is fn and fn._cache_size() == 1  # one trace for both predictors
+  assert second._fn("lm", 3) is not fn and first._fn("lm", 2) is fn
+  P.clear_fn_memo()
+  fresh = P.Predictor(models[1], params[1], batch_size=4)
+  np.testing.assert_array_equal(out1, fresh.lm_logprobs(tokens, rounds=2))
+  assert fresh._fn("lm", 2) is not fn
+  assert np.abs(out0 - out1).max() > 1e-4  # different params, different outputs
+  other = P.Predictor(_decoder("A^3B", loop="unroll"), params[1], batch_size=4)
+  assert other._fn("lm", 2) is not fresh._fn("lm", 2)  # another model config: another function

@@ -102,8 +102,9 @@ def test_contrastive_runlocal_loss_decreases(compile_cache, tmp_path):
 
 
 def test_runs_differing_only_in_seed_reuse_the_jitted_step(compile_cache, tmp_path):
-  """The second seed of a config in one process reuses the first run's jitted step (train._STEP_MEMO) and
-  computes what a freshly traced step computes; another lr is another step."""
+  """The second seed of a config in one process reuses the first run's jitted step and initialiser
+  (train._STEP_MEMO: one of each) and computes what freshly traced ones compute (same initial parameters as
+  init_state of that seed, same losses); another lr is another step and initialiser."""
   import siglip_rins.train as train_lib
 
   def config(seed, lr=1e-3):
@@ -114,16 +115,21 @@ def test_runs_differing_only_in_seed_reuse_the_jitted_step(compile_cache, tmp_pa
 
   train_lib._STEP_MEMO.clear()
   train(config(0), str(tmp_path / "s0"), verbose=False)
-  assert len(train_lib._STEP_MEMO) == 1
-  (first,) = train_lib._STEP_MEMO.values()
+  assert len(train_lib._STEP_MEMO) == 2
+  first = list(train_lib._STEP_MEMO.values())
   train(config(1), str(tmp_path / "s1"), verbose=False)
-  assert len(train_lib._STEP_MEMO) == 1 and next(iter(train_lib._STEP_MEMO.values())) is first
+  assert len(train_lib._STEP_MEMO) == 2 and all(a is b for a, b in zip(train_lib._STEP_MEMO.values(), first))
+  run = train_lib._setup_model(config(1))
+  reused = train_lib._memo_init_state(run, 5)["params"]
+  assert len(train_lib._STEP_MEMO) == 2  # a hit: the memoised initialiser ran with seed 1
+  fresh = train_lib.init_state(run.model, run.task, run.tx, run.mesh, run.config, jax.random.PRNGKey(1))["params"]
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reused), jax.tree.leaves(fresh)))
   train_lib._STEP_MEMO.clear()
   train(config(1), str(tmp_path / "s1_fresh"), verbose=False)
   assert _losses(str(tmp_path / "s1")) == _losses(str(tmp_path / "s1_fresh"))
   assert _losses(str(tmp_path / "s1")) != _losses(str(tmp_path / "s0"))  # the seed still matters
   train(config(1, lr=2e-3), str(tmp_path / "lr"), verbose=False)
-  assert len(train_lib._STEP_MEMO) == 2
+  assert len(train_lib._STEP_MEMO) == 4
   train_lib._STEP_MEMO.clear()
 
 
