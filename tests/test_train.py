@@ -133,6 +133,36 @@ def test_runs_differing_only_in_seed_reuse_the_jitted_step(compile_cache, tmp_pa
   train_lib._STEP_MEMO.clear()
 
 
+def test_a_finished_runs_input_iterator_is_released(compile_cache, tmp_path, monkeypatch):
+  """train() hands its finished tf.data iterator to a background thread to drop (its destructor can block for
+  seconds); the iterator must still be freed, run after run, not kept by the hand-over."""
+  import gc
+  import weakref
+
+  from siglip_rins.data import pipeline
+
+  made = []
+  real = pipeline.make_train_iterator
+
+  def recording(*args, **kwargs):
+    it = real(*args, **kwargs)
+    made.append(weakref.ref(it))
+    return it
+
+  monkeypatch.setattr(pipeline, "make_train_iterator", recording)
+  config = _load(os.path.join(ROOT, "configs", "siglip_rins.py:runlocal,steps=6"), ["tensorboard=False"])
+  config.model.image.depth = config.model.text.depth = 2
+  config.evals = {}
+  for k in range(2):
+    train(config, str(tmp_path / f"run{k}"), verbose=False)
+  assert len(made) == 2
+  deadline = time.time() + 60
+  while any(ref() is not None for ref in made) and time.time() < deadline:
+    gc.collect()
+    time.sleep(0.2)
+  assert all(ref() is None for ref in made)
+
+
 @pytest.mark.slow
 def test_classification_runlocal_loss_decreases(compile_cache, tmp_path):
   config = _load(os.path.join(ROOT, "configs", "vit_rins.py:runlocal,steps=30"), ["tensorboard=False", "log_every=5"])
