@@ -918,7 +918,8 @@ def write_report(payload: dict, out: str) -> dict:
     "![train loss vs FLOPs](loss_vs_flops.png)",
     "",
     "Predictions beyond the largest trained point are extrapolations of the fits (the plots mark that point). With "
-    "one seed per point the fits rest on few noisy points; the bootstrap ranges say how much.  Per-run numbers are "
+    f"{'one seed' if s['seeds'] == 1 else str(s['seeds']) + ' seeds'} per point the fits rest on few noisy points; "
+    "the bootstrap ranges say how much.  Per-run numbers are "
     "in results.json (`runs`), each run's workdir under runs/p<k>/<variant>/seed<s>/.",
     "",
   ]
