@@ -135,7 +135,7 @@ def run(
   attention: str = "einsum",
   loop: str = "auto",
   remat=None,
-  init: str = "device",
+  init: str = "host",
 ) -> dict:
   import jax
   import numpy as np

@@ -28,6 +28,25 @@ def clear_fn_memo() -> None:
   _FN_MEMO.clear()
 
 
+def _inference_fn(model, kind: str, kw: dict):
+  """f(params, x) of one Predictor method ('img' | 'txt' | 'logits' | 'lm') at the rounds/repeat in `kw`."""
+  if kind == "img":
+    return lambda p, x: model.apply({"params": p}, x, None, **kw)[0]
+  if kind == "txt":
+    return lambda p, x: model.apply({"params": p}, None, x, **kw)[1]
+  if kind == "logits":
+    return lambda p, x: model.apply({"params": p}, x, **kw)
+  if kind == "lm":
+
+    def lm(p, x):
+      logits = model.apply({"params": p}, x, **kw)
+      logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
+      return jnp.take_along_axis(logp, x[:, 1:, None], -1)[..., 0]
+
+    return lm
+  raise ValueError(kind)
+
+
 class Predictor:
   """Exposes embed_images / embed_texts / lm_logprobs / classify_logits at any inference `rounds`.
 
@@ -69,28 +88,12 @@ class Predictor:
     key = (kind, rounds, self.axis)
     if key not in self._fns:
       shared = (type(self.model).__name__, repr(self.model)) + key
-      if shared in _FN_MEMO:
-        _FN_MEMO.move_to_end(shared)
-        self._fns[key] = _FN_MEMO[shared]
-        return self._fns[key]
-      model, kw = self.model, {self.axis: rounds}
-      if kind == "img":
-        f = lambda p, x: model.apply({"params": p}, x, None, **kw)[0]
-      elif kind == "txt":
-        f = lambda p, x: model.apply({"params": p}, None, x, **kw)[1]
-      elif kind == "logits":
-        f = lambda p, x: model.apply({"params": p}, x, **kw)
-      elif kind == "lm":
-
-        def f(p, x):
-          logits = model.apply({"params": p}, x, **kw)
-          logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-          return jnp.take_along_axis(logp, x[:, 1:, None], -1)[..., 0]
-      else:
-        raise ValueError(kind)
-      self._fns[key] = _FN_MEMO[shared] = jax.jit(f)
-      while len(_FN_MEMO) > _FN_MEMO_ENTRIES:
-        _FN_MEMO.popitem(last=False)
+      if shared not in _FN_MEMO:
+        _FN_MEMO[shared] = jax.jit(_inference_fn(self.model, kind, {self.axis: rounds}))
+        while len(_FN_MEMO) > _FN_MEMO_ENTRIES:
+          _FN_MEMO.popitem(last=False)
+      _FN_MEMO.move_to_end(shared)
+      self._fns[key] = _FN_MEMO[shared]
     return self._fns[key]
 
   def _batched(self, kind: str, x: np.ndarray, rounds) -> np.ndarray:
