@@ -575,3 +575,74 @@ def test_op_modules_do_not_import_the_parser():
   code = "import sys, siglip_rins.data.ops_text; print('siglip_rins.data.pp' in sys.modules)"
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
   assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def _choice_records(count=120):
+  rng = np.random.default_rng(1)
+  texts, labels = [], []
+  for _ in range(count):
+    k = int(rng.integers(0, 5))
+    texts.append([bytes(rng.choice([b"", b"a", b"bb", b"ccc"])) for _ in range(k)])
+    labels.append([[int(x) for x in rng.integers(0, 9, 4)] for _ in range(k)])
+  texts[3] = [b"", b""]  # only empty captions: skip_empty falls back to all of them
+  labels[7] = labels[7][:-1] if labels[7] else [[1, 2, 3, 4]]  # keys differ in length: the op raises
+  return texts, labels, rng.integers(-(10**9), 10**9, (count, 2))
+
+
+@pytest.mark.parametrize(
+  "pp_string",
+  [
+    "choice(inkey=['texts', 'labels'], skip_empty=True)|keep('texts', 'labels')",
+    "choice(inkey=['texts', 'labels'])|drop('img')",
+    "choice(inkey=['texts', 'labels'], mode='first', outkey=['t', 'l'])",
+    "choice()",
+  ],
+)
+def test_batched_choice_equals_per_example(pp_string):
+  """The batched form of a pp (a block of examples at once, pipeline._block_stream) gives every row what the
+  per-example pp gives it for the same '_rng', and marks the rows where the per-example pp raises."""
+  tf = pytest.importorskip("tensorflow")
+  texts, labels, rngs = _choice_records()
+  per_example, batched = pp.get_preprocess_fn(pp_string), pp.get_batched_preprocess_fn(pp_string)
+  assert batched is not None
+  block = {
+    "texts": tf.ragged.constant(texts, dtype=tf.string),
+    "labels": tf.ragged.constant(labels, dtype=tf.int32, ragged_rank=1, inner_shape=(4,)),
+    "img": tf.zeros([len(texts), 2]),
+    "_rng": tf.constant(rngs, tf.int64),
+  }
+  out, ok = batched(block, tf.ones([len(texts)], tf.bool))
+  raised = 0
+  for i in range(len(texts)):
+    one = {
+      "texts": tf.constant(texts[i], tf.string, shape=[len(texts[i])]),
+      "labels": tf.constant(labels[i], tf.int32, shape=[len(labels[i]), 4]),
+      "img": tf.zeros([2]),
+      "_rng": tf.constant(rngs[i], tf.int64),
+    }
+    try:
+      want = per_example(one)
+    except tf.errors.InvalidArgumentError:
+      raised += 1
+      assert not bool(ok[i]), i
+      continue
+    assert bool(ok[i]), i
+    assert set(want) == set(out), (sorted(want), sorted(out))
+    for key in want:
+      np.testing.assert_array_equal(np.asarray(out[key][i]), np.asarray(want[key]), err_msg=f"{key} row {i}")
+  assert raised >= 2  # the empty rows and the mismatched one
+
+
+def test_batched_form_only_where_every_op_has_one():
+  tf = pytest.importorskip("tensorflow")
+  assert pp.get_batched_preprocess_fn("choice(n=2)") is None
+  assert pp.get_batched_preprocess_fn("choice()|flip_lr") is None
+  identity = pp.get_batched_preprocess_fn("")
+  ok = tf.constant([True, False])
+  assert identity({"x": tf.constant([1, 2])}, ok)[1] is ok
+  with pytest.raises(ValueError, match="unknown pp op 'nope'"):
+    pp.get_batched_preprocess_fn("choice()|nope")
+  # a block with no entries at all (every row bad) still runs
+  empty = {"texts": tf.ragged.constant([[], []], dtype=tf.string), "_rng": tf.zeros([2, 2], tf.int64)}
+  out, ok = pp.get_batched_preprocess_fn("choice(skip_empty=True)")(empty, tf.ones([2], tf.bool))
+  assert out["texts"].numpy().tolist() == [b"", b""] and ok.numpy().tolist() == [False, False]

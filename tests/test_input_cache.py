@@ -191,3 +191,45 @@ def test_filled_cache_reused_by_later_runs_of_the_process_until_the_data_changes
   assert {int(x) for batch in _take(changed, 4) for x in batch["label"]} == {0, 1, 2, 3}
   pipeline.clear_cache_memo()
   assert not pipeline._MEMO
+
+
+@pytest.mark.parametrize("resize", ["resize(8)|", ""])
+def test_block_path_equals_per_record_path(tmp_path, tok_path, monkeypatch, resize):
+  """A cached component whose random rest has batched forms (here the hoisted choice) is made a block of
+  records at a time: the same batches, positions, resume and skip counts as the per-record path on the same
+  cache.  Without resize the cached images have no static size (ragged in two dimensions in the store)."""
+  captions = [["a cat", "", "le chat"], ["un chien", "ein Hund"], "one string", ["", "x y z", "noir"], [""]]
+  data = data_fixtures.write_jsonl_dataset(tmp_path, NUM_GOOD, (12, 14), captions=captions, bad=BAD_KINDS)
+  pp = (
+    f"decode|{resize}value_range(-1, 1)|choice(inkey='texts', skip_empty=True)|tokenize(max_len=6, "
+    f"model={tok_path!r}, eos='sticky', inkey='texts', outkey='labels')|keep('image', 'labels', 'texts', 'label')"
+  )
+  cfg = _cfg(data, tok_path, True, pp=pp)
+  blocks = pipeline.make_train_iterator(cfg, global_batch_size=4, seed=4)
+  a = _take(blocks, 9)
+  built = []
+  original = pp_lib.get_batched_preprocess_fn
+  monkeypatch.setattr(pp_lib, "get_batched_preprocess_fn", lambda s: built.append(s) or None)
+  per_record = pipeline.make_train_iterator(cfg, global_batch_size=4, seed=4)
+  b = _take(per_record, 9)
+  assert built and built[0].startswith("choice(")  # the per-record path really ran
+  _assert_same(a, b)
+  assert blocks.position() == per_record.position()
+  monkeypatch.setattr(pp_lib, "get_batched_preprocess_fn", original)
+  head = pipeline.make_train_iterator(cfg, global_batch_size=4, seed=4)
+  _take(head, 4)
+  rest = pipeline.make_train_iterator(cfg, global_batch_size=4, seed=4, start_position=head.position())
+  _assert_same(_take(rest, 5), a[4:])
+  for it in (blocks, per_record):  # 9 batches of 4 = 3.6 epochs of the 10 good records: every bad one seen 3 times
+    stats = it.stats()
+    assert stats["skipped/undecodable"] >= 6 and stats["skipped/missing_image_file"] >= 3
+    assert stats["skipped/empty_text"] >= 3
+
+
+def test_block_path_detects_an_all_bad_source(tmp_path, tok_path):
+  path = data_fixtures.write_jsonl_dataset(tmp_path, 0, (12, 14), bad=("missing_file",) * 3)
+  pp = "decode|resize(8)|choice(inkey='texts')|keep('image', 'texts')"
+  it = pipeline.make_train_iterator(_cfg(path, tok_path, True, pp=pp), global_batch_size=2)
+  with pytest.raises(RuntimeError, match="every record seems bad"):
+    next(it)
+  assert it.stats()["skipped/missing_image_file"] >= 6

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from siglip_rins.data.registry import register
+from siglip_rins.data import philox
+from siglip_rins.data.registry import register, register_batched
 
 RNG_KEY = "_rng"
 DEFAULT_SEED = (0, 0)
@@ -33,6 +34,14 @@ def next_seed(features: dict) -> tf.Tensor:
   seeds = tf.random.experimental.stateless_split(base, num=2)
   features[RNG_KEY] = seeds[1]
   return seeds[0]
+
+
+def next_seed_batched(features: dict) -> tf.Tensor:
+  """`next_seed` for a block of examples: features['_rng'] [B, 2] -> seeds int32 [B, 2], the same per row."""
+  base = tf.cast(features[RNG_KEY], tf.int32)
+  seeds = philox.split2(base)
+  features[RNG_KEY] = seeds[:, 1]
+  return seeds[:, 0]
 
 
 def check_key(op: str, value, name: str = "key"):
@@ -114,6 +123,14 @@ def get_keep(*keys):
   return keep
 
 
+def _rowwise(fn):
+  """The batched form of an op that only selects keys: the same function, ok unchanged."""
+  return lambda features, ok: (fn(features), ok)
+
+
+register_batched("keep")(lambda *keys: _rowwise(get_keep(*keys)))
+
+
 @register("drop")
 def get_drop(*keys):
   """Removes `keys` (absent keys are ignored)."""
@@ -124,6 +141,9 @@ def get_drop(*keys):
     return {k: v for k, v in features.items() if k not in keys}
 
   return drop
+
+
+register_batched("drop")(lambda *keys: _rowwise(get_drop(*keys)))
 
 
 @register("copy")
@@ -172,6 +192,16 @@ def get_onehot(depth, key="labels", key_result=None, multi=True, on=1.0, off=0.0
   return onehot
 
 
+def _choice_keys(key, inkey, outkey, mode):
+  inkeys = as_key_list("choice", inkey or key or "texts", "inkey")
+  outkeys = as_key_list("choice", outkey or key or inkeys, "outkey")
+  if len(outkeys) != len(inkeys):
+    raise ValueError(f"pp op 'choice': {len(inkeys)} inkeys but {len(outkeys)} outkeys")
+  if mode not in ("random", "first"):
+    raise ValueError(f"pp op 'choice': mode must be 'random' or 'first', got {mode!r}")
+  return inkeys, [ok.format(key=ik) for ok, ik in zip(outkeys, inkeys)]
+
+
 @register("choice")
 def get_choice(n="single", key=None, fewer_ok=False, inkey=None, outkey=None, mode="random", skip_empty=False):
   """Picks the same random entries (along the leading dimension) of one or several keys.
@@ -184,15 +214,9 @@ def get_choice(n="single", key=None, fewer_ok=False, inkey=None, outkey=None, mo
   (big_vision fails there); mode='first' picks the first entries instead of random ones (deterministic
   evaluation); skip_empty=True chooses among the non-empty strings of the first key only (when there are
   any; siglip_rins' old `choice` did this by default); a scalar input passes through unchanged when
-  n='single'. Stateless: seeded per example.
+  n='single'. Stateless: seeded per example.  A batched form (`get_choice_batched`) covers n='single'.
   """
-  inkeys = as_key_list("choice", inkey or key or "texts", "inkey")
-  outkeys = as_key_list("choice", outkey or key or inkeys, "outkey")
-  if len(outkeys) != len(inkeys):
-    raise ValueError(f"pp op 'choice': {len(inkeys)} inkeys but {len(outkeys)} outkeys")
-  outkeys = [ok.format(key=ik) for ok, ik in zip(outkeys, inkeys)]
-  if mode not in ("random", "first"):
-    raise ValueError(f"pp op 'choice': mode must be 'random' or 'first', got {mode!r}")
+  inkeys, outkeys = _choice_keys(key, inkey, outkey, mode)
   is_range = isinstance(n, (list, tuple))
   if is_range:
     if len(n) != 2 or not all(is_int(v) and v >= 0 for v in n) or n[0] > n[1]:
@@ -248,6 +272,77 @@ def get_choice(n="single", key=None, fewer_ok=False, inkey=None, outkey=None, mo
     for ok, r in zip(outkeys, results):
       features[ok] = r
     return features
+
+  return choice
+
+
+def _rows(value, batch):
+  """(flat entries [N, ...], row of each entry [N], entries per row [B]) of a batched value whose rows are
+  lists (a tf.RaggedTensor over its first per-example dimension, or dense [B, n, ...])."""
+  if isinstance(value, tf.RaggedTensor):
+    return value.values, value.value_rowids(), tf.cast(value.row_lengths(), tf.int32)
+  n = tf.shape(value)[1]
+  flat = tf.reshape(value, tf.concat([[-1], tf.shape(value)[2:]], 0))
+  return flat, tf.repeat(tf.range(batch), n), tf.fill([batch], n)
+
+
+def _take(entries, index, ok):
+  """entries[index[i]] for the rows with ok, an empty / zero entry for the others (never out of range, also
+  when there are no entries at all)."""
+  if isinstance(entries, tf.RaggedTensor):  # one more row, empty
+    size = entries.nrows()
+    padded = tf.RaggedTensor.from_row_lengths(
+      entries.values, tf.concat([entries.row_lengths(), [0]], 0), validate=False
+    )
+  else:
+    size = tf.shape(entries, out_type=tf.int64)[0]
+    fill = tf.constant("") if entries.dtype == tf.string else tf.zeros([], entries.dtype)
+    padded = tf.concat([entries, tf.fill(tf.concat([[1], tf.shape(entries)[1:]], 0), fill)], 0)
+  return tf.gather(padded, tf.where(ok, index, size))
+
+
+@register_batched("choice")
+def get_choice_batched(n="single", key=None, fewer_ok=False, inkey=None, outkey=None, mode="random", skip_empty=False):
+  """The batched form of `choice` for n='single' (None otherwise): the same draw per row (philox), no op per
+  example.  A row whose keys differ in length, or that has no entry, comes out with ok False (the
+  per-example op raises there)."""
+  del fewer_ok  # n='single' needs an entry either way
+  if n != "single":
+    return None
+  inkeys, outkeys = _choice_keys(key, inkey, outkey, mode)
+
+  def choice(features, ok):
+    features = dict(features)
+    values = [require(features, k, "choice") for k in inkeys]
+    batch = tf.shape(ok)[0]
+    if not isinstance(values[0], tf.RaggedTensor) and values[0].shape.rank == 1:  # a scalar per example
+      for ok_key, v in zip(outkeys, values):
+        features[ok_key] = v
+      return features, ok
+    rows = [_rows(v, batch) for v in values]
+    flat0, row_ids, nitems = rows[0]
+    for _, _, lengths in rows[1:]:
+      ok = ok & tf.equal(lengths, nitems)
+    ok = ok & (nitems >= 1)
+    candidate = tf.ones_like(row_ids, tf.bool)
+    if skip_empty:
+      if flat0.dtype != tf.string:
+        raise ValueError(f"pp op 'choice': skip_empty needs strings, {inkeys[0]!r} is {flat0.dtype.name}")
+      non_empty = tf.strings.length(flat0) > 0
+      any_non_empty = tf.math.unsorted_segment_max(tf.cast(non_empty, tf.int32), row_ids, batch) > 0
+      candidate = non_empty | ~tf.gather(any_non_empty, row_ids)
+    as_int = tf.cast(candidate, tf.int32)
+    count = tf.math.unsorted_segment_sum(as_int, row_ids, batch)
+    seed = next_seed_batched(features) if mode == "random" else None
+    pick = tf.zeros([batch], tf.int32) if seed is None else philox.uniform_int32(seed, 0, tf.maximum(count, 1))
+    # the entry index of the pick-th candidate of each row: how many entries have at most pick candidates
+    # up to and including themselves
+    row_offset = tf.cumsum(count, exclusive=True)
+    upto = tf.cumsum(as_int) - tf.gather(row_offset, row_ids)
+    index = tf.math.unsorted_segment_sum(tf.cast(upto <= tf.gather(pick, row_ids), tf.int32), row_ids, batch)
+    for ok_key, (flat, _, lengths) in zip(outkeys, rows):
+      features[ok_key] = _take(flat, tf.cast(tf.cumsum(lengths, exclusive=True) + index, tf.int64), ok)
+    return features, ok
 
   return choice
 

@@ -20,8 +20,12 @@ Cache (train; input.cache = 'auto' (default) | True | False, input.cache_max_byt
 -- is a function of the record alone (a `choice` of caption followed by `tokenize` is first rewritten to tokenize
 every caption, then pick caption and tokens together: pp.hoist_over_choice, so the tokens are cached too), so parse, checks and that prefix run once per record of the host's shard
 (in source order, each record keeping its place: a failing one becomes a placeholder with its reason) and are
-kept in host memory (`tf.data` cache); each epoch then shuffles the cached elements exactly as it would shuffle
-raw records and runs only the random rest of the pp.  The batches, positions and resume are therefore the same
+kept in host memory (one tensor per feature, ragged where records differ in shape); each epoch then shuffles the
+cached elements exactly as it would shuffle raw records and runs only the random rest of the pp.  When every op
+of that rest has a batched form (`registry.register_batched`: keep, drop, choice(n='single') so far), a block of
+_BLOCK records is gathered and processed at once (`_block_stream`: the same examples, seeds, positions and
+counts, a few dozen TF ops per block instead of per record; ~26 us of input CPU per example on the runlocal
+config against ~150 per record, benchmarks/bench_loop.py); otherwise the rest runs record by record.  The batches, positions and resume are therefore the same
 with and without the cache (a checkpoint written with one resumes exactly with the other), and skipped records
 are counted as before.  'auto' caches a component when its size is known (jsonl, tfds) and the estimate --
 bytes per record from the first 32 records after the prefix, times (records + shuffle buffer, which then holds
@@ -70,6 +74,7 @@ import numpy as np
 import tensorflow as tf
 
 from siglip_rins import limits
+from siglip_rins.data import philox
 from siglip_rins.data import pp as pp_lib
 from siglip_rins.data import sources as sources_lib
 
@@ -275,7 +280,7 @@ def _over_budget(where: str, estimate: int, budget: int, mode) -> bool:
 def _cached_prefix(source, pp_string, *, mode, budget, buffer, memo_key=None):
   """The host's records with parse, checks and the deterministic prefix of the pp done once and kept in host
   memory: (Source whose elements are (prefix features or placeholder, reason), rest of the pp string, bytes
-  estimated), or None when not cached.  See the module docstring (input.cache).  With `memo_key`, a cache this
+  estimated, the same records as one batch: (features [n, ...], reasons [n])), or None when not cached.  See the module docstring (input.cache).  With `memo_key`, a cache this
   process filled earlier for the same key is reused (_MEMO)."""
   where = f"input.cache={mode!r} for {source.name}"
   if source.num_records is None:
@@ -286,8 +291,8 @@ def _cached_prefix(source, pp_string, *, mode, budget, buffer, memo_key=None):
     return None
   if memo_key is not None and memo_key in _MEMO:
     _MEMO.move_to_end(memo_key)
-    cached, rest, estimate = _MEMO[memo_key]
-    return None if _over_budget(where, estimate, budget, mode) else (cached, rest, estimate)
+    cached, rest, estimate, store = _MEMO[memo_key]
+    return None if _over_budget(where, estimate, budget, mode) else (cached, rest, estimate, store)
 
   def parsed(raw):
     features = source.parse(raw)
@@ -320,16 +325,26 @@ def _cached_prefix(source, pp_string, *, mode, budget, buffer, memo_key=None):
   estimate = int(per_record * (source.num_records + min(buffer, source.num_records)))  # cache + shuffle buffer
   if _over_budget(where, estimate, budget, mode):
     return None
-  ds = ds.cache()
-  # Filled here, in one pass at full parallelism: every epoch (and a resumed run's seek) then reads memory, and
-  # no iterator is left holding a half-filled cache when training stops mid-epoch.
-  ds.reduce(tf.constant(0, tf.int64), _plain(lambda n, _: n + 1))
-  cached = dataclasses.replace(source, dataset=ds, files_in_order=None)
+  # Filled here, in one pass at full parallelism, into one tensor per feature (tf.RaggedTensor where records
+  # differ in shape) indexed by the record's place: every epoch (and a resumed run's seek) then reads memory, no
+  # iterator is left holding a half-filled cache when training stops mid-epoch, and blocks of records can be
+  # gathered at once (`_block_stream`).
+  store = next(iter(ds.ragged_batch(source.num_records)))
+  cached = dataclasses.replace(source, dataset=_store_records(store), files_in_order=None)
   if memo_key is not None:
-    _MEMO[memo_key] = (cached, rest, estimate)
+    _MEMO[memo_key] = (cached, rest, estimate, store)
     while len(_MEMO) > _MEMO_ENTRIES:
       _MEMO.popitem(last=False)
-  return cached, rest, estimate
+  return cached, rest, estimate, store
+
+
+def _store_records(store) -> tf.data.Dataset:
+  """The stored (features, reason) records one by one, each feature as the dense tensor it was."""
+
+  def dense(features, reason):
+    return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in features.items()}, reason
+
+  return tf.data.Dataset.from_tensor_slices(store).map(_plain(dense))
 
 
 def _component_stream(
@@ -359,7 +374,23 @@ def _component_stream(
       key = _memo_key(data_cfg, pp_string, source, process_index, process_count, mode, buffer)
       cached = _cached_prefix(source, pp_string, mode=mode, budget=cache_budget, buffer=buffer, memo_key=key)
   if cached is not None:
-    source, rest, cache_bytes = cached
+    source, rest, cache_bytes, store = cached
+    batched_fn = pp_lib.get_batched_preprocess_fn(rest)
+    if batched_fn is not None:  # every op of the rest has a batched form: blocks of records, see _block_stream
+      counters.sources.append(source.name)
+      ds = _block_stream(
+        store,
+        batched_fn,
+        buffer=buffer,
+        shuffle_seed=shuffle_seed,
+        start=start,
+        seed_pair=seed_pair,
+        counters=counters,
+        max_bad=2 * source.num_records,
+        component=component,
+        name=source.name,
+      )
+      return ds, source.name, cache_bytes
     pp_fn = pp_lib.get_preprocess_fn(rest)
   else:
     cache_bytes = 0
@@ -427,6 +458,84 @@ def _component_stream(
 
   ds = ds.filter(_plain(count_and_keep)).map(_plain(with_position))
   return ds, source.name, cache_bytes
+
+
+_BLOCK = 64  # records per block of the batched path
+
+
+def _block_stream(
+  store, batched_fn, *, buffer, shuffle_seed, start, seed_pair, counters, max_bad, component, name
+) -> tf.data.Dataset:
+  """A cached component's train examples, made a block of records at a time: the same examples, positions,
+  seeds and counts as the per-record path (_epoch_stream -> _guarded -> count-and-filter) on the same cache,
+  in the same order, with a few dozen ops per block instead of per record.
+
+  Each epoch shuffles the record *indices* 0..n-1 with the seed the per-record path shuffles the records with
+  (tf.data's shuffle order depends on the seed and the count alone), skips the first start[1] of epoch
+  start[0], and cuts them into blocks of _BLOCK; a block gathers its records from `store`, gets the per-record
+  seeds fold_in(fold_in(seed, epoch), position) (philox: the same bits, all rows at once), runs the batched rest
+  of the pp (`pp.get_batched_preprocess_fn`; a row it cannot process counts as 'undecodable', as a raising
+  record does), counts and drops the bad rows in order (the consecutive-bad check sees the same runs), and is
+  unbatched into examples."""
+  features_store, reasons_store = store
+  n = int(reasons_store.shape[0])
+  epoch0, pos0 = int(start[0]), int(start[1])
+  seed0 = tf.constant(int(shuffle_seed) % (2**31), tf.int64)
+  base_seed = tf.constant(seed_pair, tf.int32)
+  undecodable = sources_lib.REASON_CODE["undecodable"]
+
+  def one_epoch(epoch):
+    ds = tf.data.Dataset.range(n)
+    if buffer > 1:
+      ds = ds.shuffle(buffer, seed=seed0 * 1_000_003 + epoch, reshuffle_each_iteration=False)
+    skip = tf.where(tf.equal(epoch, epoch0), tf.constant(pos0, tf.int64), tf.constant(0, tf.int64))
+
+    def place(j, index):
+      pos = skip + j * _BLOCK + tf.range(tf.size(index, out_type=tf.int64))
+      return tf.fill(tf.shape(pos), epoch), pos, index
+
+    return ds.skip(skip).batch(_BLOCK).enumerate().map(_plain(place))
+
+  def process(epoch, pos, index):
+    features = {k: tf.gather(v, index) for k, v in features_store.items()}
+    reason = tf.gather(reasons_store, index)
+    rows = tf.size(index)
+    seeds = tf.broadcast_to(base_seed, tf.stack([rows, 2]))
+    features["_rng"] = philox.fold_in(philox.fold_in(seeds, epoch), pos)
+    out, ok = batched_fn(features, tf.equal(reason, 0))
+    reason = tf.where(tf.equal(reason, 0), tf.where(ok, 0, undecodable), reason)
+    return _public(out), reason, epoch, pos
+
+  with tf.init_scope():
+    consecutive_bad = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+  message = f"{ALL_BAD_MESSAGE}: no usable record in {max_bad} consecutive records of {name}"
+
+  def count_and_keep(features, reason, epoch, pos):
+    rows = tf.size(reason, out_type=tf.int64)
+    counters.examined.assign_add(rows)
+    counters.skipped.scatter_nd_add(tf.reshape(reason, [-1, 1]), tf.ones_like(reason, tf.int64))
+    ok = tf.equal(reason, 0)
+    good = tf.where(ok)[:, 0]
+    # the longest run of bad records ending inside this block (continuing the previous block's trailing run)
+    # and the trailing run left for the next block
+    gaps = tf.concat([[-1 - consecutive_bad], good, [rows]], 0)
+    longest = tf.reduce_max(gaps[1:] - gaps[:-1] - 1)
+    trailing = tf.where(tf.size(good) > 0, rows - 1 - gaps[-2], consecutive_bad + rows)
+    with tf.control_dependencies([consecutive_bad.assign(trailing)]):
+      check = tf.debugging.assert_less(longest, tf.constant(max_bad, tf.int64), message=message)
+    with tf.control_dependencies([check]):
+      out = {k: tf.ragged.boolean_mask(v, ok) for k, v in features.items()}
+      epoch, pos = tf.boolean_mask(epoch, ok), tf.boolean_mask(pos, ok)
+    out.update({_COMPONENT: tf.fill(tf.shape(pos), tf.constant(component, tf.int64)), _EPOCH: epoch, _POS: pos})
+    return out
+
+  blocks = tf.data.Dataset.range(epoch0, 2**62).flat_map(_plain(one_epoch))
+  ds = blocks.map(_plain(process), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(_plain(count_and_keep)).unbatch()
+  if any(isinstance(spec, tf.RaggedTensorSpec) and spec.ragged_rank > 0 for spec in ds.element_spec.values()):
+    # a row of a feature ragged in more than one dimension: the dense tensor the per-record path yields
+    ds = ds.map(_plain(lambda x: {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in x.items()}))
+  return ds
 
 
 def _mix_train(streams: list, weights: list, seed_pair, start_index: int) -> tf.data.Dataset:

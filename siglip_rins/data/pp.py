@@ -178,6 +178,30 @@ def get_preprocess_fn(pp: str | None) -> Callable[[dict], dict]:
   return preprocess
 
 
+def get_batched_preprocess_fn(pp: str | None):
+  """`fn(features, ok) -> (features, ok)` applying the batched forms of `pp`'s ops (registry.register_batched) to
+  a block of examples at once, or None when one of its ops has no batched form for its arguments.  Rows with
+  ok equal the per-example `get_preprocess_fn(pp)` outputs for their '_rng'; rows on which it would raise
+  come out with ok False."""
+  ops = []
+  for spec in parse(pp):
+    build_op(spec)  # bad names / arguments: the per-example form's error
+    factory = registry.lookup_batched(spec.name)
+    op = None if factory is None else factory(*spec.args, **dict(spec.kwargs))
+    if op is None:
+      return None
+    ops.append(op)
+
+  def preprocess(features: dict, ok):
+    features = dict(features)
+    for op in ops:
+      features, ok = op(features, ok)
+    return features, ok
+
+  preprocess.pp = pp
+  return preprocess
+
+
 def split_deterministic_prefix(pp: str | None, features: dict) -> tuple[str, str]:
   """(prefix, rest): pp strings whose composition is `pp`, the prefix being the leading ops that draw no random
   seed, i.e. that leave `features['_rng']` alone (every random op takes its seed with `ops_common.next_seed`,

@@ -1,4 +1,5 @@
-"""The registry of pp op factories: `register` and `lookup`, nothing else.
+"""The registry of pp op factories: `register` and `lookup`, and the optional batched forms
+(`register_batched` / `lookup_batched`), nothing else.
 
 Op modules (`ops_common`, `ops_image`, `ops_text`) import only this module to register their ops, so they
 never import `pp.py`; `pp.py` imports this module and loads the op modules (which fills the registry).
@@ -9,6 +10,11 @@ from typing import Callable
 OpFactory = Callable[..., Callable[[dict], dict]]
 
 _REGISTRY: dict[str, OpFactory] = {}
+# Batched forms: same arguments as the op's factory; the built function maps (features with a leading batch
+# dimension -- tf.RaggedTensor where a per-example dimension varies --, ok: bool [B]) -> (features, ok), ok
+# cleared for the rows on which the per-example op would raise, and every other row equal to the per-example op's
+# output for that row's '_rng'.  The factory returns None for arguments it has no batched form for.
+_BATCHED: dict[str, OpFactory] = {}
 
 
 def register(name: str):
@@ -23,6 +29,23 @@ def register(name: str):
     return factory
 
   return wrap
+
+
+def register_batched(name: str):
+  """Decorator registering the batched form of op `name` (see _BATCHED)."""
+
+  def wrap(factory: OpFactory) -> OpFactory:
+    if name in _BATCHED and _BATCHED[name] is not factory:
+      raise ValueError(f"pp op {name!r} already has a batched form")
+    _BATCHED[name] = factory
+    return factory
+
+  return wrap
+
+
+def lookup_batched(name: str) -> OpFactory | None:
+  """The batched-form factory of `name`, or None when it has none."""
+  return _BATCHED.get(name)
 
 
 def lookup(name: str) -> OpFactory:
