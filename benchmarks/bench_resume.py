@@ -7,7 +7,9 @@ How the step-5,000 checkpoint is made without training 5,000 steps on a CPU: the
 is saved again as step 5,000 with the input position a real run has there.  The built-in data has no bad
 records, so that position is exact: example n of host 0's stream is record n mod N of epoch n div N.
 Restart-to-first-step = a fresh `train(..., stop_after=1)` call (setup, restore, iterator, compile, one step),
-timed in this process for both workdirs in alternating order; medians are reported.  For contrast, the old resume by
+timed in this process for both workdirs in alternating order, after dropping the process's memos of jitted
+functions and filled input caches (each restart compiles and fills the cache as a new process would); medians
+are reported.  For contrast, the old resume by
 `start_example` (skip after decoding) is timed for the input part at a smaller distance (--skip_far steps).
 """
 
@@ -33,9 +35,23 @@ def _config(steps_total: int):
   return config_lib.apply_overrides(c, ["tensorboard=False", "log_every=1000", "ckpt_every=10"])
 
 
+def _forget() -> None:
+  """Drops what this process keeps for later runs (the jitted step and initialiser, the filled input cache,
+  JAX's compiled executables), so each timed restart pays what a new process pays (imports aside)."""
+  import jax
+
+  from siglip_rins import train
+  from siglip_rins.data import pipeline
+
+  train._STEP_MEMO.clear()
+  pipeline.clear_cache_memo()
+  jax.clear_caches()
+
+
 def _first_batch_seconds(config, **kw) -> float:
   from siglip_rins.data import pipeline
 
+  _forget()
   t0 = time.perf_counter()
   it = pipeline.make_train_iterator(config.input, global_batch_size=int(config.input.batch_size), seed=0, **kw)
   next(it)
@@ -85,6 +101,7 @@ def main(argv=None):
         scratch = os.path.join(work, f"run_{name}")
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.copytree(d, scratch)
+        _forget()
         t0 = time.perf_counter()
         summary = train(_config(total), scratch, stop_after=1, verbose=False)
         restart[name].append(time.perf_counter() - t0)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import gc
 import json
 import queue
 import signal
@@ -794,6 +795,11 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
   last_metrics, step, summary = {}, start, {"stopped": "finished"}
   prefetch = _Prefetcher(produce, depth=2) if start < total_steps else None
   preempt = _Preemption(run, log_every)
+  # The objects alive now (model, traced JAX and tf.data functions, configs: ~0.56 M on the built-in data) are
+  # taken out of the garbage collector's view while the steps run: a full collection over them took ~0.4 s,
+  # once or more per run, stalling whichever step it fell into (-10 % on a 300-step runlocal run).  Garbage
+  # among them is collected after the loop (gc.unfreeze).
+  gc.freeze()
   try:
     while step < total_steps:
       item = None
@@ -829,6 +835,7 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
       save(step, force=True)
       _final_evals(run, state, step)
   finally:
+    gc.unfreeze()
     if prefetch is not None:
       prefetch.close()
     _finish_saves(run)

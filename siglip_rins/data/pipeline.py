@@ -23,9 +23,9 @@ every caption, then pick caption and tokens together: pp.hoist_over_choice, so t
 kept in host memory (one tensor per feature, ragged where records differ in shape); each epoch then shuffles the
 cached elements exactly as it would shuffle raw records and runs only the random rest of the pp.  When every op
 of that rest has a batched form (`registry.register_batched`: keep, drop, choice(n='single') so far), a block of
-_BLOCK records is gathered and processed at once (`_block_stream`: the same examples, seeds, positions and
-counts, a few dozen TF ops per block instead of per record; ~26 us of input CPU per example on the runlocal
-config against ~150 per record, benchmarks/bench_loop.py); otherwise the rest runs record by record.  The batches, positions and resume are therefore the same
+records (up to 256, `_block_size`) is gathered and processed at once (`_block_stream`: the same examples, seeds, positions and
+counts, a few dozen TF ops per block instead of per record; ~13 us of input CPU per example on the runlocal
+config against ~150 per record); otherwise the rest runs record by record.  The batches, positions and resume are therefore the same
 with and without the cache (a checkpoint written with one resumes exactly with the other), and skipped records
 are counted as before.  'auto' caches a component when its size is known (jsonl, tfds) and the estimate --
 bytes per record from the first 32 records after the prefix, times (records + shuffle buffer, which then holds
@@ -460,7 +460,17 @@ def _component_stream(
   return ds, source.name, cache_bytes
 
 
-_BLOCK = 64  # records per block of the batched path
+# Records per block of the batched path: as many as fit in _BLOCK_BYTES of cached features, within
+# [_BLOCK_MIN, _BLOCK_MAX] (runlocal's 32 px records: 256, ~13 us of input CPU per example against ~23 at 64;
+# 224 px float32 images: 27, so a few blocks in flight stay ~100 MB).
+_BLOCK_MIN, _BLOCK_MAX, _BLOCK_BYTES = 16, 256, 16 << 20
+
+
+def _block_size(store) -> int:
+  features, reasons = store
+  sample = min(int(reasons.shape[0]), _CACHE_SAMPLE)
+  per_record = _element_bytes({k: v[:sample] for k, v in features.items()}) / max(sample, 1)
+  return int(min(_BLOCK_MAX, max(_BLOCK_MIN, _BLOCK_BYTES // max(per_record, 1))))
 
 
 def _block_stream(
@@ -472,13 +482,13 @@ def _block_stream(
 
   Each epoch shuffles the record *indices* 0..n-1 with the seed the per-record path shuffles the records with
   (tf.data's shuffle order depends on the seed and the count alone), skips the first start[1] of epoch
-  start[0], and cuts them into blocks of _BLOCK; a block gathers its records from `store`, gets the per-record
+  start[0], and cuts them into blocks (`_block_size`); a block gathers its records from `store`, gets the per-record
   seeds fold_in(fold_in(seed, epoch), position) (philox: the same bits, all rows at once), runs the batched rest
   of the pp (`pp.get_batched_preprocess_fn`; a row it cannot process counts as 'undecodable', as a raising
   record does), counts and drops the bad rows in order (the consecutive-bad check sees the same runs), and is
   unbatched into examples."""
   features_store, reasons_store = store
-  n = int(reasons_store.shape[0])
+  n, block = int(reasons_store.shape[0]), _block_size(store)
   epoch0, pos0 = int(start[0]), int(start[1])
   seed0 = tf.constant(int(shuffle_seed) % (2**31), tf.int64)
   base_seed = tf.constant(seed_pair, tf.int32)
@@ -491,10 +501,10 @@ def _block_stream(
     skip = tf.where(tf.equal(epoch, epoch0), tf.constant(pos0, tf.int64), tf.constant(0, tf.int64))
 
     def place(j, index):
-      pos = skip + j * _BLOCK + tf.range(tf.size(index, out_type=tf.int64))
+      pos = skip + j * block + tf.range(tf.size(index, out_type=tf.int64))
       return tf.fill(tf.shape(pos), epoch), pos, index
 
-    return ds.skip(skip).batch(_BLOCK).enumerate().map(_plain(place))
+    return ds.skip(skip).batch(block).enumerate().map(_plain(place))
 
   def process(epoch, pos, index):
     features = {k: tf.gather(v, index) for k, v in features_store.items()}

@@ -20,8 +20,9 @@ include the 6 pairs never seen in training:
     per-language retrieval     XM3600-style, one gallery per language; same images and rounds as retrieval
 Reproducible: the data, the input order, the initialisation and the stochastic rounds are functions of the seed
 alone, so a second run on the same machine gives the same numbers (tests/test_demo_e2e.py checks it).  All runs
-share one process; JAX's persistent compilation cache (in --out, removed at the end) lets seeds reuse the
-compiled steps of the first seed.
+share one process; JAX's persistent compilation cache (--out/.jax_cache, ~7 MB, kept) lets seeds reuse the
+compiled steps of the first seed and a re-run with the same --out reuse every compiled program (delete the folder
+to time a cold run; a cached executable is the same program, so the numbers do not change).
 Outputs in --out: report.md, results.json, loss_vs_flops.png, metrics_vs_rounds.png, eval_data/ (the eval split
 and the evaluators' JSONL views of it) and runs/<variant>/seed<k>/ (each run's workdir: config.json,
 metrics.jsonl, checkpoint).  The table is also printed.  Nothing is tuned per variant; the report states the
@@ -864,7 +865,7 @@ def run_demo(settings: dict, verbose: bool = True) -> dict:
   evals = eval_configs(eval_data)
   seeds = [settings["seed"] + i for i in range(settings["seeds"])]
   per_variant: dict[str, list] = {name: [] for name in settings["variants"]}
-  with compile_cache(os.path.join(settings["out"], ".jax_cache")):
+  with compile_cache(os.path.join(settings["out"], ".jax_cache"), keep=True):
     for seed in seeds:  # seed-major: every variant's first seed compiles, later seeds reuse it
       for name in settings["variants"]:
         if verbose:
