@@ -798,8 +798,10 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
   # The objects alive now (model, traced JAX and tf.data functions, configs: ~0.56 M on the built-in data) are
   # taken out of the garbage collector's view while the steps run: a full collection over them took ~0.4 s,
   # once or more per run, stalling whichever step it fell into (-10 % on a 300-step runlocal run).  Garbage
-  # among them is collected after the loop (gc.unfreeze).
-  gc.freeze()
+  # among them is collected after the loop (gc.unfreeze).  A caller that froze objects itself keeps control.
+  froze = gc.get_freeze_count() == 0
+  if froze:
+    gc.freeze()
   try:
     while step < total_steps:
       item = None
@@ -835,7 +837,8 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
       save(step, force=True)
       _final_evals(run, state, step)
   finally:
-    gc.unfreeze()
+    if froze:
+      gc.unfreeze()
     if prefetch is not None:
       prefetch.close()
     _finish_saves(run)

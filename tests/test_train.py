@@ -6,6 +6,7 @@ Compile time dominates on CPU, so the module points JAX's persistent compilation
 runs of the same config (the LM runs below, the SIGTERM subprocess) compile once.
 """
 
+import gc
 import json
 import os
 import signal
@@ -95,8 +96,11 @@ def test_contrastive_runlocal_loss_decreases(compile_cache, tmp_path):
   )
   config.model.image.depth = config.model.text.depth = 2  # 2-layer towers: half the compile time
   config.evals = {}
+  gc.unfreeze()
+  frozen_before = gc.get_freeze_count()
   summary = train(config, str(tmp_path), verbose=False)
   assert summary["stopped"] == "finished" and summary["step"] == 30
+  assert gc.get_freeze_count() == frozen_before  # the heap frozen for the step loop is handed back to the GC
   _assert_learns(str(tmp_path))
   assert ckpt_lib.CheckpointManager(str(tmp_path)).latest_step() == 30  # the final save
 
@@ -168,8 +172,11 @@ def test_classification_runlocal_loss_decreases(compile_cache, tmp_path):
   config = _load(os.path.join(ROOT, "configs", "vit_rins.py:runlocal,steps=30"), ["tensorboard=False", "log_every=5"])
   config.model.depth = 2  # half the compile time
   config.evals = {}
+  gc.unfreeze()
+  frozen_before = gc.get_freeze_count()
   summary = train(config, str(tmp_path), verbose=False)
   assert summary["stopped"] == "finished" and summary["step"] == 30
+  assert gc.get_freeze_count() == frozen_before  # the heap frozen for the step loop is handed back to the GC
   _assert_learns(str(tmp_path))
 
 
@@ -248,6 +255,7 @@ def test_nan_guard_skips_updates_then_stops_with_last_good_checkpoint(compile_ca
   config = _load(LM_SPEC, LM_OVERRIDES + ["lr=1e30", "ckpt_every=1", f"max_bad_steps={max_bad}", "log_every=1"])
   with pytest.raises(TrainingStopped, match="max_bad_steps=3"):
     train(config, str(tmp_path), stop_after=LM_STEPS, verbose=False)
+  assert gc.get_freeze_count() == 0  # unfrozen on the way out of a stopped run too
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   bad = [r["step"] for r in rows if r.get("bad_step")]
   assert len(bad) == max_bad and bad == list(range(bad[0], bad[0] + max_bad))
