@@ -17,30 +17,27 @@ _REGISTRY: dict[str, OpFactory] = {}
 _BATCHED: dict[str, OpFactory] = {}
 
 
-def register(name: str):
-  """Decorator registering an op factory under `name` (re-registering a name is an error)."""
+def _registrar(table: dict, name: str, taken: str):
   if not isinstance(name, str) or not name.isidentifier():
     raise ValueError(f"pp op name {name!r} is not an identifier")
 
   def wrap(factory: OpFactory) -> OpFactory:
-    if name in _REGISTRY and _REGISTRY[name] is not factory:
-      raise ValueError(f"pp op {name!r} is already registered")
-    _REGISTRY[name] = factory
+    if name in table and table[name] is not factory:
+      raise ValueError(f"pp op {name!r} {taken}")
+    table[name] = factory
     return factory
 
   return wrap
+
+
+def register(name: str):
+  """Decorator registering an op factory under `name` (re-registering a name is an error)."""
+  return _registrar(_REGISTRY, name, "is already registered")
 
 
 def register_batched(name: str):
   """Decorator registering the batched form of op `name` (see _BATCHED)."""
-
-  def wrap(factory: OpFactory) -> OpFactory:
-    if name in _BATCHED and _BATCHED[name] is not factory:
-      raise ValueError(f"pp op {name!r} already has a batched form")
-    _BATCHED[name] = factory
-    return factory
-
-  return wrap
+  return _registrar(_BATCHED, name, "already has a batched form")
 
 
 def lookup_batched(name: str) -> OpFactory | None:
