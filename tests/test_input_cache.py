@@ -233,3 +233,40 @@ def test_block_path_detects_an_all_bad_source(tmp_path, tok_path):
   with pytest.raises(RuntimeError, match="every record seems bad"):
     next(it)
   assert it.stats()["skipped/missing_image_file"] >= 6
+
+
+def test_block_path_in_a_mixture_and_on_two_hosts(tmp_path, tok_path, monkeypatch):
+  """Two cached components (one block-processed, one with a per-record rest) mixed, and a host's shard of a
+  two-host run: the same batches and positions as the per-record path."""
+  captions = [["a cat", "", "le chat"], ["un chien", "ein Hund"], ["", "x y z", "noir"]]
+  one = data_fixtures.write_jsonl_dataset(tmp_path / "one", NUM_GOOD, (12, 14), captions=captions, bad=BAD_KINDS)
+  two = data_fixtures.write_jsonl_dataset(tmp_path / "two", 7, (12, 14), captions=captions)
+  pp = (
+    f"decode|resize(8)|value_range(-1, 1)|choice(inkey='texts')|tokenize(max_len=6, model={tok_path!r}, "
+    f"eos='sticky', inkey='texts', outkey='labels')|keep('image', 'labels', 'label')"
+  )
+  mixture = dict(
+    type="mixture",
+    sources=[
+      dict(weight=2.0, data=dict(type="jsonl", path=str(one))),
+      dict(weight=1.0, data=dict(type="jsonl", path=str(two)), pp=pp.replace("resize(8)|", "resize(8)|flip_lr|")),
+    ],
+  )
+  cfg = dict(data=mixture, pp=pp, shuffle_buffer_size=6, prefetch=1, cache=True)
+  runs, blocks = {}, []
+  block_stream = pipeline._block_stream
+  monkeypatch.setattr(pipeline, "_block_stream", lambda *a, **k: blocks.append(k["name"]) or block_stream(*a, **k))
+  for path in ("blocks", "per_record"):
+    if path == "per_record":
+      assert len(blocks) == 2  # the first component of the mixture and the host's shard
+      monkeypatch.setattr(pp_lib, "get_batched_preprocess_fn", lambda s: None)
+    mixed = pipeline.make_train_iterator(cfg, global_batch_size=4, seed=6)
+    host = pipeline.make_train_iterator(
+      _cfg(one, tok_path, True, pp=pp), global_batch_size=4, seed=6, process_index=1, process_count=2
+    )
+    runs[path] = (_take(mixed, 8), mixed.position(), _take(host, 6), host.position())
+  a, b = runs["blocks"], runs["per_record"]
+  _assert_same(a[0], b[0])
+  _assert_same(a[2], b[2])
+  assert a[1] == b[1] and a[3] == b[3]
+  assert len(blocks) == 2  # none on the per-record pass
