@@ -18,16 +18,16 @@ Cache (train; input.cache = 'auto' (default) | True | False, input.cache_max_byt
 1 GiB per host).  The pp's deterministic prefix -- its ops before the first one that draws a random seed, e.g.
 `decode|resize(32)|value_range(-1, 1)` before `choice`/`inception_crop`/`flip_lr` (pp.split_deterministic_prefix)
 -- is a function of the record alone (a `choice` of caption followed by `tokenize` is first rewritten to tokenize
-every caption, then pick caption and tokens together: pp.hoist_over_choice, so the tokens are cached too), so parse, checks and that prefix run once per record of the host's shard
-(in source order, each record keeping its place: a failing one becomes a placeholder with its reason) and are
-kept in host memory (one tensor per feature, ragged where records differ in shape); each epoch then shuffles the
+every caption, then pick caption and tokens together: pp.hoist_over_choice, so the tokens are cached too), so
+parse, checks and that prefix run once per record of the host's shard (in source order, each record keeping its
+place: a failing one becomes a placeholder with its reason) and are kept in host memory (one tensor per feature, ragged where records differ in shape); each epoch then shuffles the
 cached elements exactly as it would shuffle raw records and runs only the random rest of the pp.  When every op
 of that rest has a batched form (`registry.register_batched`: keep, drop, choice(n='single') so far), a block of
-records (up to 256, `_block_size`) is gathered and processed at once (`_block_stream`: the same examples, seeds, positions and
-counts, a few dozen TF ops per block instead of per record; ~13 us of input CPU per example on the runlocal
-config against ~150 per record); otherwise the rest runs record by record.  The batches, positions and resume are therefore the same
-with and without the cache (a checkpoint written with one resumes exactly with the other), and skipped records
-are counted as before.  'auto' caches a component when its size is known (jsonl, tfds) and the estimate --
+records (up to 256, `_block_size`) is gathered and processed at once (`_block_stream`: the same examples, seeds,
+positions and counts, a few dozen TF ops per block instead of per record; ~13 us of input CPU per example on the
+runlocal config against ~150 per record); otherwise the rest runs record by record.  The batches, positions and
+resume are therefore the same with and without the cache (a checkpoint written with one resumes exactly with
+the other), and skipped records are counted as before.  'auto' caches a component when its size is known (jsonl, tfds) and the estimate --
 bytes per record from the first 32 records after the prefix, times (records + shuffle buffer, which then holds
 decoded elements too) -- fits in what the cap leaves after earlier mixture components; it skips sources that
 shuffle their files per epoch (tfds), because a cache would replace that file order.  True caches those too
@@ -280,8 +280,9 @@ def _over_budget(where: str, estimate: int, budget: int, mode) -> bool:
 def _cached_prefix(source, pp_string, *, mode, budget, buffer, memo_key=None):
   """The host's records with parse, checks and the deterministic prefix of the pp done once and kept in host
   memory: (Source whose elements are (prefix features or placeholder, reason), rest of the pp string, bytes
-  estimated, the same records as one batch: (features [n, ...], reasons [n])), or None when not cached.  See the module docstring (input.cache).  With `memo_key`, a cache this
-  process filled earlier for the same key is reused (_MEMO)."""
+  estimated, the same records as one batch: (features [n, ...], reasons [n])), or None when not cached.  See the
+  module docstring (input.cache).  With `memo_key`, a cache this process filled earlier for the same key is
+  reused (_MEMO)."""
   where = f"input.cache={mode!r} for {source.name}"
   if source.num_records is None:
     if mode is True:
@@ -482,9 +483,9 @@ def _block_stream(
 
   Each epoch shuffles the record *indices* 0..n-1 with the seed the per-record path shuffles the records with
   (tf.data's shuffle order depends on the seed and the count alone), skips the first start[1] of epoch
-  start[0], and cuts them into blocks (`_block_size`); a block gathers its records from `store`, gets the per-record
-  seeds fold_in(fold_in(seed, epoch), position) (philox: the same bits, all rows at once), runs the batched rest
-  of the pp (`pp.get_batched_preprocess_fn`; a row it cannot process counts as 'undecodable', as a raising
+  start[0], and cuts them into blocks (`_block_size`); a block gathers its records from `store`, gets the
+  per-record seeds fold_in(fold_in(seed, epoch), position) (philox: the same bits, all rows at once), runs the
+  batched rest of the pp (`pp.get_batched_preprocess_fn`; a row it cannot process counts as 'undecodable', as a raising
   record does), counts and drops the bad rows in order (the consecutive-bad check sees the same runs), and is
   unbatched into examples."""
   features_store, reasons_store = store
