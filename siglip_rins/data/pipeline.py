@@ -14,25 +14,26 @@ components are mixed by a stateless weighted draw per output element; then batch
 is one pass in source order.  Keys starting with '_' are dropped by the pp stage; the train stream adds the
 position keys `_component/_epoch/_pos`, which DataIterator removes from the batches it returns.
 
-Cache (train; input.cache = 'auto' (default) | True | False, input.cache_max_bytes = DEFAULT_CACHE_MAX_BYTES,
-1 GiB per host).  The pp's deterministic prefix -- its ops before the first one that draws a random seed, e.g.
+Cache (train; input.cache = 'auto' (default) | True | False, input.cache_max_bytes = DEFAULT_CACHE_MAX_BYTES, 1
+GiB per host). The pp's deterministic prefix -- its ops before the first one that draws a random seed, e.g.
 `decode|resize(32)|value_range(-1, 1)` before `choice`/`inception_crop`/`flip_lr` (pp.split_deterministic_prefix)
 -- is a function of the record alone (a `choice` of caption followed by `tokenize` is first rewritten to tokenize
 every caption, then pick caption and tokens together: pp.hoist_over_choice, so the tokens are cached too), so
 parse, checks and that prefix run once per record of the host's shard (in source order, each record keeping its
-place: a failing one becomes a placeholder with its reason) and are kept in host memory (one tensor per feature, ragged where records differ in shape); each epoch then shuffles the
-cached elements exactly as it would shuffle raw records and runs only the random rest of the pp.  When every op
-of that rest has a batched form (`registry.register_batched`: keep, drop, choice(n='single') so far), a block of
-records (up to 256, `_block_size`) is gathered and processed at once (`_block_stream`: the same examples, seeds,
-positions and counts, a few dozen TF ops per block instead of per record; ~13 us of input CPU per example on the
-runlocal config against ~150 per record); otherwise the rest runs record by record.  The batches, positions and
-resume are therefore the same with and without the cache (a checkpoint written with one resumes exactly with
-the other), and skipped records are counted as before.  'auto' caches a component when its size is known (jsonl, tfds) and the estimate --
+place: a failing one becomes a placeholder with its reason) and are kept in host memory (one tensor per feature,
+ragged where records differ in shape); each epoch then shuffles the cached elements exactly as it would shuffle
+raw records and runs only the random rest of the pp. When every op of that rest has a batched form
+(`registry.register_batched`: keep, drop, choice(n='single') so far), a block of records (up to 256,
+`_block_size`) is gathered and processed at once (`_block_stream`: the same examples, seeds, positions and counts,
+a few dozen TF ops per block instead of per record; ~13 us of input CPU per example on the runlocal config against
+~150 per record); otherwise the rest runs record by record. The batches, positions and resume are therefore the
+same with and without the cache (a checkpoint written with one resumes exactly with the other), and skipped
+records are counted as before. 'auto' caches a component when its size is known (jsonl, tfds) and the estimate --
 bytes per record from the first 32 records after the prefix, times (records + shuffle buffer, which then holds
 decoded elements too) -- fits in what the cap leaves after earlier mixture components; it skips sources that
-shuffle their files per epoch (tfds), because a cache would replace that file order.  True caches those too
-(then without the per-epoch file order) and refuses, with one line, a source of unknown size or an estimate
-above the cap; False never caches.  Eval streams are never cached.
+shuffle their files per epoch (tfds), because a cache would replace that file order. True caches those too (then
+without the per-epoch file order) and refuses, with one line, a source of unknown size or an estimate above the
+cap; False never caches. Eval streams are never cached.
 
 Skipped records and how they are counted: every raw record that reaches the guarded stage gets a reason
 code: 0 if its parse, checks and pp all succeed, else the first problem (sources.REASONS: missing field,
