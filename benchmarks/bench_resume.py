@@ -43,7 +43,7 @@ def _forget() -> None:
   from siglip_rins import train
   from siglip_rins.data import pipeline
 
-  train._STEP_MEMO.clear()
+  train.clear_step_memo()
   pipeline.clear_cache_memo()
   jax.clear_caches()
 

@@ -695,6 +695,11 @@ _STEP_MEMO: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
 _STEP_MEMO_ENTRIES = 8  # a step and an initialiser per config
 
 
+def clear_step_memo() -> None:
+  """Forgets the jitted train steps and initialisers this process keeps for later runs."""
+  _STEP_MEMO.clear()
+
+
 def _step_memo_key(run: _Run, max_bad) -> Optional[str]:
   """The final config without its seed, the mesh and max_bad: everything the traced step depends on."""
   cfg = run.config.to_dict()
@@ -852,30 +857,7 @@ def _train(run: _Run, stop_after: Optional[int]) -> dict:
     data=it.stats(),
   )
   summary["state"] = _saved_part(state)
-  _retire(it)
-  it = prefetch = None  # the closures' references too: the retiring thread holds the last one
   return summary
-
-
-_RETIRING: "queue.Queue[Any]" = queue.Queue()
-_RETIRER: list = []
-
-
-def _retire(obj) -> None:
-  """Drops `obj` (a finished run's input iterator) in a background daemon thread.  Deleting a tf.data iterator
-  can block for seconds with the CPU idle: measured 8-10 s, 0.0 s of process CPU time, at the end of the
-  demo's runs whose input came from the process's cache memo (siglip_rins.data.pipeline._MEMO); the next run or
-  evaluation need not wait for it."""
-  if not _RETIRER:
-
-    def drop():
-      while True:
-        item = _RETIRING.get()
-        del item
-
-    _RETIRER.append(threading.Thread(target=drop, name="retire-input", daemon=True))
-    _RETIRER[0].start()
-  _RETIRING.put(obj)
 
 
 def _finish_saves(run: _Run) -> None:
