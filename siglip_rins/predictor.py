@@ -1,11 +1,14 @@
 """Inference wrapper that evaluators, export and the demo use: a model + its params behind numpy in/out.
 
-All batching goes through fixed-size padded batches so each (function, rounds) compiles once.
+All batching goes through fixed-size padded batches so each (function, rounds) compiles once.  Outputs are
+remembered per input row (by a digest of its bytes) for the current params: evaluators that read the same images or
+texts (zero-shot, retrieval and XM3600 share them; padding repeats rows) run the model once per distinct row.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 from typing import Any, Sequence
 
 import jax
@@ -21,6 +24,10 @@ from siglip_rins.models import Classifier, DecoderLM, TwoTowers
 # reuses the traced and compiled function of each rounds value instead of compiling it again.
 _FN_MEMO: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _FN_MEMO_ENTRIES = 64
+
+# Bytes of remembered output rows one Predictor keeps (all kinds and rounds together); past it the oldest
+# (kind, rounds) tables are dropped.
+ROW_MEMO_BYTES = 64 << 20
 
 
 def clear_fn_memo() -> None:
@@ -72,6 +79,16 @@ class Predictor:
     self.axis = axis
     self._fns: dict[Any, Any] = {}
 
+  @property
+  def params(self):
+    return self._params
+
+  @params.setter
+  def params(self, value):  # new parameters: remembered outputs no longer hold
+    self._params = value
+    self._rows: "collections.OrderedDict[tuple, dict[bytes, np.ndarray]]" = collections.OrderedDict()
+    self._row_bytes = 0
+
   # ----------------------------------------------------------------------------------------- scalars
   @property
   def temperature(self) -> float:
@@ -97,18 +114,33 @@ class Predictor:
     return self._fns[key]
 
   def _batched(self, kind: str, x: np.ndarray, rounds) -> np.ndarray:
+    """fn(params, x) row by row, in padded batches of batch_size, over the rows not remembered yet."""
     x = np.asarray(x)
-    n = len(x)
-    if n == 0:
+    if len(x) == 0:
       raise ValueError("no inputs given")
-    fn, bs, outs = self._fn(kind, rounds), self.batch_size, []
-    for i in range(0, n, bs):
-      chunk = x[i : i + bs]
+    table_key = (kind, rounds, self.axis, x.dtype.str, x.shape[1:])
+    table = self._rows.setdefault(table_key, {})
+    self._rows.move_to_end(table_key)
+    keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+    todo = list({k: i for i, k in enumerate(keys) if k not in table}.values())  # first row of each new key
+    fn, bs = self._fn(kind, rounds), self.batch_size
+    for i in range(0, len(todo), bs):
+      rows = todo[i : i + bs]
+      chunk = x[rows]
       pad = bs - len(chunk)
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      outs.append(np.asarray(fn(self.params, chunk))[: bs - pad])
-    return np.concatenate(outs)
+      out = np.asarray(fn(self.params, chunk))[: len(rows)]
+      for j, row in enumerate(rows):
+        table[keys[row]] = out[j]
+      self._row_bytes += out.nbytes
+    result = np.stack([table[k] for k in keys])
+    while self._row_bytes > ROW_MEMO_BYTES and len(self._rows) > 1:  # the oldest tables go first
+      _, dropped = self._rows.popitem(last=False)
+      self._row_bytes -= sum(v.nbytes for v in dropped.values())
+    if self._row_bytes > ROW_MEMO_BYTES:  # one table alone is over the budget: forget it
+      self.params = self.params
+    return result
 
   # ----------------------------------------------------------------------------------------- API
   def embed_images(self, images: np.ndarray, rounds=None) -> np.ndarray:

@@ -556,6 +556,17 @@ def _apply_block(block: Block, x, keep, mask, positions, shared_kv, decode, rema
   return nn.cond(keep, apply, lambda m, y: y, block, x)
 
 
+def _init_plan(plan: BlockPlan) -> BlockPlan:
+  """Every unique block once, in order of first use: what `init` needs to create the parameters.
+
+  A block's parameters are made at its first application and depend only on its name and the init rng, so they
+  equal those of the full plan; the init program then no longer depends on how often blocks repeat, and the
+  baseline, RAO and RINS of one size trace and compile one identical initialiser (one persistent compilation cache
+  entry), without the forward passes of the repeats."""
+  names = plan.block_names
+  return dataclasses.replace(plan, sequence=names, skip=(0.0,) * len(names), units=(len(names),))
+
+
 class RecursiveStack(nn.Module):
   """A stack of recursive blocks (+ optional adapters and final LayerNorm `encoder_norm`).
 
@@ -588,9 +599,12 @@ class RecursiveStack(nn.Module):
   ):
     rc = self.recursion
     trained = self.trained_plan()
-    plan = trained if self.is_initializing() else inference_plan(trained, rounds, repeat)
+    initializing = self.is_initializing()
+    plan = trained if initializing else inference_plan(trained, rounds, repeat)
+    if initializing and not decode:  # see _init_plan
+      plan = _init_plan(trained)
     blocks = {n: Block(self.layer, trained.layers(n), name=n) for n in trained.block_names}
-    stochastic = train and max(plan.skip) > 0 and not self.is_initializing() and not decode
+    stochastic = train and max(plan.skip) > 0 and not initializing and not decode
     rounds_ran = jnp.asarray(0, jnp.int32)
     ran: list[Array] = []  # per position: 1 if it ran (only tracked under stochastic skipping)
     for i, run in enumerate(plan.runs()):
