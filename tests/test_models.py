@@ -303,3 +303,67 @@ def test_predictors_of_equal_models_share_one_compile_per_rounds():
   assert np.abs(out0 - out1).max() > 1e-4  # different params, different outputs
   other = P.Predictor(_decoder("A^3B", loop="unroll"), params[1], batch_size=4)
   assert other._fn("lm", 2) is not fresh._fn("lm", 2)  # another model config: another function
+
+
+def test_predictor_embeds_each_distinct_row_once_per_params(monkeypatch):
+  """Evaluators that read the same images or texts (zero-shot, retrieval, XM3600) share the model's work: the
+  predictor runs each distinct row once per (kind, rounds) and params, returns what the model computes, and
+  forgets it all when the params change or its byte budget is exceeded."""
+  from siglip_rins import predictor as P
+
+  model = build_model(TINY_TOWERS)
+  images = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (5, 8, 8, 3), minval=-1, maxval=1))
+  texts = np.asarray(_tokens((7, 5)))
+  params = [random_params(model, images, texts, seed=s) for s in (0, 1)]
+  pred = P.Predictor(model, params[0], batch_size=4)
+  calls = []
+
+  def counting(kind, rounds):
+    fn = P.Predictor._fn(pred, kind, rounds)
+    return lambda p, x: (calls.append((kind, rounds, len(x))), fn(p, x))[1]
+
+  monkeypatch.setattr(pred, "_fn", counting)
+  want = lambda p, r: np.asarray(model.apply({"params": p}, None, texts, rounds={"txt": r})[1])
+  out = pred.embed_texts(texts, rounds=2)
+  np.testing.assert_allclose(out, want(params[0], 2), rtol=1e-5, atol=1e-6)
+  assert calls == [("txt", 2, 4), ("txt", 2, 4)]  # 7 rows: two padded batches
+  again = pred.embed_texts(np.concatenate([texts[::-1], texts[:2]]), rounds=2)  # other order, repeated rows
+  assert len(calls) == 2  # nothing new to run
+  np.testing.assert_array_equal(again, np.concatenate([out[::-1], out[:2]]))
+  pred.embed_texts(texts[:3], rounds=1)  # another rounds value is another table
+  assert calls[-1] == ("txt", 1, 4)
+  dup = np.repeat(images[:2], 4, axis=0)  # 8 rows, 2 distinct: one batch
+  np.testing.assert_array_equal(pred.embed_images(dup, rounds=1)[::4], pred.embed_images(images[:2], rounds=1))
+  assert calls[-1] == ("img", 1, 4) and sum(c[0] == "img" for c in calls) == 1
+  pred.params = params[1]  # new params: nothing remembered holds
+  n = len(calls)
+  np.testing.assert_allclose(pred.embed_texts(texts, rounds=2), want(params[1], 2), rtol=1e-5, atol=1e-6)
+  assert len(calls) == n + 2 and np.abs(want(params[1], 2) - out).max() > 1e-3
+  monkeypatch.setattr(P, "ROW_MEMO_BYTES", 64)  # smaller than one table: forgotten after every call
+  pred.embed_texts(texts, rounds=2)
+  pred.embed_texts(texts, rounds=2)
+  assert len(calls) == n + 4 and pred._row_bytes == 0
+
+
+def test_init_program_does_not_depend_on_repeats():
+  """init applies each unique block once: AB, ABAB and A^3B (one block size) lower to the same initialiser
+  program (one compile, shared through the persistent cache) and give the same parameters as the baseline; the
+  adapters of A^3B come on top."""
+  images = jnp.zeros((1, 8, 8, 3))
+  texts = jnp.zeros((1, 5), jnp.int32)
+  init_text, params = {}, {}
+  for sig, adapters in (("AB", False), ("ABAB", False), ("A^3B", False), ("A^3B", True)):
+    cfg = dict(TINY_TOWERS, recursion=dict(signature=sig, adapters=adapters))
+    model = build_model(cfg)
+    init = jax.jit(lambda r, model=model: model.init(r, images, texts)["params"])
+    init_text[sig, adapters] = init.lower(jax.random.PRNGKey(0)).as_text(debug_info=False)
+    params[sig, adapters] = jax.tree_util.tree_leaves_with_path(init(jax.random.PRNGKey(4)))
+  assert init_text["AB", False] == init_text["ABAB", False] == init_text["A^3B", False]
+  assert init_text["A^3B", True] != init_text["AB", False]
+  base = {jax.tree_util.keystr(k): np.asarray(v) for k, v in params["AB", False]}
+  for key in (("ABAB", False), ("A^3B", False), ("A^3B", True)):
+    got = {jax.tree_util.keystr(k): np.asarray(v) for k, v in params[key]}
+    extra = {k for k in got if "adapter" in k}
+    assert bool(extra) == key[1] and set(got) - extra == set(base)
+    for k, v in base.items():
+      np.testing.assert_array_equal(got[k], v, err_msg=f"{key} {k}")
