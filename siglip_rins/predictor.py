@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from siglip_rins.models import Classifier, DecoderLM, TwoTowers
+from siglip_rins.recursion import DynamicRounds, rounds_bucket
 
 
 # Jitted inference functions of this process, shared by every Predictor of an equal model: key (the model's repr
@@ -35,18 +36,26 @@ def clear_fn_memo() -> None:
   _FN_MEMO.clear()
 
 
-def _inference_fn(model, kind: str, kw: dict):
-  """f(params, x) of one Predictor method ('img' | 'txt' | 'logits' | 'lm') at the rounds/repeat in `kw`."""
+def _inference_fn(model, kind: str, axis: str, rounds):
+  """f(params, x, r) of one Predictor method ('img' | 'txt' | 'logits' | 'lm').
+
+  axis 'rounds' with an int `rounds`: r (an int32 scalar argument) is the first block's rounds and `rounds` the
+  DynamicRounds bucket (recursion.rounds_bucket): one program for every r of the bucket.  Otherwise r is ignored
+  and `rounds` (None: as trained) is passed as `axis`."""
+  if axis == "rounds" and rounds is not None:
+    kw = lambda r: {"rounds": DynamicRounds(r, rounds)}
+  else:
+    kw = lambda r: {axis: rounds}
   if kind == "img":
-    return lambda p, x: model.apply({"params": p}, x, None, **kw)[0]
+    return lambda p, x, r: model.apply({"params": p}, x, None, **kw(r))[0]
   if kind == "txt":
-    return lambda p, x: model.apply({"params": p}, None, x, **kw)[1]
+    return lambda p, x, r: model.apply({"params": p}, None, x, **kw(r))[1]
   if kind == "logits":
-    return lambda p, x: model.apply({"params": p}, x, **kw)
+    return lambda p, x, r: model.apply({"params": p}, x, **kw(r))
   if kind == "lm":
 
-    def lm(p, x):
-      logits = model.apply({"params": p}, x, **kw)
+    def lm(p, x, r):
+      logits = model.apply({"params": p}, x, **kw(r))
       logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
       return jnp.take_along_axis(logp, x[:, 1:, None], -1)[..., 0]
 
@@ -100,13 +109,22 @@ class Predictor:
 
   # ----------------------------------------------------------------------------------------- batching
   def _fn(self, kind: str, rounds):
+    """f(params, x) at `rounds` (see _jitted)."""
+    fn = self._jitted(kind, rounds)
+    r = np.int32(0 if rounds is None or self.axis != "rounds" else rounds)
+    return lambda p, x: fn(p, x, r)
+
+  def _jitted(self, kind: str, rounds):
+    """The jitted f(params, x, r) serving `rounds`: along axis 'rounds' one program per bucket of rounds values
+    (r = 1..4, 5..8, ...: recursion.DynamicRounds), along 'repeat' one per value; shared through _FN_MEMO."""
     if self.axis not in ("rounds", "repeat"):
       raise ValueError(f"Predictor.axis must be 'rounds' or 'repeat', got {self.axis!r}")
-    key = (kind, rounds, self.axis)
+    compiled = rounds_bucket(rounds) if self.axis == "rounds" and rounds is not None else rounds
+    key = (kind, compiled, self.axis)
     if key not in self._fns:
       shared = (type(self.model).__name__, repr(self.model)) + key
       if shared not in _FN_MEMO:
-        _FN_MEMO[shared] = jax.jit(_inference_fn(self.model, kind, {self.axis: rounds}))
+        _FN_MEMO[shared] = jax.jit(_inference_fn(self.model, kind, self.axis, compiled))
         while len(_FN_MEMO) > _FN_MEMO_ENTRIES:
           _FN_MEMO.popitem(last=False)
       _FN_MEMO.move_to_end(shared)

@@ -386,6 +386,26 @@ def inference_plan(plan: BlockPlan, rounds: Optional[int] = None, repeat: Option
   return plan
 
 
+@dataclasses.dataclass(frozen=True)
+class DynamicRounds:
+  """`rounds` given at run time: `value` (an int32 scalar, traced or not) rounds of the first block's leading run,
+  compiled once for every value in 1..`max_rounds` (positions past `value` are skipped by a `cond`, as stochastic
+  RINS skips drawn-out rounds).  Inference only (`train=False`, `decode=False`).  Values outside 1..max_rounds
+  are clipped to it; `rounds_bucket` picks max_rounds so that one program serves r = 1..4, another 5..8, ..."""
+
+  value: Any
+  max_rounds: int
+
+
+ROUNDS_BUCKET = 4
+
+
+def rounds_bucket(rounds: int) -> int:
+  """The max_rounds of the DynamicRounds program that serves `rounds`: the next multiple of ROUNDS_BUCKET."""
+  rounds = _check_count("rounds", rounds)
+  return -(-rounds // ROUNDS_BUCKET) * ROUNDS_BUCKET
+
+
 def recursive_run_index(plan: BlockPlan) -> int:
   """Index (in plan.runs()) of the run whose executed count is reported as 'rounds': the leading run."""
   del plan
@@ -573,7 +593,8 @@ class RecursiveStack(nn.Module):
   __call__(x [B, T, D], mask=None (broadcastable to [B, H, T, S]), positions=None ([B, T] int, for rotary),
   train=False, rounds=None, decode=False, repeat=None) -> (y [B, T, D], info).
   `rounds=k` runs the first block's leading run k times (A^kB; see `with_rounds`); `repeat=k` runs the
-  signature's unit k times (RAO; see `with_repeat`); None keeps the trained signature.
+  signature's unit k times (RAO; see `with_repeat`); None keeps the trained signature.  `rounds` may also be a
+  `DynamicRounds` (inference): k given at run time, one compiled program for k = 1..max_rounds.
   info['rounds']: executions of the first block's leading run; info['repeats']: units that ran (a unit counts
   when any of its positions ran); both int32 scalars, dynamic under stochastic RINS.
   """
@@ -600,6 +621,11 @@ class RecursiveStack(nn.Module):
     rc = self.recursion
     trained = self.trained_plan()
     initializing = self.is_initializing()
+    dynamic = None
+    if isinstance(rounds, DynamicRounds):
+      if train or decode or initializing:
+        raise ValueError("DynamicRounds is for inference (train=False, decode=False), not for training or init")
+      dynamic, rounds = rounds, _check_count("DynamicRounds.max_rounds", rounds.max_rounds)
     plan = trained if initializing else inference_plan(trained, rounds, repeat)
     if initializing and not decode:  # see _init_plan
       plan = _init_plan(trained)
@@ -610,7 +636,9 @@ class RecursiveStack(nn.Module):
     for i, run in enumerate(plan.runs()):
       share_kv = rc.kv_sharing and i == 0 and run.count > 1
       keep = None
-      if stochastic and max(run.skip) > 0:
+      if dynamic is not None and i == 0 and run.count > 1:  # the leading run: its first `value` positions
+        keep = jnp.arange(run.count) < jnp.clip(jnp.asarray(dynamic.value, jnp.int32), 1, run.count)
+      elif stochastic and max(run.skip) > 0:
         keep = jax.random.bernoulli(self.make_rng("rins"), 1.0 - jnp.asarray(run.skip), (run.count,))
         if share_kv:  # the first round always runs: later rounds attend to its keys/values
           keep = keep.at[0].set(True)
@@ -618,9 +646,9 @@ class RecursiveStack(nn.Module):
       executed = jnp.asarray(run.count, jnp.int32) if keep is None else keep.sum().astype(jnp.int32)
       if i == 0:
         rounds_ran = executed
-      if stochastic:
+      if stochastic or dynamic is not None:
         ran.append(jnp.ones((run.count,), bool) if keep is None else keep)
-    if stochastic:
+    if stochastic or dynamic is not None:
       flags, bounds = jnp.concatenate(ran), np.cumsum((0,) + plan.units)
       repeats_ran = sum(flags[s:e].any().astype(jnp.int32) for s, e in zip(bounds[:-1], bounds[1:]))
     else:

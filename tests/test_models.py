@@ -291,18 +291,21 @@ def test_predictors_of_equal_models_share_one_compile_per_rounds():
   params = [random_params(models[0], tokens, seed=s) for s in (0, 1)]
   first = P.Predictor(models[0], params[0], batch_size=4)
   out0 = first.lm_logprobs(tokens, rounds=2)
-  fn = first._fn("lm", 2)
+  fn = first._jitted("lm", 2)
   second = P.Predictor(models[1], params[1], batch_size=4)
   out1 = second.lm_logprobs(tokens, rounds=2)
-  assert second._fn("lm", 2) is fn and fn._cache_size() == 1  # one trace for both predictors
-  assert second._fn("lm", 3) is not fn and first._fn("lm", 2) is fn
+  assert second._jitted("lm", 2) is fn and fn._cache_size() == 1  # one trace for both predictors
+  assert first._jitted("lm", 2) is fn
+  assert second._jitted("lm", 3) is fn and second._jitted("lm", 5) is not fn  # one program per bucket of rounds
+  second.lm_logprobs(tokens, rounds=3)
+  assert fn._cache_size() == 1  # r is an argument: no new trace
   P.clear_fn_memo()
   fresh = P.Predictor(models[1], params[1], batch_size=4)
   np.testing.assert_array_equal(out1, fresh.lm_logprobs(tokens, rounds=2))
-  assert fresh._fn("lm", 2) is not fn
+  assert fresh._jitted("lm", 2) is not fn
   assert np.abs(out0 - out1).max() > 1e-4  # different params, different outputs
   other = P.Predictor(_decoder("A^3B", loop="unroll"), params[1], batch_size=4)
-  assert other._fn("lm", 2) is not fresh._fn("lm", 2)  # another model config: another function
+  assert other._jitted("lm", 2) is not fresh._jitted("lm", 2)  # another model config: another function
 
 
 def test_predictor_embeds_each_distinct_row_once_per_params(monkeypatch):

@@ -29,6 +29,8 @@ from siglip_rins.recursion import (
   skip_tuple,
   split_depth,
   sweep,
+  DynamicRounds,
+  rounds_bucket,
   trained_repeats,
   trained_rounds,
   with_repeat,
@@ -681,3 +683,41 @@ def test_stochastic_rounds_keep_only_the_carry_of_rounds_that_may_be_skipped():
   stochastic_auto = temp_bytes(0.5, "auto", False)
   assert stochastic_auto < 0.5 * temp_bytes(0.5, "scan", False)
   assert stochastic_auto < 2.5 * temp_bytes(0.0, "scan", True)
+
+
+# ---------------------------------------------------------------------------------- rounds given at run time
+@pytest.mark.parametrize(
+  "signature, kw",
+  [
+    ("AB", {}),
+    ("A^3B", dict(adapters=True)),
+    ("ABAB", {}),
+    ("A^2B", dict(kv_sharing=True)),
+    ("A^2B", dict(loop="unroll")),
+    ("AAAA", dict(adapters=True)),
+  ],
+)
+def test_dynamic_rounds_equal_the_static_plan(signature, kw):
+  """One program (rounds a traced argument, max_rounds 4 or 8) gives what the static plan A^kB gives for every
+  k in the bucket: the same output within float tolerance, the same info['rounds'] / ['repeats'] and so the
+  same adapter; values outside 1..max_rounds are clipped."""
+  model = _stack(signature, depth=2 if signature == "AAAA" else 4, **kw)
+  x = _x()
+  params = random_params(model, x, seed=3)
+  run = jax.jit(lambda r, m: model.apply({"params": params}, x, rounds=DynamicRounds(r, m)), static_argnums=1)
+  for k in range(1, 7):
+    want, want_info = model.apply({"params": params}, x, rounds=k)
+    got, info = run(jnp.int32(k), rounds_bucket(k))
+    _close(got, want)
+    assert int(info["rounds"]) == int(want_info["rounds"]) == k
+    assert int(info["repeats"]) == int(want_info["repeats"])
+  assert run._cache_size() == 2  # r = 1..4 and 5..6: two programs
+  _close(run(jnp.int32(9), 4)[0], model.apply({"params": params}, x, rounds=4)[0])
+  with pytest.raises(ValueError, match="inference"):
+    model.apply({"params": params}, x, train=True, rounds=DynamicRounds(2, 4), rngs={"rins": jax.random.PRNGKey(0)})
+
+
+def test_rounds_bucket():
+  assert [rounds_bucket(k) for k in (1, 4, 5, 8, 9)] == [4, 4, 8, 8, 12]
+  with pytest.raises(ValueError, match="rounds"):
+    rounds_bucket(0)
