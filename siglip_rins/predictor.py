@@ -20,9 +20,9 @@ from siglip_rins.recursion import DynamicRounds, rounds_bucket
 
 
 # Jitted inference functions of this process, shared by every Predictor of an equal model: key (the model's repr
-# -- every field of its config --, kind, rounds, axis) -> jax.jit wrapper.  Parameters are an argument, so a new
-# Predictor for another seed or checkpoint of the same model (the demo's and the study's runs, periodic evals)
-# reuses the traced and compiled function of each rounds value instead of compiling it again.
+# -- every field of its config --, kind, rounds bucket or repeat value, axis) -> jax.jit wrapper.  Parameters and
+# the rounds value are arguments, so a new Predictor for another seed or checkpoint of the same model (the demo's
+# and the study's runs, periodic evals) and every r of a bucket reuse one traced and compiled function.
 _FN_MEMO: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _FN_MEMO_ENTRIES = 64
 
