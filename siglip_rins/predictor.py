@@ -29,6 +29,9 @@ _FN_MEMO_ENTRIES = 64
 # Bytes of remembered output rows one Predictor keeps (all kinds and rounds together); past it the oldest
 # (kind, rounds) tables are dropped.
 ROW_MEMO_BYTES = 64 << 20
+# Input rows larger than this are not remembered: digesting them (~1 GB/s) would cost more than an accelerator's
+# forward pass of them (a 224 px float32 image is 588 KiB).  Token rows and small images are far below it.
+ROW_MEMO_MAX_ROW_BYTES = 64 << 10
 
 
 def clear_fn_memo() -> None:
@@ -136,19 +139,17 @@ class Predictor:
     x = np.asarray(x)
     if len(x) == 0:
       raise ValueError("no inputs given")
+    fn, bs = self._fn(kind, rounds), self.batch_size
+    if x[0].nbytes > ROW_MEMO_MAX_ROW_BYTES:
+      return np.concatenate([self._run(fn, x[i : i + bs]) for i in range(0, len(x), bs)])
     table_key = (kind, rounds, self.axis, x.dtype.str, x.shape[1:])
     table = self._rows.setdefault(table_key, {})
     self._rows.move_to_end(table_key)
     keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
     todo = list({k: i for i, k in enumerate(keys) if k not in table}.values())  # first row of each new key
-    fn, bs = self._fn(kind, rounds), self.batch_size
     for i in range(0, len(todo), bs):
       rows = todo[i : i + bs]
-      chunk = x[rows]
-      pad = bs - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      out = np.asarray(fn(self.params, chunk))[: len(rows)]
+      out = self._run(fn, x[rows])
       for j, row in enumerate(rows):
         table[keys[row]] = out[j]
       self._row_bytes += out.nbytes
@@ -159,6 +160,13 @@ class Predictor:
     if self._row_bytes > ROW_MEMO_BYTES:  # one table alone is over the budget: forget it
       self.params = self.params
     return result
+
+  def _run(self, fn, chunk: np.ndarray) -> np.ndarray:
+    """fn(params, chunk) for up to batch_size rows, padded with zeros to batch_size (one compiled shape)."""
+    n, pad = len(chunk), self.batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    return np.array(np.asarray(fn(self.params, chunk))[:n])  # a copy: remembered rows hold only their rows
 
   # ----------------------------------------------------------------------------------------- API
   def embed_images(self, images: np.ndarray, rounds=None) -> np.ndarray:

@@ -346,6 +346,11 @@ def test_predictor_embeds_each_distinct_row_once_per_params(monkeypatch):
   pred.embed_texts(texts, rounds=2)
   pred.embed_texts(texts, rounds=2)
   assert len(calls) == n + 4 and pred._row_bytes == 0
+  monkeypatch.setattr(P, "ROW_MEMO_BYTES", 64 << 20)
+  monkeypatch.setattr(P, "ROW_MEMO_MAX_ROW_BYTES", 8 * 8 * 3 * 4 - 1)  # image rows too big to digest: no memo
+  first = pred.embed_images(images, rounds=1)
+  np.testing.assert_array_equal(pred.embed_images(images, rounds=1), first)
+  assert [c[0] for c in calls[-4:]] == ["img"] * 4 and pred._row_bytes == 0  # 5 rows, twice: 2 + 2 batches
 
 
 def test_init_program_does_not_depend_on_repeats():
