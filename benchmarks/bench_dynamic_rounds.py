@@ -28,19 +28,10 @@ def run(batch: int, rounds_list, repeats: int, precision: str) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from siglip_rins.models import build_model
+  from benchmarks.bench_recursion import image_tower
   from siglip_rins.recursion import DynamicRounds, rounds_bucket
 
-  model = build_model(
-    dict(
-      name="vit",
-      variant="bench/8",
-      posemb="learn",
-      pool_type="map",
-      precision=precision,
-      recursion={"signature": "A^2B"},
-    )
-  )
+  model = image_tower(2, "auto", False, precision)  # A^2B, the trainer's default loop form
   images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, 64, 64, 3)), jnp.float32)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1])["params"]
   bucket = rounds_bucket(max(rounds_list))
