@@ -130,21 +130,32 @@ def _plain(fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
+def _epoch_seed(shuffle_seed: int) -> tf.Tensor:
+  """The int64 seed every epoch's shuffle (and file order) is derived from."""
+  return tf.constant(int(shuffle_seed) % (2**31), tf.int64)
+
+
+def _epoch_shuffle(ds: tf.data.Dataset, buffer: int, seed0, epoch) -> tf.data.Dataset:
+  """One epoch's shuffle.  Records (_epoch_stream) and record indices (_block_stream) go through this one
+  function: tf.data's shuffle order depends on the seed and the count alone, so both paths see the same order."""
+  if buffer > 1:
+    ds = ds.shuffle(buffer, seed=seed0 * 1_000_003 + epoch, reshuffle_each_iteration=False)
+  return ds
+
+
 def _epoch_stream(source, *, buffer: int, shuffle_seed: int, start) -> tf.data.Dataset:
   """(epoch, position, raw) for epochs start[0], start[0]+1, ... of the host's raw records, each epoch
   shuffled with its own seed (derived from shuffle_seed and the epoch), the first start[1] raw records of the
   first epoch skipped before any parsing."""
   epoch0, pos0 = int(start[0]), int(start[1])
   base = source.dataset
-  seed0 = tf.constant(int(shuffle_seed) % (2**31), tf.int64)
+  seed0 = _epoch_seed(shuffle_seed)
 
   def one_epoch(epoch):
     ds = base
     if source.files_in_order is not None:  # e.g. TFDS: the epoch's file order from (seed, epoch) too
       ds = source.files_in_order(seed0 * 1_000_033 + 7 * epoch + 1)
-    if buffer > 1:
-      ds = ds.shuffle(buffer, seed=seed0 * 1_000_003 + epoch, reshuffle_each_iteration=False)
-    return ds.enumerate().map(_plain(lambda pos, raw: (epoch, pos, raw)))
+    return _epoch_shuffle(ds, buffer, seed0, epoch).enumerate().map(_plain(lambda pos, raw: (epoch, pos, raw)))
 
   ds = tf.data.Dataset.range(epoch0, 2**62).flat_map(_plain(one_epoch))
   return ds.skip(pos0) if pos0 else ds
@@ -492,14 +503,12 @@ def _block_stream(
   features_store, reasons_store = store
   n, block = int(reasons_store.shape[0]), _block_size(store)
   epoch0, pos0 = int(start[0]), int(start[1])
-  seed0 = tf.constant(int(shuffle_seed) % (2**31), tf.int64)
+  seed0 = _epoch_seed(shuffle_seed)
   base_seed = tf.constant(seed_pair, tf.int32)
   undecodable = sources_lib.REASON_CODE["undecodable"]
 
   def one_epoch(epoch):
-    ds = tf.data.Dataset.range(n)
-    if buffer > 1:
-      ds = ds.shuffle(buffer, seed=seed0 * 1_000_003 + epoch, reshuffle_each_iteration=False)
+    ds = _epoch_shuffle(tf.data.Dataset.range(n), buffer, seed0, epoch)
     skip = tf.where(tf.equal(epoch, epoch0), tf.constant(pos0, tf.int64), tf.constant(0, tf.int64))
 
     def place(j, index):
