@@ -40,3 +40,19 @@ def test_split_and_uniform_int_equal_tf(seeds):
     np.testing.assert_array_equal(philox.full_int(s32, dtype).numpy(), want)
   with pytest.raises(ValueError, match="dtype must be int32 or int64"):
     philox.full_int(s32, tf.float32)
+
+
+def test_traced_once_per_seed_dtype(seeds):
+  """The Philox graph is written once per seed dtype/rank, not per call (nor per tf.data function using it):
+  new batch sizes and new outer graphs reuse the trace."""
+  s32 = seeds[0]
+  philox.fold_in(s32, tf.range(B))
+  philox.fold_in(s32[:7], tf.range(7))  # a second batch size: one retrace to a batch-size-free signature
+  before = philox._words4.experimental_get_tracing_count()
+  philox.fold_in(s32[:9], tf.range(9))
+  tf.function(lambda s: philox.split2(s))(s32[:5])  # inside another graph
+  ds = tf.data.Dataset.from_tensor_slices(s32[:12]).batch(4).map(lambda s: philox.fold_in(s, tf.range(4)))
+  got = np.concatenate([x.numpy() for x in ds])
+  assert philox._words4.experimental_get_tracing_count() == before
+  want = np.stack([tf.random.experimental.stateless_fold_in(s32[i], i % 4).numpy() for i in range(12)])
+  np.testing.assert_array_equal(got, want)

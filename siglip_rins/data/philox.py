@@ -54,12 +54,21 @@ def _key_counter(seed):
   return mix[..., :2], tf.concat([zeros, mix[..., 2:]], -1)
 
 
+@tf.function(autograph=False, reduce_retracing=True)
+def _words4(seed):
+  key, counter = _key_counter(seed)
+  return _philox(counter, key)
+
+
 def words(seed, n: int):
-  """The first n (<= 4) uint32 words (as uint64 [..., n]) TF's Philox draws for seeds [..., 2]."""
+  """The first n (<= 4) uint32 words (as uint64 [..., n]) TF's Philox draws for seeds [..., 2].
+
+  The ~500 ops of the two Philox calls are traced once per seed dtype and rank (a `tf.function`, called as a
+  function from the graphs that use it), not again in every tf.data map function that draws per-example
+  numbers: building a training iterator used to spend ~0.4 s of its ~1.3 s writing them out."""
   if not 1 <= n <= 4:
     raise ValueError(f"philox.words: 1 <= n <= 4, got {n}")
-  key, counter = _key_counter(seed)
-  return _philox(counter, key)[..., :n]
+  return _words4(tf.convert_to_tensor(seed))[..., :n]
 
 
 def full_int(seed, dtype):
