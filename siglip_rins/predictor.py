@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from siglip_rins.models import Classifier, DecoderLM, TwoTowers
-from siglip_rins.recursion import DynamicRounds, rounds_bucket
+from siglip_rins.recursion import DynamicRepeat, DynamicRounds, rounds_bucket
 
 
 # Jitted inference functions of this process, shared by every Predictor of an equal model: key (the model's repr
@@ -42,13 +42,16 @@ def clear_fn_memo() -> None:
 def _inference_fn(model, kind: str, axis: str, rounds):
   """f(params, x, r) of one Predictor method ('img' | 'txt' | 'logits' | 'lm').
 
-  axis 'rounds' with an int `rounds`: r (an int32 scalar argument) is the first block's rounds and `rounds` the
-  DynamicRounds bucket (recursion.rounds_bucket): one program for every r of the bucket.  Otherwise r is ignored
-  and `rounds` (None: as trained) is passed as `axis`."""
-  if axis == "rounds" and rounds is not None:
+  With an int `rounds`, r (an int32 scalar argument) is the count along `axis` -- the first block's rounds
+  ('rounds') or the unit's repeats ('repeat') -- and `rounds` the bucket (recursion.rounds_bucket) of the
+  DynamicRounds / DynamicRepeat program: one program for every r of the bucket.  With rounds=None (as trained)
+  r is ignored."""
+  if rounds is None:
+    kw = lambda r: {}
+  elif axis == "rounds":
     kw = lambda r: {"rounds": DynamicRounds(r, rounds)}
   else:
-    kw = lambda r: {axis: rounds}
+    kw = lambda r: {"repeat": DynamicRepeat(r, rounds)}
   if kind == "img":
     return lambda p, x, r: model.apply({"params": p}, x, None, **kw(r))[0]
   if kind == "txt":
@@ -114,15 +117,15 @@ class Predictor:
   def _fn(self, kind: str, rounds):
     """f(params, x) at `rounds` (see _jitted)."""
     fn = self._jitted(kind, rounds)
-    r = np.int32(0 if rounds is None or self.axis != "rounds" else rounds)
+    r = np.int32(0 if rounds is None else rounds)
     return lambda p, x: fn(p, x, r)
 
   def _jitted(self, kind: str, rounds):
-    """The jitted f(params, x, r) serving `rounds`: along axis 'rounds' one program per bucket of rounds values
-    (r = 1..4, 5..8, ...: recursion.DynamicRounds), along 'repeat' one per value; shared through _FN_MEMO."""
+    """The jitted f(params, x, r) serving `rounds`: one program per bucket of values along the axis (r = 1..4,
+    5..8, ...: recursion.DynamicRounds / DynamicRepeat), one for rounds=None; shared through _FN_MEMO."""
     if self.axis not in ("rounds", "repeat"):
       raise ValueError(f"Predictor.axis must be 'rounds' or 'repeat', got {self.axis!r}")
-    compiled = rounds_bucket(rounds) if self.axis == "rounds" and rounds is not None else rounds
+    compiled = None if rounds is None else rounds_bucket(rounds)
     key = (kind, compiled, self.axis)
     if key not in self._fns:
       shared = (type(self.model).__name__, repr(self.model)) + key

@@ -397,11 +397,23 @@ class DynamicRounds:
   max_rounds: int
 
 
+@dataclasses.dataclass(frozen=True)
+class DynamicRepeat:
+  """`repeat` given at run time (RAO): the signature's unit runs `value` times (an int32 scalar, traced or not),
+  compiled once for every value in 1..`max_repeat`: the plan is the unit repeated max_repeat times and each
+  position past unit `value` is skipped by a `cond`.  info['repeats'] (and so the adapter) follows `value`.
+  Inference only, like DynamicRounds; values outside 1..max_repeat are clipped to it."""
+
+  value: Any
+  max_repeat: int
+
+
 ROUNDS_BUCKET = 4
 
 
 def rounds_bucket(rounds: int) -> int:
-  """The max_rounds of the DynamicRounds program that serves `rounds`: the next multiple of ROUNDS_BUCKET."""
+  """The max_rounds (max_repeat) of the DynamicRounds (DynamicRepeat) program that serves `rounds` (a repeat
+  value): the next multiple of ROUNDS_BUCKET."""
   rounds = _check_count("rounds", rounds)
   return -(-rounds // ROUNDS_BUCKET) * ROUNDS_BUCKET
 
@@ -621,28 +633,42 @@ class RecursiveStack(nn.Module):
     rc = self.recursion
     trained = self.trained_plan()
     initializing = self.is_initializing()
-    dynamic = None
-    if isinstance(rounds, DynamicRounds):
+    dynamic = None  # a DynamicRounds or DynamicRepeat: which positions run is decided at run time
+    if isinstance(rounds, DynamicRounds) or isinstance(repeat, DynamicRepeat):
       if train or decode or initializing:
-        raise ValueError("DynamicRounds is for inference (train=False, decode=False), not for training or init")
-      dynamic, rounds = rounds, _check_count("DynamicRounds.max_rounds", rounds.max_rounds)
+        raise ValueError("DynamicRounds / DynamicRepeat are for inference (train=False, decode=False), not for "
+                         "training or init")  # fmt: skip
+      if isinstance(rounds, DynamicRounds) and isinstance(repeat, DynamicRepeat):
+        raise ValueError("only one of rounds / repeat can be given at run time")
+      if isinstance(rounds, DynamicRounds):
+        dynamic, rounds = rounds, _check_count("DynamicRounds.max_rounds", rounds.max_rounds)
+      else:
+        dynamic, repeat = repeat, _check_count("DynamicRepeat.max_repeat", repeat.max_repeat)
     plan = trained if initializing else inference_plan(trained, rounds, repeat)
+    unit_keep = None  # DynamicRepeat: per position of the plan, whether its unit runs
+    if isinstance(dynamic, DynamicRepeat):
+      unit_of = np.repeat(np.arange(len(plan.units)), plan.units)
+      unit_keep = jnp.asarray(unit_of) < jnp.clip(jnp.asarray(dynamic.value, jnp.int32), 1, len(plan.units))
     if initializing and not decode:  # see _init_plan
       plan = _init_plan(trained)
     blocks = {n: Block(self.layer, trained.layers(n), name=n) for n in trained.block_names}
     stochastic = train and max(plan.skip) > 0 and not initializing and not decode
     rounds_ran = jnp.asarray(0, jnp.int32)
     ran: list[Array] = []  # per position: 1 if it ran (only tracked under stochastic skipping)
+    start = 0  # position of the run in the plan
     for i, run in enumerate(plan.runs()):
       share_kv = rc.kv_sharing and i == 0 and run.count > 1
       keep = None
-      if dynamic is not None and i == 0 and run.count > 1:  # the leading run: its first `value` positions
+      if isinstance(dynamic, DynamicRounds) and i == 0 and run.count > 1:  # the leading run: its first `value`
         keep = jnp.arange(run.count) < jnp.clip(jnp.asarray(dynamic.value, jnp.int32), 1, run.count)
+      elif unit_keep is not None and start + run.count > plan.units[0]:  # a run reaching past the first unit
+        keep = unit_keep[start : start + run.count]
       elif stochastic and max(run.skip) > 0:
         keep = jax.random.bernoulli(self.make_rng("rins"), 1.0 - jnp.asarray(run.skip), (run.count,))
         if share_kv:  # the first round always runs: later rounds attend to its keys/values
           keep = keep.at[0].set(True)
       x = self._run(blocks[run.name], x, run.count, keep, mask, positions, decode, share_kv)
+      start += run.count
       executed = jnp.asarray(run.count, jnp.int32) if keep is None else keep.sum().astype(jnp.int32)
       if i == 0:
         rounds_ran = executed

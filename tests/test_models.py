@@ -129,8 +129,10 @@ def test_predictor_axis_drives_rounds_or_repeat():
   want = lambda **kw: np.take_along_axis(np.asarray(logp(**kw)), np.asarray(tokens)[:, 1:, None], -1)[..., 0]
   for axis in ("rounds", "repeat"):
     pred = Predictor(model, params, batch_size=2, axis=axis)
-    for r in (1, 3):
+    for r in (1, 3, 2):
       np.testing.assert_allclose(pred.lm_logprobs(tokens, rounds=r), want(**{axis: r}), rtol=1e-5, atol=1e-5)
+    # along either axis the count is a run-time argument: r = 1, 3, 2 share one program (bucket 1..4)
+    assert pred._jitted("lm", 1) is pred._jitted("lm", 3) and pred._jitted("lm", 1)._cache_size() == 1
   assert np.abs(want(repeat=1) - want(rounds=1)).max() > 1e-3  # AB vs ABAB: the axes differ
 
 

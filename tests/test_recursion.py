@@ -29,6 +29,7 @@ from siglip_rins.recursion import (
   skip_tuple,
   split_depth,
   sweep,
+  DynamicRepeat,
   DynamicRounds,
   rounds_bucket,
   trained_repeats,
@@ -715,6 +716,38 @@ def test_dynamic_rounds_equal_the_static_plan(signature, kw):
   _close(run(jnp.int32(9), 4)[0], model.apply({"params": params}, x, rounds=4)[0])
   with pytest.raises(ValueError, match="inference"):
     model.apply({"params": params}, x, train=True, rounds=DynamicRounds(2, 4), rngs={"rins": jax.random.PRNGKey(0)})
+
+
+@pytest.mark.parametrize(
+  "signature, kw",
+  [
+    ("ABAB", {}),
+    ("ABAB", dict(adapters=True)),
+    ("A^2B", {}),
+    ("AB", dict(loop="unroll")),
+    ("AAAA", {}),
+  ],
+)
+def test_dynamic_repeat_equals_the_static_plan(signature, kw):
+  """RAO's repeat as a run-time argument: one program (max_repeat 4 or 8) gives what the static plan (unit)^k
+  gives for every k in the bucket -- output within float tolerance, the same info (so the same adapter) --
+  and clips values outside 1..max_repeat."""
+  model = _stack(signature, depth=2 if signature == "AAAA" else 4, **kw)
+  x = _x()
+  params = random_params(model, x, seed=4)
+  run = jax.jit(lambda k, m: model.apply({"params": params}, x, repeat=DynamicRepeat(k, m)), static_argnums=1)
+  for k in range(1, 6):
+    want, want_info = model.apply({"params": params}, x, repeat=k)
+    got, info = run(jnp.int32(k), rounds_bucket(k))
+    _close(got, want)
+    assert int(info["repeats"]) == int(want_info["repeats"]) == k
+    assert int(info["rounds"]) == int(want_info["rounds"])
+  assert run._cache_size() == 2  # k = 1..4 and 5: two programs
+  _close(run(jnp.int32(0), 4)[0], model.apply({"params": params}, x, repeat=1)[0])
+  with pytest.raises(ValueError, match="only one"):
+    model.apply({"params": params}, x, rounds=DynamicRounds(2, 4), repeat=DynamicRepeat(2, 4))
+  with pytest.raises(ValueError, match="inference"):
+    model.apply({"params": params}, x, train=True, repeat=DynamicRepeat(2, 4))
 
 
 def test_rounds_bucket():
