@@ -3,14 +3,15 @@
 Model: the image tower of the performance issue's bench config (ViT: 64x64x3 images, patch 8 -> 64 tokens,
 width 256, depth 6 split as A = 3 layers and B = 3 layers, 4 heads, MLP 1024, learned posemb, MAP pooling, no
 head), float32.  Train step: jitted value_and_grad of a squared-embedding loss + optax.adam update.
-For each (loop, r): compile seconds (lower + compile), median step seconds, and the analytic train FLOPs; the
+For each (loop, r): compile seconds (trace + lower + compile; median of `--compile_repeats` compiles from a clean
+slate, taking turns), median step seconds, and the analytic train FLOPs; the
 report puts step(r)/step(1) beside flops(r)/flops(1) and compile(r)/compile(1).  All configurations are compiled
 first, then timed taking turns (`--repeats` rounds of one step each), so step ratios see the same load.
 
 Targets (issue): compile(8) <= 1.25 x compile(1); step(r)/step(1) within 5% of flops(r)/flops(1).
 
 Usage: python -m benchmarks.bench_recursion [--batch 32] [--rounds 1 2 4 8] [--loops unroll scan auto]
-       [--repeats 3] [--remat] [--precision float32|bfloat16] [--out result.json]
+       [--repeats 3] [--compile_repeats 3] [--remat] [--precision float32|bfloat16] [--out result.json]
        (defaults: ~3 min on an idle 2-core machine; the full table of RESULTS.md:
         --batch 64 --rounds 1 2 3 4 6 8 --loops scan unroll scan_u2 scan_dots --repeats 3, ~15 min)
 Loop forms (LOOP_FORMS): unroll, scan, auto, scan_u2 (scan_unroll=2), scan_dots / scan_dots_nb / scan_remat
@@ -67,7 +68,15 @@ def make_train_step(model, optimizer):
   return step
 
 
-def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bool, precision: str = "float32") -> dict:
+def run(
+  batch: int,
+  rounds: list[int],
+  loops: list[str],
+  repeats: int,
+  remat: bool,
+  precision: str = "float32",
+  compile_repeats: int = 3,
+) -> dict:
   context_start = U.context()
   images = jax.random.uniform(jax.random.PRNGKey(0), (batch, 64, 64, 3), minval=-1, maxval=1)
   optimizer = optax.adam(1e-4)
@@ -78,19 +87,37 @@ def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bo
   # running one step of every configuration, so all step times see the same machine load.
   # r = 1 runs no loop (a single round is applied directly whatever the loop form), so it is compiled and timed
   # once and serves as every loop form's baseline (three times the samples of one form's own r = 1 row).
-  compiled_fns, rows = {}, []
+  # Compile seconds: every configuration is compiled `compile_repeats` times from a clean slate
+  # (jax.clear_caches: no traced jaxpr, lowering or executable kept), taking turns like the steps below, and the
+  # median is reported -- one compile of a 2 s program varies by ~10% from one minute to the next.
+  configs = [(loop, r) for loop in loops for r in rounds if r > 1 or loop == loops[0]]
+  compile_times, compiled_fns, rows = {k: [] for k in configs}, {}, []
+  for _ in range(compile_repeats):
+    for loop, r in configs:
+      jax.clear_caches()
+      model = image_tower(r, loop, remat, precision)
+      compiled, compile_s = U.compile_seconds(jax.jit(make_train_step(model, optimizer)), params, opt_state, images)
+      compile_times[(loop, r)].append(compile_s)
+      compiled_fns[(loop, r)] = compiled
   for loop in loops:
     for r in rounds:
       if r == 1 and loop != loops[0]:
         rows.append(dict(next(row for row in rows if row["r"] == 1), loop=loop))
         continue
       model = image_tower(r, loop, remat, precision)
-      compiled, compile_s = U.compile_seconds(jax.jit(make_train_step(model, optimizer)), params, opt_state, images)
-      jax.block_until_ready(compiled(params, opt_state, images))  # warm-up
-      compiled_fns[(loop, r)] = compiled
+      jax.block_until_ready(compiled_fns[(loop, r)](params, opt_state, images))  # warm-up
       train_flops = batch * flops.train_flops_per_example(model, {"image": (64, 64)})
-      rows.append(dict(loop=loop, r=r, compile_s=round(compile_s, 3), train_gflop=round(train_flops / 1e9, 3)))
-      print(f"# {loop:6s} r={r}: compile {compile_s:6.2f} s", file=sys.stderr, flush=True)
+      compile_s = U.median(compile_times[(loop, r)])
+      rows.append(
+        dict(
+          loop=loop,
+          r=r,
+          compile_s=round(compile_s, 3),
+          compile_times_s=[round(x, 3) for x in compile_times[(loop, r)]],
+          train_gflop=round(train_flops / 1e9, 3),
+        )
+      )
+      print(f"# {loop:6s} r={r}: compile {compile_s:6.2f} s (median of {compile_repeats})", file=sys.stderr, flush=True)
   times = {k: [] for k in compiled_fns}
   for _ in range(repeats):
     for k, fn in compiled_fns.items():
@@ -146,6 +173,7 @@ def run(batch: int, rounds: list[int], loops: list[str], repeats: int, remat: bo
     precision=precision,
     remat=remat,
     repeats=repeats,
+    compile_repeats=compile_repeats,
     rows=rows,
     summary=summary,
     context_start=context_start,
@@ -160,14 +188,20 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 4, 8])
   parser.add_argument("--loops", nargs="+", default=["unroll", "scan", "auto"], choices=sorted(LOOP_FORMS))
   parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (after 1 warm-up)")
+  parser.add_argument(
+    "--compile_repeats", type=int, default=3, help="clean compiles per configuration (the median is reported)"
+  )
   parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--remat", action="store_true", help="rematerialise each round (recursion.remat)")
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   if min(args.rounds) < 1:
     parser.error(f"--rounds must be >= 1, got {args.rounds}")
+  if args.compile_repeats < 1:
+    parser.error(f"--compile_repeats must be >= 1, got {args.compile_repeats}")
   rounds = sorted(set(args.rounds))
-  return U.emit(run(args.batch, rounds, args.loops, args.repeats, args.remat, args.precision), args.out)
+  result = run(args.batch, rounds, args.loops, args.repeats, args.remat, args.precision, args.compile_repeats)
+  return U.emit(result, args.out)
 
 
 if __name__ == "__main__":
