@@ -686,68 +686,49 @@ def test_stochastic_rounds_keep_only_the_carry_of_rounds_that_may_be_skipped():
   assert stochastic_auto < 2.5 * temp_bytes(0.0, "scan", True)
 
 
-# ---------------------------------------------------------------------------------- rounds given at run time
+# ----------------------------------------------------------------------- rounds / repeats given at run time
+_DYNAMIC = {"rounds": DynamicRounds, "repeat": DynamicRepeat}
+
+
 @pytest.mark.parametrize(
-  "signature, kw",
+  "axis, signature, kw",
   [
-    ("AB", {}),
-    ("A^3B", dict(adapters=True)),
-    ("ABAB", {}),
-    ("A^2B", dict(kv_sharing=True)),
-    ("A^2B", dict(loop="unroll")),
-    ("AAAA", dict(adapters=True)),
+    ("rounds", "AB", {}),
+    ("rounds", "A^3B", dict(adapters=True)),
+    ("rounds", "ABAB", {}),
+    ("rounds", "A^2B", dict(kv_sharing=True)),
+    ("rounds", "A^2B", dict(loop="unroll")),
+    ("rounds", "AAAA", dict(adapters=True)),
+    ("repeat", "ABAB", {}),
+    ("repeat", "ABAB", dict(adapters=True)),
+    ("repeat", "A^2B", {}),
+    ("repeat", "AB", dict(loop="unroll")),
+    ("repeat", "AAAA", {}),
   ],
 )
-def test_dynamic_rounds_equal_the_static_plan(signature, kw):
-  """One program (rounds a traced argument, max_rounds 4 or 8) gives what the static plan A^kB gives for every
-  k in the bucket: the same output within float tolerance, the same info['rounds'] / ['repeats'] and so the
-  same adapter; values outside 1..max_rounds are clipped."""
+def test_dynamic_count_equals_the_static_plan(axis, signature, kw):
+  """One program (the count along `axis` -- the first block's rounds, A^kB, or the unit's repeats, RAO's
+  (unit)^k -- a traced argument; bucket 4 or 8) gives what the static plan gives for every k in the bucket: the
+  same output within float tolerance, the same info['rounds'] / ['repeats'] and so the same adapter; values
+  outside 1..bucket are clipped."""
   model = _stack(signature, depth=2 if signature == "AAAA" else 4, **kw)
   x = _x()
   params = random_params(model, x, seed=3)
-  run = jax.jit(lambda r, m: model.apply({"params": params}, x, rounds=DynamicRounds(r, m)), static_argnums=1)
+  dynamic = _DYNAMIC[axis]
+  run = jax.jit(lambda k, m: model.apply({"params": params}, x, **{axis: dynamic(k, m)}), static_argnums=1)
   for k in range(1, 7):
-    want, want_info = model.apply({"params": params}, x, rounds=k)
+    want, want_info = model.apply({"params": params}, x, **{axis: k})
     got, info = run(jnp.int32(k), rounds_bucket(k))
     _close(got, want)
-    assert int(info["rounds"]) == int(want_info["rounds"]) == k
-    assert int(info["repeats"]) == int(want_info["repeats"])
-  assert run._cache_size() == 2  # r = 1..4 and 5..6: two programs
-  _close(run(jnp.int32(9), 4)[0], model.apply({"params": params}, x, rounds=4)[0])
+    assert int(info["rounds"]) == int(want_info["rounds"]) and int(info["repeats"]) == int(want_info["repeats"])
+    assert int(info["rounds" if axis == "rounds" else "repeats"]) == k
+  assert run._cache_size() == 2  # k = 1..4 and 5..6: two programs
+  _close(run(jnp.int32(9), 4)[0], model.apply({"params": params}, x, **{axis: 4})[0])
+  _close(run(jnp.int32(0), 4)[0], model.apply({"params": params}, x, **{axis: 1})[0])
   with pytest.raises(ValueError, match="inference"):
-    model.apply({"params": params}, x, train=True, rounds=DynamicRounds(2, 4), rngs={"rins": jax.random.PRNGKey(0)})
-
-
-@pytest.mark.parametrize(
-  "signature, kw",
-  [
-    ("ABAB", {}),
-    ("ABAB", dict(adapters=True)),
-    ("A^2B", {}),
-    ("AB", dict(loop="unroll")),
-    ("AAAA", {}),
-  ],
-)
-def test_dynamic_repeat_equals_the_static_plan(signature, kw):
-  """RAO's repeat as a run-time argument: one program (max_repeat 4 or 8) gives what the static plan (unit)^k
-  gives for every k in the bucket -- output within float tolerance, the same info (so the same adapter) --
-  and clips values outside 1..max_repeat."""
-  model = _stack(signature, depth=2 if signature == "AAAA" else 4, **kw)
-  x = _x()
-  params = random_params(model, x, seed=4)
-  run = jax.jit(lambda k, m: model.apply({"params": params}, x, repeat=DynamicRepeat(k, m)), static_argnums=1)
-  for k in range(1, 6):
-    want, want_info = model.apply({"params": params}, x, repeat=k)
-    got, info = run(jnp.int32(k), rounds_bucket(k))
-    _close(got, want)
-    assert int(info["repeats"]) == int(want_info["repeats"]) == k
-    assert int(info["rounds"]) == int(want_info["rounds"])
-  assert run._cache_size() == 2  # k = 1..4 and 5: two programs
-  _close(run(jnp.int32(0), 4)[0], model.apply({"params": params}, x, repeat=1)[0])
+    model.apply({"params": params}, x, train=True, **{axis: dynamic(2, 4)}, rngs={"rins": jax.random.PRNGKey(0)})
   with pytest.raises(ValueError, match="only one"):
     model.apply({"params": params}, x, rounds=DynamicRounds(2, 4), repeat=DynamicRepeat(2, 4))
-  with pytest.raises(ValueError, match="inference"):
-    model.apply({"params": params}, x, train=True, repeat=DynamicRepeat(2, 4))
 
 
 def test_rounds_bucket():
