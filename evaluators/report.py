@@ -2,8 +2,11 @@
 (one Markdown table per task; rows = (dataset, language, metric), columns = rounds, so the values of one
 checkpoint evaluated at r = 1, 2, ... land side by side). XM3600 records also get a Table-4-style table.
 
+A record's `rounds` counts the first block's leading run (A^kB) unless the record has `axis: 'repeat'`: then
+it counts repeats of the signature's unit (RAO, (AB)^k for ABAB); such columns are labelled 'repeat=k'.
+
 `write_report(records, out_dir, merge=True)`: with merge, records already in eval_results.json are kept unless a
-new record has the same (dataset, model, task, language, rounds) key, which replaces it.
+new record has the same (dataset, model, task, language, rounds, axis) key, which replaces it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ from siglip_rins import paths
 _REQUIRED = ('dataset', 'model', 'task', 'metrics', 'language', 'rounds')
 
 
+def _column(rec: Mapping) -> tuple:
+  """(axis, rounds) of a record: the column it lands in ('rounds' for the trained plan, rounds=None)."""
+  r = rec['rounds']
+  return ('rounds' if r is None else rec.get('axis') or 'rounds', r)
+
+
 def _key(rec: Mapping) -> tuple:
-  return (rec['dataset'], rec['model'], rec['task'], rec['language'], rec['rounds'])
+  return (rec['dataset'], rec['model'], rec['task'], rec['language']) + _column(rec)
 
 
 def _check(records: Iterable[Mapping]) -> list[dict]:
@@ -31,12 +40,14 @@ def _check(records: Iterable[Mapping]) -> list[dict]:
   return out
 
 
-def _rounds_sort_key(r):
-  return (r is not None, r or 0)
+def _rounds_sort_key(column):
+  axis, r = column
+  return (r is not None, axis != 'rounds', r or 0)
 
 
-def _rounds_label(r) -> str:
-  return 'r=trained' if r is None else f'r={r}'
+def _rounds_label(column) -> str:
+  axis, r = column
+  return 'r=trained' if r is None else (f'r={r}' if axis == 'rounds' else f'{axis}={r}')
 
 
 def _fmt(v) -> str:
@@ -55,11 +66,9 @@ def markdown_report(records: Sequence[Mapping]) -> str:
   lines = ['# Evaluation report', '']
   for task in sorted({r['task'] for r in records}):
     recs = [r for r in records if r['task'] == task]
-    rounds_values = sorted({r['rounds'] for r in recs}, key=_rounds_sort_key)
+    rounds_values = sorted({_column(r) for r in recs}, key=_rounds_sort_key)
     models = sorted({r['model'] for r in recs})
-    value = {
-      (r['model'], r['dataset'], r['language'], m, r['rounds']): v for r in recs for m, v in r['metrics'].items()
-    }
+    value = {(r['model'], r['dataset'], r['language'], m, _column(r)): v for r in recs for m, v in r['metrics'].items()}
     rows = sorted({k[:4] for k in value}, key=lambda k: (k[0], k[1], k[2] == 'avg', k[2], k[3]))
     lines += [f'## {task}', '']
     header = (

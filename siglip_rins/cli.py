@@ -1,7 +1,8 @@
 """`siglip-rins` command line: train, eval, flops, export, classify, retrieve, scaling, demo.
 
 siglip-rins train    --config configs/siglip_rins.py:signature=A^2B --workdir DIR [--config.lr=3e-4]
-siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3] [--out DIR] [--config.k=v]
+siglip-rins eval     --config FILE:ARGS (--workdir DIR | --model MODEL_DIR) [--rounds 1,2,3 [--axis repeat]] [--out DIR]
+                     [--config.k=v]
 siglip-rins flops    --config FILE:ARGS [--baseline FILE:ARGS] [--config.k=v]
 siglip-rins sweep    --depth L [--degree D] [--split floor|spread] [--variant lm_600m] [--json]
 siglip-rins export   --workdir DIR --out MODEL_DIR
@@ -146,6 +147,8 @@ def cmd_eval(args, rest=()) -> int:
   if not config.get("evals"):
     raise ValueError("the config has no evals (config.evals.NAME = dict(type=...)); add one with --config.evals...")
   rounds = _rounds(args.rounds) if args.rounds else None
+  if args.axis != "rounds" and rounds is None:
+    raise ValueError(f"--axis {args.axis} sets what --rounds counts: give --rounds too (e.g. --rounds 1,2,3)")
   if args.model:
     from siglip_rins.export import load_exported
 
@@ -180,7 +183,7 @@ def cmd_eval(args, rest=()) -> int:
     if unknown:
       raise ValueError(f"--evals: unknown evaluator(s) {unknown}; the config has {sorted(config.evals.keys())}")
   hook = EvalHook(config, spec, model, total_steps=1, workdir=None, verbose=True)
-  records = hook.run(step, params, names=names, rounds_override=rounds)
+  records = hook.run(step, params, names=names, rounds_override=rounds, axis=args.axis)
   if not records:
     raise ValueError("no evaluator produced results (their data is missing: see the lines above)")
   _, md_path = report.write_report(records, str(out_dir))
@@ -295,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--workdir", help="a training run folder (its latest checkpoint is scored)")
   e.add_argument("--model", help="or an exported model folder (siglip-rins export)")
   e.add_argument("--rounds", help="inference rounds, e.g. 1,2,3 (default: each eval's own)")
+  e.add_argument(
+    "--axis",
+    default="rounds",
+    choices=["rounds", "repeat"],
+    help="what --rounds counts: 'rounds' (the first block's leading run, A^kB; default) or 'repeat' (repeat-all-over "
+    "of the signature's unit, (AB)^k for ABAB: how the demo scales RAO)",
+  )
   e.add_argument("--evals", help="comma list of config.evals names to run (default: all)")
   e.add_argument("--out", help="report folder (default: the workdir)")
   f = sub.add_parser("flops", help="params, FLOPs and compute-matched steps as JSON")

@@ -48,10 +48,11 @@ def make_predictor(model, params, spec, batch_size: int = 64, name: str = "model
 
 
 def flatten_records(name: str, records: list[dict]) -> dict:
-  """Records -> {'eval/NAME/DATASET[/LANG]/METRIC[@rK]': value} for metrics.jsonl / TensorBoard."""
+  """Records -> {'eval/NAME/DATASET[/LANG]/METRIC[@rK|@repeatK]': value} for metrics.jsonl / TensorBoard."""
   flat = {}
   for rec in records:
-    suffix = "" if rec.get("rounds") is None else f"@r{rec['rounds']}"
+    axis = "r" if rec.get("axis", "rounds") == "rounds" else rec["axis"]
+    suffix = "" if rec.get("rounds") is None else f"@{axis}{rec['rounds']}"
     lang = f"/{rec['language']}" if rec.get("language") not in (None, "", "en") else ""
     for k, v in rec["metrics"].items():
       if isinstance(v, (int, float)):
@@ -90,20 +91,26 @@ class EvalHook:
   def due(self, step: int, total_steps: int) -> list[str]:
     return [name for name, _, every, _ in self.evals if every and step % every == 0 and step < total_steps]
 
-  def run(self, step: int, params, names=None, writer=None, rounds_override=None) -> list[dict]:
-    """Runs the named evaluators (all when None) at `step`; writes metrics and the workdir report."""
+  def run(self, step: int, params, names=None, writer=None, rounds_override=None, axis="rounds") -> list[dict]:
+    """Runs the named evaluators (all when None) at `step`; writes metrics and the workdir report.  `axis`: what
+    the rounds count, 'rounds' (A^kB) or 'repeat' (RAO's (unit)^k; its records carry axis='repeat')."""
     from evaluators import report
 
+    if axis not in ("rounds", "repeat"):
+      raise ValueError(f"eval axis must be 'rounds' or 'repeat', got {axis!r}")
     out = []
     for name, ev, _, rounds in self.evals:
       if names is not None and name not in names:
         continue
       predictor = self.predictor(params)
+      predictor.axis = axis
       records = []
       try:
         for r in rounds_override or rounds:
           for rec in ev.run(predictor, rounds=r):
             rec.setdefault("step", step)
+            if axis != "rounds" and r is not None:
+              rec["axis"] = axis
             records.append(rec)
       except FileNotFoundError as e:  # data not on this machine: one line, the run goes on
         if name not in self.skipped and jax.process_index() == 0:

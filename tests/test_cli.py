@@ -76,6 +76,29 @@ def test_eval_two_rounds_from_checkpoint_land_in_one_report(run_dir, tmp_path, c
 
 
 @pytest.mark.slow
+def test_eval_along_repeat_is_a_column_of_its_own(run_dir, tmp_path, capsys):
+  """`--axis repeat` makes --rounds count repeats of the signature's unit (RAO's axis, how the demo scales ABAB):
+  for the A^2B run, repeat=1 is the trained plan, i.e. rounds=2; records carry axis='repeat' and land in their
+  own report columns next to the rounds-axis ones in the same --out."""
+  out = tmp_path / "report"
+  base = ["eval", "--config", f"{CONFIG}:runlocal,steps=8,signature=A^2B", "--workdir", str(run_dir)]
+  assert cli.main(base + ["--rounds", "2", "--out", str(out)]) == 0
+  assert cli.main(base + ["--rounds", "1,2", "--axis", "repeat", "--out", str(out)]) == 0
+  records = json.load(open(out / "eval_results.json"))
+  cols = {(r.get("axis", "rounds"), r["rounds"]) for r in records}
+  assert cols == {("rounds", 2), ("repeat", 1), ("repeat", 2)}
+  by = {(r.get("axis", "rounds"), r["rounds"], r["dataset"], r["task"]): r["metrics"] for r in records}
+  same = [k for k in by if k[:2] == ("repeat", 1)]
+  assert same and all(by[k] == by[("rounds", 2) + k[2:]] for k in same)  # (AAB)^1 is A^2B
+  assert any(by[("repeat", 2) + k[2:]] != by[k] for k in same)  # (AAB)^2 is another model
+  md = (out / "eval_report.md").read_text()
+  assert "| r=2 | repeat=1 | repeat=2 |" in md
+  capsys.readouterr()
+  assert cli.main(base + ["--axis", "repeat"]) == 1
+  assert "error: --axis repeat" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_export_classify_and_eval_exported(run_dir, tmp_path, capsys):
   model_dir = tmp_path / "model"
   assert cli.main(["export", "--workdir", str(run_dir), "--out", str(model_dir)]) == 0
