@@ -606,7 +606,8 @@ class RecursiveStack(nn.Module):
   train=False, rounds=None, decode=False, repeat=None) -> (y [B, T, D], info).
   `rounds=k` runs the first block's leading run k times (A^kB; see `with_rounds`); `repeat=k` runs the
   signature's unit k times (RAO; see `with_repeat`); None keeps the trained signature.  `rounds` may also be a
-  `DynamicRounds` (inference): k given at run time, one compiled program for k = 1..max_rounds.
+  `DynamicRounds` and `repeat` a `DynamicRepeat` (inference, one of them): k given at run time, one compiled
+  program for k = 1..max.
   info['rounds']: executions of the first block's leading run; info['repeats']: units that ran (a unit counts
   when any of its positions ran); both int32 scalars, dynamic under stochastic RINS.
   """
