@@ -97,7 +97,7 @@ def run(r: int, ps: list[float], loop: str, precision: str, batch: int, steps: i
     fns[p] = fn
   # deterministic A^kB for k = 1..r-1 (k = r is p_s = 0): what a step that drew k rounds would cost without
   # stochastic skipping.  A^1B is also the low anchor of the marginal ratio (the first A round always runs).
-  dets = {r: fns[0.0]}
+  dets = {}
   for k in range(1, r):
     dets[k] = make_step(image_tower(k, 0.0, loop, precision, remat), optimizer)
     jax.block_until_ready(dets[k](params, opt_state, images, jax.random.PRNGKey(1)))

@@ -465,12 +465,6 @@ def render_new_sections(results: dict) -> list[str]:
         "the deterministic A^kB step of the k it drew. Both take out the step's fixed costs (the Adam update, "
         "loss, dispatch: not proportional to FLOPs), which the whole-step 'time / FLOPs' keeps."
       )
-    elif st.get("step_s_one_round_mean"):
-      L.append(
-        f"\nDeterministic A^1B in the same rounds: {st['step_s_one_round_mean']:.3f} s. The last column compares "
-        "only the rounds beyond the first (time above A^1B over FLOPs above A^1B), so the step's fixed costs (the "
-        "Adam update, loss, dispatch: not proportional to FLOPs) drop out."
-      )
     L.append("")
   return L
 

@@ -588,6 +588,18 @@ def _apply_block(block: Block, x, keep, mask, positions, shared_kv, decode, rema
   return nn.cond(keep, apply, lambda m, y: y, block, x)
 
 
+def _dynamic_counts(plan: BlockPlan, dynamic) -> np.ndarray:
+  """Per position of `plan` (built for the bucket's maximum), its 0-based count along the axis `dynamic` sets:
+  the round within the leading run for DynamicRounds (0 for every later position, which always runs), the unit
+  for DynamicRepeat.  Position p runs when its count is below the value given at run time."""
+  if isinstance(dynamic, DynamicRounds):
+    counts = np.zeros(len(plan.sequence), np.int32)
+    lead = plan.runs()[0].count
+    counts[:lead] = np.arange(lead)
+    return counts
+  return np.repeat(np.arange(len(plan.units), dtype=np.int32), plan.units)
+
+
 def _init_plan(plan: BlockPlan) -> BlockPlan:
   """Every unique block once, in order of first use: what `init` needs to create the parameters.
 
@@ -646,10 +658,10 @@ class RecursiveStack(nn.Module):
       else:
         dynamic, repeat = repeat, _check_count("DynamicRepeat.max_repeat", repeat.max_repeat)
     plan = trained if initializing else inference_plan(trained, rounds, repeat)
-    unit_keep = None  # DynamicRepeat: per position of the plan, whether its unit runs
-    if isinstance(dynamic, DynamicRepeat):
-      unit_of = np.repeat(np.arange(len(plan.units)), plan.units)
-      unit_keep = jnp.asarray(unit_of) < jnp.clip(jnp.asarray(dynamic.value, jnp.int32), 1, len(plan.units))
+    if dynamic is not None:  # per position: its 0-based count along the dynamic axis; it runs if count < value
+      count_of = _dynamic_counts(plan, dynamic)
+      value = jnp.clip(jnp.asarray(dynamic.value, jnp.int32), 1, int(count_of.max()) + 1)
+      dynamic_keep = jnp.asarray(count_of) < value
     if initializing and not decode:  # see _init_plan
       plan = _init_plan(trained)
     blocks = {n: Block(self.layer, trained.layers(n), name=n) for n in trained.block_names}
@@ -660,10 +672,8 @@ class RecursiveStack(nn.Module):
     for i, run in enumerate(plan.runs()):
       share_kv = rc.kv_sharing and i == 0 and run.count > 1
       keep = None
-      if isinstance(dynamic, DynamicRounds) and i == 0 and run.count > 1:  # the leading run: its first `value`
-        keep = jnp.arange(run.count) < jnp.clip(jnp.asarray(dynamic.value, jnp.int32), 1, run.count)
-      elif unit_keep is not None and start + run.count > plan.units[0]:  # a run reaching past the first unit
-        keep = unit_keep[start : start + run.count]
+      if dynamic is not None and count_of[start : start + run.count].max() > 0:  # a run with positions to skip
+        keep = dynamic_keep[start : start + run.count]
       elif stochastic and max(run.skip) > 0:
         keep = jax.random.bernoulli(self.make_rng("rins"), 1.0 - jnp.asarray(run.skip), (run.count,))
         if share_kv:  # the first round always runs: later rounds attend to its keys/values
