@@ -307,6 +307,13 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
   return time.perf_counter() - w0, time.process_time() - c0
 
 
+def maxrss_mb() -> float:
+  """This process's peak resident memory (MB)."""
+  import resource
+
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def machine_info() -> dict:
   """CPU model, core count, load averages, Python and library versions (whichever are importable)."""
   import platform
@@ -323,6 +330,12 @@ def machine_info() -> dict:
     info["cpu_model"] = platform.processor()
   info["cores_available"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   info["load_avg"] = cpu_load()
+  try:  # what siglip_rins.host_memory did in this process (benchmarks/__init__.py applies it)
+    from siglip_rins import host_memory
+
+    info["host_memory"] = host_memory.status()
+  except ImportError:
+    pass
   import importlib
 
   for mod in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "open_clip"):

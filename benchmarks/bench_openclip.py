@@ -155,7 +155,7 @@ def _worker_main(batch: int, modes: list[str]) -> None:
       loss = runners[mode]()
       ws.append(time.perf_counter() - w0)
       cs.append(time.process_time() - c0)
-    return {"wall": ws, "cpu": cs, "loss": loss}
+    return {"wall": ws, "cpu": cs, "loss": loss, "maxrss_mb": U.maxrss_mb()}
 
   def describe():
     return {

@@ -10,13 +10,16 @@ Usage:
       random pairs; 'small' (default, < 2.5 min): nano towers (width 128, depth 4, MLP 512, 4 heads; CURVE_MODELS),
       64x64 images, patch 8, text 16 tokens, batch 32; 'bench': the bench config at batch 64 (~15 min idle))
 
-Speed method: the JAX steps (AB, float32 and bfloat16 policies, jitted, state donated) run in this process, the
-open_clip steps (eager float32 and eager autocast bf16; 2 threads) in a worker process of the open_clip
-environment (benchmarks/README.md); everything is warmed up first, then `--rounds` rounds each run
-`--steps_per_round` steps of each in turn (the idle process waits on a pipe) and a jitted 2048^3 matmul (f32
-and bf16 inputs / f32 accumulation) for the fraction of peak.  Ratios are medians of per-round ratios of the
-fastest step of each round.  Goals (issue): ours bf16 >= 1.2x open_clip autocast; ours f32 >= 1.0x open_clip
-eager f32.
+Speed method: the JAX steps (AB, float32 and bfloat16 policies, jitted, state donated) run in this process
+with the project's host memory mode (siglip_rins/host_memory.py, as `siglip-rins` runs) and in a worker process
+with SIGLIP_RINS_HOST_MEMORY=system (the C library's and JAX's defaults); the open_clip steps (eager float32 and
+eager autocast bf16; 2 threads) in two worker processes of the open_clip environment (benchmarks/README.md), one
+with its defaults, one with the same glibc heap setting (host_memory.GLIBC_ENV).  Everything is warmed up
+first, then `--rounds` rounds each run `--steps_per_round` steps of each in turn (the idle processes wait on a
+pipe) and a jitted 2048^3 matmul (f32 and bf16 inputs / f32 accumulation) for the fraction of peak.  Ratios are
+medians of per-round ratios of the fastest step of each round; against open_clip, the faster of its two
+environments in each round.  Goals (issue): ours bf16 >= 1.2x open_clip autocast; ours f32 >= 1.0x open_clip
+eager f32.  Peak resident memory of each process is reported (maxrss_mb).
 """
 
 from __future__ import annotations
@@ -51,40 +54,75 @@ def _model_cfg(precision: str, base: dict | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- speed
-def measure_speed(rounds: int, steps_per_round: int, batch: int, python: str) -> dict:
-  from benchmarks import bench_openclip as OC
+PRECISIONS = ("float32", "bfloat16")
 
-  ours = {}
-  for prec in ("float32", "bfloat16"):
+
+def _ours(batch: int) -> dict:
+  out = {}
+  for prec in PRECISIONS:
     s = U.TrainSetup(_model_cfg(prec), batch=batch)
     s.compile()
     s.run(1)
-    ours[prec] = s
+    out[prec] = s
+  return out
+
+
+def _worker_main(batch: int) -> None:
+  """Worker mode (--worker): our steps under this process's host memory mode (the driver starts it with
+  SIGLIP_RINS_HOST_MEMORY=system: the C library's and JAX's defaults, for the side-by-side comparison)."""
+  from siglip_rins import host_memory
+
+  ours = _ours(batch)
+
+  def run(precision, n=1):
+    return {"wall": [U.timed(lambda: ours[precision].run_one())[0] for _ in range(n)], "maxrss_mb": U.maxrss_mb()}
+
+  U.serve({"run": run, "describe": lambda: {"host_memory": host_memory.status()}})
+
+
+def measure_speed(rounds: int, steps_per_round: int, batch: int, python: str) -> dict:
+  """Ours (this process: host memory 'reuse', as `siglip-rins` runs) and ours under the system defaults (a
+  worker), open_clip eager / autocast with its defaults and with the same glibc heap setting (two workers),
+  taking turns.  The goals compare ours with the faster open_clip environment of each round."""
+  from benchmarks import bench_openclip as OC
+  from siglip_rins import host_memory
+
+  ours = _ours(batch)
+  workers = {}
   ok, why = OC.open_clip_available(python)
-  worker, desc, modes = None, None, []
-  if ok:
-    modes = ["eager", "autocast"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(OC.THREADS))
-    worker = U.Worker(
-      [python, os.path.abspath(OC.__file__), "--worker", "--batch", str(batch), "--modes", *modes], env=env
-    )
+  modes = ["eager", "autocast"] if ok else []
+  oc_envs = {"default": {}, "heap": dict(host_memory.GLIBC_ENV)} if ok else {}
   try:
-    if worker:
-      desc = worker.request("describe")
-    t_ours = {p: [] for p in ours}
-    t_theirs = {m: [] for m in modes}
+    me = [sys.executable, os.path.abspath(__file__), "--worker", "--batch", str(batch)]
+    workers["ours_system"] = U.Worker(me, env=dict(os.environ, **{host_memory.ENV: "system"}))
+    for name, extra in oc_envs.items():
+      env = dict(os.environ, OMP_NUM_THREADS=str(OC.THREADS), **extra)
+      argv = [python, os.path.abspath(OC.__file__), "--worker", "--batch", str(batch), "--modes", *modes]
+      workers[f"open_clip_{name}"] = U.Worker(argv, env=env)
+    desc = {k: w.request("describe") for k, w in workers.items()}
+    t_ours = {p: [] for p in PRECISIONS}
+    t_sys = {p: [] for p in PRECISIONS}
+    t_oc = {(e, m): [] for e in oc_envs for m in modes}
+    rss = {}
     peaks = {"float32": [], "bfloat16": []}
     for _ in range(rounds):
       for dt in peaks:
         peaks[dt].append(U.matmul_flops(dt, 2048, repeats=3)["flops_per_s"])
       for p, s in ours.items():
         t_ours[p].append(min(U.timed(lambda: s.run_one())[0] for _ in range(steps_per_round)))
-      for m in modes:
-        t_theirs[m].append(min(worker.request("run", mode=m, n=steps_per_round)["wall"]))
+        r = workers["ours_system"].request("run", precision=p, n=steps_per_round)
+        t_sys[p].append(min(r["wall"]))
+        rss["ours_system"] = r["maxrss_mb"]
+      for e, m in t_oc:
+        r = workers[f"open_clip_{e}"].request("run", mode=m, n=steps_per_round)
+        t_oc[e, m].append(min(r["wall"]))
+        rss[f"open_clip_{e}"] = r["maxrss_mb"]
   finally:
-    if worker:
-      worker.close()
+    for w in workers.values():
+      w.close()
+  rss["ours"] = U.maxrss_mb()
   flops = ours["float32"].flops_per_step
+  ratio = lambda ours_t, theirs_t: U.median([b / a for a, b in zip(ours_t, theirs_t)])
   out = {
     "ours": {
       p: dict(
@@ -95,9 +133,14 @@ def measure_speed(rounds: int, steps_per_round: int, batch: int, python: str) ->
         compile_plus_first_step_s=ours[p].compile_s,
         achieved_gflop_per_s=flops / U.median(t) / 1e9,
         fraction_of_peak=U.median([flops / x / pk for x, pk in zip(t, peaks[p])]),
+        system_step_s_median=U.median(t_sys[p]),
+        system_step_s_rounds=t_sys[p],
+        speedup_over_system=ratio(t, t_sys[p]),
       )
       for p, t in t_ours.items()
     },
+    "host_memory": {"ours": host_memory.status(), "ours_system": desc["ours_system"]["host_memory"]},
+    "maxrss_mb": rss,
     "batch": batch,
     "rounds": rounds,
     "steps_per_round": steps_per_round,
@@ -109,15 +152,25 @@ def measure_speed(rounds: int, steps_per_round: int, batch: int, python: str) ->
   if not ok:
     out["open_clip"] = {"skipped": True, "reason": "open_clip not installed: " + why}
     return out
-  out["open_clip"] = dict(desc)
+  d = desc["open_clip_default"]
+  out["open_clip"] = {k: v for k, v in d.items() if k != "modes"}
+  out["open_clip"]["heap_env"] = host_memory.GLIBC_ENV
+  best = {}
   for m in modes:
+    best[m] = [min(a, b) for a, b in zip(t_oc["default", m], t_oc["heap", m])]
     out["open_clip"][m] = dict(
-      desc["modes"][m], step_s_median=U.median(t_theirs[m]), step_s_rounds=t_theirs[m],
-      examples_per_s=batch / U.median(t_theirs[m]),
-    )  # fmt: skip
-  ratio = lambda ours_t, theirs_t: U.median([b / a for a, b in zip(ours_t, theirs_t)])
-  out["speedup_bf16_vs_open_clip_autocast"] = ratio(t_ours["bfloat16"], t_theirs["autocast"])
-  out["speedup_f32_vs_open_clip_eager"] = ratio(t_ours["float32"], t_theirs["eager"])
+      d["modes"][m],
+      step_s_median=U.median(t_oc["default", m]),
+      step_s_rounds=t_oc["default", m],
+      heap_step_s_median=U.median(t_oc["heap", m]),
+      heap_step_s_rounds=t_oc["heap", m],
+      best_step_s_median=U.median(best[m]),
+      examples_per_s=batch / U.median(best[m]),
+    )
+  out["speedup_bf16_vs_open_clip_autocast"] = ratio(t_ours["bfloat16"], best["autocast"])
+  out["speedup_f32_vs_open_clip_eager"] = ratio(t_ours["float32"], best["eager"])
+  out["speedup_bf16_vs_open_clip_autocast_default_env"] = ratio(t_ours["bfloat16"], t_oc["default", "autocast"])
+  out["speedup_f32_vs_open_clip_eager_default_env"] = ratio(t_ours["float32"], t_oc["default", "eager"])
   out["goal_bf16"], out["goal_f32"] = GOAL_BF16, GOAL_F32
   out["met_bf16"] = out["speedup_bf16_vs_open_clip_autocast"] >= GOAL_BF16
   out["met_f32"] = out["speedup_f32_vs_open_clip_eager"] >= GOAL_F32
@@ -187,7 +240,11 @@ def main(argv=None) -> dict:
   parser.add_argument("--curve_steps", type=int, default=200)
   parser.add_argument("--curve_batch", type=int, default=None, help="default: 32 (small) / 64 (bench)")
   parser.add_argument("--out", default=None)
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.worker:
+    _worker_main(args.batch)
+    return {}
   if min(args.rounds, args.steps_per_round, args.batch, args.curve_steps) < 1:
     raise ValueError("--rounds, --steps_per_round, --batch and --curve_steps must be >= 1")
   import jax

@@ -501,7 +501,10 @@ def _write_run_files(run: _Run) -> None:
   export), plus the notes a user should see once."""
   config, workdir, matched = run.config, run.workdir, run.matched
   paths.write_text(workdir / "config.json", config_lib.to_json(config))
-  paths.write_text(workdir / "run_info.json", json.dumps(dict(run_info(config), compute_match=matched)))
+  from siglip_rins import host_memory
+
+  info = dict(run_info(config), compute_match=matched, host_memory=host_memory.status())
+  paths.write_text(workdir / "run_info.json", json.dumps(info))
   example_spec.save(run.spec, workdir)  # the one reading of an example: evaluators and export read it
   warning = example_spec.check_text_pooling(config, run.spec)
   if warning:
@@ -980,6 +983,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> int:
+  from siglip_rins import host_memory
+
+  host_memory.configure()  # before JAX starts (see host_memory)
   p = argparse.ArgumentParser(prog="siglip-rins train", description=__doc__.split("\n")[0])
   add_args(p)
   args, rest = p.parse_known_args(argv)

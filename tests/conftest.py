@@ -11,3 +11,7 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from siglip_rins import host_memory  # noqa: E402
+
+host_memory.configure()  # as `siglip-rins` does, before JAX starts (siglip_rins/host_memory.py)

@@ -46,7 +46,9 @@ def test_train_writes_metrics_checkpoint_and_in_training_evals(run_dir):
   assert any(k.startswith("eval/zeroshot/") for r in rows for k in r)
   records = json.load(open(run_dir / "eval_results.json"))
   assert {r["task"] for r in records} >= {"zeroshot_classification", "retrieval"} or len(records) >= 2
-  assert json.load(open(run_dir / "run_info.json"))["rounds"] == 2
+  info = json.load(open(run_dir / "run_info.json"))
+  assert info["rounds"] == 2
+  assert info["host_memory"]["mode"] == "reuse"  # recorded: how the run's host memory was set up
   assert (run_dir / "checkpoints" / str(total)).is_dir()
 
 
