@@ -32,8 +32,11 @@ def _parse_args(argv=None):
 
 def main(argv=None) -> dict:
   args = _parse_args(argv)
-  if "jax" in sys.modules:
-    raise RuntimeError("bench_chunked_loss must set XLA_FLAGS before jax is imported; run it as a script")
+  if "jax" in sys.modules:  # imported by benchmarks/__init__ (host memory); XLA reads XLA_FLAGS at backend start
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+      raise RuntimeError("bench_chunked_loss must set XLA_FLAGS before JAX starts its backends; run it as a script")
   os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
   ).strip()
