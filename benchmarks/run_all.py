@@ -59,6 +59,8 @@ BENCHMARKS = {
   "mfu": ("benchmarks.bench_mfu", ["--size", "auto"], []),
   # where the bf16-policy AB step's time goes (dots by kind, converts/transposes, time shares from a trace)
   "profile": ("benchmarks.profile_step", ["--precision", "bfloat16", "--trace"], []),
+  # page faults and system time per step with the host memory mode on and off (siglip_rins/host_memory.py)
+  "host_memory": ("benchmarks.bench_host_memory", [], ["--steps", "2", "--warmup", "1"]),
 }
 OPENCLIP_SETUP = [
   "python3.11 -m venv {venv}",
@@ -266,6 +268,7 @@ def render_tables(results: dict) -> str:
     )
   L += render_new_sections(results)
   L += render_profile(results.get("profile"))
+  L += render_host_memory(results.get("host_memory"))
   others = [k for k in ("input_pipeline", "chunked_loss") if k in results]
   if others:
     L.append("## Other benchmarks (owned by other files; raw JSON in results.json)\n")
@@ -491,6 +494,30 @@ def render_new_sections(results: dict) -> list[str]:
         "loss, dispatch: not proportional to FLOPs), which the whole-step 'time / FLOPs' keeps."
       )
     L.append("")
+  return L
+
+
+def render_host_memory(hm) -> list[str]:
+  """Section 12: benchmarks/bench_host_memory.py (page faults, system time per step, per host memory mode)."""
+  L = ["## 12. Host memory (benchmarks/bench_host_memory.py; siglip_rins/host_memory.py)\n"]
+  if _err(hm):
+    return L + [_err(hm)]
+  L.append(_ctx(hm))
+  L.append(f"Bench config AB step, batch {hm['batch']}, {hm['steps']} steps timed per mode, one process per mode.\n")
+  L.append(
+    "| mode | precision | step s (median) | minor page faults / step | system s / step | user s / step | peak RSS MB |"
+  )
+  L.append("|---|---|---|---|---|---|---|")
+  for mode in ("reuse", "system"):
+    w = hm[mode]
+    for prec, speed in hm["reuse_speedup"].items():
+      r = w[prec]
+      L.append(
+        f"| {mode} | {prec} | {r['step_s_median']:.3f} | {r['minor_faults_per_step']:,.0f} | "
+        f"{r['system_s_per_step']:.3f} | {r['user_s_per_step']:.3f} | {w['maxrss_mb']:.0f} |"
+      )
+  shown = ", ".join(f"{prec} {v:.2f}x" for prec, v in hm["reuse_speedup"].items())
+  L.append(f"\nStep time 'system' / 'reuse': {shown}.\n")
   return L
 
 
