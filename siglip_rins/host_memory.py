@@ -3,7 +3,7 @@
 XLA:CPU allocates the temporary buffer of every execution (one block of hundreds of MB for a training step)
 with `malloc` and frees it when the call ends.  glibc serves blocks that large with `mmap` and gives them back
 with `munmap`, so every step writes to fresh pages and the kernel zero-fills them on first touch: the bench
-config's bf16 step took ~218,000 page faults and ~0.3 s of system time per step on a 2-core machine, a third
+config's bf16 step took ~218,000 page faults and 0.3-0.5 s of system time per step on a 2-core machine, a third
 of its CPU time (benchmarks/RESULTS.md, "Host memory").  `configure()` stops that:
 
 * glibc keeps large blocks in its heap and does not return freed memory to the system below 2 GiB of free
