@@ -12,7 +12,8 @@ from siglip_rins import host_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A jitted program whose output (128 MB) is allocated anew by every call, then dropped.
+# A jitted program whose output (128 MB) is allocated anew by every call, then dropped; minor page faults of each
+# of 7 calls after 2 warm-up calls, median.
 PROBE = r"""
 import json, resource
 from siglip_rins import host_memory
@@ -22,11 +23,14 @@ f = jax.jit(lambda x: jnp.sin(x) * 2.0 + jnp.cos(x)[::-1])
 x = jnp.ones((32 * 2**20,), jnp.float32)
 for _ in range(2):
   f(x).block_until_ready()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+per_call = []
+for _ in range(7):
+  r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(x).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 5
-print(json.dumps({"status": status, "faults_per_call": faults}))
+  per_call.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+# The median call: a call that meets a heap still growing (a previous output not yet freed, on a busy machine)
+# faults its pages in once; the claim is about the calls of a running program, not that one.
+print(json.dumps({"status": status, "faults_per_call": sorted(per_call)[3], "per_call": per_call}))
 """
 
 
