@@ -23,6 +23,8 @@ import argparse
 import json
 import sys
 
+from siglip_rins import host_memory
+
 
 def _rounds(text: str | None):
   if not text:
@@ -364,12 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  from siglip_rins import host_memory
-
-  try:  # before JAX starts: XLA:CPU's per-call buffers reused, not page-faulted in anew (see host_memory)
-    host_memory.configure()
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+  if not host_memory.configure_for_command():  # before JAX starts (see host_memory)
     return 1
   if argv[:1] == ["demo"]:
     return cmd_demo(None, argv[1:])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from typing import Optional
 
 ENV = "SIGLIP_RINS_HOST_MEMORY"
@@ -89,6 +90,17 @@ def configure(mode: Optional[str] = None) -> dict:
       status["cpu_dispatch"] = "sync"
   _status = status
   return dict(status)
+
+
+def configure_for_command() -> bool:
+  """`configure()` for a command's entry point: False after printing one `error:` line for a bad
+  $SIGLIP_RINS_HOST_MEMORY (the command then exits with status 1)."""
+  try:
+    configure()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return False
+  return True
 
 
 def status() -> Optional[dict]:

@@ -80,8 +80,9 @@ def test_after_jax_started_the_dispatch_is_left_and_said_so():
   assert st["mode"] == "reuse" and st["cpu_dispatch"].startswith("unchanged"), st
 
 
-def test_a_bad_mode_is_one_error_line_from_the_command_line():
-  r = _python("import sys; from siglip_rins.cli import main; sys.exit(main(['flops', '--help']))", "fast")
+@pytest.mark.parametrize("entry", ["siglip_rins.cli", "siglip_rins.train"])
+def test_a_bad_mode_is_one_error_line_from_the_command_line(entry):
+  r = _python(f"import sys; from {entry} import main; sys.exit(main(['--help']))", "fast")
   assert r.returncode == 1
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert lines == [f"error: {host_memory.ENV}='fast' is not a host memory mode; allowed: reuse, system"], r.stderr
