@@ -29,11 +29,14 @@ if __package__ in (None, ""):
 
 from benchmarks import _util as U
 
-# XLA:CPU flag sets compared by --xla_variants (results stay within float rounding of the default).
+# XLA:CPU flag sets compared by --xla_variants (results stay within float rounding of the default): wider
+# vectors; oneDNN for dots; XLA's experimental oneDNN fusions of dots (and of dots with element-wise ops).
 XLA_VARIANTS = {
   "default": "",
   "vector_width_512": "--xla_cpu_prefer_vector_width=512",
   "onednn": "--xla_cpu_use_onednn=true",
+  "onednn_dot": "--xla_cpu_experimental_onednn_fusion_type=dot",
+  "onednn_dot_eltwise": "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise",
 }
 
 
@@ -155,8 +158,9 @@ def _worker_main(model, dtype, batch):
 
 
 def measure_xla_variants(model="bench", dtype="float32", batch=64, rounds=4, steps_per_round=2) -> dict:
-  """AB step time under each XLA_VARIANTS flag set, workers interleaved.  Returns per-variant medians and the
-  speed-up over 'default' (median of per-round ratios)."""
+  """AB step time under each XLA_VARIANTS flag set, workers interleaved.  Returns per-variant medians, the
+  speed-up over 'default' (median of per-round ratios) and the f32 2048^3 matmul rate under the same flags (timed
+  in the same rounds), which tells a faster GEMM from a faster step."""
   workers = {}
   try:
     for name, flags in XLA_VARIANTS.items():
@@ -177,12 +181,14 @@ def measure_xla_variants(model="bench", dtype="float32", batch=64, rounds=4, ste
         env=env,
       )
     times = {n: [] for n in workers}
+    gemm = {n: [] for n in workers}
     losses = {}
     for _ in range(rounds):
       for name, w in workers.items():
         r = w.request("step", n=steps_per_round)
         times[name].append(min(r["wall"]))
         losses[name] = r["loss"]
+        gemm[name].append(w.request("matmul", repeats=3)["flops_per_s"])
     out = {}
     for name in workers:
       ratios = [d / t for d, t in zip(times["default"], times[name])]
@@ -190,6 +196,7 @@ def measure_xla_variants(model="bench", dtype="float32", batch=64, rounds=4, ste
         flags=XLA_VARIANTS[name],
         step_s_median=U.median(times[name]),
         speedup_over_default=U.median(ratios),
+        matmul_f32_flops_per_s=U.median(gemm[name]),
         loss_after_steps=losses[name],
       )
     return out

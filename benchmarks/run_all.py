@@ -184,13 +184,15 @@ def render_tables(results: dict) -> str:
         "",
         "XLA:CPU flag sets on the AB step (separate worker processes taking turns):",
         "",
-        "| variant | XLA_FLAGS | step s (median) | speed-up over default | loss after the steps |",
-        "|---|---|---|---|---|",
+        "| variant | XLA_FLAGS | step s (median) | speed-up over default | f32 2048^3 matmul GFLOP/s | loss after"
+        " the steps |",
+        "|---|---|---|---|---|---|",
       ]
       for name, v in ts["xla_variants"].items():
+        gemm = v.get("matmul_f32_flops_per_s")
         L.append(
           f"| {name} | `{v['flags'] or '(none)'}` | {v['step_s_median']:.2f} | {v['speedup_over_default']:.2f} "
-          f"| {v['loss_after_steps']:.5f} |"
+          f"| {'n/a' if gemm is None else f'{gemm / 1e9:.0f}'} | {v['loss_after_steps']:.5f} |"
         )
     L.append("")
   oc = results.get("openclip")
