@@ -26,6 +26,7 @@ setup(
     "pillow>=10",
     "scipy>=1.11",
     "matplotlib>=3.8",
+    "filelock>=3.10",  # bounds the persistent compilation cache (siglip_rins.compile_cache)
   ],
   extras_require={
     # The input pipeline (only it imports TensorFlow).

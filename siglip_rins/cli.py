@@ -368,6 +368,9 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if not host_memory.configure_for_command():  # before JAX starts (see host_memory)
     return 1
+  from siglip_rins import compile_cache
+
+  compile_cache.configure()  # every command loads the programs an earlier process compiled (see compile_cache)
   if argv[:1] == ["demo"]:
     return cmd_demo(None, argv[1:])
   if argv[:1] == ["study"]:

@@ -50,7 +50,8 @@ import numpy as np
 import optax
 
 from siglip_rins import checkpoint as ckpt_lib
-from siglip_rins import budget, config_lib, example_spec, flops, host_memory, model_init, optim, paths, sharding
+from siglip_rins import budget, compile_cache, config_lib, example_spec, flops, host_memory, model_init, optim, paths
+from siglip_rins import sharding
 from siglip_rins.evaluation import EvalHook
 from siglip_rins.models import build_model
 from siglip_rins.tasks import get_task
@@ -501,7 +502,9 @@ def _write_run_files(run: _Run) -> None:
   export), plus the notes a user should see once."""
   config, workdir, matched = run.config, run.workdir, run.matched
   paths.write_text(workdir / "config.json", config_lib.to_json(config))
-  info = dict(run_info(config), compute_match=matched, host_memory=host_memory.status())
+  info = dict(
+    run_info(config), compute_match=matched, host_memory=host_memory.status(), compile_cache=compile_cache.status()
+  )
   paths.write_text(workdir / "run_info.json", json.dumps(info))
   example_spec.save(run.spec, workdir)  # the one reading of an example: evaluators and export read it
   warning = example_spec.check_text_pooling(config, run.spec)
@@ -983,6 +986,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
   if not host_memory.configure_for_command():  # before JAX starts (see host_memory)
     return 1
+  compile_cache.configure()  # a relaunched run loads its compiled programs (see compile_cache)
   p = argparse.ArgumentParser(prog="siglip-rins train", description=__doc__.split("\n")[0])
   add_args(p)
   args, rest = p.parse_known_args(argv)

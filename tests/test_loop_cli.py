@@ -26,9 +26,16 @@ def _env():
   return env
 
 
-def _cli(args, cwd, timeout=240):
+def _cli(args, cwd, timeout=240, env=None):
   cmd = [sys.executable, "-m", "siglip_rins.cli"] + list(args)
-  return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _user_env(cache_home):
+  """A user's environment: no compilation cache set up for JAX (the test session shares one), the user's cache
+  folder at `cache_home`, and JAX's compiler logging its persistent-cache hits."""
+  env = {k: v for k, v in _env().items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+  return dict(env, XDG_CACHE_HOME=str(cache_home), JAX_DEBUG_LOG_MODULES="jax._src.compiler")
 
 
 def _train_cmd(spec, workdir, extra=()):
@@ -68,25 +75,34 @@ def _errors(stderr):
 @pytest.mark.slow
 def test_relative_workdir_trains_exports_and_reruns_finished_run(tmp_path):
   """A relative --workdir trains, saves, exports and evaluates; running the finished run again exits 0 without training
-  and runs only the final evals that are missing (here: one, as if killed during the final evals)."""
-  out = _cli(["train", "--config", f"{CONFIG}:runlocal,steps=6"] + SMALL + ["--workdir", "run"], cwd=tmp_path)
+  and runs only the final evals that are missing (here: one, as if killed during the final evals).  Run in a
+  user's environment: the commands share the default compilation cache, so the rerun loads its programs."""
+  env = _user_env(tmp_path / "user_cache")
+  train_cmd = ["train", "--config", f"{CONFIG}:runlocal,steps=6"] + SMALL + ["--workdir", "run"]
+  out = _cli(train_cmd, cwd=tmp_path, env=env)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  cache = tmp_path / "user_cache" / "siglip_rins" / "xla"
+  info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+  assert info["compile_cache"] == {"state": "on", "dir": str(cache), "why": "default"}
+  assert len(list(cache.iterdir())) >= 3  # the initialiser, the train step and the evaluators' programs
   assert ckpt_lib.CheckpointManager(str(tmp_path / "run")).latest_step() == 6
   records = json.loads((tmp_path / "run" / "eval_results.json").read_text())
   assert records
   assert json.loads((tmp_path / "run" / "final_evals.json").read_text())["step"] == 6
 
-  exp = _cli(["export", "--workdir", "run", "--out", "model"], cwd=tmp_path)
+  exp = _cli(["export", "--workdir", "run", "--out", "model"], cwd=tmp_path, env=env)
   assert exp.returncode == 0, exp.stderr[-3000:]
   assert (tmp_path / "model" / "config.json").exists()
-  ev = _cli(["eval", "--workdir", "run", "--evals", "zeroshot", "--out", "report"], cwd=tmp_path)
+  ev = _cli(["eval", "--workdir", "run", "--evals", "zeroshot", "--out", "report"], cwd=tmp_path, env=env)
   assert ev.returncode == 0 and "corrupt" not in ev.stderr, ev.stderr[-3000:]
   assert (tmp_path / "report" / "eval_results.json").exists()
 
   # a final eval lost (e.g. killed during the evals) is run by the next invocation
   (tmp_path / "run" / "final_evals.json").write_text(json.dumps({"step": 6, "done": ["retrieval"]}))
-  third = _cli(["train", "--config", f"{CONFIG}:runlocal,steps=6"] + SMALL + ["--workdir", "run"], cwd=tmp_path)
+  third = _cli(train_cmd, cwd=tmp_path, env=env)
   assert third.returncode == 0, third.stderr[-3000:]
+  hits = [line for line in third.stderr.splitlines() if "Persistent compilation cache hit" in line]
+  assert len(hits) >= 2, third.stderr[-3000:]  # the initialiser and the zero-shot evaluator's programs, at least
   assert not _errors(third.stderr) and "resumed from step 6" in third.stdout
   assert not [line for line in third.stdout.splitlines() if line.startswith("step ")]  # nothing trained
   assert "eval zeroshot" in third.stdout and "eval retrieval" not in third.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -77,38 +76,3 @@ def read_train_curve(metrics_path: str) -> list[tuple[float, float]]:
         if "flops_seen" in row and "train/loss" in row:
           curve.append((float(row["flops_seen"]), float(row["train/loss"])))
   return curve
-
-
-@contextlib.contextmanager
-def compile_cache(directory: str, keep: bool = False):
-  """JAX's persistent compilation cache in `directory` for the block (every executable, however small), so the
-  runs of a study that differ only in their seed reuse the first run's compiled steps.  A cached executable is
-  the same compiled program, so numbers do not change.  The previous settings are restored afterwards, and the
-  folder removed unless `keep`.  A cache the user set up already ($JAX_COMPILATION_CACHE_DIR) is left alone."""
-  import shutil
-
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
-  if jax.config.jax_compilation_cache_dir:
-    yield jax.config.jax_compilation_cache_dir
-    return
-  keys = (
-    "jax_compilation_cache_dir",
-    "jax_persistent_cache_min_compile_time_secs",
-    "jax_persistent_cache_min_entry_size_bytes",
-  )
-  old = {k: getattr(jax.config, k) for k in keys}
-  os.makedirs(directory, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  cc.reset_cache()
-  try:
-    yield directory
-  finally:
-    for k, v in old.items():
-      jax.config.update(k, v)
-    cc.reset_cache()
-    if not keep:
-      shutil.rmtree(directory, ignore_errors=True)

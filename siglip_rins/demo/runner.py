@@ -40,8 +40,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from siglip_rins.compile_cache import scoped as compile_cache
 from siglip_rins.demo.common import (
-  compile_cache,
   count_params,
   parse_variants as _parse_variants,
   positive_float,

@@ -49,7 +49,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from siglip_rins.demo import runner
-from siglip_rins.demo.common import compile_cache, positive_float, positive_int
+from siglip_rins.compile_cache import scoped as compile_cache
+from siglip_rins.demo.common import positive_float, positive_int
 
 STUDY_VARIANTS = ("baseline", "rao", "rins", "rins3", "rins_stochastic")
 BASELINE = runner.BASELINE
