@@ -37,6 +37,15 @@ def default_dir() -> str:
   return os.path.join(root, "siglip_rins", "xla")
 
 
+def _use(folder: str) -> None:
+  """JAX's persistent cache in `folder`, every executable however small or quick to compile."""
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def configure() -> dict:
   """Turns the persistent cache on (once per process) unless already configured or turned off; returns what it
   did: {'state': 'on' | 'off' | 'jax', 'dir': folder or None, 'why': ...}."""
@@ -48,7 +57,7 @@ def configure() -> dict:
   value = os.environ.get(ENV, "").strip()
   if jax.config.jax_compilation_cache_dir:
     _status = {"state": "jax", "dir": jax.config.jax_compilation_cache_dir, "why": "configured for JAX already"}
-  elif value.lower() in OFF and value:
+  elif value.lower() in OFF:
     _status = {"state": "off", "dir": None, "why": f"{ENV}={value}"}
   else:
     folder = os.path.abspath(os.path.expanduser(value or default_dir()))
@@ -64,16 +73,9 @@ def configure() -> dict:
       )
       _status = {"state": "off", "dir": None, "why": f"cannot use {folder}: {reason}"}
     else:
-      jax.config.update("jax_compilation_cache_dir", folder)
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-      jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+      _use(folder)
+      jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)  # JAX locks the folder with filelock
       _status = {"state": "on", "dir": folder, "why": ENV if value else "default"}
-      try:  # JAX's size bound locks the folder with filelock (a dependency of siglip_rins; absent: unbounded)
-        import filelock  # noqa: F401
-
-        jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
-      except ImportError:
-        _status["why"] += " (unbounded: no filelock package)"
   return dict(_status)
 
 
@@ -84,11 +86,10 @@ def status() -> Optional[dict]:
 
 @contextlib.contextmanager
 def scoped(directory: str, keep: bool = False):
-  """JAX's persistent compilation cache in `directory` for the block (every executable, however small), where no
-  cache is on (the demo and study with SIGLIP_RINS_COMPILE_CACHE=off, library callers): the runs of a study that
-  differ only in their seed reuse the first run's compiled steps.  A cached executable is
-  the same compiled program, so numbers do not change.  The previous settings are restored afterwards, and the
-  folder removed unless `keep`.  A cache the user set up already ($JAX_COMPILATION_CACHE_DIR) is left alone."""
+  """JAX's persistent compilation cache in `directory` for the block, where no cache is on yet (the demo and study
+  with SIGLIP_RINS_COMPILE_CACHE=off, or called as a library): the runs of a study that differ only in their seed
+  reuse the first run's compiled steps.  The previous settings are restored afterwards, and the folder removed
+  unless `keep`.  A cache already on (`configure`, $JAX_COMPILATION_CACHE_DIR) is used as it is."""
   import jax
   from jax.experimental.compilation_cache import compilation_cache as cc
 
@@ -102,9 +103,7 @@ def scoped(directory: str, keep: bool = False):
   )
   old = {k: getattr(jax.config, k) for k in keys}
   os.makedirs(directory, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  _use(directory)
   cc.reset_cache()
   try:
     yield directory
